@@ -1,0 +1,33 @@
+"""The services an app instance holds, reachable from any request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from batchd.batches.lifecycle import BatchService
+from batchd.clock import Clock
+from batchd.engines.registry import ModelRegistry
+from batchd.files import FileService
+from batchd.keys import KeyService
+from batchd.settings import Settings
+from batchd.store.blobs import BlobStore
+from batchd.store.metadata import MetadataStore
+
+
+@dataclass(kw_only=True)
+class Services:
+    settings: Settings
+    clock: Clock
+    store: MetadataStore
+    blobs: BlobStore
+    registry: ModelRegistry
+    files: FileService
+    batches: BatchService
+    keys: KeyService
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc

@@ -1,0 +1,93 @@
+"""Wiring only: settings → stores → engines → services → routes, and the worker's lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from batchd import __version__
+from batchd.api import batches, chat, files, models
+from batchd.api.errors import install_error_handlers
+from batchd.api.state import Services
+from batchd.batches.lifecycle import BatchService
+from batchd.clock import Clock, SystemClock
+from batchd.engines.registry import ModelRegistry, load_models_file
+from batchd.files import FileService
+from batchd.keys import KeyService
+from batchd.settings import Settings
+from batchd.store.blobs import LocalBlobStore
+from batchd.store.metadata import MetadataStore
+from batchd.worker.context import WorkerContext
+from batchd.worker.identity import WorkerIdentity
+from batchd.worker.runner import Worker
+
+log = logging.getLogger(__name__)
+
+
+async def open_services(settings: Settings, *, clock: Clock | None = None,
+                        registry: ModelRegistry | None = None) -> Services:
+    """Open the stores (migrating the schema) and start the engines."""
+    clock = clock or SystemClock()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = MetadataStore(settings.resolved_database_url)
+    await store.migrate()
+    blobs = LocalBlobStore(settings.blob_dir)
+    if registry is None:
+        registry = ModelRegistry(load_models_file(settings.models), created=int(clock.now()))
+        await registry.start()
+    return Services(
+        settings=settings, clock=clock, store=store, blobs=blobs, registry=registry,
+        files=FileService(store=store, blobs=blobs, clock=clock, settings=settings),
+        batches=BatchService(store=store, clock=clock),
+        keys=KeyService(store=store, clock=clock),
+    )
+
+
+async def close_services(svc: Services) -> None:
+    await svc.registry.aclose()
+    await svc.store.close()
+
+
+async def start_worker(svc: Services) -> tuple[Worker, WorkerIdentity]:
+    identity = WorkerIdentity(svc.settings.data_dir)
+    if identity.stable:
+        reclaimed = await svc.store.release_leases_of(identity.id)
+        if reclaimed:
+            log.info("took back %d pieces of work from this worker's previous run", reclaimed)
+    worker = Worker(WorkerContext(worker_id=identity.id, store=svc.store, blobs=svc.blobs,
+                                  registry=svc.registry, clock=svc.clock, settings=svc.settings))
+    worker.start()
+    return worker, identity
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None,
+               registry: ModelRegistry | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = await open_services(settings, clock=clock, registry=registry)
+        app.state.services = svc
+        worker, identity = (await start_worker(svc)) if settings.embedded_worker else (None, None)
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop(settings.shutdown_grace_seconds)
+            if identity is not None:
+                identity.close()
+            await close_services(svc)
+
+    app = FastAPI(title="batchd", version=__version__, lifespan=lifespan,
+                  description="A self-hosted, OpenAI-compatible Batch API for open LLMs.")
+    install_error_handlers(app)
+    for module in (files, batches, models, chat):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

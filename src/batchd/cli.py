@@ -1,0 +1,189 @@
+"""The `batchd` command: serve, worker, keys, models. Every flag also reads `BATCHD_*`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from batchd.settings import Settings
+
+app = typer.Typer(help="batchd: a self-hosted, OpenAI-compatible Batch API for open LLMs.",
+                  no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+DataDir = Annotated[Path | None, typer.Option(
+    "--data-dir", envvar="BATCHD_DATA_DIR", show_envvar=True,
+    help="Where the database and stored files live [default: ./batchd-data].")]
+ModelsOpt = Annotated[Path | None, typer.Option(
+    "--models", envvar="BATCHD_MODELS", show_envvar=True,
+    help="YAML file listing the served models [default: SmolLM2-135M-Instruct on llama.cpp].")]
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _bootstrap_key(settings: Settings) -> str | None:
+    """On a first start without BATCHD_API_KEY, make a key so the server is usable at once."""
+    from batchd.clock import SystemClock
+    from batchd.keys import KeyService
+    from batchd.store.metadata import MetadataStore
+
+    if settings.api_key:
+        return None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = MetadataStore(settings.resolved_database_url)
+    try:
+        await store.migrate()
+        keys = KeyService(store=store, clock=SystemClock())
+        if await keys.list():
+            return None
+        _, secret = await keys.create(name="default", owner="default", role="admin")
+        return secret
+    finally:
+        await store.close()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(
+        envvar="BATCHD_HOST", show_envvar=True,
+        help="Address to listen on [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(
+        envvar="BATCHD_PORT", show_envvar=True, help="Port to listen on [default: 8000].")] = None,
+    data_dir: DataDir = None,
+    models: ModelsOpt = None,
+    worker: Annotated[bool | None, typer.Option(
+        "--worker/--no-worker", envvar="BATCHD_EMBEDDED_WORKER", show_envvar=True,
+        help="Run the batch worker inside the server [default: on].")] = None,
+) -> None:
+    """Run the HTTP API (and, by default, a worker) until interrupted."""
+    import uvicorn
+
+    from batchd.app import create_app
+
+    settings = _settings(host=host, port=port, data_dir=data_dir, models=models,
+                         embedded_worker=worker)
+    _logging(settings.log_level)
+    secret = asyncio.run(_bootstrap_key(settings))
+    base_url = f"http://{settings.host}:{settings.port}/v1"
+    typer.echo(f"batchd {base_url}")
+    if secret:
+        typer.echo(f"Created the first API key (shown once, keep it): {secret}")
+        typer.echo(f"  export OPENAI_BASE_URL={base_url} OPENAI_API_KEY={secret}")
+    elif settings.api_key:
+        typer.echo("Accepting the key in BATCHD_API_KEY.")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
+
+
+@app.command("worker")
+def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
+    """Run a worker alone (no HTTP), sharing the store with `batchd serve --no-worker`."""
+    from batchd.app import close_services, open_services, start_worker
+
+    settings = _settings(data_dir=data_dir, models=models)
+    _logging(settings.log_level)
+
+    async def run() -> None:
+        svc = await open_services(settings)
+        worker, identity = await start_worker(svc)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        typer.echo(f"batchd worker {identity.id} running; Ctrl-C to stop")
+        await stop.wait()
+        await worker.stop(settings.shutdown_grace_seconds)
+        identity.close()
+        await close_services(svc)
+
+    asyncio.run(run())
+
+
+def _keys_service(settings: Settings) -> Any:
+    from batchd.clock import SystemClock
+    from batchd.keys import KeyService
+    from batchd.store.metadata import MetadataStore
+
+    store = MetadataStore(settings.resolved_database_url)
+    return store, KeyService(store=store, clock=SystemClock())
+
+
+def _with_keys(settings: Settings, action: Any) -> Any:
+    async def run() -> Any:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store, keys = _keys_service(settings)
+        try:
+            await store.migrate()
+            return await action(keys)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key (also its owner by default).")],
+    owner: Annotated[str | None, typer.Option(help="Who owns what this key creates.")] = None,
+    admin: Annotated[bool, typer.Option(help="Give the key the admin role.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a key and print its secret (shown only this once)."""
+    key, secret = _with_keys(_settings(data_dir=data_dir), lambda keys: keys.create(
+        name=name, owner=owner, role="admin" if admin else "user"))
+    typer.echo(f"{key.id}  owner={key.owner}  role={key.role}")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """List keys (never their secrets)."""
+    for key in _with_keys(_settings(data_dir=data_dir), lambda keys: keys.list()):
+        state = "revoked" if key.revoked_at else "active"
+        typer.echo(f"{key.id}  {key.name}  owner={key.owner}  role={key.role}  "
+                   f"{key.prefix}…  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="Key id or name.")], data_dir: DataDir = None
+) -> None:
+    """Revoke a key; it stops working at once."""
+    n = _with_keys(_settings(data_dir=data_dir), lambda keys: keys.revoke(key))
+    if not n:
+        typer.echo(f"no active key {key!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {n} key(s)")
+
+
+@app.command("models")
+def models_command(models: ModelsOpt = None) -> None:
+    """List the models (ids and aliases) the configuration serves."""
+    from batchd.engines.registry import ConfigError, ModelRegistry, load_models_file
+
+    try:
+        registry = ModelRegistry(load_models_file(models))
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    for entry in registry.config.models:
+        aliases = f"  (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+        typer.echo(f"{entry.id}  engine={entry.engine}{aliases}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,65 @@
+"""The engine protocol: one chat request in, one result (or a stream of deltas) out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from batchd.chat import ChatCompletionRequest
+from batchd.errors import InvalidRequest, ServerError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Choice:
+    text: str
+    finish_reason: str
+    logprobs: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatResult:
+    choices: list[Choice]
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delta:
+    """A piece of generated text for choice `index`; `finish_reason` set on its last piece."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Usage:
+    """The last event of a stream: what the whole request cost."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+StreamEvent = Delta | Usage
+
+
+class Engine(Protocol):
+    """An inference backend. Cancelling the awaiting task must stop generation promptly."""
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatResult: ...
+
+    def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[StreamEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class EngineRequestError(InvalidRequest):
+    """The engine refused this request (context too long, unsupported parameter): the
+    caller's fault, reported as a 400 for that request alone."""
+
+
+class EngineFailure(ServerError):
+    """The engine broke while serving the request (reported as a 500 for that request)."""

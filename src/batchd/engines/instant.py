@@ -1,0 +1,73 @@
+"""The instant engine: answers at once with a deterministic echo. For tests and control-plane
+benchmarks only — it runs no model and is never the default."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from pydantic import BaseModel, ConfigDict
+
+from batchd.chat import ChatCompletionRequest
+from batchd.engines.base import ChatResult, Choice, Delta, EngineFailure, StreamEvent, Usage
+
+
+class InstantOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    delay_seconds: float = 0.0
+    """Pretend each request takes this long (to test cancels, crashes and leases)."""
+    fail_marker: str | None = None
+    """A request whose last message contains this text fails with an engine error."""
+
+
+class InstantEngine:
+    """Replies `echo: <last message>` word by word; one word is one token."""
+
+    def __init__(self, options: InstantOptions | None = None) -> None:
+        self.options = options or InstantOptions()
+
+    def _answer(self, request: ChatCompletionRequest, index: int) -> Choice:
+        messages = request.plain_messages()
+        last = str(messages[-1]["content"])
+        if self.options.fail_marker and self.options.fail_marker in last:
+            raise EngineFailure("The instant engine was told to fail on this request.")
+        words = ["echo:", *last.split()]
+        if index:
+            words.append(f"#{index}")
+        limit = request.output_limit
+        finish = "stop"
+        if limit is not None and len(words) > limit:
+            words, finish = words[:limit], "length"
+        text = " ".join(words)
+        for stop in request.stop_list:
+            if stop and stop in text:
+                text, finish = text[: text.index(stop)], "stop"
+        return Choice(text=text, finish_reason=finish)
+
+    @staticmethod
+    def _prompt_tokens(request: ChatCompletionRequest) -> int:
+        return sum(3 + len(str(m["content"]).split()) for m in request.plain_messages())
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatResult:
+        if self.options.delay_seconds:
+            await asyncio.sleep(self.options.delay_seconds)
+        choices = [self._answer(request, i) for i in range(request.n)]
+        return ChatResult(
+            choices=choices,
+            prompt_tokens=self._prompt_tokens(request),
+            completion_tokens=sum(len(c.text.split()) for c in choices),
+        )
+
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[StreamEvent]:
+        result = await self.chat(request)
+        for index, choice in enumerate(result.choices):
+            words = choice.text.split(" ")
+            for n, word in enumerate(words):
+                last = n == len(words) - 1
+                yield Delta(index=index, text=word if n == 0 else " " + word,
+                            finish_reason=choice.finish_reason if last else None)
+        yield Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,135 @@
+"""File operations: upload (streamed into the blob store), read, list, delete."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from batchd import ids
+from batchd.batches.schemas import FileObject
+from batchd.clock import Clock
+from batchd.errors import InvalidRequest, NotFound
+from batchd.settings import Settings
+from batchd.store.blobs import BlobStore
+from batchd.store.metadata import MetadataStore
+from batchd.store.records import FileRecord
+
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+BATCH_FILE_EXPIRY = 30 * 24 * 3600
+_COPY = 1024 * 1024
+
+
+def blob_key(file_id: str) -> str:
+    return f"files/{file_id}"
+
+
+def _not_found(file_id: str) -> NotFound:
+    return NotFound(f"No such File object: {file_id}", param="id")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MB"
+
+
+class FileService:
+    def __init__(
+        self, *, store: MetadataStore, blobs: BlobStore, clock: Clock, settings: Settings
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.clock = clock
+        self.settings = settings
+
+    async def upload(
+        self, *, owner: str, filename: str, purpose: str, source: BinaryIO,
+        declared_size: int | None, expires_after_seconds: int | None,
+    ) -> FileObject:
+        if purpose not in UPLOAD_PURPOSES:
+            raise InvalidRequest(
+                f"Invalid value: '{purpose}'. Supported values are: "
+                f"{', '.join(repr(p) for p in UPLOAD_PURPOSES)}.",
+                code="invalid_value", param="purpose",
+            )
+        limit = self.settings.max_upload_bytes
+        if purpose == "batch":
+            if not filename.lower().endswith(".jsonl"):
+                raise InvalidRequest("Invalid file format for Batch API. Must be .jsonl",
+                                     code="invalid_file_format", param="file")
+            limit = min(limit, self.settings.max_batch_file_bytes)
+        if declared_size is not None and declared_size > limit:
+            raise _too_large(limit)
+        file_id = ids.file_id()
+        size = await asyncio.to_thread(self._copy_in, blob_key(file_id), source, limit)
+        now = int(self.clock.now())
+        expires_at = None
+        if expires_after_seconds is not None:
+            expires_at = now + expires_after_seconds
+        elif purpose == "batch":
+            expires_at = now + BATCH_FILE_EXPIRY
+        record = FileRecord(
+            id=file_id, owner=owner, purpose=purpose, filename=_display_name(filename),
+            bytes=size, created_at=now, expires_at=expires_at, status="processed",
+            blob_key=blob_key(file_id),
+        )
+        try:
+            record = await self.store.insert_file(record)
+        except BaseException:
+            self.blobs.delete(record.blob_key)
+            raise
+        return FileObject.of(record)
+
+    def _copy_in(self, key: str, source: BinaryIO, limit: int) -> int:
+        size = 0
+        with self.blobs.writer(key) as out:
+            while piece := source.read(_COPY):
+                size += len(piece)
+                if size > limit:
+                    raise _too_large(limit)  # the writer discards the partial object
+                out.write(piece)
+        return size
+
+    async def get(self, *, owner: str, file_id: str) -> FileRecord:
+        record = await self.store.get_file(file_id, owner=owner)
+        if record is None:
+            raise _not_found(file_id)
+        return record
+
+    async def list(
+        self, *, owner: str, purpose: str | None, limit: int, order: str, after: str | None
+    ) -> tuple[list[FileObject], bool]:
+        records, has_more = await self.store.list_files(
+            owner=owner, purpose=purpose, limit=limit, ascending=order == "asc", after=after
+        )
+        return [FileObject.of(r) for r in records], has_more
+
+    async def delete(self, *, owner: str, file_id: str) -> None:
+        """Hide the file at once; its bytes go when no running batch still reads them."""
+        record = await self.store.delete_file(file_id, owner=owner, now=int(self.clock.now()))
+        if record is None:
+            raise _not_found(file_id)
+        await self.purge_deleted()
+
+    async def purge_deleted(self) -> int:
+        purged = 0
+        for record in await self.store.deleted_files_unused():
+            await asyncio.to_thread(self.blobs.delete, record.blob_key)
+            await self.store.forget_file(record.id)
+            purged += 1
+        return purged
+
+    async def content(self, *, owner: str, file_id: str) -> tuple[FileRecord, Iterator[bytes]]:
+        record = await self.get(owner=owner, file_id=file_id)
+        self.blobs.size(record.blob_key)  # raises a clear error now if the bytes are gone
+        return record, self.blobs.read_range(record.blob_key)
+
+
+def _too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest(f"File is too large. The maximum size is {_mib(limit)}.",
+                          code="file_too_large", param="file")
+
+
+def _display_name(filename: str) -> str:
+    """The name shown back to the user; never used as a path."""
+    cleaned = "".join(ch for ch in filename if ch.isprintable())
+    return cleaned[:255] or "upload"

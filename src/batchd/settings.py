@@ -1,0 +1,60 @@
+"""One typed settings object. Every field can come from a `BATCHD_*` environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+COMPLETION_WINDOWS: dict[str, int] = {
+    "1h": 3600,
+    "3h": 3 * 3600,
+    "6h": 6 * 3600,
+    "12h": 12 * 3600,
+    "24h": 24 * 3600,
+    "48h": 48 * 3600,
+    "72h": 72 * 3600,
+}
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; see the README's configuration table for each field."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHD_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./batchd-data")
+    models: Path | None = Field(default=None, description="YAML file listing served models")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite inside data_dir"
+    )
+    api_key: str | None = Field(default=None, description="extra key accepted as owner 'default'")
+    embedded_worker: bool = True
+
+    max_requests_per_batch: int = Field(default=50_000, ge=1)
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_batch_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_listed_errors: int = Field(default=100, ge=1)
+
+    chunk_lines: int = Field(default=256, ge=1, description="input lines per unit of work")
+    worker_concurrency: int = Field(default=8, ge=1, description="requests in flight per worker")
+    worker_chunks: int = Field(default=2, ge=1, description="chunks a worker holds at once")
+    lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    poll_seconds: float = Field(default=0.5, gt=0, description="idle worker polling interval")
+    request_timeout_seconds: float = Field(default=600.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'batchd.sqlite3').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"

@@ -1,0 +1,171 @@
+"""Plain, frozen records that the store hands out. Request models never reach the store."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Self
+
+
+class BatchStatus(enum.StrEnum):
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
+)
+
+
+class StopReason(enum.StrEnum):
+    """Why a batch stops before all of its requests ran; each maps to an error-file code."""
+
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+    @property
+    def error_code(self) -> str:
+        return f"batch_{self.value}"
+
+
+class ChunkState(enum.StrEnum):
+    PENDING = "pending"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"  # gave up after too many lapsed leases
+
+
+class _Record:
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Self:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKey(_Record):
+    id: str
+    name: str
+    owner: str
+    role: str
+    prefix: str
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRecord(_Record):
+    id: str
+    owner: str
+    purpose: str
+    filename: str
+    bytes: int
+    created_at: int
+    expires_at: int | None
+    status: str
+    blob_key: str
+    deleted_at: int | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchRecord(_Record):
+    id: str
+    owner: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: BatchStatus
+    created_at: int
+    expires_at: int
+    metadata: dict[str, str] | None = None
+    model: str | None = None
+    output_expires_after: int | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    errors: list[dict[str, Any]] | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    stop_reason: StopReason | None = None
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        # Rows carry plain strings; normalise to enums once, here.
+        object.__setattr__(self, "status", BatchStatus(self.status))
+        if self.stop_reason is not None:
+            object.__setattr__(self, "stop_reason", StopReason(self.stop_reason))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChunkPlan:
+    """A slice of the input file, decided at validation: bytes [byte_start, byte_end)."""
+
+    chunk_no: int
+    byte_start: int
+    byte_end: int
+    line_start: int  # 1-based number of the chunk's first line
+    n_lines: int  # request lines in the slice (blank lines are not requests)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Chunk(_Record):
+    batch_id: str
+    chunk_no: int
+    byte_start: int
+    byte_end: int
+    line_start: int
+    n_lines: int
+    state: ChunkState
+    owner: str | None
+    generation: int
+    attempts: int
+    n_ok: int = 0
+    n_err: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    ok_part: str | None = None
+    err_part: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", ChunkState(self.state))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChunkProgress:
+    """What a chunk has produced so far (live counts) or in total (at commit)."""
+
+    n_ok: int = 0
+    n_err: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lease:
+    """Proof of ownership: valid while (owner, generation) still match the row."""
+
+    owner: str
+    generation: int

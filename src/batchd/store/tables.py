@@ -1,0 +1,113 @@
+"""SQLAlchemy Core tables. Their history lives in `migrations/versions/`; keep both in step."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("key_hash", String(128), nullable=False, unique=True),
+    Column("prefix", String(32), nullable=False),
+    Column("created_at", Integer, nullable=False),
+    Column("revoked_at", Integer),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("purpose", String(40), nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("created_at", Integer, nullable=False),
+    Column("expires_at", Integer),
+    Column("status", String(20), nullable=False),
+    Column("blob_key", Text, nullable=False),
+    Column("deleted_at", Integer),
+    Column("seq", BigInteger, nullable=False),  # creation order, for stable paging
+    Index("ix_files_owner_seq", "owner", "seq"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("endpoint", String(100), nullable=False),
+    Column("input_file_id", String(64), nullable=False),
+    Column("completion_window", String(10), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("model", Text),
+    Column("metadata", JSON),
+    Column("output_expires_after", Integer),
+    Column("created_at", Integer, nullable=False),
+    Column("expires_at", Integer, nullable=False),
+    Column("in_progress_at", Integer),
+    Column("finalizing_at", Integer),
+    Column("completed_at", Integer),
+    Column("failed_at", Integer),
+    Column("expired_at", Integer),
+    Column("cancelling_at", Integer),
+    Column("cancelled_at", Integer),
+    Column("errors", JSON),
+    Column("output_file_id", String(64)),
+    Column("error_file_id", String(64)),
+    Column("total", Integer, nullable=False, default=0),
+    Column("completed", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("input_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("stop_reason", String(20)),
+    # Batch-level work (validation, assembly) is leased like chunks are.
+    Column("lease_owner", String(64)),
+    Column("lease_generation", Integer, nullable=False, default=0),
+    Column("lease_expires_at", Float),
+    Column("seq", BigInteger, nullable=False),  # creation order, for stable paging
+    Index("ix_batches_owner_seq", "owner", "seq"),
+    Index("ix_batches_status", "status"),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("batch_id", String(64), ForeignKey("batches.id"), primary_key=True),
+    Column("chunk_no", Integer, primary_key=True),
+    Column("byte_start", Integer, nullable=False),
+    Column("byte_end", Integer, nullable=False),
+    Column("line_start", Integer, nullable=False),
+    Column("n_lines", Integer, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("owner", String(64)),
+    Column("generation", Integer, nullable=False, default=0),
+    Column("lease_expires_at", Float),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("deadline", Integer, nullable=False),  # the batch's expires_at, for claim order
+    Column("n_ok", Integer, nullable=False, default=0),
+    Column("n_err", Integer, nullable=False, default=0),
+    Column("input_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("ok_part", Text),
+    Column("err_part", Text),
+    Index("ix_chunks_claim", "state", "deadline"),
+)

@@ -1,0 +1,215 @@
+"""Batch-level work: validating an input file and assembling the result files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import orjson
+
+from batchd import ids
+from batchd.batches import results
+from batchd.batches.validation import InputValidator, LineError, ValidationOutcome
+from batchd.files import blob_key
+from batchd.store.records import (
+    BatchRecord,
+    BatchStatus,
+    Chunk,
+    ChunkProgress,
+    ChunkState,
+    FileRecord,
+    Lease,
+    StopReason,
+)
+from batchd.worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+class _Abandoned(Exception):
+    """The batch task lost its lease or was cancelled while it ran."""
+
+
+@dataclass
+class _LeaseKeeper:
+    """Renews a batch lease in the background; `stop` is set when the task must give up."""
+
+    ctx: WorkerContext
+    batch: BatchRecord
+    lease: Lease
+    stop: threading.Event
+    abandon_on_stop_reason: bool
+
+    async def run(self) -> None:
+        settings = self.ctx.settings
+        while not self.stop.is_set():
+            await asyncio.sleep(settings.heartbeat_seconds)
+            current = await self.ctx.store.renew_batch_lease(
+                self.batch.id, self.lease, now=self.ctx.clock.now(),
+                lease_seconds=settings.lease_seconds,
+            )
+            if current is None or (self.abandon_on_stop_reason and current.stop_reason):
+                self.stop.set()
+
+
+async def run_batch_task(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None:
+    if batch.status is BatchStatus.VALIDATING and batch.stop_reason is None:
+        await validate(ctx, batch, lease)
+    else:
+        await assemble(ctx, batch, lease)
+
+
+async def _with_lease(ctx: WorkerContext, batch: BatchRecord, lease: Lease,
+                      abandon_on_stop_reason: bool, work: object) -> object:
+    stop = threading.Event()
+    keeper = _LeaseKeeper(ctx, batch, lease, stop, abandon_on_stop_reason)
+    beat = asyncio.create_task(keeper.run(), name=f"lease:{batch.id}")
+    try:
+        return await asyncio.to_thread(work, stop)  # type: ignore[arg-type]
+    finally:
+        stop.set()
+        beat.cancel()
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _fail(errors: list[LineError]) -> ValidationOutcome:
+    return ValidationOutcome(plans=[], total=0, model=None, errors=errors)
+
+
+async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None:
+    settings = ctx.settings
+    source = await ctx.store.get_file(batch.input_file_id, owner=batch.owner)
+    if source is None:
+        outcome = _fail([LineError(code="invalid_request", param="file_id",
+                                   message=f"Cannot find file {batch.input_file_id}.")])
+    elif source.purpose != "batch":
+        outcome = _fail([LineError(
+            code="invalid_request", param="input_file_id",
+            message=f"File {source.id} has purpose '{source.purpose}'; a batch input file "
+                    "must be uploaded with purpose 'batch'.")])
+    else:
+        validator = InputValidator(
+            endpoint=batch.endpoint, known_model=ctx.registry.__contains__,
+            max_requests=settings.max_requests_per_batch, chunk_lines=settings.chunk_lines,
+            max_listed_errors=settings.max_listed_errors,
+        )
+
+        def scan(stop: threading.Event) -> ValidationOutcome:
+            for n, raw in enumerate(ctx.blobs.lines(source.blob_key)):
+                if n % 4096 == 0 and stop.is_set():
+                    raise _Abandoned
+                validator.feed(raw)
+                if validator.too_many:
+                    break
+            return validator.finish()
+
+        try:
+            result = await _with_lease(ctx, batch, lease, True, scan)
+        except _Abandoned:
+            await ctx.store.release_batch_lease(batch.id, lease)
+            return
+        assert isinstance(result, ValidationOutcome)
+        outcome = result
+    now = int(ctx.clock.now())
+    if outcome.ok:
+        await ctx.store.start_batch(batch.id, lease, plans=outcome.plans, total=outcome.total,
+                                    model=outcome.model, input_tokens=0, now=now)
+    else:
+        await ctx.store.fail_batch(batch.id, lease, errors=[e.as_dict() for e in outcome.errors],
+                                   now=now)
+
+
+# --- assembly --------------------------------------------------------------------------------
+
+
+_FINAL_STATUS = {
+    None: BatchStatus.COMPLETED,
+    StopReason.CANCELLED: BatchStatus.CANCELLED,
+    StopReason.EXPIRED: BatchStatus.EXPIRED,
+    StopReason.FAILED: BatchStatus.FAILED,
+}
+
+
+def _unrun_lines(ctx: WorkerContext, input_key: str, chunk: Chunk, code: str) -> Iterator[bytes]:
+    message = results.STOP_MESSAGES[code]
+    for raw in ctx.blobs.lines(input_key, chunk.byte_start, chunk.byte_end):
+        if raw.strip():
+            custom_id = orjson.loads(raw)["custom_id"]
+            yield results.stop_error_line(custom_id, code=code, message=message)
+
+
+async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None:
+    """Stream every committed part (and a stop error for each request that never ran) into
+    the output and error files, then publish both with the terminal status at once."""
+    chunks = await ctx.store.list_chunks(batch.id)
+    stop_reason = batch.stop_reason
+    status = _FINAL_STATUS[stop_reason]
+    input_file = await ctx.store.get_file(batch.input_file_id, owner=None)
+    # A deleted input file keeps its record (hidden) while the batch is active.
+    input_key = input_file.blob_key if input_file else blob_key(batch.input_file_id)
+    out_id, err_id = ids.file_id(), ids.file_id()
+    counts = ChunkProgress()
+
+    def write(stop: threading.Event) -> ChunkProgress:
+        n_ok = n_err = tokens_in = tokens_out = 0
+        with ctx.blobs.writer(blob_key(out_id)) as out, ctx.blobs.writer(blob_key(err_id)) as err:
+            for chunk in chunks:
+                if stop.is_set():
+                    raise _Abandoned
+                if chunk.state is ChunkState.DONE:
+                    for key, sink in ((chunk.ok_part, out), (chunk.err_part, err)):
+                        if key:
+                            for piece in ctx.blobs.read_range(key):
+                                sink.write(piece)
+                    n_ok += chunk.n_ok
+                    n_err += chunk.n_err
+                    tokens_in += chunk.input_tokens
+                    tokens_out += chunk.output_tokens
+                else:
+                    code = (stop_reason or StopReason.FAILED).error_code
+                    for line in _unrun_lines(ctx, input_key, chunk, code):
+                        err.write(line)
+                        n_err += 1
+        return ChunkProgress(n_ok=n_ok, n_err=n_err, input_tokens=tokens_in,
+                             output_tokens=tokens_out)
+
+    try:
+        result = await _with_lease(ctx, batch, lease, False, write)
+    except _Abandoned:
+        for file_id in (out_id, err_id):
+            ctx.blobs.delete(blob_key(file_id))
+        return
+    assert isinstance(result, ChunkProgress)
+    counts = result
+    now = int(ctx.clock.now())
+    expires_at = now + batch.output_expires_after if batch.output_expires_after else None
+
+    def record(file_id: str, suffix: str, n: int) -> FileRecord | None:
+        if n == 0:
+            ctx.blobs.delete(blob_key(file_id))
+            return None
+        return FileRecord(id=file_id, owner=batch.owner, purpose="batch_output",
+                          filename=f"{batch.id}_{suffix}.jsonl",
+                          bytes=ctx.blobs.size(blob_key(file_id)), created_at=now,
+                          expires_at=expires_at, status="processed", blob_key=blob_key(file_id))
+
+    output_file = record(out_id, "output", counts.n_ok)
+    error_file = record(err_id, "error", counts.n_err)
+    finished = await ctx.store.finish_batch(batch.id, lease, status=status,
+                                            output_file=output_file, error_file=error_file,
+                                            counts=counts, now=now)
+    if not finished:
+        for file_id in (out_id, err_id):
+            ctx.blobs.delete(blob_key(file_id))
+        return
+    for chunk in chunks:  # parts are copied into the result files; drop them
+        for key in (chunk.ok_part, chunk.err_part):
+            if key:
+                ctx.blobs.delete(key)
+    log.info("batch %s is %s (%d ok, %d failed)", batch.id, status.value, counts.n_ok,
+             counts.n_err)

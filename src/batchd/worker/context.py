@@ -1,0 +1,21 @@
+"""What every worker task needs, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batchd.clock import Clock
+from batchd.engines.registry import ModelRegistry
+from batchd.settings import Settings
+from batchd.store.blobs import BlobStore
+from batchd.store.metadata import MetadataStore
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerContext:
+    worker_id: str
+    store: MetadataStore
+    blobs: BlobStore
+    registry: ModelRegistry
+    clock: Clock
+    settings: Settings

@@ -1,0 +1,86 @@
+"""Running one batch request on an engine and turning the outcome into an output line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from batchd.batches import results
+from batchd.chat import ChatCompletionRequest, choice_object, completion_object
+from batchd.clock import Clock
+from batchd.engines.base import EngineRequestError
+from batchd.engines.registry import ModelRegistry
+from batchd.errors import BatchdError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    line: bytes
+    ok: bool
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def _param(error: ValidationError) -> str | None:
+    first = error.errors()[0] if error.errors() else None
+    if not first or not first["loc"]:
+        return None
+    return ".".join(str(part) for part in first["loc"])
+
+
+async def run_request(
+    *, custom_id: str, body: dict[str, Any], registry: ModelRegistry, clock: Clock,
+    timeout: float,
+) -> Outcome:
+    """Never raises for a bad request or a failing engine: every failure is a line."""
+
+    def http_error(status: int, message: str, *, error_type: str = "invalid_request_error",
+                   code: str | None = None, param: str | None = None) -> Outcome:
+        return Outcome(ok=False, line=results.http_error_line(
+            custom_id, status_code=status, message=message, error_type=error_type,
+            code=code, param=param))
+
+    model = body.get("model")
+    if not isinstance(model, str) or model not in registry:
+        return http_error(404, f"The model '{model}' does not exist or is no longer served.",
+                          code="model_not_found", param="model")
+    try:
+        request = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        detail = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+        return http_error(400, f"Invalid request body: {detail}.", code="invalid_value",
+                          param=_param(exc))
+    if request.stream:
+        return http_error(400, "Streaming is not supported in the Batch API.",
+                          code="streaming_unsupported", param="stream")
+    engine = registry.engine_for(model)
+    try:
+        result = await asyncio.wait_for(engine.chat(request), timeout)
+    except TimeoutError:
+        return Outcome(ok=False, line=results.stop_error_line(
+            custom_id, code="request_timeout",
+            message=f"The request did not finish within {timeout:g} seconds."))
+    except EngineRequestError as exc:
+        return http_error(400, exc.message, code=exc.code, param=exc.param)
+    except BatchdError as exc:
+        return http_error(exc.status_code, exc.message, error_type=exc.error_type,
+                          code=exc.code, param=exc.param)
+    except Exception as exc:
+        log.exception("engine failed on a batch request")
+        return http_error(500, f"The engine failed on this request: {exc}",
+                          error_type="server_error", code="engine_error")
+    body_out = completion_object(
+        model=model, created=int(clock.now()),
+        choices=[choice_object(index=i, text=c.text, finish_reason=c.finish_reason,
+                               logprobs=c.logprobs) for i, c in enumerate(result.choices)],
+        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+        cached_tokens=result.cached_tokens,
+    )
+    return Outcome(ok=True, line=results.success_line(custom_id, body_out),
+                   input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens)

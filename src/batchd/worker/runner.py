@@ -1,0 +1,132 @@
+"""The worker: claims chunks and batch tasks from the store and runs them.
+
+It runs inside `batchd serve` by default, or alone as `batchd worker`; several workers can
+share one store, because every piece of work is held under a lease with a fencing generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from batchd.files import blob_key
+from batchd.worker.batch_tasks import run_batch_task
+from batchd.worker.chunks import ChunkRun
+from batchd.worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self._stopping = asyncio.Event()
+        self._gate = asyncio.Semaphore(ctx.settings.worker_concurrency)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        """Start the loops as named tasks; `stop()` ends them."""
+        loops = [("batch-tasks", self._batch_loop()), ("housekeeping", self._housekeeping())]
+        loops += [(f"chunk-slot-{n}", self._chunk_loop())
+                  for n in range(self.ctx.settings.worker_chunks)]
+        self._tasks = [asyncio.create_task(coro, name=f"worker:{name}") for name, coro in loops]
+        for task in self._tasks:
+            task.add_done_callback(self._on_loop_exit)
+
+    def wake(self) -> None:
+        """New work may be there (a batch was created): poll now instead of after a sleep."""
+        self._wake.set()
+
+    def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self._stopping.is_set():
+            log.error("worker loop %s died: %r", task.get_name(), task.exception())
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop claiming; give running work `grace_seconds` to finish, then cancel it (its
+        leases lapse and another start picks it up again)."""
+        self._stopping.set()
+        self._wake.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.ctx.settings.poll_seconds)
+        self._wake.clear()
+
+    async def _guarded(self, what: str, step: object) -> bool:
+        """Run one step; a failure is logged and the loop goes on (the store may be busy)."""
+        try:
+            return bool(await step)  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker step failed: %s", what)
+            await asyncio.sleep(self.ctx.settings.poll_seconds)
+            return False
+
+    async def _chunk_loop(self) -> None:
+        while not self._stopping.is_set():
+            if not await self._guarded("chunk", self.run_one_chunk()):
+                await self._idle()
+
+    async def _batch_loop(self) -> None:
+        while not self._stopping.is_set():
+            if not await self._guarded("batch task", self.run_one_batch_task()):
+                await self._idle()
+
+    async def _housekeeping(self) -> None:
+        from batchd.files import FileService
+
+        while not self._stopping.is_set():
+            now = int(self.ctx.clock.now())
+            if await self._guarded("expiry", self.ctx.store.mark_expired(now=now)):
+                self._wake.set()
+            files = FileService(store=self.ctx.store, blobs=self.ctx.blobs, clock=self.ctx.clock,
+                                settings=self.ctx.settings)
+            await self._guarded("purge", files.purge_deleted())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 1.0)
+
+    async def run_one_chunk(self) -> bool:
+        ctx = self.ctx
+        claim = await ctx.store.claim_chunk(worker=ctx.worker_id, now=ctx.clock.now(),
+                                            lease_seconds=ctx.settings.lease_seconds)
+        if claim is None:
+            return False
+        chunk, lease = claim
+        batch = await ctx.store.get_batch(chunk.batch_id, owner=None)
+        assert batch is not None
+        source = await ctx.store.get_file(batch.input_file_id, owner=None)
+        input_key = source.blob_key if source else blob_key(batch.input_file_id)
+        await ChunkRun(ctx, chunk, lease, self._gate).run(input_key)
+        self._wake.set()  # the batch may now be ready to assemble
+        return True
+
+    async def run_one_batch_task(self) -> bool:
+        ctx = self.ctx
+        claim = await ctx.store.claim_batch_task(worker=ctx.worker_id, now=ctx.clock.now(),
+                                                 lease_seconds=ctx.settings.lease_seconds)
+        if claim is None:
+            return False
+        batch, lease = claim
+        await run_batch_task(ctx, batch, lease)
+        self._wake.set()
+        return True
+
+    async def drain(self, *, max_steps: int = 10_000) -> None:
+        """Run work until none is left (tests, one-shot runs)."""
+        for _ in range(max_steps):
+            await self.ctx.store.mark_expired(now=int(self.ctx.clock.now()))
+            progressed = await self.run_one_batch_task()
+            progressed = await self.run_one_chunk() or progressed
+            if not progressed:
+                return

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from batchd.app import create_app
+from batchd.clock import ManualClock
+from batchd.settings import Settings
+from batchd.worker.context import WorkerContext
+from batchd.worker.runner import Worker
+
+API_KEY = "sk-test-key"
+ENDPOINT = "/v1/chat/completions"
+
+INSTANT_MODELS = """
+models:
+  - id: instant-model
+    engine: instant
+    aliases: [org/instant-alias, org/second-alias]
+    fail_marker: FAIL-ME
+  - id: slow-model
+    engine: instant
+    delay_seconds: 0.05
+"""
+
+
+def batch_line(custom_id: str, content: str = "hello there", model: str = "instant-model",
+               **body: Any) -> str:
+    payload = {"model": model, "messages": [{"role": "user", "content": content}], **body}
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINT,
+                       "body": payload})
+
+
+@dataclass
+class Harness:
+    client: httpx.AsyncClient
+    worker: Worker
+    clock: ManualClock
+    settings: Settings
+
+    async def upload(self, lines: list[str] | bytes, *, name: str = "input.jsonl",
+                     purpose: str = "batch") -> str:
+        data = lines if isinstance(lines, bytes) else ("\n".join(lines) + "\n").encode()
+        response = await self.client.post("/v1/files", files={"file": (name, data)},
+                                          data={"purpose": purpose})
+        assert response.status_code == 200, response.text
+        return str(response.json()["id"])
+
+    async def create_batch(self, file_id: str, **extra: Any) -> dict[str, Any]:
+        body = {"input_file_id": file_id, "endpoint": ENDPOINT, "completion_window": "24h",
+                **extra}
+        response = await self.client.post("/v1/batches", json=body)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def batch(self, batch_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/v1/batches/{batch_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def lines_of(self, file_id: str | None) -> list[dict[str, Any]]:
+        if file_id is None:
+            return []
+        response = await self.client.get(f"/v1/files/{file_id}/content")
+        assert response.status_code == 200, response.text
+        return [json.loads(line) for line in response.text.splitlines()]
+
+    async def run_batch(self, lines: list[str], **extra: Any) -> dict[str, Any]:
+        batch = await self.create_batch(await self.upload(lines), **extra)
+        await self.worker.drain()
+        return await self.batch(batch["id"])
+
+
+@pytest.fixture
+def models_file(tmp_path: Path) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(INSTANT_MODELS)
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_file: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", models=models_file, api_key=API_KEY,
+                    embedded_worker=False, chunk_lines=2, heartbeat_seconds=0.05,
+                    poll_seconds=0.05)
+
+
+@pytest.fixture
+async def harness(settings: Settings) -> AsyncIterator[Harness]:
+    clock = ManualClock(start=1_750_000_000.0)
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        svc = app.state.services
+        worker = Worker(WorkerContext(worker_id="test-worker", store=svc.store, blobs=svc.blobs,
+                                      registry=svc.registry, clock=clock, settings=settings))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://batchd",
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+            yield Harness(client=client, worker=worker, clock=clock, settings=settings)

@@ -1,0 +1,74 @@
+"""The real server as a subprocess, on a free port, with the real default model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "sk-e2e-test-key"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Server:
+    base_url: str
+    api_key: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(data_dir: Path, log: Path, *, models: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    env = {**os.environ, "BATCHD_API_KEY": API_KEY, "BATCHD_POLL_SECONDS": "0.1",
+           "BATCHD_HEARTBEAT_SECONDS": "0.2", **(extra_env or {})}
+    args = [sys.executable, "-m", "batchd", "serve", "--port", str(port),
+            "--data-dir", str(data_dir)]
+    if models is not None:
+        args += ["--models", str(models)]
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return Server(base_url=f"{base}/v1", api_key=API_KEY, process=process, log=log)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server did not start:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("e2e")
+    server = start_server(root / "data", root / "server.log", models=REPO / "models.yaml")
+    yield server
+    stop_server(server)

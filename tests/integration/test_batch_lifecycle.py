@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+from tests.conftest import Harness, batch_line
+
+
+async def test_a_batch_runs_to_completed_with_one_output_line_per_request(
+    harness: Harness,
+) -> None:
+    lines = [batch_line(f"req-{i}", f"question {i}") for i in range(5)]
+    file_id = await harness.upload(lines)
+    created = await harness.create_batch(file_id, metadata={"job": "nightly"})
+    assert created["status"] == "validating"
+    assert created["expires_at"] == created["created_at"] + 24 * 3600
+    assert created["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+    assert created["metadata"] == {"job": "nightly"}
+
+    await harness.worker.drain()
+    batch = await harness.batch(created["id"])
+    assert batch["status"] == "completed"
+    assert batch["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
+    assert batch["model"] == "instant-model"
+    for stamp in ("in_progress_at", "finalizing_at", "completed_at"):
+        assert batch[stamp] is not None
+    assert batch["error_file_id"] is None
+    assert batch["usage"]["output_tokens"] > 0
+    assert batch["usage"]["total_tokens"] == (batch["usage"]["input_tokens"]
+                                              + batch["usage"]["output_tokens"])
+
+    output = await harness.lines_of(batch["output_file_id"])
+    assert sorted(line["custom_id"] for line in output) == [f"req-{i}" for i in range(5)]
+    first = next(line for line in output if line["custom_id"] == "req-3")
+    assert first["id"].startswith("batch_req_")
+    assert first["error"] is None
+    response = first["response"]
+    assert response["status_code"] == 200 and response["request_id"]
+    body = response["body"]
+    assert body["object"] == "chat.completion" and body["model"] == "instant-model"
+    assert body["choices"][0]["message"] == {"role": "assistant",
+                                             "content": "echo: question 3", "refusal": None}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 3
+
+    meta = (await harness.client.get(f"/v1/files/{batch['output_file_id']}")).json()
+    assert meta["purpose"] == "batch_output" and meta["object"] == "file"
+
+
+async def test_results_report_the_model_name_asked_for(harness: Harness) -> None:
+    batch = await harness.run_batch([batch_line("a", model="org/instant-alias"),
+                                     batch_line("b", model="org/second-alias")])
+    assert batch["status"] == "completed" and batch["model"] is None
+    models = {line["custom_id"]: line["response"]["body"]["model"]
+              for line in await harness.lines_of(batch["output_file_id"])}
+    assert models == {"a": "org/instant-alias", "b": "org/second-alias"}
+
+
+async def test_a_request_the_engine_rejects_is_an_error_line_not_a_dead_batch(
+    harness: Harness,
+) -> None:
+    batch = await harness.run_batch([
+        batch_line("good"),
+        batch_line("engine-fails", "please FAIL-ME now"),
+        batch_line("bad-param", temperature=7),
+    ])
+    assert batch["status"] == "completed"
+    assert batch["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+    errors = {line["custom_id"]: line for line in await harness.lines_of(batch["error_file_id"])}
+    assert errors["engine-fails"]["response"]["status_code"] == 500
+    assert errors["bad-param"]["response"]["status_code"] == 400
+    assert errors["bad-param"]["response"]["body"]["error"]["param"] == "temperature"
+    assert errors["bad-param"]["error"] is None
+
+
+async def test_bad_lines_fail_the_batch_with_every_line_listed(harness: Harness) -> None:
+    batch = await harness.run_batch([batch_line("a"), "{nope", batch_line("a"),
+                                     batch_line("c", model="missing-model")])
+    assert batch["status"] == "failed" and batch["failed_at"] is not None
+    errors = batch["errors"]["data"]
+    assert [(e["code"], e["line"]) for e in errors] == [
+        ("invalid_json_line", 2), ("duplicate_custom_id", 3), ("model_not_found", 4)]
+    assert errors[2]["param"] == "body.model"
+    assert batch["output_file_id"] is None and batch["error_file_id"] is None
+
+
+async def test_unknown_input_file_fails_the_batch(harness: Harness) -> None:
+    batch = await harness.create_batch("file-doesnotexist")
+    await harness.worker.drain()
+    batch = await harness.batch(batch["id"])
+    assert batch["status"] == "failed"
+    assert batch["errors"]["data"][0]["code"] == "invalid_request"
+    assert "file-doesnotexist" in batch["errors"]["data"][0]["message"]
+
+
+async def test_input_file_with_wrong_purpose_fails_the_batch(harness: Harness) -> None:
+    file_id = await harness.upload([batch_line("a")], purpose="user_data")
+    batch = await harness.create_batch(file_id)
+    await harness.worker.drain()
+    batch = await harness.batch(batch["id"])
+    assert batch["status"] == "failed"
+    assert "purpose" in batch["errors"]["data"][0]["message"]
+
+
+async def test_cancel_keeps_finished_results_and_reports_the_rest(harness: Harness) -> None:
+    lines = [batch_line(f"r{i}") for i in range(6)]
+    created = await harness.create_batch(await harness.upload(lines))
+    assert await harness.worker.run_one_batch_task()  # validation
+    assert await harness.worker.run_one_chunk()  # the first chunk of two requests
+    cancelled = (await harness.client.post(f"/v1/batches/{created['id']}/cancel")).json()
+    assert cancelled["status"] == "cancelling" and cancelled["cancelling_at"] is not None
+    await harness.worker.drain()
+    batch = await harness.batch(created["id"])
+    assert batch["status"] == "cancelled" and batch["cancelled_at"] is not None
+    assert batch["request_counts"] == {"total": 6, "completed": 2, "failed": 4}
+    output = await harness.lines_of(batch["output_file_id"])
+    errors = await harness.lines_of(batch["error_file_id"])
+    assert {line["custom_id"] for line in output} == {"r0", "r1"}
+    assert {line["custom_id"] for line in errors} == {"r2", "r3", "r4", "r5"}
+    assert all(line["response"] is None and line["error"]["code"] == "batch_cancelled"
+               for line in errors)
+    # Cancelling again is allowed and changes nothing.
+    again = await harness.client.post(f"/v1/batches/{created['id']}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+
+
+async def test_cancel_while_validating(harness: Harness) -> None:
+    created = await harness.create_batch(await harness.upload([batch_line("a")]))
+    await harness.client.post(f"/v1/batches/{created['id']}/cancel")
+    await harness.worker.drain()
+    batch = await harness.batch(created["id"])
+    assert batch["status"] == "cancelled"
+    assert batch["output_file_id"] is None and batch["error_file_id"] is None
+
+
+async def test_cancel_of_a_completed_batch_is_a_409_that_says_do_not_retry(
+    harness: Harness,
+) -> None:
+    batch = await harness.run_batch([batch_line("a")])
+    response = await harness.client.post(f"/v1/batches/{batch['id']}/cancel")
+    assert response.status_code == 409
+    assert response.headers["x-should-retry"] == "false"
+    assert response.json() == {"error": {
+        "message": "Cannot cancel a batch with status 'completed'.",
+        "type": "invalid_request_error", "param": None, "code": None}}
+
+
+async def test_expiry_keeps_finished_results_and_expires_the_rest(harness: Harness) -> None:
+    lines = [batch_line(f"r{i}") for i in range(4)]
+    created = await harness.create_batch(await harness.upload(lines), completion_window="1h")
+    assert created["expires_at"] == created["created_at"] + 3600
+    assert await harness.worker.run_one_batch_task()
+    assert await harness.worker.run_one_chunk()
+    harness.clock.advance(3601)
+    await harness.worker.drain()
+    batch = await harness.batch(created["id"])
+    assert batch["status"] == "expired" and batch["expired_at"] is not None
+    assert batch["request_counts"] == {"total": 4, "completed": 2, "failed": 2}
+    errors = await harness.lines_of(batch["error_file_id"])
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+
+
+async def test_live_counts_while_in_progress(harness: Harness) -> None:
+    created = await harness.create_batch(await harness.upload(
+        [batch_line(f"r{i}") for i in range(4)]))
+    assert await harness.worker.run_one_batch_task()
+    batch = await harness.batch(created["id"])
+    assert batch["status"] == "in_progress" and batch["in_progress_at"] is not None
+    assert batch["request_counts"] == {"total": 4, "completed": 0, "failed": 0}
+    assert await harness.worker.run_one_chunk()
+    batch = await harness.batch(created["id"])
+    assert batch["request_counts"] == {"total": 4, "completed": 2, "failed": 0}
+
+
+async def test_list_batches_newest_first_with_cursor_paging(harness: Harness) -> None:
+    file_id = await harness.upload([batch_line("a")])
+    ids = [(await harness.create_batch(file_id))["id"] for _ in range(5)]
+    page = (await harness.client.get("/v1/batches", params={"limit": 2})).json()
+    assert [b["id"] for b in page["data"]] == ids[::-1][:2]
+    assert page["has_more"] is True and page["object"] == "list"
+    assert page["first_id"] == ids[4] and page["last_id"] == ids[3]
+    rest = (await harness.client.get("/v1/batches",
+                                     params={"limit": 10, "after": page["last_id"]})).json()
+    assert [b["id"] for b in rest["data"]] == ids[::-1][2:]
+    assert rest["has_more"] is False
