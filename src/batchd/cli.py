@@ -19,10 +19,10 @@ app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", envvar="BATCHD_DATA_DIR", show_envvar=True,
-    help="Where the database and stored files live [default: ./batchd-data].")]
+    help="Where the database and stored files live (default: ./batchd-data).")]
 ModelsOpt = Annotated[Path | None, typer.Option(
     "--models", envvar="BATCHD_MODELS", show_envvar=True,
-    help="YAML file listing the served models [default: SmolLM2-135M-Instruct on llama.cpp].")]
+    help="YAML file listing the served models (default: SmolLM2-135M-Instruct on llama.cpp).")]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -59,14 +59,14 @@ async def _bootstrap_key(settings: Settings) -> str | None:
 def serve(
     host: Annotated[str | None, typer.Option(
         envvar="BATCHD_HOST", show_envvar=True,
-        help="Address to listen on [default: 127.0.0.1].")] = None,
+        help="Address to listen on (default: 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(
-        envvar="BATCHD_PORT", show_envvar=True, help="Port to listen on [default: 8000].")] = None,
+        envvar="BATCHD_PORT", show_envvar=True, help="Port to listen on (default: 8000).")] = None,
     data_dir: DataDir = None,
     models: ModelsOpt = None,
     worker: Annotated[bool | None, typer.Option(
         "--worker/--no-worker", envvar="BATCHD_EMBEDDED_WORKER", show_envvar=True,
-        help="Run the batch worker inside the server [default: on].")] = None,
+        help="Run the batch worker inside the server (default: on).")] = None,
 ) -> None:
     """Run the HTTP API (and, by default, a worker) until interrupted."""
     import uvicorn

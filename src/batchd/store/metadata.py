@@ -8,9 +8,11 @@ never hits a stale-snapshot upgrade failure.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, and_, event, exists, func, or_, select, tuple_, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from batchd.store import tables as t
@@ -70,6 +72,19 @@ class MetadataStore:
         if url.startswith("sqlite"):
             event.listen(self._engine.sync_engine, "connect", _set_sqlite_pragmas)
         self._seq = _Sequencer()
+        # SQLite allows one writer at a time. Writers of this process queue here instead of
+        # spinning in SQLite's busy handler (which sleeps in steps of up to 100 ms); other
+        # processes are still kept apart by SQLite's own lock.
+        self._write_lock = asyncio.Lock() if url.startswith("sqlite") else None
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self._engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._engine.begin() as conn:
+            yield conn
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent, safe on every start)."""
@@ -80,7 +95,7 @@ class MetadataStore:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await conn.run_sync(upgrade)
 
     async def close(self) -> None:
@@ -89,7 +104,7 @@ class MetadataStore:
     # --- keys -------------------------------------------------------------------------------
 
     async def insert_key(self, key: ApiKey, *, key_hash: str) -> None:
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(t.api_keys.insert().values(**_asdict(key), key_hash=key_hash))
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
@@ -107,7 +122,7 @@ class MetadataStore:
             return [ApiKey.from_row(r) for r in rows]
 
     async def revoke_key(self, key_id_or_name: str, *, now: int) -> int:
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 update(t.api_keys)
                 .where(or_(t.api_keys.c.id == key_id_or_name, t.api_keys.c.name == key_id_or_name))
@@ -120,7 +135,7 @@ class MetadataStore:
 
     async def insert_file(self, record: FileRecord) -> FileRecord:
         record = dataclasses.replace(record, seq=self._seq.next())
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(t.files.insert().values(**_asdict(record)))
         return record
 
@@ -155,7 +170,7 @@ class MetadataStore:
 
     async def delete_file(self, file_id: str, *, owner: str, now: int) -> FileRecord | None:
         """Hide the file. Its blob stays while an active batch still reads it."""
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             row = (await conn.execute(
                 update(t.files)
                 .where(t.files.c.id == file_id, t.files.c.owner == owner)
@@ -186,14 +201,14 @@ class MetadataStore:
             return [FileRecord.from_row(r) for r in rows]
 
     async def forget_file(self, file_id: str) -> None:
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(t.files.delete().where(t.files.c.id == file_id))
 
     # --- batches ----------------------------------------------------------------------------
 
     async def insert_batch(self, record: BatchRecord) -> BatchRecord:
         record = dataclasses.replace(record, seq=self._seq.next())
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(t.batches.insert().values(**_asdict(record)))
         return record
 
@@ -245,7 +260,7 @@ class MetadataStore:
     async def request_cancel(self, batch_id: str, *, owner: str, now: int) -> BatchRecord | None:
         """Move an active batch to `cancelling`; returns the batch as it now stands."""
         c = t.batches.c
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(
                 update(t.batches)
                 .where(c.id == batch_id, c.owner == owner)
@@ -263,7 +278,7 @@ class MetadataStore:
     async def mark_expired(self, *, now: int) -> int:
         """Flag batches whose window passed; the worker then assembles what they have."""
         c = t.batches.c
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 update(t.batches)
                 .where(c.status.in_((BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)))
@@ -296,7 +311,7 @@ class MetadataStore:
             .limit(1)
             .scalar_subquery()
         )
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             row = (await conn.execute(
                 update(t.batches)
                 .where(b.id == candidate)
@@ -317,7 +332,7 @@ class MetadataStore:
         self, batch_id: str, lease: Lease, *, now: float, lease_seconds: float
     ) -> BatchRecord | None:
         """Extend the lease; None means it was lost. The record shows a pending cancel."""
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             row = (await conn.execute(
                 update(t.batches).where(self._batch_fence(batch_id, lease))
                 .values(lease_expires_at=now + lease_seconds)
@@ -326,7 +341,7 @@ class MetadataStore:
         return BatchRecord.from_row(row) if row else None
 
     async def release_batch_lease(self, batch_id: str, lease: Lease) -> None:
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(
                 update(t.batches).where(self._batch_fence(batch_id, lease))
                 .values(lease_owner=None, lease_expires_at=None)
@@ -340,7 +355,7 @@ class MetadataStore:
         `finalizing` when the file held no requests to run)."""
         b = t.batches.c
         status = BatchStatus.IN_PROGRESS if plans else BatchStatus.FINALIZING
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             row = (await conn.execute(
                 update(t.batches)
                 .where(self._batch_fence(batch_id, lease), b.status == BatchStatus.VALIDATING)
@@ -366,7 +381,7 @@ class MetadataStore:
     async def fail_batch(
         self, batch_id: str, lease: Lease, *, errors: list[dict[str, Any]], now: int
     ) -> bool:
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 update(t.batches)
                 .where(self._batch_fence(batch_id, lease),
@@ -388,7 +403,7 @@ class MetadataStore:
             BatchStatus.COMPLETED: "completed_at", BatchStatus.CANCELLED: "cancelled_at",
             BatchStatus.EXPIRED: "expired_at", BatchStatus.FAILED: "failed_at",
         }[status]
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 update(t.batches)
                 .where(self._batch_fence(batch_id, lease), b.status.in_(_ACTIVE))
@@ -429,7 +444,7 @@ class MetadataStore:
             .order_by(c.deadline, c.batch_id, c.chunk_no)
             .limit(1)
         )
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             row = (await conn.execute(
                 update(t.chunks)
                 .where(tuple_(c.batch_id, c.chunk_no).in_(candidate))
@@ -454,7 +469,7 @@ class MetadataStore:
     ) -> BatchRecord | None:
         """Extend the lease and publish live counts. None: the chunk is no longer ours.
         The returned batch tells the worker whether to stop (cancel, expiry)."""
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 update(t.chunks).where(self._chunk_fence(chunk, lease))
                 .values(lease_expires_at=now + lease_seconds, **_progress(progress))
@@ -472,7 +487,7 @@ class MetadataStore:
     ) -> bool:
         """Mark the chunk done, fenced; the last chunk moves its batch to `finalizing`."""
         c, b = t.chunks.c, t.batches.c
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 update(t.chunks).where(self._chunk_fence(chunk, lease))
                 .values(state=ChunkState.DONE, ok_part=ok_part, err_part=err_part,
@@ -492,7 +507,7 @@ class MetadataStore:
 
     async def release_chunk(self, chunk: Chunk, lease: Lease) -> None:
         """Hand an unfinished chunk back at once (graceful shutdown)."""
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(
                 update(t.chunks).where(self._chunk_fence(chunk, lease))
                 .values(state=ChunkState.PENDING, owner=None, lease_expires_at=None,
@@ -501,7 +516,7 @@ class MetadataStore:
 
     async def release_leases_of(self, owner: str) -> int:
         """Free all work held under `owner` (a restarted worker reclaiming its past life's)."""
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             chunks = await conn.execute(
                 update(t.chunks)
                 .where(t.chunks.c.owner == owner, t.chunks.c.state == ChunkState.LEASED)

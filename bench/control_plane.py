@@ -1,0 +1,95 @@
+"""Control-plane benchmark: a 50,000-line batch on the instant engine, create → completed, and
+upload throughput for a 200 MB file. Runs the real server as a subprocess and prints requests/s,
+MB/s and the server's peak RSS (VmHWM).
+
+    .venv/bin/python bench/control_plane.py [--lines 50000] [--upload-mb 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from openai import OpenAI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.e2e.conftest import start_server, stop_server
+
+MODELS = "models:\n  - id: instant-model\n    engine: instant\n"
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def write_input(path: Path, lines: int) -> None:
+    with path.open("w") as out:
+        for i in range(lines):
+            out.write(json.dumps({
+                "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": "instant-model", "max_tokens": 16,
+                         "messages": [{"role": "user", "content": f"question number {i}"}]},
+            }) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lines", type=int, default=50_000)
+    parser.add_argument("--upload-mb", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "models.yaml").write_text(MODELS)
+        server = start_server(root / "data", root / "server.log", models=root / "models.yaml",
+                              extra_env={"BATCHD_CHUNK_LINES": "1000",
+                                         "BATCHD_WORKER_CONCURRENCY": "64",
+                                         "BATCHD_WORKER_CHUNKS": "4",
+                                         "BATCHD_MAX_UPLOAD_BYTES": str(1 << 30),
+                                         "BATCHD_LOG_LEVEL": "warning"})
+        try:
+            client = OpenAI(base_url=server.base_url, api_key=server.api_key)
+            path = root / "input.jsonl"
+            write_input(path, args.lines)
+            started = time.perf_counter()
+            with path.open("rb") as file:
+                uploaded = client.files.create(file=file, purpose="batch")
+            batch = client.batches.create(input_file_id=uploaded.id,
+                                          endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            while batch.status not in ("completed", "failed", "cancelled", "expired"):
+                time.sleep(0.05)
+                batch = client.batches.retrieve(batch.id)
+            elapsed = time.perf_counter() - started
+            assert batch.status == "completed", batch
+            assert batch.request_counts is not None
+            print(f"batch: {args.lines} lines in {elapsed:.2f} s "
+                  f"= {args.lines / elapsed:,.0f} requests/s "
+                  f"(completed {batch.request_counts.completed})")
+            print(f"server peak RSS after the batch: {peak_rss_mb(server.process.pid):.0f} MB")
+
+            blob = root / "upload.jsonl"
+            line = b'{"custom_id":"x","method":"POST","url":"/v1/chat/completions","body":{}}\n'
+            with blob.open("wb") as out:
+                for _ in range(args.upload_mb * 1024 * 1024 // len(line)):
+                    out.write(line)
+            size_mb = blob.stat().st_size / 1e6
+            started = time.perf_counter()
+            with blob.open("rb") as file:
+                client.files.create(file=file, purpose="user_data")
+            elapsed = time.perf_counter() - started
+            print(f"upload: {size_mb:.0f} MB in {elapsed:.2f} s = {size_mb / elapsed:.0f} MB/s")
+            print(f"server peak RSS after the upload: {peak_rss_mb(server.process.pid):.0f} MB")
+        finally:
+            stop_server(server)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The CLI as a user runs it: keys, and the API and workers as separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from openai import OpenAI
+
+from tests.conftest import INSTANT_MODELS, batch_line
+from tests.e2e.conftest import start_server, stop_server
+
+
+def batchd(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
+    return subprocess.run([sys.executable, "-m", "batchd", *args, "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    created = batchd("keys", "create", "--name", "alice", data_dir=tmp_path)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip().splitlines()[-1]
+    assert secret.startswith("bd-") and len(secret) > 40
+    listed = batchd("keys", "list", data_dir=tmp_path)
+    assert "alice" in listed.stdout and secret not in listed.stdout
+    assert batchd("keys", "revoke", "alice", data_dir=tmp_path).returncode == 0
+    assert "revoked" in batchd("keys", "list", data_dir=tmp_path).stdout
+    assert batchd("keys", "revoke", "nobody", data_dir=tmp_path).returncode == 1
+
+
+def test_stored_keys_authenticate_and_revocation_is_immediate(tmp_path: Path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text(INSTANT_MODELS)
+    secret = batchd("keys", "create", "--name", "bob",
+                    data_dir=tmp_path / "data").stdout.strip().splitlines()[-1]
+    server = start_server(tmp_path / "data", tmp_path / "server.log", models=models)
+    try:
+        url = f"{server.base_url}/models"
+        headers = {"Authorization": f"Bearer {secret}"}
+        assert httpx.get(url, headers=headers).status_code == 200
+        batchd("keys", "revoke", "bob", data_dir=tmp_path / "data")
+        assert httpx.get(url, headers=headers).status_code == 401
+    finally:
+        stop_server(server)
+
+
+def test_api_and_standalone_worker_processes_share_the_store(tmp_path: Path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text(INSTANT_MODELS)
+    data = tmp_path / "data"
+    server = start_server(data, tmp_path / "server.log", models=models,
+                          extra_env={"BATCHD_EMBEDDED_WORKER": "false"})
+    env = {**os.environ, "BATCHD_POLL_SECONDS": "0.1", "BATCHD_CHUNK_LINES": "3"}
+    workers = [subprocess.Popen([sys.executable, "-m", "batchd", "worker", "--data-dir",
+                                 str(data), "--models", str(models)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(2)]
+    try:
+        client = OpenAI(base_url=server.base_url, api_key=server.api_key)
+        path = tmp_path / "in.jsonl"
+        path.write_text("\n".join(batch_line(f"r{i}") for i in range(20)) + "\n")
+        with path.open("rb") as file:
+            uploaded = client.files.create(file=file, purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id,
+                                      endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + 60
+        while batch.status != "completed" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            batch = client.batches.retrieve(batch.id)
+        assert batch.status == "completed"
+        assert batch.output_file_id is not None
+        lines = client.files.content(batch.output_file_id).text.splitlines()
+        assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(
+            f"r{i}" for i in range(20))
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            assert worker.wait(timeout=30) == 0
+        stop_server(server)
