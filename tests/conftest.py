@@ -24,6 +24,7 @@ models:
     engine: instant
     aliases: [org/instant-alias, org/second-alias]
     fail_marker: FAIL-ME
+    hang_marker: HANG-ME
   - id: slow-model
     engine: instant
     delay_seconds: 0.05

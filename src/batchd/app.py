@@ -35,6 +35,7 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
     store = MetadataStore(settings.resolved_database_url)
     await store.migrate()
     blobs = LocalBlobStore(settings.blob_dir)
+    blobs.sweep_temporary()
     if registry is None:
         registry = ModelRegistry(load_models_file(settings.models), created=int(clock.now()))
         await registry.start()

@@ -33,6 +33,8 @@ STOP_MESSAGES = {
     "batch_cancelled": "This request was not executed because the batch was cancelled.",
     "batch_expired": "This request could not be executed before the completion window expired.",
     "batch_failed": "This request was not executed because the batch failed.",
+    "request_failed": "This request was not completed: the workers running it stopped "
+                      "(crashed or hung) too many times, so it was not retried again.",
 }
 
 

@@ -19,6 +19,8 @@ class InstantOptions(BaseModel):
     """Pretend each request takes this long (to test cancels, crashes and leases)."""
     fail_marker: str | None = None
     """A request whose last message contains this text fails with an engine error."""
+    hang_marker: str | None = None
+    """A request whose last message contains this text never finishes (a hung engine)."""
 
 
 class InstantEngine:
@@ -50,6 +52,9 @@ class InstantEngine:
         return sum(3 + len(str(m["content"]).split()) for m in request.plain_messages())
 
     async def chat(self, request: ChatCompletionRequest) -> ChatResult:
+        marker = self.options.hang_marker
+        if marker and marker in str(request.plain_messages()[-1]["content"]):
+            await asyncio.Event().wait()
         if self.options.delay_seconds:
             await asyncio.sleep(self.options.delay_seconds)
         choices = [self._answer(request, i) for i in range(request.n)]

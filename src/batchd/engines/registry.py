@@ -6,6 +6,7 @@ Built-in engines register through the same table a plugin would use (`ENGINE_FAC
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchd.engines.base import Engine
+
+log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[dict[str, Any]], Engine]
 
@@ -92,6 +95,7 @@ class ModelRegistry:
                     raise ConfigError(f"model name {name!r} is listed twice")
                 self._by_name[name] = entry
         self._engines: dict[str, Engine] = {}
+        self._restart_lock = asyncio.Lock()
 
     def names(self) -> list[str]:
         """Every id and alias, in file order."""
@@ -115,6 +119,18 @@ class ModelRegistry:
     def engine_for(self, name: str) -> Engine:
         entry = self._by_name[name]
         return self._engines[entry.id]
+
+    async def restart(self, name: str, broken: Engine) -> None:
+        """Replace a hung or crashed engine with a fresh instance. Several requests may
+        report the same broken engine; only the first restarts it."""
+        entry = self._by_name[name]
+        async with self._restart_lock:
+            if self._engines.get(entry.id) is not broken:
+                return  # already replaced
+            log.error("restarting the engine of model %r after a hang or crash", entry.id)
+            factory = ENGINE_FACTORIES[entry.engine]
+            self._engines[entry.id] = await asyncio.to_thread(factory, entry.options)
+        await broken.aclose()
 
     async def aclose(self) -> None:
         for engine in self._engines.values():

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -26,6 +28,7 @@ class BlobStore(Protocol):
     def read_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
     def lines(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
     def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> None: ...
 
 
 class BlobMissing(ServerError):
@@ -112,6 +115,23 @@ class LocalBlobStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object under a folder-like prefix ending in '/'."""
+        folder = self._path(prefix.rstrip("/"))
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def sweep_temporary(self, older_than_seconds: float = 3600.0) -> int:
+        """Remove temporary files that crashed writers left behind."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for path in self._tmp.iterdir():
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
 
 def _fsync_dir(path: Path) -> None:

@@ -427,9 +427,10 @@ class MetadataStore:
     # --- chunk-level work -------------------------------------------------------------------
 
     async def claim_chunk(
-        self, *, worker: str, now: float, lease_seconds: float
+        self, *, worker: str, now: float, lease_seconds: float, max_attempts: int
     ) -> tuple[Chunk, Lease] | None:
-        """Lease the most urgent runnable chunk: pending, or leased by a worker that vanished."""
+        """Lease the most urgent runnable chunk: pending, or leased by a worker that vanished.
+        Live counts restart from what the chunk has committed."""
         c, b = t.chunks.c, t.batches.c
         runnable_batch = exists().where(
             b.id == c.batch_id, b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None)
@@ -440,7 +441,7 @@ class MetadataStore:
         )
         candidate = (
             select(c.batch_id, c.chunk_no)
-            .where(claimable, runnable_batch)
+            .where(claimable, runnable_batch, c.attempts < max_attempts)
             .order_by(c.deadline, c.batch_id, c.chunk_no)
             .limit(1)
         )
@@ -450,12 +451,32 @@ class MetadataStore:
                 .where(tuple_(c.batch_id, c.chunk_no).in_(candidate))
                 .values(state=ChunkState.LEASED, owner=worker, generation=c.generation + 1,
                         attempts=c.attempts + 1, lease_expires_at=now + lease_seconds,
-                        n_ok=0, n_err=0, input_tokens=0, output_tokens=0)
+                        n_ok=c.done_ok, n_err=c.done_err, input_tokens=c.done_input_tokens,
+                        output_tokens=c.done_output_tokens)
                 .returning(*t.chunks.c)
             )).mappings().first()
         if row is None:
             return None
         return Chunk.from_row(row), Lease(owner=worker, generation=row["generation"])
+
+    async def fail_exhausted_chunks(self, *, now: float, max_attempts: int) -> int:
+        """Give up on chunks whose workers died `max_attempts` times (a request that crashes
+        or hangs every worker must not keep a batch in progress forever)."""
+        c = t.chunks.c
+        exhausted = and_(
+            c.attempts >= max_attempts,
+            or_(c.state == ChunkState.PENDING,
+                and_(c.state == ChunkState.LEASED, c.lease_expires_at < now)),
+        )
+        async with self._write() as conn:
+            rows = (await conn.execute(
+                update(t.chunks).where(exhausted)
+                .values(state=ChunkState.FAILED, owner=None, lease_expires_at=None)
+                .returning(c.batch_id)
+            )).all()
+            for batch_id in {r[0] for r in rows}:
+                await self._finalize_if_finished(conn, batch_id, now=int(now))
+        return len(rows)
 
     def _chunk_fence(self, chunk: Chunk, lease: Lease) -> Any:
         c = t.chunks.c
@@ -472,7 +493,7 @@ class MetadataStore:
         async with self._write() as conn:
             result = await conn.execute(
                 update(t.chunks).where(self._chunk_fence(chunk, lease))
-                .values(lease_expires_at=now + lease_seconds, **_progress(progress))
+                .values(lease_expires_at=now + lease_seconds, **_live(progress))
             )
             if result.rowcount != 1:
                 return None
@@ -481,41 +502,66 @@ class MetadataStore:
             )).mappings().first()
         return BatchRecord.from_row(row) if row else None
 
+    async def checkpoint_chunk(
+        self, chunk: Chunk, lease: Lease, *, parts: list[dict[str, str | None]],
+        committed: ChunkProgress, now: float, lease_seconds: float, release: bool = False,
+    ) -> bool:
+        """Record results so far (fenced); with `release`, hand the rest of the chunk back."""
+        values: dict[str, Any] = dict(parts=parts, **_done(committed), **_live(committed))
+        if release:
+            values.update(state=ChunkState.PENDING, owner=None, lease_expires_at=None,
+                          attempts=t.chunks.c.attempts - 1)
+        else:
+            values.update(lease_expires_at=now + lease_seconds)
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.chunks).where(self._chunk_fence(chunk, lease)).values(**values)
+            )
+            return result.rowcount == 1
+
     async def commit_chunk(
-        self, chunk: Chunk, lease: Lease, *, ok_part: str | None, err_part: str | None,
-        progress: ChunkProgress, now: int,
+        self, chunk: Chunk, lease: Lease, *, parts: list[dict[str, str | None]],
+        committed: ChunkProgress, now: int,
     ) -> bool:
         """Mark the chunk done, fenced; the last chunk moves its batch to `finalizing`."""
-        c, b = t.chunks.c, t.batches.c
         async with self._write() as conn:
             result = await conn.execute(
                 update(t.chunks).where(self._chunk_fence(chunk, lease))
-                .values(state=ChunkState.DONE, ok_part=ok_part, err_part=err_part,
-                        lease_expires_at=None, **_progress(progress))
+                .values(state=ChunkState.DONE, parts=parts, lease_expires_at=None,
+                        **_done(committed), **_live(committed))
             )
             if result.rowcount != 1:
                 return False
-            await conn.execute(
-                update(t.batches)
-                .where(b.id == chunk.batch_id, b.status == BatchStatus.IN_PROGRESS,
-                       b.stop_reason.is_(None))
-                .where(~exists().where(c.batch_id == chunk.batch_id,
-                                       c.state != ChunkState.DONE))
-                .values(status=BatchStatus.FINALIZING, finalizing_at=now)
-            )
+            await self._finalize_if_finished(conn, chunk.batch_id, now=now)
         return True
 
-    async def release_chunk(self, chunk: Chunk, lease: Lease) -> None:
-        """Hand an unfinished chunk back at once (graceful shutdown)."""
+    async def _finalize_if_finished(self, conn: AsyncConnection, batch_id: str, *,
+                                    now: int) -> None:
+        c, b = t.chunks.c, t.batches.c
+        await conn.execute(
+            update(t.batches)
+            .where(b.id == batch_id, b.status == BatchStatus.IN_PROGRESS,
+                   b.stop_reason.is_(None))
+            .where(~exists().where(c.batch_id == batch_id,
+                                   c.state.not_in((ChunkState.DONE, ChunkState.FAILED))))
+            .values(status=BatchStatus.FINALIZING, finalizing_at=now)
+        )
+
+    async def stop_batch(self, batch_id: str, *, reason: StopReason,
+                         errors: list[dict[str, Any]] | None = None) -> None:
+        """Stop a running batch (e.g. its input vanished); assembly then reports the rest."""
+        b = t.batches.c
         async with self._write() as conn:
             await conn.execute(
-                update(t.chunks).where(self._chunk_fence(chunk, lease))
-                .values(state=ChunkState.PENDING, owner=None, lease_expires_at=None,
-                        attempts=t.chunks.c.attempts - 1)
+                update(t.batches)
+                .where(b.id == batch_id, b.status == BatchStatus.IN_PROGRESS,
+                       b.stop_reason.is_(None))
+                .values(stop_reason=reason, errors=errors)
             )
 
     async def release_leases_of(self, owner: str) -> int:
-        """Free all work held under `owner` (a restarted worker reclaiming its past life's)."""
+        """Free all work held under `owner` (a restarted worker reclaiming its past life's).
+        The lost attempt still counts towards the chunk's limit."""
         async with self._write() as conn:
             chunks = await conn.execute(
                 update(t.chunks)
@@ -541,6 +587,12 @@ def _asdict(record: object) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}  # type: ignore[arg-type]
 
 
-def _progress(progress: ChunkProgress) -> dict[str, int]:
+def _live(progress: ChunkProgress) -> dict[str, int]:
     return dataclasses.asdict(progress)
+
+
+def _done(progress: ChunkProgress) -> dict[str, int]:
+    return {"done_ok": progress.n_ok, "done_err": progress.n_err,
+            "done_input_tokens": progress.input_tokens,
+            "done_output_tokens": progress.output_tokens}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
 
@@ -44,7 +44,7 @@ class ChunkState(enum.StrEnum):
     PENDING = "pending"
     LEASED = "leased"
     DONE = "done"
-    FAILED = "failed"  # gave up after too many lapsed leases
+    FAILED = "failed"  # given up after too many attempts (its workers crashed or hung)
 
 
 class _Record:
@@ -142,15 +142,20 @@ class Chunk(_Record):
     owner: str | None
     generation: int
     attempts: int
-    n_ok: int = 0
-    n_err: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    ok_part: str | None = None
-    err_part: str | None = None
+    parts: list[dict[str, str | None]] = field(default_factory=list)
+    done_ok: int = 0
+    done_err: int = 0
+    done_input_tokens: int = 0
+    done_output_tokens: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", ChunkState(self.state))
+
+    @property
+    def committed(self) -> ChunkProgress:
+        return ChunkProgress(n_ok=self.done_ok, n_err=self.done_err,
+                             input_tokens=self.done_input_tokens,
+                             output_tokens=self.done_output_tokens)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +166,11 @@ class ChunkProgress:
     n_err: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+
+    def __add__(self, other: ChunkProgress) -> ChunkProgress:
+        return ChunkProgress(n_ok=self.n_ok + other.n_ok, n_err=self.n_err + other.n_err,
+                             input_tokens=self.input_tokens + other.input_tokens,
+                             output_tokens=self.output_tokens + other.output_tokens)
 
 
 @dataclass(frozen=True, kw_only=True)

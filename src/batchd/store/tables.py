@@ -107,7 +107,12 @@ chunks = Table(
     Column("n_err", Integer, nullable=False, default=0),
     Column("input_tokens", Integer, nullable=False, default=0),
     Column("output_tokens", Integer, nullable=False, default=0),
-    Column("ok_part", Text),
-    Column("err_part", Text),
+    # Committed result parts (write-once blobs), in order: [{"ok": key|null, "err": key|null}].
+    Column("parts", JSON, nullable=False, default=list),
+    # Committed totals (checkpoints and the final commit); n_ok… above add in-flight progress.
+    Column("done_ok", Integer, nullable=False, default=0),
+    Column("done_err", Integer, nullable=False, default=0),
+    Column("done_input_tokens", Integer, nullable=False, default=0),
+    Column("done_output_tokens", Integer, nullable=False, default=0),
     Index("ix_chunks_claim", "state", "deadline"),
 )

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import orjson
 
@@ -14,6 +15,7 @@ from batchd import ids
 from batchd.batches import results
 from batchd.batches.validation import InputValidator, LineError, ValidationOutcome
 from batchd.files import blob_key
+from batchd.store.blobs import BlobMissing
 from batchd.store.records import (
     BatchRecord,
     BatchStatus,
@@ -135,12 +137,31 @@ _FINAL_STATUS = {
 }
 
 
-def _unrun_lines(ctx: WorkerContext, input_key: str, chunk: Chunk, code: str) -> Iterator[bytes]:
+def _unrun_lines(ctx: WorkerContext, input_key: str, chunk: Chunk, done: set[str],
+                 code: str) -> Iterator[bytes]:
     message = results.STOP_MESSAGES[code]
-    for raw in ctx.blobs.lines(input_key, chunk.byte_start, chunk.byte_end):
-        if raw.strip():
-            custom_id = orjson.loads(raw)["custom_id"]
-            yield results.stop_error_line(custom_id, code=code, message=message)
+    try:
+        for raw in ctx.blobs.lines(input_key, chunk.byte_start, chunk.byte_end):
+            if raw.strip():
+                custom_id = orjson.loads(raw)["custom_id"]
+                if custom_id not in done:
+                    yield results.stop_error_line(custom_id, code=code, message=message)
+    except BlobMissing:
+        # The input is gone (the batch's `errors` say so); these requests cannot be named.
+        log.error("batch %s: input missing, unrun requests of chunk %d are not listed",
+                  chunk.batch_id, chunk.chunk_no)
+
+
+def _copy_part(ctx: WorkerContext, key: str | None, sink: BinaryIO, done: set[str]) -> int:
+    """Append a part to a result file; returns its line count and notes its custom_ids."""
+    if not key:
+        return 0
+    n = 0
+    for line in ctx.blobs.lines(key):
+        done.add(orjson.loads(line)["custom_id"])
+        sink.write(line)
+        n += 1
+    return n
 
 
 async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None:
@@ -152,64 +173,61 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
     input_file = await ctx.store.get_file(batch.input_file_id, owner=None)
     # A deleted input file keeps its record (hidden) while the batch is active.
     input_key = input_file.blob_key if input_file else blob_key(batch.input_file_id)
-    out_id, err_id = ids.file_id(), ids.file_id()
-    counts = ChunkProgress()
+    out_key = f"batches/{batch.id}/output-g{lease.generation}.jsonl"
+    err_key = f"batches/{batch.id}/errors-g{lease.generation}.jsonl"
 
     def write(stop: threading.Event) -> ChunkProgress:
-        n_ok = n_err = tokens_in = tokens_out = 0
-        with ctx.blobs.writer(blob_key(out_id)) as out, ctx.blobs.writer(blob_key(err_id)) as err:
+        totals = ChunkProgress()
+        with ctx.blobs.writer(out_key) as out, ctx.blobs.writer(err_key) as err:
             for chunk in chunks:
                 if stop.is_set():
                     raise _Abandoned
-                if chunk.state is ChunkState.DONE:
-                    for key, sink in ((chunk.ok_part, out), (chunk.err_part, err)):
-                        if key:
-                            for piece in ctx.blobs.read_range(key):
-                                sink.write(piece)
-                    n_ok += chunk.n_ok
-                    n_err += chunk.n_err
-                    tokens_in += chunk.input_tokens
-                    tokens_out += chunk.output_tokens
-                else:
-                    code = (stop_reason or StopReason.FAILED).error_code
-                    for line in _unrun_lines(ctx, input_key, chunk, code):
+                done: set[str] = set()
+                n_ok = n_err = 0
+                for part in chunk.parts:
+                    n_ok += _copy_part(ctx, part.get("ok"), out, done)
+                    n_err += _copy_part(ctx, part.get("err"), err, done)
+                if chunk.state is not ChunkState.DONE:
+                    code = (stop_reason.error_code if stop_reason is not None
+                            else "request_failed")
+                    for line in _unrun_lines(ctx, input_key, chunk, done, code):
                         err.write(line)
                         n_err += 1
-        return ChunkProgress(n_ok=n_ok, n_err=n_err, input_tokens=tokens_in,
-                             output_tokens=tokens_out)
+                totals = totals + ChunkProgress(
+                    n_ok=n_ok, n_err=n_err, input_tokens=chunk.done_input_tokens,
+                    output_tokens=chunk.done_output_tokens)
+        return totals
 
     try:
         result = await _with_lease(ctx, batch, lease, False, write)
     except _Abandoned:
-        for file_id in (out_id, err_id):
-            ctx.blobs.delete(blob_key(file_id))
+        for key in (out_key, err_key):
+            ctx.blobs.delete(key)
         return
     assert isinstance(result, ChunkProgress)
     counts = result
     now = int(ctx.clock.now())
     expires_at = now + batch.output_expires_after if batch.output_expires_after else None
 
-    def record(file_id: str, suffix: str, n: int) -> FileRecord | None:
+    def record(key: str, suffix: str, n: int) -> FileRecord | None:
         if n == 0:
-            ctx.blobs.delete(blob_key(file_id))
+            ctx.blobs.delete(key)
             return None
-        return FileRecord(id=file_id, owner=batch.owner, purpose="batch_output",
-                          filename=f"{batch.id}_{suffix}.jsonl",
-                          bytes=ctx.blobs.size(blob_key(file_id)), created_at=now,
-                          expires_at=expires_at, status="processed", blob_key=blob_key(file_id))
+        return FileRecord(id=ids.file_id(), owner=batch.owner, purpose="batch_output",
+                          filename=f"{batch.id}_{suffix}.jsonl", bytes=ctx.blobs.size(key),
+                          created_at=now, expires_at=expires_at, status="processed",
+                          blob_key=key)
 
-    output_file = record(out_id, "output", counts.n_ok)
-    error_file = record(err_id, "error", counts.n_err)
+    output_file = record(out_key, "output", counts.n_ok)
+    error_file = record(err_key, "error", counts.n_err)
     finished = await ctx.store.finish_batch(batch.id, lease, status=status,
                                             output_file=output_file, error_file=error_file,
                                             counts=counts, now=now)
-    if not finished:
-        for file_id in (out_id, err_id):
-            ctx.blobs.delete(blob_key(file_id))
+    if not finished:  # another worker took over; it publishes its own generation's files
+        for key in (out_key, err_key):
+            ctx.blobs.delete(key)
         return
-    for chunk in chunks:  # parts are copied into the result files; drop them
-        for key in (chunk.ok_part, chunk.err_part):
-            if key:
-                ctx.blobs.delete(key)
+    # The parts were copied into the result files; drop them (and any a crash orphaned).
+    await asyncio.to_thread(ctx.blobs.delete_prefix, f"batches/{batch.id}/parts/")
     log.info("batch %s is %s (%d ok, %d failed)", batch.id, status.value, counts.n_ok,
              counts.n_err)

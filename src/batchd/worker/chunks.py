@@ -1,28 +1,40 @@
-"""Executing one leased chunk: run its requests, heartbeat, write its parts, commit fenced."""
+"""Executing one leased chunk: run its requests, heartbeat, checkpoint, commit fenced.
+
+Results reach durable storage as *parts*: write-once blobs, fsync'd, then recorded on the chunk
+row by a fenced update. A checkpoint every `checkpoint_seconds` (and at shutdown) bounds what a
+crash can lose; a resumed chunk reads its committed parts and skips the requests they hold, so
+no `custom_id` is ever run (or reported) twice.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from batchd.batches import results
-from batchd.store.records import BatchRecord, Chunk, ChunkProgress, Lease
+from batchd.store.blobs import BlobMissing
+from batchd.store.records import BatchRecord, Chunk, ChunkProgress, Lease, StopReason
 from batchd.worker.context import WorkerContext
 from batchd.worker.requests import Outcome, run_request
 
 log = logging.getLogger(__name__)
 
-
-def part_key(batch_id: str, chunk_no: int, generation: int, kind: str) -> str:
-    # The generation is in the key, so a fenced-out worker never overwrites a committed part.
-    return f"batches/{batch_id}/parts/{chunk_no:07d}-g{generation}.{kind}.jsonl"
+Request = tuple[str, dict[str, Any]]
 
 
-def read_requests(ctx: WorkerContext, input_key: str, chunk: Chunk) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
+def part_key(chunk: Chunk, generation: int, seq: int, kind: str) -> str:
+    # Generation and sequence are in the key: a fenced-out worker never overwrites a part.
+    return (f"batches/{chunk.batch_id}/parts/"
+            f"{chunk.chunk_no:07d}-g{generation}-{seq:04d}.{kind}.jsonl")
+
+
+def read_requests(ctx: WorkerContext, input_key: str, chunk: Chunk) -> list[Request]:
     """(custom_id, body) of each request line in the chunk (validated earlier)."""
     out = []
     for raw in ctx.blobs.lines(input_key, chunk.byte_start, chunk.byte_end):
@@ -32,108 +44,202 @@ def read_requests(ctx: WorkerContext, input_key: str, chunk: Chunk) -> list[tupl
     return out
 
 
+def done_custom_ids(ctx: WorkerContext, parts: list[dict[str, str | None]]) -> set[str]:
+    """The requests that committed parts already answer."""
+    done: set[str] = set()
+    for part in parts:
+        for key in (part.get("ok"), part.get("err")):
+            if key:
+                done.update(orjson.loads(line)["custom_id"] for line in ctx.blobs.lines(key))
+    return done
+
+
 @dataclass
-class _Tally:
+class _Results:
+    """Finished lines not yet checkpointed, and totals including committed ones."""
+
+    committed: ChunkProgress
     ok: list[bytes] = field(default_factory=list)
     err: list[bytes] = field(default_factory=list)
-    input_tokens: int = 0
-    output_tokens: int = 0
+    pending: ChunkProgress = field(default_factory=ChunkProgress)
 
     def add(self, outcome: Outcome) -> None:
         (self.ok if outcome.ok else self.err).append(outcome.line)
-        self.input_tokens += outcome.input_tokens
-        self.output_tokens += outcome.output_tokens
+        self.pending = self.pending + ChunkProgress(
+            n_ok=int(outcome.ok), n_err=int(not outcome.ok),
+            input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens)
 
-    def progress(self) -> ChunkProgress:
-        return ChunkProgress(n_ok=len(self.ok), n_err=len(self.err),
-                             input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+    def add_error_line(self, line: bytes) -> None:
+        self.err.append(line)
+        self.pending = self.pending + ChunkProgress(n_err=1)
+
+    @property
+    def live(self) -> ChunkProgress:
+        return self.committed + self.pending
 
 
 class ChunkRun:
     """One attempt at one chunk, under one lease."""
 
     def __init__(self, ctx: WorkerContext, chunk: Chunk, lease: Lease,
-                 requests_gate: asyncio.Semaphore) -> None:
+                 requests_gate: asyncio.Semaphore, stopping: asyncio.Event) -> None:
         self.ctx = ctx
         self.chunk = chunk
         self.lease = lease
         self.gate = requests_gate
-        self.tally = _Tally()
+        self.stopping = stopping
+        self.results = _Results(committed=chunk.committed)
+        self.parts = list(chunk.parts)
         self.lost = False
         self.stop_batch: BatchRecord | None = None
+        self._flush_lock = asyncio.Lock()
+        self._part_seq = 0
 
     async def run(self, input_key: str) -> None:
-        requests = await asyncio.to_thread(read_requests, self.ctx, input_key, self.chunk)
-        done = [False] * len(requests)
-        tasks = [asyncio.create_task(self._one(i, cid, body, done), name=f"request:{cid}")
-                 for i, (cid, body) in enumerate(requests)]
+        try:
+            requests = await asyncio.to_thread(read_requests, self.ctx, input_key, self.chunk)
+            done = await asyncio.to_thread(done_custom_ids, self.ctx, self.parts)
+        except BlobMissing as exc:
+            await self._input_lost(str(exc))
+            return
+        todo = [r for r in requests if r[0] not in done]
+        finished = [False] * len(todo)
+        tasks = [asyncio.create_task(self._one(i, cid, body, finished), name=f"request:{cid}")
+                 for i, (cid, body) in enumerate(todo)]
         beat = asyncio.create_task(self._heartbeat(tasks), name="chunk-heartbeat")
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace: keep what finished, hand the rest back.
+            for task in tasks:
+                task.cancel()
+            await asyncio.shield(self._checkpoint(release=True))
+            raise
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
         if self.lost:
-            log.warning("lost the lease on chunk %s/%s; its results are discarded",
+            log.warning("lost the lease on chunk %s/%s; its unsaved results are dropped",
                         self.chunk.batch_id, self.chunk.chunk_no)
             return
-        if self.stop_batch is not None and self.stop_batch.stop_reason is not None:
-            code = self.stop_batch.stop_reason.error_code
-            for (cid, _), finished in zip(requests, done, strict=True):
-                if not finished:
-                    self.tally.err.append(results.stop_error_line(
+        stop = self.stop_batch.stop_reason if self.stop_batch else None
+        if stop is not None:
+            code = stop.error_code
+            for (cid, _), was_finished in zip(todo, finished, strict=True):
+                if not was_finished:
+                    self.results.add_error_line(results.stop_error_line(
                         cid, code=code, message=results.STOP_MESSAGES[code]))
+        elif not all(finished):  # shutting down: not all requests were started
+            await self._checkpoint(release=True)
+            return
         await self._commit()
 
-    async def _one(self, index: int, custom_id: str, body: dict, done: list[bool]) -> None:  # type: ignore[type-arg]
+    async def _one(self, index: int, custom_id: str, body: dict[str, Any],
+                   finished: list[bool]) -> None:
         async with self.gate:
+            if self.stopping.is_set() or self.stop_batch is not None:
+                return  # not started: it stays for whoever runs this chunk next
             outcome = await run_request(
                 custom_id=custom_id, body=body, registry=self.ctx.registry,
                 clock=self.ctx.clock, timeout=self.ctx.settings.request_timeout_seconds,
+                retries=self.ctx.settings.request_retries,
             )
-        self.tally.add(outcome)
-        done[index] = True
+        self.results.add(outcome)
+        finished[index] = True
 
     async def _heartbeat(self, tasks: list[asyncio.Task[None]]) -> None:
         settings = self.ctx.settings
+        last_checkpoint = time.monotonic()
         while True:
             await asyncio.sleep(settings.heartbeat_seconds)
-            batch = await self.ctx.store.heartbeat_chunk(
-                self.chunk, self.lease, progress=self.tally.progress(),
-                now=self.ctx.clock.now(), lease_seconds=settings.lease_seconds,
-            )
-            stopping = batch is not None and (
-                batch.stop_reason is not None or batch.expires_at <= self.ctx.clock.now()
-            )
+            if time.monotonic() - last_checkpoint >= settings.checkpoint_seconds:
+                last_checkpoint = time.monotonic()
+                if not await self._checkpoint(release=False):
+                    batch = None
+                else:
+                    batch = await self._beat()
+            else:
+                batch = await self._beat()
+            now = self.ctx.clock.now()
+            stopping = batch is not None and (batch.stop_reason is not None
+                                              or batch.expires_at <= now)
             if batch is None or stopping:
                 # Zero rows: the chunk is no longer ours, so stop calling the engine at once.
                 self.lost = batch is None
                 if batch is not None and batch.stop_reason is None:
-                    await self.ctx.store.mark_expired(now=int(self.ctx.clock.now()))
+                    await self.ctx.store.mark_expired(now=int(now))
                     batch = await self.ctx.store.get_batch(batch.id, owner=None)
                 self.stop_batch = batch
                 for task in tasks:
                     task.cancel()
                 return
 
+    async def _beat(self) -> BatchRecord | None:
+        return await self.ctx.store.heartbeat_chunk(
+            self.chunk, self.lease, progress=self.results.live, now=self.ctx.clock.now(),
+            lease_seconds=self.ctx.settings.lease_seconds)
+
+    async def _write_part(self) -> tuple[dict[str, str | None] | None, ChunkProgress]:
+        """Write the unsaved lines as a part; returns it and the totals it brings."""
+        res = self.results
+        ok, err, pending = res.ok, res.err, res.pending
+        if not ok and not err:
+            return None, res.committed
+        res.ok, res.err, res.pending = [], [], ChunkProgress()
+        self._part_seq += 1
+        part: dict[str, str | None] = {"ok": None, "err": None}
+        try:
+            for kind, lines in (("ok", ok), ("err", err)):
+                if lines:
+                    key = part_key(self.chunk, self.lease.generation, self._part_seq, kind)
+                    await asyncio.to_thread(_write_lines, self.ctx, key, lines)
+                    part[kind] = key
+        except BaseException:
+            # Not saved: put the lines back so a later flush (or the final commit) has them.
+            res.ok, res.err = ok + res.ok, err + res.err
+            res.pending = pending + res.pending
+            raise
+        return part, res.committed + pending
+
+    async def _checkpoint(self, *, release: bool) -> bool:
+        async with self._flush_lock:
+            part, totals = await self._write_part()
+            parts = self.parts + ([part] if part else [])
+            saved = await self.ctx.store.checkpoint_chunk(
+                self.chunk, self.lease, parts=parts, committed=totals, release=release,
+                now=self.ctx.clock.now(), lease_seconds=self.ctx.settings.lease_seconds)
+            if saved:
+                self.parts, self.results.committed = parts, totals
+            else:
+                self.lost = True
+                self._drop(part)
+            return saved
+
     async def _commit(self) -> None:
-        ctx, chunk, tally = self.ctx, self.chunk, self.tally
-        ok_key = err_key = None
-        if tally.ok:
-            ok_key = part_key(chunk.batch_id, chunk.chunk_no, self.lease.generation, "ok")
-            await asyncio.to_thread(_write_lines, ctx, ok_key, tally.ok)
-        if tally.err:
-            err_key = part_key(chunk.batch_id, chunk.chunk_no, self.lease.generation, "err")
-            await asyncio.to_thread(_write_lines, ctx, err_key, tally.err)
-        committed = await ctx.store.commit_chunk(
-            chunk, self.lease, ok_part=ok_key, err_part=err_key, progress=tally.progress(),
-            now=int(ctx.clock.now()),
-        )
-        if not committed:
-            for key in (ok_key, err_key):
-                if key:
-                    ctx.blobs.delete(key)
+        async with self._flush_lock:
+            part, totals = await self._write_part()
+            parts = self.parts + ([part] if part else [])
+            committed = await self.ctx.store.commit_chunk(
+                self.chunk, self.lease, parts=parts, committed=totals,
+                now=int(self.ctx.clock.now()))
+            if not committed:
+                self._drop(part)
+
+    def _drop(self, part: dict[str, str | None] | None) -> None:
+        for key in (part or {}).values():
+            if key:
+                self.ctx.blobs.delete(key)
+
+    async def _input_lost(self, message: str) -> None:
+        log.error("batch %s cannot read its input: %s", self.chunk.batch_id, message)
+        await self.ctx.store.stop_batch(self.chunk.batch_id, reason=StopReason.FAILED, errors=[
+            {"code": "input_file_missing", "line": None, "param": "input_file_id",
+             "message": "The batch's input file can no longer be read; requests that had not "
+                        "run are reported as batch_failed."}])
+        await self.ctx.store.checkpoint_chunk(
+            self.chunk, self.lease, parts=self.parts, committed=self.results.committed,
+            release=True, now=self.ctx.clock.now(), lease_seconds=0)
 
 
 def _write_lines(ctx: WorkerContext, key: str, lines: list[bytes]) -> None:

@@ -36,7 +36,7 @@ def _param(error: ValidationError) -> str | None:
 
 async def run_request(
     *, custom_id: str, body: dict[str, Any], registry: ModelRegistry, clock: Clock,
-    timeout: float,
+    timeout: float, retries: int = 1,
 ) -> Outcome:
     """Never raises for a bad request or a failing engine: every failure is a line."""
 
@@ -59,22 +59,26 @@ async def run_request(
     if request.stream:
         return http_error(400, "Streaming is not supported in the Batch API.",
                           code="streaming_unsupported", param="stream")
-    engine = registry.engine_for(model)
-    try:
-        result = await asyncio.wait_for(engine.chat(request), timeout)
-    except TimeoutError:
-        return Outcome(ok=False, line=results.stop_error_line(
-            custom_id, code="request_timeout",
-            message=f"The request did not finish within {timeout:g} seconds."))
-    except EngineRequestError as exc:
-        return http_error(400, exc.message, code=exc.code, param=exc.param)
-    except BatchdError as exc:
-        return http_error(exc.status_code, exc.message, error_type=exc.error_type,
-                          code=exc.code, param=exc.param)
-    except Exception as exc:
-        log.exception("engine failed on a batch request")
-        return http_error(500, f"The engine failed on this request: {exc}",
-                          error_type="server_error", code="engine_error")
+    for attempt in range(1, retries + 2):
+        engine = registry.engine_for(model)
+        try:
+            result = await asyncio.wait_for(engine.chat(request), timeout)
+            break
+        except TimeoutError:
+            await registry.restart(model, engine)  # a hung engine serves nobody else
+            if attempt > retries:
+                return Outcome(ok=False, line=results.stop_error_line(
+                    custom_id, code="request_timeout",
+                    message=f"The request did not finish within {timeout:g} seconds "
+                            f"({attempt} attempts)."))
+        except EngineRequestError as exc:
+            return http_error(400, exc.message, code=exc.code, param=exc.param)
+        except Exception as exc:
+            log.warning("engine failed on a batch request (attempt %d): %r", attempt, exc)
+            if attempt > retries:
+                status = exc.status_code if isinstance(exc, BatchdError) else 500
+                return http_error(status, f"The engine failed on this request: {exc}",
+                                  error_type="server_error", code="engine_error")
     body_out = completion_object(
         model=model, created=int(clock.now()),
         choices=[choice_object(index=i, text=c.text, finish_reason=c.finish_reason,

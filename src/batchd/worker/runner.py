@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 
-from batchd.files import blob_key
+from batchd.files import FileService, blob_key
 from batchd.worker.batch_tasks import run_batch_task
 from batchd.worker.chunks import ChunkRun
 from batchd.worker.context import WorkerContext
@@ -84,22 +84,30 @@ class Worker:
                 await self._idle()
 
     async def _housekeeping(self) -> None:
-        from batchd.files import FileService
-
+        files = FileService(store=self.ctx.store, blobs=self.ctx.blobs, clock=self.ctx.clock,
+                            settings=self.ctx.settings)
         while not self._stopping.is_set():
-            now = int(self.ctx.clock.now())
-            if await self._guarded("expiry", self.ctx.store.mark_expired(now=now)):
+            if await self._guarded("expiry and give-ups", self._expire_and_give_up()):
                 self._wake.set()
-            files = FileService(store=self.ctx.store, blobs=self.ctx.blobs, clock=self.ctx.clock,
-                                settings=self.ctx.settings)
             await self._guarded("purge", files.purge_deleted())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 1.0)
 
+    async def _expire_and_give_up(self) -> int:
+        ctx = self.ctx
+        expired = await ctx.store.mark_expired(now=int(ctx.clock.now()))
+        given_up = await ctx.store.fail_exhausted_chunks(now=ctx.clock.now(),
+                                                         max_attempts=ctx.settings.max_attempts)
+        if given_up:
+            log.error("gave up on %d chunk(s) after %d attempts each", given_up,
+                      ctx.settings.max_attempts)
+        return expired + given_up
+
     async def run_one_chunk(self) -> bool:
         ctx = self.ctx
         claim = await ctx.store.claim_chunk(worker=ctx.worker_id, now=ctx.clock.now(),
-                                            lease_seconds=ctx.settings.lease_seconds)
+                                            lease_seconds=ctx.settings.lease_seconds,
+                                            max_attempts=ctx.settings.max_attempts)
         if claim is None:
             return False
         chunk, lease = claim
@@ -107,7 +115,7 @@ class Worker:
         assert batch is not None
         source = await ctx.store.get_file(batch.input_file_id, owner=None)
         input_key = source.blob_key if source else blob_key(batch.input_file_id)
-        await ChunkRun(ctx, chunk, lease, self._gate).run(input_key)
+        await ChunkRun(ctx, chunk, lease, self._gate, self._stopping).run(input_key)
         self._wake.set()  # the batch may now be ready to assemble
         return True
 
@@ -125,7 +133,7 @@ class Worker:
     async def drain(self, *, max_steps: int = 10_000) -> None:
         """Run work until none is left (tests, one-shot runs)."""
         for _ in range(max_steps):
-            await self.ctx.store.mark_expired(now=int(self.ctx.clock.now()))
+            await self._expire_and_give_up()
             progressed = await self.run_one_batch_task()
             progressed = await self.run_one_chunk() or progressed
             if not progressed:

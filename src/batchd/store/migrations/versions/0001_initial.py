@@ -95,8 +95,11 @@ def upgrade() -> None:
         sa.Column("n_err", sa.Integer, nullable=False, server_default="0"),
         sa.Column("input_tokens", sa.Integer, nullable=False, server_default="0"),
         sa.Column("output_tokens", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("ok_part", sa.Text),
-        sa.Column("err_part", sa.Text),
+        sa.Column("parts", sa.JSON, nullable=False, server_default="[]"),
+        sa.Column("done_ok", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("done_err", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("done_input_tokens", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("done_output_tokens", sa.Integer, nullable=False, server_default="0"),
     )
     op.create_index("ix_chunks_claim", "chunks", ["state", "deadline"])
 

@@ -1,0 +1,92 @@
+"""Per-request isolation, worker deaths, vanished input and storage faults."""
+
+from __future__ import annotations
+
+import errno
+import tempfile
+
+import pytest
+
+from tests.conftest import Harness, batch_line
+
+
+async def test_a_hung_request_times_out_is_retried_then_reported(harness: Harness) -> None:
+    harness.settings.request_timeout_seconds = 0.2
+    batch = await harness.run_batch([batch_line("ok-1"), batch_line("stuck", "HANG-ME"),
+                                     batch_line("ok-2")])
+    assert batch["status"] == "completed"
+    assert batch["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
+    [error] = await harness.lines_of(batch["error_file_id"])
+    assert error["custom_id"] == "stuck" and error["response"] is None
+    assert error["error"]["code"] == "request_timeout"
+    assert "2 attempts" in error["error"]["message"]
+
+
+async def test_chunks_whose_workers_keep_dying_fail_after_max_attempts(
+    harness: Harness,
+) -> None:
+    created = await harness.create_batch(await harness.upload(
+        [batch_line(f"r{i}") for i in range(4)]))
+    assert await harness.worker.run_one_batch_task()
+    store, settings = harness.worker.ctx.store, harness.settings
+    for attempt in range(settings.max_attempts):
+        claim = await store.claim_chunk(worker=f"doomed-{attempt}", now=harness.clock.now(),
+                                        lease_seconds=settings.lease_seconds,
+                                        max_attempts=settings.max_attempts)
+        assert claim is not None and claim[0].chunk_no == 0  # the same chunk, again
+        harness.clock.advance(settings.lease_seconds + 1)  # ...and its worker vanishes
+    await harness.worker.drain()
+    batch = await harness.batch(created["id"])
+    assert batch["status"] == "completed"
+    assert batch["request_counts"] == {"total": 4, "completed": 2, "failed": 2}
+    errors = await harness.lines_of(batch["error_file_id"])
+    assert {e["custom_id"]: e["error"]["code"] for e in errors} == {
+        "r0": "request_failed", "r1": "request_failed"}
+
+
+async def test_input_that_vanishes_mid_run_fails_the_batch_keeping_results(
+    harness: Harness,
+) -> None:
+    file_id = await harness.upload([batch_line(f"r{i}") for i in range(4)])
+    created = await harness.create_batch(file_id)
+    assert await harness.worker.run_one_batch_task()
+    assert await harness.worker.run_one_chunk()
+    (harness.settings.blob_dir / "files" / file_id).unlink()
+    await harness.worker.drain()
+    batch = await harness.batch(created["id"])
+    assert batch["status"] == "failed" and batch["failed_at"] is not None
+    assert batch["errors"]["data"][0]["code"] == "input_file_missing"
+    output = await harness.lines_of(batch["output_file_id"])
+    assert {line["custom_id"] for line in output} == {"r0", "r1"}
+
+
+async def test_disk_full_on_upload_is_a_507_and_reads_go_on(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = await harness.upload([batch_line("a")])
+
+    def full(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    response = await harness.client.post("/v1/files", files={"file": ("b.jsonl", b"{}\n")},
+                                         data={"purpose": "batch"})
+    assert response.status_code == 507
+    assert response.json()["error"]["code"] == "storage_full"
+    listed = (await harness.client.get("/v1/files")).json()
+    assert [f["id"] for f in listed["data"]] == [kept]
+    assert (await harness.client.get(f"/v1/files/{kept}/content")).status_code == 200
+
+
+async def test_unwritable_storage_is_a_clear_500(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    response = await harness.client.post("/v1/files", files={"file": ("b.jsonl", b"{}\n")},
+                                         data={"purpose": "batch"})
+    assert response.status_code == 500
+    assert "Read-only file system" in response.json()["error"]["message"]
+    assert (await harness.client.get("/v1/files")).json()["data"] == []
