@@ -72,6 +72,7 @@ def serve(
     import uvicorn
 
     from batchd.app import create_app
+    from batchd.server import CleanExitServer
 
     settings = _settings(host=host, port=port, data_dir=data_dir, models=models,
                          embedded_worker=worker)
@@ -84,9 +85,11 @@ def serve(
         typer.echo(f"  export OPENAI_BASE_URL={base_url} OPENAI_API_KEY={secret}")
     elif settings.api_key:
         typer.echo("Accepting the key in BATCHD_API_KEY.")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            log_level=settings.log_level,
+                            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
+    CleanExitServer(config).run()
+
 
 
 @app.command("worker")
@@ -98,12 +101,13 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
     _logging(settings.log_level)
 
     async def run() -> None:
-        svc = await open_services(settings)
-        worker, identity = await start_worker(svc)
+        # Handlers first: a SIGTERM during start-up must still end in a clean exit.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        svc = await open_services(settings)
+        worker, identity = await start_worker(svc)
         typer.echo(f"batchd worker {identity.id} running; Ctrl-C to stop")
         await stop.wait()
         await worker.stop(settings.shutdown_grace_seconds)

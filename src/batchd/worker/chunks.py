@@ -155,7 +155,9 @@ class ChunkRun:
             await asyncio.sleep(settings.heartbeat_seconds)
             if time.monotonic() - last_checkpoint >= settings.checkpoint_seconds:
                 last_checkpoint = time.monotonic()
-                if not await self._checkpoint(release=False):
+                # Shielded: if the chunk finishes meanwhile and this task is cancelled, the
+                # checkpoint still completes, so its part is not lost between the two flushes.
+                if not await asyncio.shield(self._checkpoint(release=False)):
                     batch = None
                 else:
                     batch = await self._beat()
@@ -205,15 +207,15 @@ class ChunkRun:
     async def _checkpoint(self, *, release: bool) -> bool:
         async with self._flush_lock:
             part, totals = await self._write_part()
-            parts = self.parts + ([part] if part else [])
+            # The part is on disk: from now on every later flush must name it, whatever
+            # happens to this update.
+            self.parts = self.parts + ([part] if part else [])
+            self.results.committed = totals
             saved = await self.ctx.store.checkpoint_chunk(
-                self.chunk, self.lease, parts=parts, committed=totals, release=release,
+                self.chunk, self.lease, parts=self.parts, committed=totals, release=release,
                 now=self.ctx.clock.now(), lease_seconds=self.ctx.settings.lease_seconds)
-            if saved:
-                self.parts, self.results.committed = parts, totals
-            else:
+            if not saved:
                 self.lost = True
-                self._drop(part)
             return saved
 
     async def _commit(self) -> None:
