@@ -32,6 +32,7 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) bench/control_plane.py
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf $(VENV) batchd-data .pytest_cache .mypy_cache .ruff_cache
