@@ -99,7 +99,8 @@ async def harness(settings: Settings) -> AsyncIterator[Harness]:
     async with app.router.lifespan_context(app):
         svc = app.state.services
         worker = Worker(WorkerContext(worker_id="test-worker", store=svc.store, blobs=svc.blobs,
-                                      registry=svc.registry, clock=clock, settings=settings))
+                                      registry=svc.registry, clock=clock, settings=settings,
+                                      tiers=svc.tiers))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://batchd",
                                      headers={"Authorization": f"Bearer {API_KEY}"}) as client:

@@ -9,14 +9,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from batchd import __version__
-from batchd.api import batches, chat, files, models
+from batchd.api import admin, batches, chat, files, models
 from batchd.api.errors import install_error_handlers
+from batchd.api.middleware import BodyLimit, RateLimitHeaders
 from batchd.api.state import Services
 from batchd.batches.lifecycle import BatchService
 from batchd.clock import Clock, SystemClock
 from batchd.engines.registry import ModelRegistry, load_models_file
 from batchd.files import FileService
 from batchd.keys import KeyService
+from batchd.limits.ratelimit import RateLimiter
+from batchd.limits.tiers import load_tiers
 from batchd.settings import Settings
 from batchd.store.blobs import LocalBlobStore
 from batchd.store.metadata import MetadataStore
@@ -44,6 +47,7 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
         files=FileService(store=store, blobs=blobs, clock=clock, settings=settings),
         batches=BatchService(store=store, clock=clock),
         keys=KeyService(store=store, clock=clock),
+        tiers=load_tiers(settings.tiers), rate_limiter=RateLimiter(),
     )
 
 
@@ -59,7 +63,8 @@ async def start_worker(svc: Services) -> tuple[Worker, WorkerIdentity]:
         if reclaimed:
             log.info("took back %d pieces of work from this worker's previous run", reclaimed)
     worker = Worker(WorkerContext(worker_id=identity.id, store=svc.store, blobs=svc.blobs,
-                                  registry=svc.registry, clock=svc.clock, settings=svc.settings))
+                                  registry=svc.registry, clock=svc.clock, settings=svc.settings,
+                                  tiers=svc.tiers))
     worker.start()
     return worker, identity
 
@@ -84,8 +89,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app = FastAPI(title="batchd", version=__version__, lifespan=lifespan,
                   description="A self-hosted, OpenAI-compatible Batch API for open LLMs.")
     install_error_handlers(app)
-    for module in (files, batches, models, chat):
+    for module in (files, batches, models, chat, admin):
         app.include_router(module.router)
+    app.add_middleware(RateLimitHeaders)
+    app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_body_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -38,6 +38,7 @@ async def _bootstrap_key(settings: Settings) -> str | None:
     """On a first start without BATCHD_API_KEY, make a key so the server is usable at once."""
     from batchd.clock import SystemClock
     from batchd.keys import KeyService
+    from batchd.limits.tiers import ADMIN_TIER
     from batchd.store.metadata import MetadataStore
 
     if settings.api_key:
@@ -49,7 +50,8 @@ async def _bootstrap_key(settings: Settings) -> str | None:
         keys = KeyService(store=store, clock=SystemClock())
         if await keys.list():
             return None
-        _, secret = await keys.create(name="default", owner="default", role="admin")
+        _, secret = await keys.create(name="default", owner="default", role="admin",
+                                      tier=ADMIN_TIER)
         return secret
     finally:
         await store.close()
@@ -143,13 +145,30 @@ def _with_keys(settings: Settings, action: Any) -> Any:
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key (also its owner by default).")],
     owner: Annotated[str | None, typer.Option(help="Who owns what this key creates.")] = None,
+    tier: Annotated[str | None, typer.Option(
+        help="Service tier: trial, core, scale, enterprise, or one from BATCHD_TIERS "
+             "(default: the tiers file's default_tier, core).")] = None,
     admin: Annotated[bool, typer.Option(help="Give the key the admin role.")] = False,
     data_dir: DataDir = None,
+    tiers_file: Annotated[Path | None, typer.Option(
+        "--tiers", envvar="BATCHD_TIERS", show_envvar=True,
+        help="YAML file of service tiers (default: built-in kluster-like tiers).")] = None,
 ) -> None:
     """Create a key and print its secret (shown only this once)."""
+    from batchd.limits.tiers import TierError, load_tiers
+
+    try:
+        tiers = load_tiers(tiers_file)
+    except TierError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    chosen = tier or tiers.default_tier
+    if chosen not in tiers.tiers:
+        typer.echo(f"unknown tier {chosen!r}; known: {', '.join(tiers.tiers)}", err=True)
+        raise typer.Exit(2)
     key, secret = _with_keys(_settings(data_dir=data_dir), lambda keys: keys.create(
-        name=name, owner=owner, role="admin" if admin else "user"))
-    typer.echo(f"{key.id}  owner={key.owner}  role={key.role}")
+        name=name, owner=owner, role="admin" if admin else "user", tier=chosen))
+    typer.echo(f"{key.id}  owner={key.owner}  role={key.role}  tier={key.tier}")
     typer.echo(secret)
 
 
@@ -159,7 +178,7 @@ def keys_list(data_dir: DataDir = None) -> None:
     for key in _with_keys(_settings(data_dir=data_dir), lambda keys: keys.list()):
         state = "revoked" if key.revoked_at else "active"
         typer.echo(f"{key.id}  {key.name}  owner={key.owner}  role={key.role}  "
-                   f"{key.prefix}…  {state}")
+                   f"tier={key.tier}  {key.prefix}…  {state}")
 
 
 @keys_app.command("revoke")

@@ -44,6 +44,21 @@ class Unauthenticated(BatchdError):
     error_type = "invalid_request_error"
 
 
+class PermissionDenied(BatchdError):
+    status_code = 403
+    error_type = "invalid_request_error"
+
+
+class RequestTooLarge(BatchdError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class TooManyRequests(BatchdError):
+    status_code = 429
+    error_type = "invalid_request_error"
+
+
 class NotFound(BatchdError):
     status_code = 404
     error_type = "invalid_request_error"

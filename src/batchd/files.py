@@ -44,6 +44,7 @@ class FileService:
     async def upload(
         self, *, owner: str, filename: str, purpose: str, source: BinaryIO,
         declared_size: int | None, expires_after_seconds: int | None,
+        tier_limit: int | None = None,
     ) -> FileObject:
         if purpose not in UPLOAD_PURPOSES:
             raise InvalidRequest(
@@ -52,6 +53,8 @@ class FileService:
                 code="invalid_value", param="purpose",
             )
         limit = self.settings.max_upload_bytes
+        if tier_limit is not None:
+            limit = min(limit, tier_limit)
         if purpose == "batch":
             if not filename.lower().endswith(".jsonl"):
                 raise InvalidRequest("Invalid file format for Batch API. Must be .jsonl",
@@ -89,21 +92,22 @@ class FileService:
                 out.write(piece)
         return size
 
-    async def get(self, *, owner: str, file_id: str) -> FileRecord:
+    async def get(self, *, owner: str | None, file_id: str) -> FileRecord:
         record = await self.store.get_file(file_id, owner=owner)
         if record is None:
             raise _not_found(file_id)
         return record
 
     async def list(
-        self, *, owner: str, purpose: str | None, limit: int, order: str, after: str | None
+        self, *, owner: str | None, purpose: str | None, limit: int, order: str,
+        after: str | None,
     ) -> tuple[list[FileObject], bool]:
         records, has_more = await self.store.list_files(
             owner=owner, purpose=purpose, limit=limit, ascending=order == "asc", after=after
         )
         return [FileObject.of(r) for r in records], has_more
 
-    async def delete(self, *, owner: str, file_id: str) -> None:
+    async def delete(self, *, owner: str | None, file_id: str) -> None:
         """Hide the file at once; its bytes go when no running batch still reads them."""
         record = await self.store.delete_file(file_id, owner=owner, now=int(self.clock.now()))
         if record is None:
@@ -118,7 +122,9 @@ class FileService:
             purged += 1
         return purged
 
-    async def content(self, *, owner: str, file_id: str) -> tuple[FileRecord, Iterator[bytes]]:
+    async def content(
+        self, *, owner: str | None, file_id: str
+    ) -> tuple[FileRecord, Iterator[bytes]]:
         record = await self.get(owner=owner, file_id=file_id)
         self.blobs.size(record.blob_key)  # raises a clear error now if the bytes are gone
         return record, self.blobs.read_range(record.blob_key)

@@ -26,12 +26,13 @@ class KeyService:
         self.store = store
         self.clock = clock
 
-    async def create(self, *, name: str, owner: str | None = None,
-                     role: str = "user") -> tuple[ApiKey, str]:
+    async def create(self, *, name: str, owner: str | None = None, role: str = "user",
+                     tier: str = "core") -> tuple[ApiKey, str]:
         """A new key; the secret is returned once and never stored."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(id=f"key_{secrets.token_hex(8)}", name=name, owner=owner or name, role=role,
-                     prefix=secret[:10], created_at=int(self.clock.now()), revoked_at=None)
+                     prefix=secret[:10], created_at=int(self.clock.now()), revoked_at=None,
+                     tier=tier)
         await self.store.insert_key(key, key_hash=hash_key(secret))
         return key, secret
 

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite inside data_dir"
     )
     api_key: str | None = Field(default=None, description="extra key accepted as owner 'default'")
+    tiers: Path | None = Field(default=None, description="YAML file of service tiers")
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     embedded_worker: bool = True
 
     max_requests_per_batch: int = Field(default=50_000, ge=1)

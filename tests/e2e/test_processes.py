@@ -79,8 +79,8 @@ def test_api_and_standalone_worker_processes_share_the_store(tmp_path: Path) -> 
         assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(
             f"r{i}" for i in range(20))
     finally:
+        stop_server(server)
         for worker in workers:
             worker.terminate()
-        for worker in workers:
-            assert worker.wait(timeout=30) == 0
-        stop_server(server)
+        codes = [worker.wait(timeout=30) for worker in workers]
+    assert codes == [0, 0]  # SIGTERM is a clean stop for a worker too

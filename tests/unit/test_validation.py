@@ -20,7 +20,8 @@ def request(custom_id: str, model: str = "m1", **body: object) -> bytes:
 
 def validate(lines: list[bytes], *, max_requests: int = 100, chunk_lines: int = 2,
              max_listed_errors: int = 10) -> ValidationOutcome:
-    validator = InputValidator(endpoint=ENDPOINT, known_model=lambda m: m in {"m1", "m2"},
+    validator = InputValidator(endpoint=ENDPOINT,
+                               served_model=lambda m: m if m in {"m1", "m2"} else None,
                                max_requests=max_requests, chunk_lines=chunk_lines,
                                max_listed_errors=max_listed_errors)
     for line in lines:

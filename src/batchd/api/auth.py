@@ -1,4 +1,4 @@
-"""Bearer-key authentication: every /v1 route depends on `current_principal`."""
+"""Bearer-key authentication and per-key rate limits: every /v1 route depends on `caller`."""
 
 from __future__ import annotations
 
@@ -9,23 +9,40 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from batchd.api.state import services
-from batchd.errors import Unauthenticated
+from batchd.errors import BatchdError, PermissionDenied, Unauthenticated
+from batchd.limits.tiers import ADMIN_TIER, Tier
+
+DEFAULT_OWNER = "default"
 
 
 @dataclass(frozen=True)
 class Principal:
+    key_id: str
     owner: str
     role: str
+    tier_name: str
+    tier: Tier
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def scope(self) -> str | None:
+        """Whose objects this caller may see: its owner's, or everyone's for an admin."""
+        return None if self.is_admin else self.owner
 
 
-DEFAULT_OWNER = "default"
+class RateLimited(BatchdError):
+    status_code = 429
+    error_type = "requests"
 
 
 def _redact(secret: str) -> str:
     return secret[:5] + "*" * 8 + secret[-4:] if len(secret) > 12 else "*" * 8
 
 
-async def current_principal(request: Request) -> Principal:
+async def _authenticate(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     secret = secret.strip()
@@ -36,14 +53,44 @@ async def current_principal(request: Request) -> Principal:
             code="invalid_api_key",
         )
     svc = services(request)
+    tiers = svc.tiers
     env_key = svc.settings.api_key
     if env_key and hmac.compare_digest(secret.encode(), env_key.encode()):
-        return Principal(owner=DEFAULT_OWNER, role="admin")
+        return Principal(key_id="env", owner=DEFAULT_OWNER, role="admin", tier_name=ADMIN_TIER,
+                         tier=tiers.tiers.get(ADMIN_TIER, Tier()))
     key = await svc.keys.authenticate(secret)
     if key is None:
         raise Unauthenticated(f"Incorrect API key provided: {_redact(secret)}.",
                               code="invalid_api_key")
-    return Principal(owner=key.owner, role=key.role)
+    tier = tiers.tiers.get(key.tier)
+    if tier is None:  # the tiers file changed under an existing key: least privilege
+        tier = tiers.tiers[tiers.default_tier]
+    return Principal(key_id=key.id, owner=key.owner, role=key.role, tier_name=key.tier,
+                     tier=tier)
+
+
+async def current_principal(request: Request) -> Principal:
+    principal = await _authenticate(request)
+    per_minute = principal.tier.requests_per_minute
+    if per_minute is not None:
+        svc = services(request)
+        decision = svc.rate_limiter.check(principal.key_id, per_minute=per_minute,
+                                          now=svc.clock.now())
+        request.state.rate_limit_headers = decision.headers()
+        if not decision.allowed:
+            raise RateLimited(
+                f"Rate limit reached for requests: limit {per_minute} per minute on the "
+                f"'{principal.tier_name}' tier. Please try again in "
+                f"{decision.headers()['retry-after']}s.",
+                code="rate_limit_exceeded", headers=decision.headers())
+    return principal
+
+
+async def admin_principal(caller: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if not caller.is_admin:
+        raise PermissionDenied("This endpoint needs an admin key.", code="admin_required")
+    return caller
 
 
 Caller = Annotated[Principal, Depends(current_principal)]
+Admin = Annotated[Principal, Depends(admin_principal)]

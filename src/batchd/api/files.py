@@ -34,7 +34,7 @@ async def upload_file(
     return await services(request).files.upload(
         owner=caller.owner, filename=file.filename or "upload", purpose=purpose,
         source=file.file, declared_size=file.size,
-        expires_after_seconds=expires_after_seconds,
+        expires_after_seconds=expires_after_seconds, tier_limit=caller.tier.max_upload_bytes,
     )
 
 
@@ -48,7 +48,7 @@ async def list_files(
     after: str | None = None,
 ) -> FileList:
     data, has_more = await services(request).files.list(
-        owner=caller.owner, purpose=purpose, limit=limit, order=order, after=after
+        owner=caller.scope, purpose=purpose, limit=limit, order=order, after=after
     )
     return FileList(data=data, has_more=has_more, first_id=data[0].id if data else None,
                     last_id=data[-1].id if data else None)
@@ -56,18 +56,19 @@ async def list_files(
 
 @router.get("/{file_id}", response_model=FileObject)
 async def retrieve_file(request: Request, caller: Caller, file_id: str) -> FileObject:
-    return FileObject.of(await services(request).files.get(owner=caller.owner, file_id=file_id))
+    record = await services(request).files.get(owner=caller.scope, file_id=file_id)
+    return FileObject.of(record)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 async def delete_file(request: Request, caller: Caller, file_id: str) -> FileDeleted:
-    await services(request).files.delete(owner=caller.owner, file_id=file_id)
+    await services(request).files.delete(owner=caller.scope, file_id=file_id)
     return FileDeleted(id=file_id)
 
 
 @router.get("/{file_id}/content", response_class=StreamingResponse)
 async def file_content(request: Request, caller: Caller, file_id: str) -> StreamingResponse:
-    record, body = await services(request).files.content(owner=caller.owner, file_id=file_id)
+    record, body = await services(request).files.content(owner=caller.scope, file_id=file_id)
     return StreamingResponse(
         body, media_type="application/octet-stream",
         headers={"content-length": str(record.bytes),

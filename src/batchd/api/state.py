@@ -11,6 +11,8 @@ from batchd.clock import Clock
 from batchd.engines.registry import ModelRegistry
 from batchd.files import FileService
 from batchd.keys import KeyService
+from batchd.limits.ratelimit import RateLimiter
+from batchd.limits.tiers import TiersFile
 from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
@@ -26,6 +28,8 @@ class Services:
     files: FileService
     batches: BatchService
     keys: KeyService
+    tiers: TiersFile
+    rate_limiter: RateLimiter
 
 
 def services(request: Request) -> Services:

@@ -7,7 +7,7 @@ from typing import Any
 from batchd import ids
 from batchd.batches.schemas import BatchObject, CreateBatchRequest
 from batchd.clock import Clock
-from batchd.errors import Conflict, InvalidRequest, NotFound
+from batchd.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from batchd.settings import COMPLETION_WINDOWS
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, BatchStatus
@@ -48,7 +48,8 @@ class BatchService:
         self.store = store
         self.clock = clock
 
-    async def create(self, *, owner: str, request: CreateBatchRequest) -> BatchObject:
+    async def create(self, *, owner: str, request: CreateBatchRequest, tier: str | None = None,
+                     max_concurrent: int | None = None) -> BatchObject:
         """Accept the batch as `validating`; the file itself is checked in the background,
         and problems in it surface as a `failed` batch, as OpenAI does."""
         if request.endpoint not in SUPPORTED_ENDPOINTS:
@@ -67,18 +68,26 @@ class BatchService:
                 code="invalid_value", param="completion_window",
             )
         metadata = check_metadata(request.metadata)
+        if max_concurrent is not None:
+            active = await self.store.count_active_batches(owner)
+            if active >= max_concurrent:
+                raise TooManyRequests(
+                    f"You have {active} unfinished batches, the most your tier allows at "
+                    "once; create this one when one of them has finished.",
+                    code="concurrent_batch_limit_exceeded",
+                    headers={"x-should-retry": "false"})
         now = int(self.clock.now())
         record = BatchRecord(
             id=ids.batch_id(), owner=owner, endpoint=request.endpoint,
             input_file_id=request.input_file_id, completion_window=request.completion_window,
             status=BatchStatus.VALIDATING, created_at=now, expires_at=now + window,
-            metadata=metadata,
+            metadata=metadata, tier=tier,
             output_expires_after=(request.output_expires_after.seconds
                                   if request.output_expires_after else None),
         )
         return BatchObject.of(await self.store.insert_batch(record))
 
-    async def _require(self, owner: str, batch_id: str) -> BatchRecord:
+    async def _require(self, owner: str | None, batch_id: str) -> BatchRecord:
         record = await self.store.get_batch(batch_id, owner=owner)
         if record is None:
             raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
@@ -90,18 +99,18 @@ class BatchService:
             live = (await self.store.live_progress([record.id])).get(record.id)
         return BatchObject.of(record, live)
 
-    async def get(self, *, owner: str, batch_id: str) -> BatchObject:
+    async def get(self, *, owner: str | None, batch_id: str) -> BatchObject:
         return await self._present(await self._require(owner, batch_id))
 
     async def list(
-        self, *, owner: str, after: str | None, limit: int
+        self, *, owner: str | None, after: str | None, limit: int
     ) -> tuple[list[BatchObject], bool]:
         records, has_more = await self.store.list_batches(owner=owner, after=after, limit=limit)
         active = [r.id for r in records if not r.status.terminal]
         live = await self.store.live_progress(active)
         return [BatchObject.of(r, live.get(r.id)) for r in records], has_more
 
-    async def cancel(self, *, owner: str, batch_id: str) -> BatchObject:
+    async def cancel(self, *, owner: str | None, batch_id: str) -> BatchObject:
         record = await self._require(owner, batch_id)
         if record.status in (BatchStatus.CANCELLED, BatchStatus.CANCELLING):
             return await self._present(record)

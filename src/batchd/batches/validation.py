@@ -16,6 +16,22 @@ import orjson
 from batchd.store.records import ChunkPlan
 
 REQUIRED_KEYS = ("custom_id", "method", "url", "body")
+# For quotas: output tokens assumed for a request that sets no maximum.
+DEFAULT_OUTPUT_TOKENS = 1024
+
+
+def estimate_prompt_tokens(messages: object) -> int:
+    """A tokenizer-free estimate (about 4 characters a token, plus a few per message), the
+    same for every model, used only for enqueued-token quotas."""
+    if not isinstance(messages, list):
+        return 0
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        total += 4 + len(str(content or "")) // 4
+    return total
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +52,7 @@ class ValidationOutcome:
     total: int
     model: str | None
     errors: list[LineError] = field(default_factory=list)
+    tokens: dict[str, int] = field(default_factory=dict)  # per served model id
 
     @property
     def ok(self) -> bool:
@@ -43,14 +60,16 @@ class ValidationOutcome:
 
 
 class InputValidator:
-    """Feed it the file's lines in order; `finish()` says whether the batch may run."""
+    """Feed it the file's lines in order; `finish()` says whether the batch may run.
+    `served_model` maps a requested name to the id of the model serving it (None: unknown)."""
 
     def __init__(
-        self, *, endpoint: str, known_model: Callable[[str], bool], max_requests: int,
+        self, *, endpoint: str, served_model: Callable[[str], str | None], max_requests: int,
         chunk_lines: int, max_listed_errors: int,
     ) -> None:
         self.endpoint = endpoint
-        self.known_model = known_model
+        self.served_model = served_model
+        self._tokens: dict[str, int] = {}
         self.max_requests = max_requests
         self.chunk_lines = chunk_lines
         self.max_listed_errors = max_listed_errors
@@ -136,7 +155,8 @@ class InputValidator:
         if model is None:
             return LineError(code="invalid_request", param="body.model", line=line,
                              message="Model parameter is required.")
-        if not isinstance(model, str) or not self.known_model(model):
+        served = self.served_model(model) if isinstance(model, str) else None
+        if served is None:
             return LineError(code="model_not_found", param="body.model", line=line,
                              message=f"The provided model '{model}' is not supported by the "
                                      "Batch API.")
@@ -154,6 +174,10 @@ class InputValidator:
                                      "each request in a batch needs a unique custom_id.")
         self._seen.add(digest)
         self._models.add(model)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        output = limit if isinstance(limit, int) and limit > 0 else DEFAULT_OUTPUT_TOKENS
+        self._tokens[served] = (self._tokens.get(served, 0)
+                                + estimate_prompt_tokens(body["messages"]) + output)
         return None
 
     def finish(self) -> ValidationOutcome:
@@ -176,4 +200,4 @@ class InputValidator:
             ))
         model = next(iter(self._models)) if len(self._models) == 1 else None
         return ValidationOutcome(plans=self._plans, total=self._total, model=model,
-                                 errors=errors)
+                                 errors=errors, tokens=dict(self._tokens))

@@ -107,6 +107,11 @@ class ModelRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
+    def served_id(self, name: str) -> str | None:
+        """The id of the model that serves `name` (an id or an alias)."""
+        entry = self._by_name.get(name)
+        return entry.id if entry else None
+
     async def start(self) -> None:
         """Build every engine (loading weights off the event loop)."""
         for entry in self.config.models:

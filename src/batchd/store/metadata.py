@@ -42,6 +42,15 @@ _ACTIVE = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZI
            BatchStatus.CANCELLING)
 
 
+class QuotaExceeded(Exception):
+    """Enqueuing a batch would take an owner past its token limit for a model."""
+
+    def __init__(self, *, model: str, enqueued: int, requested: int, limit: int) -> None:
+        super().__init__(model)
+        self.model, self.enqueued, self.requested, self.limit = (model, enqueued, requested,
+                                                                 limit)
+
+
 class _Sequencer:
     """Strictly increasing creation numbers (microseconds, bumped on ties) for stable paging."""
 
@@ -104,6 +113,7 @@ class MetadataStore:
     # --- keys -------------------------------------------------------------------------------
 
     async def insert_key(self, key: ApiKey, *, key_hash: str) -> None:
+        """Store a key (only its hash; the secret is never stored)."""
         async with self._write() as conn:
             await conn.execute(t.api_keys.insert().values(**_asdict(key), key_hash=key_hash))
 
@@ -149,16 +159,20 @@ class MetadataStore:
         return FileRecord.from_row(row) if row else None
 
     async def list_files(
-        self, *, owner: str, purpose: str | None, limit: int, ascending: bool, after: str | None
+        self, *, owner: str | None, purpose: str | None, limit: int, ascending: bool,
+        after: str | None,
     ) -> tuple[list[FileRecord], bool]:
+        """`owner=None` lists every owner's files (admins)."""
         c = t.files.c
-        query = select(t.files).where(c.owner == owner, c.deleted_at.is_(None))
+        query = select(t.files).where(c.deleted_at.is_(None))
+        if owner is not None:
+            query = query.where(c.owner == owner)
         if purpose is not None:
             query = query.where(c.purpose == purpose)
         async with self._engine.connect() as conn:
             if after is not None:
                 cursor = (await conn.execute(
-                    select(c.seq, c.id).where(c.id == after, c.owner == owner)
+                    _owned(select(c.seq, c.id).where(c.id == after), c.owner, owner)
                 )).first()
                 if cursor is None:
                     return [], False
@@ -168,12 +182,12 @@ class MetadataStore:
             rows = (await conn.execute(query.order_by(*order).limit(limit + 1))).mappings().all()
         return [FileRecord.from_row(r) for r in rows[:limit]], len(rows) > limit
 
-    async def delete_file(self, file_id: str, *, owner: str, now: int) -> FileRecord | None:
+    async def delete_file(self, file_id: str, *, owner: str | None,
+                          now: int) -> FileRecord | None:
         """Hide the file. Its blob stays while an active batch still reads it."""
         async with self._write() as conn:
             row = (await conn.execute(
-                update(t.files)
-                .where(t.files.c.id == file_id, t.files.c.owner == owner)
+                _owned(update(t.files).where(t.files.c.id == file_id), t.files.c.owner, owner)
                 .where(t.files.c.deleted_at.is_(None))
                 .values(deleted_at=now)
                 .returning(*t.files.c)
@@ -221,14 +235,15 @@ class MetadataStore:
         return BatchRecord.from_row(row) if row else None
 
     async def list_batches(
-        self, *, owner: str, after: str | None, limit: int
+        self, *, owner: str | None, after: str | None, limit: int
     ) -> tuple[list[BatchRecord], bool]:
+        """Newest first; `owner=None` lists every owner's batches (admins)."""
         c = t.batches.c
-        query = select(t.batches).where(c.owner == owner)
+        query = _owned(select(t.batches), c.owner, owner)
         async with self._engine.connect() as conn:
             if after is not None:
                 cursor = (await conn.execute(
-                    select(c.seq, c.id).where(c.id == after, c.owner == owner)
+                    _owned(select(c.seq, c.id).where(c.id == after), c.owner, owner)
                 )).first()
                 if cursor is None:
                     return [], False
@@ -257,13 +272,13 @@ class MetadataStore:
                 for r in rows
             }
 
-    async def request_cancel(self, batch_id: str, *, owner: str, now: int) -> BatchRecord | None:
+    async def request_cancel(self, batch_id: str, *, owner: str | None,
+                             now: int) -> BatchRecord | None:
         """Move an active batch to `cancelling`; returns the batch as it now stands."""
         c = t.batches.c
         async with self._write() as conn:
             await conn.execute(
-                update(t.batches)
-                .where(c.id == batch_id, c.owner == owner)
+                _owned(update(t.batches).where(c.id == batch_id), c.owner, owner)
                 .where(c.status.in_((BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS,
                                      BatchStatus.FINALIZING)))
                 .where(c.stop_reason.is_(None))
@@ -271,7 +286,7 @@ class MetadataStore:
                         stop_reason=StopReason.CANCELLED)
             )
             row = (await conn.execute(
-                select(t.batches).where(c.id == batch_id, c.owner == owner)
+                _owned(select(t.batches).where(c.id == batch_id), c.owner, owner)
             )).mappings().first()
         return BatchRecord.from_row(row) if row else None
 
@@ -349,10 +364,15 @@ class MetadataStore:
 
     async def start_batch(
         self, batch_id: str, lease: Lease, *, plans: Sequence[ChunkPlan], total: int,
-        model: str | None, input_tokens: int, now: int,
+        model: str | None, tokens: dict[str, int], token_limit: int | None, now: int,
     ) -> bool:
         """Validation passed: record the chunks and move to `in_progress` (or straight to
-        `finalizing` when the file held no requests to run)."""
+        `finalizing` when the file held no requests to run).
+
+        With a `token_limit`, the batch's tokens are enqueued only if the owner's unfinished
+        batches plus this one stay within it, per model; otherwise nothing changes and
+        `QuotaExceeded` says by how much. Checked and recorded in one write transaction, so
+        two batches validated at once cannot both slip under the limit."""
         b = t.batches.c
         status = BatchStatus.IN_PROGRESS if plans else BatchStatus.FINALIZING
         async with self._write() as conn:
@@ -362,11 +382,21 @@ class MetadataStore:
                 .values(status=status, in_progress_at=now, total=total, model=model,
                         finalizing_at=None if plans else now,
                         lease_owner=None, lease_expires_at=None)
-                .returning(b.expires_at)
+                .returning(b.expires_at, b.owner)
             )).first()
             if row is None:
                 return False
-            deadline = row[0]
+            deadline, owner = row
+            if token_limit is not None:
+                enqueued = await self._enqueued_tokens(conn, owner, exclude=batch_id)
+                for name, wanted in sorted(tokens.items()):
+                    if enqueued.get(name, 0) + wanted > token_limit:
+                        raise QuotaExceeded(model=name, enqueued=enqueued.get(name, 0),
+                                            requested=wanted, limit=token_limit)
+            if tokens:
+                await conn.execute(t.batch_tokens.insert(), [
+                    {"batch_id": batch_id, "model": name, "tokens": n}
+                    for name, n in tokens.items()])
             for first in range(0, len(plans), 500):
                 batch_of_plans = plans[first:first + 500]
                 await conn.execute(t.chunks.insert(), [
@@ -375,8 +405,33 @@ class MetadataStore:
                          state=ChunkState.PENDING, generation=0, attempts=0, deadline=deadline)
                     for p in batch_of_plans
                 ])
-        del input_tokens  # reserved for the enqueued-token quota
         return True
+
+    async def _enqueued_tokens(self, conn: AsyncConnection, owner: str, *,
+                               exclude: str | None = None) -> dict[str, int]:
+        b, bt = t.batches.c, t.batch_tokens.c
+        query = (
+            select(bt.model, func.sum(bt.tokens))
+            .join(t.batches, b.id == bt.batch_id)
+            .where(b.owner == owner, b.status.in_(_ACTIVE))
+            .group_by(bt.model)
+        )
+        if exclude is not None:
+            query = query.where(bt.batch_id != exclude)
+        return {name: int(n) for name, n in (await conn.execute(query)).all()}
+
+    async def enqueued_tokens(self, owner: str) -> dict[str, int]:
+        """Tokens of the owner's unfinished batches, per model."""
+        async with self._engine.connect() as conn:
+            return await self._enqueued_tokens(conn, owner)
+
+    async def count_active_batches(self, owner: str) -> int:
+        async with self._engine.connect() as conn:
+            n = (await conn.execute(
+                select(func.count()).select_from(t.batches)
+                .where(t.batches.c.owner == owner, t.batches.c.status.in_(_ACTIVE))
+            )).scalar_one()
+        return int(n)
 
     async def fail_batch(
         self, batch_id: str, lease: Lease, *, errors: list[dict[str, Any]], now: int
@@ -581,6 +636,11 @@ class MetadataStore:
                 .order_by(t.chunks.c.chunk_no)
             )).mappings()
             return [Chunk.from_row(r) for r in rows]
+
+
+def _owned(query: Any, column: Any, owner: str | None) -> Any:
+    """Restrict a query to one owner's rows; `None` (an admin) sees every owner's."""
+    return query if owner is None else query.where(column == owner)
 
 
 def _asdict(record: object) -> dict[str, Any]:

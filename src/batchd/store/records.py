@@ -63,6 +63,7 @@ class ApiKey(_Record):
     prefix: str
     created_at: int
     revoked_at: int | None
+    tier: str = "core"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +112,7 @@ class BatchRecord(_Record):
     cached_tokens: int = 0
     stop_reason: StopReason | None = None
     seq: int = 0
+    tier: str | None = None
 
     def __post_init__(self) -> None:
         # Rows carry plain strings; normalise to enums once, here.

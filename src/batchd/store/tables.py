@@ -29,6 +29,7 @@ api_keys = Table(
     Column("prefix", String(32), nullable=False),
     Column("created_at", Integer, nullable=False),
     Column("revoked_at", Integer),
+    Column("tier", String(40), nullable=False, default="core"),
 )
 
 files = Table(
@@ -84,6 +85,7 @@ batches = Table(
     Column("lease_generation", Integer, nullable=False, default=0),
     Column("lease_expires_at", Float),
     Column("seq", BigInteger, nullable=False),  # creation order, for stable paging
+    Column("tier", String(40)),  # the creating key's tier: its limits apply to the batch
     Index("ix_batches_owner_seq", "owner", "seq"),
     Index("ix_batches_status", "status"),
 )
@@ -115,4 +117,15 @@ chunks = Table(
     Column("done_input_tokens", Integer, nullable=False, default=0),
     Column("done_output_tokens", Integer, nullable=False, default=0),
     Index("ix_chunks_claim", "state", "deadline"),
+)
+
+# Tokens a batch may consume per model (prompt estimate + maximum output), counted at
+# validation. An owner's enqueued tokens are the sum over its unfinished batches, so a quota
+# is released by the batch reaching any terminal status, with nothing to clean up.
+batch_tokens = Table(
+    "batch_tokens",
+    metadata,
+    Column("batch_id", String(64), ForeignKey("batches.id"), primary_key=True),
+    Column("model", Text, primary_key=True),
+    Column("tokens", BigInteger, nullable=False),
 )

@@ -15,7 +15,9 @@ from batchd import ids
 from batchd.batches import results
 from batchd.batches.validation import InputValidator, LineError, ValidationOutcome
 from batchd.files import blob_key
+from batchd.limits.tiers import Tier
 from batchd.store.blobs import BlobMissing
+from batchd.store.metadata import QuotaExceeded
 from batchd.store.records import (
     BatchRecord,
     BatchStatus,
@@ -79,12 +81,20 @@ async def _with_lease(ctx: WorkerContext, batch: BatchRecord, lease: Lease,
 # --- validation ------------------------------------------------------------------------------
 
 
+def _max_requests(ctx: WorkerContext, tier: Tier | None) -> int:
+    limits = [ctx.settings.max_requests_per_batch]
+    if tier is not None and tier.max_batch_requests is not None:
+        limits.append(tier.max_batch_requests)
+    return min(limits)
+
+
 def _fail(errors: list[LineError]) -> ValidationOutcome:
     return ValidationOutcome(plans=[], total=0, model=None, errors=errors)
 
 
 async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None:
     settings = ctx.settings
+    tier = ctx.tiers.tiers.get(batch.tier or ctx.tiers.default_tier)
     source = await ctx.store.get_file(batch.input_file_id, owner=batch.owner)
     if source is None:
         outcome = _fail([LineError(code="invalid_request", param="file_id",
@@ -96,8 +106,8 @@ async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
                     "must be uploaded with purpose 'batch'.")])
     else:
         validator = InputValidator(
-            endpoint=batch.endpoint, known_model=ctx.registry.__contains__,
-            max_requests=settings.max_requests_per_batch, chunk_lines=settings.chunk_lines,
+            endpoint=batch.endpoint, served_model=ctx.registry.served_id,
+            max_requests=_max_requests(ctx, tier), chunk_lines=settings.chunk_lines,
             max_listed_errors=settings.max_listed_errors,
         )
 
@@ -119,9 +129,21 @@ async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
         outcome = result
     now = int(ctx.clock.now())
     if outcome.ok:
-        await ctx.store.start_batch(batch.id, lease, plans=outcome.plans, total=outcome.total,
-                                    model=outcome.model, input_tokens=0, now=now)
-    else:
+        try:
+            await ctx.store.start_batch(
+                batch.id, lease, plans=outcome.plans, total=outcome.total, model=outcome.model,
+                tokens=outcome.tokens, token_limit=tier.enqueued_tokens_per_model if tier else None,
+                now=now)
+            return
+        except QuotaExceeded as over:
+            outcome.errors.append(LineError(
+                code="token_limit_exceeded",
+                message=f"Enqueued token limit reached for {over.model}: this batch needs "
+                        f"{over.requested:,} tokens and {over.enqueued:,} are already enqueued "
+                        f"by your unfinished batches, over the limit of {over.limit:,}. Try "
+                        "again once some of them finish.",
+            ))
+    if outcome.errors:
         await ctx.store.fail_batch(batch.id, lease, errors=[e.as_dict() for e in outcome.errors],
                                    now=now)
 

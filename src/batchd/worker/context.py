@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from batchd.clock import Clock
 from batchd.engines.registry import ModelRegistry
+from batchd.limits.tiers import DEFAULT_TIERS, TiersFile
 from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
@@ -19,3 +20,4 @@ class WorkerContext:
     registry: ModelRegistry
     clock: Clock
     settings: Settings
+    tiers: TiersFile = field(default_factory=lambda: DEFAULT_TIERS)

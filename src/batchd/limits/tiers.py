@@ -1,0 +1,71 @@
+"""Service tiers: what a key may do. Defaults follow kluster.ai's published plans; a YAML file
+(`BATCHD_TIERS`) can replace them. `null` means unlimited."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+GIB = 1024 * 1024 * 1024
+
+
+class Tier(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    """API requests per minute per key (all /v1 endpoints)."""
+    max_batch_requests: int | None = Field(default=None, ge=1)
+    """Request lines in one batch."""
+    max_concurrent_batches: int | None = Field(default=None, ge=1)
+    """Batches of one owner that are not yet finished."""
+    max_upload_bytes: int | None = Field(default=None, ge=1)
+    """Largest file upload."""
+    enqueued_tokens_per_model: int | None = Field(default=None, ge=1)
+    """Prompt + maximum output tokens of one owner's unfinished batches, per model."""
+
+
+class TiersFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_tier: str = "core"
+    tiers: dict[str, Tier]
+
+
+DEFAULT_TIERS = TiersFile(
+    default_tier="core",
+    tiers={
+        "trial": Tier(requests_per_minute=30, max_batch_requests=1_000,
+                      max_concurrent_batches=20, max_upload_bytes=100 * 1024 * 1024,
+                      enqueued_tokens_per_model=5_000_000),
+        "core": Tier(requests_per_minute=600, max_batch_requests=100_000,
+                     max_concurrent_batches=100, max_upload_bytes=GIB // 2,
+                     enqueued_tokens_per_model=500_000_000),
+        "scale": Tier(requests_per_minute=1_200, max_batch_requests=500_000,
+                      max_concurrent_batches=100, max_upload_bytes=GIB // 2,
+                      enqueued_tokens_per_model=5_000_000_000),
+        "enterprise": Tier(max_concurrent_batches=100),
+    },
+)
+
+ADMIN_TIER = "enterprise"
+
+
+class TierError(Exception):
+    pass
+
+
+def load_tiers(path: Path | None) -> TiersFile:
+    if path is None:
+        return DEFAULT_TIERS
+    try:
+        loaded = TiersFile.model_validate(yaml.safe_load(path.read_text()))
+    except OSError as exc:
+        raise TierError(f"cannot read tiers file {path}: {exc.strerror}") from exc
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise TierError(f"tiers file {path} is invalid:\n{exc}") from exc
+    if loaded.default_tier not in loaded.tiers:
+        raise TierError(f"tiers file {path}: default_tier {loaded.default_tier!r} is not "
+                        "one of its tiers")
+    return loaded
