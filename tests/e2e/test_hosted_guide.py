@@ -168,3 +168,10 @@ def test_guide_curl_upload_and_content(real_server: Server, tmp_path: Path) -> N
     assert len(output.splitlines()) == 2
     assert curl(f"{real_server.base_url}/files/{uploaded['id']}/content", "-H", auth) == (
         path.read_bytes())
+
+
+def test_logs_hold_no_keys_and_no_prompts(real_server: Server) -> None:
+    log = real_server.log.read_text()
+    assert "batchd" in log or "INFO" in log  # the log is there and written
+    assert real_server.api_key not in log
+    assert "plus" not in log  # prompt text of this module's requests ("What is 1 plus 1?")

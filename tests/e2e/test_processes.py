@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
+import pytest
 from openai import OpenAI
 
 from tests.conftest import INSTANT_MODELS, batch_line
@@ -84,3 +86,30 @@ def test_api_and_standalone_worker_processes_share_the_store(tmp_path: Path) -> 
             worker.terminate()
         codes = [worker.wait(timeout=30) for worker in workers]
     assert codes == [0, 0]  # SIGTERM is a clean stop for a worker too
+
+
+def test_the_sdk_retries_through_a_rate_limit(tmp_path: Path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text(INSTANT_MODELS)
+    tiers = tmp_path / "tiers.yaml"
+    tiers.write_text("default_tier: burst\ntiers:\n  burst:\n    requests_per_minute: 120\n")
+    created = batchd("keys", "create", "--name", "eve", "--tiers", str(tiers),
+                     data_dir=tmp_path / "data")
+    assert "tier=burst" in created.stdout, created.stderr
+    secret = created.stdout.strip().splitlines()[-1]
+    server = start_server(tmp_path / "data", tmp_path / "server.log", models=models,
+                          extra_env={"BATCHD_TIERS": str(tiers)})
+    try:
+        headers = {"Authorization": f"Bearer {secret}"}
+        with httpx.Client(base_url=server.base_url, headers=headers) as raw:
+            statuses = [raw.get("/models").status_code for _ in range(125)]
+        assert statuses.count(429) >= 1  # the bucket of 120 ran dry
+        client = OpenAI(base_url=server.base_url, api_key=secret, max_retries=3)
+        started = time.monotonic()
+        assert [m.id for m in client.models.list()]  # 429, Retry-After, then success
+        assert time.monotonic() - started >= 0.2
+        with pytest.raises(openai.RateLimitError):
+            for _ in range(200):
+                OpenAI(base_url=server.base_url, api_key=secret, max_retries=0).models.list()
+    finally:
+        stop_server(server)
