@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     max_listed_errors: int = Field(default=100, ge=1)
 
     chunk_lines: int = Field(default=256, ge=1, description="input lines per unit of work")
-    worker_concurrency: int = Field(default=8, ge=1, description="requests in flight per worker")
+    worker_concurrency: int = Field(default=32, ge=1, description="requests in flight per worker")
     worker_chunks: int = Field(default=2, ge=1, description="chunks a worker holds at once")
     lease_seconds: float = Field(default=30.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0)

@@ -66,10 +66,16 @@ async def test_too_long_prompt_is_a_request_error(engine: LlamaCppEngine) -> Non
     assert caught.value.status_code == 400
 
 
-async def test_logprobs_without_logits_all_is_a_clear_400(engine: LlamaCppEngine) -> None:
-    with pytest.raises(EngineRequestError) as caught:
-        await engine.chat(chat("hi", max_tokens=2, logprobs=True))
-    assert caught.value.param == "logprobs"
+async def test_logprobs_of_each_token_with_alternatives(engine: LlamaCppEngine) -> None:
+    result = await engine.chat(chat("Say yes.", max_tokens=3, temperature=0, logprobs=True,
+                                    top_logprobs=2))
+    content = result.choices[0].logprobs["content"]  # type: ignore[index]
+    assert len(content) == result.completion_tokens
+    assert "".join(item["token"] for item in content) == result.choices[0].text
+    for item in content:
+        assert item["logprob"] <= 0 and len(item["top_logprobs"]) == 2
+        # At temperature 0 the chosen token is the most likely one.
+        assert item["top_logprobs"][0]["token"] == item["token"]
 
 
 async def test_cancel_stops_generation_promptly(engine: LlamaCppEngine) -> None:
@@ -96,3 +102,75 @@ async def test_stream_matches_the_plain_answer(engine: LlamaCppEngine) -> None:
     assert isinstance(usage, Usage)
     assert usage.prompt_tokens == plain.prompt_tokens
     assert usage.completion_tokens == plain.completion_tokens
+
+
+SHARED_SYSTEM = ("You are a careful assistant for a library. " * 12).strip()
+
+
+@pytest.fixture(scope="module")
+def single() -> Iterator[LlamaCppEngine]:
+    engine = LlamaCppEngine(LlamaCppOptions(n_ctx=512, parallel=1, prefix_cache=0))
+    yield engine
+    asyncio.run(engine.aclose())
+
+
+async def test_batched_generation_matches_one_at_a_time(
+    engine: LlamaCppEngine, single: LlamaCppEngine
+) -> None:
+    requests = [chat(f"Name an animal that starts with the letter {c}.", max_tokens=12,
+                     temperature=0) for c in "ABCDEFGH"]
+    together = await asyncio.gather(*(engine.chat(r) for r in requests))
+    alone = [await single.chat(r) for r in requests]
+    # Batched float maths may reorder sums; the leading tokens must agree exactly.
+    for a, b in zip(together, alone, strict=True):
+        assert a.choices[0].text[:12] == b.choices[0].text[:12]
+        assert a.prompt_tokens == b.prompt_tokens
+
+
+async def test_shared_prefix_is_reused_and_changes_nothing(
+    engine: LlamaCppEngine, single: LlamaCppEngine
+) -> None:
+    def ask(question: str) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate({
+            "model": "m", "max_tokens": 10, "temperature": 0,
+            "messages": [{"role": "system", "content": SHARED_SYSTEM},
+                         {"role": "user", "content": question}]})
+
+    await engine.chat(ask("Where are the maps?"))  # warms the prefix cache
+    reused = await engine.chat(ask("When do you open?"))
+    fresh = await single.chat(ask("When do you open?"))
+    assert reused.cached_tokens > 50 and fresh.cached_tokens == 0
+    assert reused.choices[0].text[:12] == fresh.choices[0].text[:12]
+
+
+async def test_stops_and_limits_hold_under_batching(engine: LlamaCppEngine) -> None:
+    counting = chat("Count from 1 to 30, separated by commas.", max_tokens=40, temperature=0)
+    free = (await engine.chat(counting)).choices[0].text
+    cut = free[6:9]
+    limited, stopped, _ = await asyncio.gather(
+        engine.chat(chat("Write a poem about rain.", max_tokens=7, temperature=0)),
+        engine.chat(chat("Count from 1 to 30, separated by commas.", max_tokens=40,
+                         temperature=0, stop=[cut])),
+        engine.chat(chat("Say hi.", max_tokens=5)),
+    )
+    assert limited.choices[0].finish_reason == "length" and limited.completion_tokens == 7
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].text == free[: free.index(cut)]
+
+
+async def test_realtime_requests_go_before_waiting_batch_work(engine: LlamaCppEngine) -> None:
+    from batchd.engines.base import Priority
+
+    backlog = [asyncio.create_task(engine.chat(chat(f"Tell a story number {i}.",
+                                                    max_tokens=24), priority=Priority.BATCH))
+               for i in range(24)]
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await engine.chat(chat("Say hi.", max_tokens=2))
+    interactive = time.monotonic() - started
+    finished_batch = sum(task.done() for task in backlog)
+    for task in backlog:
+        task.cancel()
+    await asyncio.gather(*backlog, return_exceptions=True)
+    # It did not wait for the 16 queued batch requests behind the 8 running ones.
+    assert finished_batch < 16 and interactive < 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -46,12 +47,21 @@ class Usage:
 StreamEvent = Delta | Usage
 
 
+class Priority(enum.IntEnum):
+    """Who waits: real-time requests are admitted before batch work."""
+
+    REALTIME = 0
+    BATCH = 1
+
+
 class Engine(Protocol):
     """An inference backend. Cancelling the awaiting task must stop generation promptly."""
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatResult: ...
+    async def chat(self, request: ChatCompletionRequest, *,
+                   priority: Priority = Priority.REALTIME) -> ChatResult: ...
 
-    def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[StreamEvent]: ...
+    def chat_stream(self, request: ChatCompletionRequest, *,
+                    priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]: ...
 
     async def aclose(self) -> None: ...
 

