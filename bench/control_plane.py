@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.conftest import start_server, stop_server
 
+from bench.common import run_batch
+
 MODELS = "models:\n  - id: instant-model\n    engine: instant\n"
 
 
@@ -58,17 +60,7 @@ def main() -> None:
             client = OpenAI(base_url=server.base_url, api_key=server.api_key)
             path = root / "input.jsonl"
             write_input(path, args.lines)
-            started = time.perf_counter()
-            with path.open("rb") as file:
-                uploaded = client.files.create(file=file, purpose="batch")
-            batch = client.batches.create(input_file_id=uploaded.id,
-                                          endpoint="/v1/chat/completions",
-                                          completion_window="24h")
-            while batch.status not in ("completed", "failed", "cancelled", "expired"):
-                time.sleep(0.05)
-                batch = client.batches.retrieve(batch.id)
-            elapsed = time.perf_counter() - started
-            assert batch.status == "completed", batch
+            batch, elapsed = run_batch(client, path, poll_seconds=0.05)
             assert batch.request_counts is not None
             print(f"batch: {args.lines} lines in {elapsed:.2f} s "
                   f"= {args.lines / elapsed:,.0f} requests/s "

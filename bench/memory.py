@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.conftest import start_server, stop_server
 
+from bench.common import run_batch
 from bench.control_plane import MODELS, peak_rss_mb, write_input
 
 
@@ -51,17 +51,7 @@ def main() -> None:
             write_input(path, args.lines)
             print(f"input: {args.lines:,} lines, {path.stat().st_size / 1e6:.0f} MB; "
                   f"server RSS at start {rss_mb(pid):.0f} MB")
-            started = time.perf_counter()
-            with path.open("rb") as file:
-                uploaded = client.files.create(file=file, purpose="batch")
-            batch = client.batches.create(input_file_id=uploaded.id,
-                                          endpoint="/v1/chat/completions",
-                                          completion_window="72h")
-            while batch.status not in ("completed", "failed", "cancelled", "expired"):
-                time.sleep(1)
-                batch = client.batches.retrieve(batch.id)
-            elapsed = time.perf_counter() - started
-            assert batch.status == "completed", batch
+            batch, elapsed = run_batch(client, path, window="72h", poll_seconds=1)
             path.unlink()
             peak = peak_rss_mb(pid)
             print(f"batch: {batch.request_counts.completed:,} completed in {elapsed:.0f} s "  # type: ignore[union-attr]

@@ -35,6 +35,7 @@ from tests.e2e.conftest import free_port, start_server, stop_server
 
 from batchd.chat import ChatCompletionRequest
 from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions, default_model_path
+from bench.common import run_batch
 
 MAX_TOKENS = 64
 TOPICS = ["rivers", "owls", "bread", "trains", "glaciers", "violins", "tides", "bees",
@@ -117,17 +118,8 @@ def batchd_end_to_end(chats: list[list[dict[str, str]]], parallel: int) -> Figur
                 "body": {"model": "SmolLM2-135M-Instruct", "messages": m,
                          "max_tokens": MAX_TOKENS, "temperature": 0}}) + "\n"
                 for i, m in enumerate(chats)))
-            started = time.perf_counter()
-            with path.open("rb") as file:
-                uploaded = client.files.create(file=file, purpose="batch")
-            batch = client.batches.create(input_file_id=uploaded.id,
-                                          endpoint="/v1/chat/completions",
-                                          completion_window="24h")
-            while batch.status not in ("completed", "failed", "cancelled", "expired"):
-                time.sleep(0.2)
-                batch = client.batches.retrieve(batch.id)
-            seconds = time.perf_counter() - started
-            assert batch.status == "completed" and batch.usage is not None, batch
+            batch, seconds = run_batch(client, path)
+            assert batch.usage is not None
             return Figures("batchd end to end (upload→completed)", seconds,
                            batch.usage.output_tokens, len(chats))
         finally:
