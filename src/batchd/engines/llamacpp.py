@@ -76,7 +76,10 @@ class LlamaCppOptions(BaseModel):
     n_threads: int | None = Field(default=None, ge=1)
     """CPU threads for generation; default: all cores."""
     n_batch: int = Field(default=512, ge=32)
-    """Tokens evaluated per decode step (prompt chunks and generated tokens together)."""
+    """Largest decode step llama.cpp is prepared for."""
+    step_tokens: int = Field(default=128, ge=1)
+    """Tokens per decode step (generated tokens first, then prompt chunks): smaller steps
+    let a real-time request in sooner, larger ones evaluate long prompts faster."""
     n_gpu_layers: int = 0
     """Layers to offload to a GPU build of llama.cpp (-1: all)."""
     prefix_cache: int = Field(default=2, ge=0, le=16)
@@ -294,7 +297,7 @@ class _Scheduler:
         """One decode: the next token of each generating sequence, then prompt tokens as the
         batch has room; then sample every sequence whose logits came out."""
         batch = self.batch
-        budget = self.options.n_batch
+        budget = min(self.options.step_tokens, self.options.n_batch)
         n = 0
         added: dict[int, int] = {}
         wants_logits: list[tuple[_Sequence, int]] = []
@@ -311,10 +314,16 @@ class _Scheduler:
             added[seq.seq_id] = added.get(seq.seq_id, 0) + 1
             n += 1
 
-        for seq in self.active:  # generation first: it keeps per-token latency flat
+        # While a real-time request is running, batch work pauses (its KV cells stay): a
+        # decode step costs about as much per token at any width on a CPU, so sharing steps
+        # would multiply the interactive latency by the number of batch requests.
+        running = self.active
+        if any(seq.priority == Priority.REALTIME for seq in running):
+            running = [seq for seq in running if seq.priority == Priority.REALTIME]
+        for seq in running:  # generation first: it keeps per-token latency flat
             if seq.prefilled and n < budget:
                 add(seq, seq.generated[-1], seq.n_past, True)
-        for seq in self.active:
+        for seq in running:
             if not seq.prefilled and n < budget:
                 take = min(len(seq.prompt) - seq.n_past, budget - n)
                 for pos in range(seq.n_past, seq.n_past + take):
