@@ -18,23 +18,31 @@ from batchd.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[dict[str, Any]], Engine]
+# A factory gets the entry's engine options and its id; each engine module is imported only
+# when a model uses it (llama_cpp is heavy).
+EngineFactory = Callable[[dict[str, Any], str], Engine]
 
 
-def _instant(options: dict[str, Any]) -> Engine:
+def _instant(options: dict[str, Any], model_id: str) -> Engine:
     from batchd.engines.instant import InstantEngine, InstantOptions
 
     return InstantEngine(InstantOptions.model_validate(options))
 
 
-def _llamacpp(options: dict[str, Any]) -> Engine:
-    # Imported here so that llama_cpp is loaded only when a model uses it.
+def _llamacpp(options: dict[str, Any], model_id: str) -> Engine:
     from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
 
     return LlamaCppEngine(LlamaCppOptions.model_validate(options))
 
 
-ENGINE_FACTORIES: dict[str, EngineFactory] = {"instant": _instant, "llamacpp": _llamacpp}
+def _upstream(options: dict[str, Any], model_id: str) -> Engine:
+    from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
+
+    return UpstreamEngine(UpstreamOptions.model_validate(options), model_id=model_id)
+
+
+ENGINE_FACTORIES: dict[str, EngineFactory] = {
+    "instant": _instant, "llamacpp": _llamacpp, "upstream": _upstream}
 
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 
@@ -117,7 +125,7 @@ class ModelRegistry:
         for entry in self.config.models:
             factory = ENGINE_FACTORIES[entry.engine]
             try:
-                self._engines[entry.id] = await asyncio.to_thread(factory, entry.options)
+                self._engines[entry.id] = await asyncio.to_thread(factory, entry.options, entry.id)
             except ValidationError as exc:
                 raise ConfigError(f"model {entry.id!r}: bad engine options:\n{exc}") from exc
 
@@ -134,7 +142,7 @@ class ModelRegistry:
                 return  # already replaced
             log.error("restarting the engine of model %r after a hang or crash", entry.id)
             factory = ENGINE_FACTORIES[entry.engine]
-            self._engines[entry.id] = await asyncio.to_thread(factory, entry.options)
+            self._engines[entry.id] = await asyncio.to_thread(factory, entry.options, entry.id)
         await broken.aclose()
 
     async def aclose(self) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -40,6 +41,22 @@ from batchd.store.records import (
 _MIGRATIONS = str(Path(__file__).with_name("migrations"))
 _ACTIVE = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING,
            BatchStatus.CANCELLING)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _shielded(verb: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Let a write finish (commit or roll back) even if its caller is cancelled: a
+    transaction cut off half-way could leave its pooled connection holding SQLite's write
+    lock, and every later writer would wait on it."""
+
+    @functools.wraps(verb)
+    async def shielded(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.shield(verb(*args, **kwargs))
+
+    return shielded
 
 
 class QuotaExceeded(Exception):
@@ -95,6 +112,7 @@ class MetadataStore:
         async with self._write_lock, self._engine.begin() as conn:
             yield conn
 
+    @_shielded
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent, safe on every start)."""
 
@@ -112,6 +130,7 @@ class MetadataStore:
 
     # --- keys -------------------------------------------------------------------------------
 
+    @_shielded
     async def insert_key(self, key: ApiKey, *, key_hash: str) -> None:
         """Store a key (only its hash; the secret is never stored)."""
         async with self._write() as conn:
@@ -131,6 +150,7 @@ class MetadataStore:
             )).mappings()
             return [ApiKey.from_row(r) for r in rows]
 
+    @_shielded
     async def revoke_key(self, key_id_or_name: str, *, now: int) -> int:
         async with self._write() as conn:
             result = await conn.execute(
@@ -143,6 +163,7 @@ class MetadataStore:
 
     # --- files ------------------------------------------------------------------------------
 
+    @_shielded
     async def insert_file(self, record: FileRecord) -> FileRecord:
         record = dataclasses.replace(record, seq=self._seq.next())
         async with self._write() as conn:
@@ -182,6 +203,7 @@ class MetadataStore:
             rows = (await conn.execute(query.order_by(*order).limit(limit + 1))).mappings().all()
         return [FileRecord.from_row(r) for r in rows[:limit]], len(rows) > limit
 
+    @_shielded
     async def delete_file(self, file_id: str, *, owner: str | None,
                           now: int) -> FileRecord | None:
         """Hide the file. Its blob stays while an active batch still reads it."""
@@ -214,12 +236,14 @@ class MetadataStore:
             )).mappings()
             return [FileRecord.from_row(r) for r in rows]
 
+    @_shielded
     async def forget_file(self, file_id: str) -> None:
         async with self._write() as conn:
             await conn.execute(t.files.delete().where(t.files.c.id == file_id))
 
     # --- batches ----------------------------------------------------------------------------
 
+    @_shielded
     async def insert_batch(self, record: BatchRecord) -> BatchRecord:
         record = dataclasses.replace(record, seq=self._seq.next())
         async with self._write() as conn:
@@ -272,6 +296,7 @@ class MetadataStore:
                 for r in rows
             }
 
+    @_shielded
     async def request_cancel(self, batch_id: str, *, owner: str | None,
                              now: int) -> BatchRecord | None:
         """Move an active batch to `cancelling`; returns the batch as it now stands."""
@@ -290,6 +315,7 @@ class MetadataStore:
             )).mappings().first()
         return BatchRecord.from_row(row) if row else None
 
+    @_shielded
     async def mark_expired(self, *, now: int) -> int:
         """Flag batches whose window passed; the worker then assembles what they have."""
         c = t.batches.c
@@ -304,6 +330,7 @@ class MetadataStore:
 
     # --- batch-level work: validation and assembly ----------------------------------------
 
+    @_shielded
     async def claim_batch_task(
         self, *, worker: str, now: float, lease_seconds: float
     ) -> tuple[BatchRecord, Lease] | None:
@@ -343,6 +370,7 @@ class MetadataStore:
         return and_(b.id == batch_id, b.lease_owner == lease.owner,
                     b.lease_generation == lease.generation)
 
+    @_shielded
     async def renew_batch_lease(
         self, batch_id: str, lease: Lease, *, now: float, lease_seconds: float
     ) -> BatchRecord | None:
@@ -355,6 +383,7 @@ class MetadataStore:
             )).mappings().first()
         return BatchRecord.from_row(row) if row else None
 
+    @_shielded
     async def release_batch_lease(self, batch_id: str, lease: Lease) -> None:
         async with self._write() as conn:
             await conn.execute(
@@ -362,6 +391,7 @@ class MetadataStore:
                 .values(lease_owner=None, lease_expires_at=None)
             )
 
+    @_shielded
     async def start_batch(
         self, batch_id: str, lease: Lease, *, plans: Sequence[ChunkPlan], total: int,
         model: str | None, tokens: dict[str, int], token_limit: int | None, now: int,
@@ -433,6 +463,7 @@ class MetadataStore:
             )).scalar_one()
         return int(n)
 
+    @_shielded
     async def fail_batch(
         self, batch_id: str, lease: Lease, *, errors: list[dict[str, Any]], now: int
     ) -> bool:
@@ -446,6 +477,7 @@ class MetadataStore:
             )
             return result.rowcount == 1
 
+    @_shielded
     async def finish_batch(
         self, batch_id: str, lease: Lease, *, status: BatchStatus,
         output_file: FileRecord | None, error_file: FileRecord | None,
@@ -481,6 +513,7 @@ class MetadataStore:
 
     # --- chunk-level work -------------------------------------------------------------------
 
+    @_shielded
     async def claim_chunk(
         self, *, worker: str, now: float, lease_seconds: float, max_attempts: int
     ) -> tuple[Chunk, Lease] | None:
@@ -514,6 +547,7 @@ class MetadataStore:
             return None
         return Chunk.from_row(row), Lease(owner=worker, generation=row["generation"])
 
+    @_shielded
     async def fail_exhausted_chunks(self, *, now: float, max_attempts: int) -> int:
         """Give up on chunks whose workers died `max_attempts` times (a request that crashes
         or hangs every worker must not keep a batch in progress forever)."""
@@ -539,6 +573,7 @@ class MetadataStore:
                     c.owner == lease.owner, c.generation == lease.generation,
                     c.state == ChunkState.LEASED)
 
+    @_shielded
     async def heartbeat_chunk(
         self, chunk: Chunk, lease: Lease, *, progress: ChunkProgress, now: float,
         lease_seconds: float,
@@ -557,6 +592,7 @@ class MetadataStore:
             )).mappings().first()
         return BatchRecord.from_row(row) if row else None
 
+    @_shielded
     async def checkpoint_chunk(
         self, chunk: Chunk, lease: Lease, *, parts: list[dict[str, str | None]],
         committed: ChunkProgress, now: float, lease_seconds: float, release: bool = False,
@@ -574,6 +610,7 @@ class MetadataStore:
             )
             return result.rowcount == 1
 
+    @_shielded
     async def commit_chunk(
         self, chunk: Chunk, lease: Lease, *, parts: list[dict[str, str | None]],
         committed: ChunkProgress, now: int,
@@ -602,6 +639,7 @@ class MetadataStore:
             .values(status=BatchStatus.FINALIZING, finalizing_at=now)
         )
 
+    @_shielded
     async def stop_batch(self, batch_id: str, *, reason: StopReason,
                          errors: list[dict[str, Any]] | None = None) -> None:
         """Stop a running batch (e.g. its input vanished); assembly then reports the rest."""
@@ -614,6 +652,7 @@ class MetadataStore:
                 .values(stop_reason=reason, errors=errors)
             )
 
+    @_shielded
     async def release_leases_of(self, owner: str) -> int:
         """Free all work held under `owner` (a restarted worker reclaiming its past life's).
         The lost attempt still counts towards the chunk's limit."""

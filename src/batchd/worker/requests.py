@@ -73,7 +73,7 @@ async def run_request(
                     message=f"The request did not finish within {timeout:g} seconds "
                             f"({attempt} attempts)."))
         except EngineRequestError as exc:
-            return http_error(400, exc.message, code=exc.code, param=exc.param)
+            return http_error(exc.status_code, exc.message, code=exc.code, param=exc.param)
         except Exception as exc:
             log.warning("engine failed on a batch request (attempt %d): %r", attempt, exc)
             if attempt > retries:

@@ -1,0 +1,202 @@
+"""The upstream engine against a real OpenAI-compatible server that is not batchd's code
+(llama-cpp-python's `llama_cpp.server` on the default model), directly and through a proxy
+that injects 429s and 5xx."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from batchd.chat import ChatCompletionRequest
+from batchd.engines.base import Delta, EngineFailure, EngineRequestError, Usage
+from batchd.engines.llamacpp import default_model_path
+from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
+from batchd.settings import Settings
+from tests.conftest import Harness, batch_line
+from tests.e2e.conftest import free_port
+
+Maker = Callable[..., UpstreamEngine]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
+             "--port", str(port), "--n_ctx", "2048"], stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(log.read_text())
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+class FaultyProxy:
+    """Forwards to the real server, first answering `faults` with the given statuses."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.faults: list[int] = []
+        self.seen = 0
+        self.port = free_port()
+        app = Starlette(routes=[Route("/v1/chat/completions", self.handle, methods=["POST"])])
+        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def handle(self, request: Request) -> Response:
+        self.seen += 1
+        if self.faults:
+            status = self.faults.pop(0)
+            return JSONResponse({"error": {"message": f"injected {status}", "type": "x",
+                                           "param": "temperature" if status == 400 else None,
+                                           "code": "injected"}},
+                                status_code=status, headers={"retry-after": "0"})
+        async with httpx.AsyncClient(timeout=60) as client:
+            upstream = await client.post(f"{self.upstream}/chat/completions",
+                                         content=await request.body(),
+                                         headers={"content-type": "application/json"})
+        return Response(upstream.content, status_code=upstream.status_code,
+                        media_type="application/json")
+
+    def __enter__(self) -> FaultyProxy:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def proxy(llama_server: str) -> Iterator[FaultyProxy]:
+    with FaultyProxy(llama_server) as running:
+        yield running
+
+
+def chat(content: str = "Say hello.", **params: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "up", "messages": [{"role": "user", "content": content}], "max_tokens": 6,
+         "temperature": 0, **params})
+
+
+@pytest.fixture
+async def make_engine() -> AsyncIterator[Callable[..., UpstreamEngine]]:
+    engines: list[UpstreamEngine] = []
+
+    def make(*urls: str, **options: float) -> UpstreamEngine:
+        engine = UpstreamEngine(UpstreamOptions(base_urls=list(urls), backoff_seconds=0.01,
+                                                **options), model_id="up")
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        await engine.aclose()
+
+
+async def test_plain_and_streamed_chat_from_a_real_server(make_engine: Maker,
+                                                          llama_server: str) -> None:
+    engine = make_engine(llama_server)
+    result = await engine.chat(chat())
+    assert result.choices[0].text and result.completion_tokens == 6
+    assert result.choices[0].finish_reason == "length" and result.prompt_tokens > 0
+    events = [e async for e in engine.chat_stream(chat())]
+    text = "".join(e.text for e in events if isinstance(e, Delta))
+    assert text == result.choices[0].text
+    assert isinstance(events[-1], Usage) and events[-1].completion_tokens > 0
+
+
+async def test_429_and_5xx_are_retried_and_shrink_the_limit(make_engine: Maker,
+                                                            proxy: FaultyProxy) -> None:
+    engine = make_engine(proxy.base_url, initial_concurrency=8)
+    proxy.faults[:] = [429, 503]
+    before = proxy.seen
+    result = await engine.chat(chat())
+    assert result.choices[0].text
+    assert proxy.seen - before == 3  # two injected failures, then the real answer
+    assert engine.targets[0].limit < 8  # halved on overload, grown back a little since
+
+
+async def test_persistent_failure_is_an_engine_error_after_bounded_retries(
+    make_engine: Maker, proxy: FaultyProxy
+) -> None:
+    engine = make_engine(proxy.base_url, max_retries=2)
+    proxy.faults[:] = [503] * 3
+    before = proxy.seen
+    with pytest.raises(EngineFailure, match="failed 3 times"):
+        await engine.chat(chat())
+    assert proxy.seen - before == 3
+
+
+async def test_a_client_error_is_the_requests_own_and_not_retried(
+    make_engine: Maker, proxy: FaultyProxy
+) -> None:
+    engine = make_engine(proxy.base_url)
+    proxy.faults[:] = [400]
+    before = proxy.seen
+    with pytest.raises(EngineRequestError) as caught:
+        await engine.chat(chat())
+    assert caught.value.status_code == 400 and caught.value.param == "temperature"
+    assert proxy.seen - before == 1
+
+
+async def test_a_dead_server_is_routed_around(make_engine: Maker, llama_server: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    engine = make_engine(dead, llama_server, initial_concurrency=2)
+    results = await asyncio.gather(*(engine.chat(chat(f"Say {i}.")) for i in range(6)))
+    assert all(r.choices[0].text for r in results)
+    by_url = {t.base_url: t for t in engine.targets}
+    assert by_url[dead].limit <= 1 and by_url[llama_server.rstrip("/")].in_flight == 0
+
+
+async def test_concurrency_grows_while_latency_holds(make_engine: Maker, llama_server: str) -> None:
+    engine = make_engine(llama_server, initial_concurrency=1, latency_tolerance=100)
+    for i in range(4):
+        await engine.chat(chat(f"Count {i}."))
+    assert engine.targets[0].limit > 1.5
+
+
+@pytest.fixture
+def settings(settings: Settings, tmp_path: Path, llama_server: str) -> Settings:
+    models = tmp_path / "upstream-models.yaml"
+    models.write_text(f"models:\n  - id: remote-smol\n    engine: upstream\n"
+                      f"    base_urls: [{llama_server}]\n")
+    return settings.model_copy(update={"models": models})
+
+
+async def test_a_batch_runs_on_an_upstream_server(harness: Harness) -> None:
+    batch = await harness.run_batch([batch_line(f"r{i}", f"Say {i}.", model="remote-smol",
+                                                max_tokens=4) for i in range(3)])
+    assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 3
+    lines = await harness.lines_of(batch["output_file_id"])
+    assert {line["response"]["body"]["model"] for line in lines} == {"remote-smol"}
