@@ -31,7 +31,7 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.conftest import free_port, start_server, stop_server
+from tests.e2e.conftest import free_port, start_server, stop_server, wait_for_http
 
 from batchd.chat import ChatCompletionRequest
 from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions, default_model_path
@@ -133,13 +133,7 @@ def llama_server(binary: str, chats: list[list[dict[str, str]]]) -> Figures:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        wait_for_http(f"{base}/health", process=process)
 
         async def run() -> Figures:
             gate = asyncio.Semaphore(8)

@@ -32,6 +32,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for_http(url: str, *, timeout: float = 60,
+                  process: subprocess.Popen[bytes] | None = None) -> bool:
+    """Poll `url` until it answers 200; False on timeout or if `process` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def start_server(data_dir: Path, log: Path, *, models: Path | None = None,
                  extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
@@ -44,15 +60,8 @@ def start_server(data_dir: Path, log: Path, *, models: Path | None = None,
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return Server(base_url=f"{base}/v1", api_key=API_KEY, process=process, log=log)
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    if wait_for_http(f"{base}/healthz", process=process):
+        return Server(base_url=f"{base}/v1", api_key=API_KEY, process=process, log=log)
     process.kill()
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
 

@@ -26,7 +26,7 @@ from batchd.engines.llamacpp import default_model_path
 from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 from batchd.settings import Settings
 from tests.conftest import Harness, batch_line
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import free_port, wait_for_http
 
 Maker = Callable[..., UpstreamEngine]
 
@@ -41,13 +41,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
              "--port", str(port), "--n_ctx", "2048"], stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
+        if not wait_for_http(f"{base}/models", process=process):
             raise RuntimeError(log.read_text())
         yield base
     finally:
