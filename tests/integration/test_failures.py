@@ -90,3 +90,27 @@ async def test_unwritable_storage_is_a_clear_500(
     assert response.status_code == 500
     assert "Read-only file system" in response.json()["error"]["message"]
     assert (await harness.client.get("/v1/files")).json()["data"] == []
+
+
+async def test_chunks_are_shared_fairly_between_owners_then_by_deadline(
+    harness: Harness,
+) -> None:
+    store, settings = harness.worker.ctx.store, harness.settings
+    services = harness.client._transport.app.state.services  # type: ignore[attr-defined]
+    _, secret = await services.keys.create(name="small-owner")
+    big = await harness.create_batch(await harness.upload(
+        [batch_line(f"big-{i}") for i in range(8)]), completion_window="1h")
+    harness.client.headers["Authorization"] = f"Bearer {secret}"
+    small = await harness.create_batch(await harness.upload(
+        [batch_line(f"small-{i}") for i in range(4)]), completion_window="72h")
+    while await harness.worker.run_one_batch_task():
+        pass
+    claimed = []
+    for n in range(4):
+        claim = await store.claim_chunk(worker=f"w{n}", now=harness.clock.now(),
+                                        lease_seconds=settings.lease_seconds,
+                                        max_attempts=settings.max_attempts)
+        assert claim is not None
+        claimed.append(claim[0].batch_id)
+    # The urgent batch goes first, but the other owner is not made to wait for all of it.
+    assert claimed == [big["id"], small["id"], big["id"], small["id"]]

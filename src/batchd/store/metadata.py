@@ -517,11 +517,22 @@ class MetadataStore:
     async def claim_chunk(
         self, *, worker: str, now: float, lease_seconds: float, max_attempts: int
     ) -> tuple[Chunk, Lease] | None:
-        """Lease the most urgent runnable chunk: pending, or leased by a worker that vanished.
-        Live counts restart from what the chunk has committed."""
+        """Lease the next runnable chunk: pending, or leased by a worker that vanished.
+
+        Fair between owners first (the owner with the fewest chunks running goes next, so one
+        huge batch cannot starve everyone else's), then most urgent deadline first. Live
+        counts restart from what the chunk has committed."""
         c, b = t.chunks.c, t.batches.c
-        runnable_batch = exists().where(
-            b.id == c.batch_id, b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None)
+        running_chunks = t.chunks.alias("running_chunks")
+        running_batches = t.batches.alias("running_batches")
+        owner_running = (
+            select(func.count())
+            .select_from(running_chunks.join(
+                running_batches, running_batches.c.id == running_chunks.c.batch_id))
+            .where(running_batches.c.owner == b.owner,
+                   running_chunks.c.state == ChunkState.LEASED,
+                   running_chunks.c.lease_expires_at >= now)
+            .scalar_subquery()
         )
         claimable = or_(
             c.state == ChunkState.PENDING,
@@ -529,8 +540,10 @@ class MetadataStore:
         )
         candidate = (
             select(c.batch_id, c.chunk_no)
-            .where(claimable, runnable_batch, c.attempts < max_attempts)
-            .order_by(c.deadline, c.batch_id, c.chunk_no)
+            .join(t.batches, b.id == c.batch_id)
+            .where(claimable, c.attempts < max_attempts,
+                   b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None))
+            .order_by(owner_running, c.deadline, c.batch_id, c.chunk_no)
             .limit(1)
         )
         async with self._write() as conn:
