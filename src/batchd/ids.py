@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 
 
@@ -17,16 +18,26 @@ def batch_id() -> str:
     return f"batch_{_token()}"
 
 
+# Ids minted per request (millions per batch) need to be unique, not secret: a random
+# per-process prefix and a counter cost a fraction of a fresh random token each time.
+_PROCESS = secrets.token_hex(6)
+_SERIAL = itertools.count()
+
+
+def _serial() -> str:
+    return f"{_PROCESS}{next(_SERIAL):012x}"
+
+
 def batch_request_id() -> str:
-    return f"batch_req_{_token()}"
+    return f"batch_req_{_serial()}"
 
 
 def request_id() -> str:
-    return f"req_{_token()}"
+    return f"req_{_serial()}"
 
 
 def chat_completion_id() -> str:
-    return f"chatcmpl-{_token()}"
+    return f"chatcmpl-{_serial()}"
 
 
 def worker_id() -> str:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,8 +105,12 @@ class ChunkRun:
             return
         todo = [r for r in requests if r[0] not in done]
         finished = [False] * len(todo)
-        tasks = [asyncio.create_task(self._one(i, cid, body, finished), name=f"request:{cid}")
-                 for i, (cid, body) in enumerate(todo)]
+        # A few lanes pull requests in turn (the worker-wide gate bounds what is in flight):
+        # far cheaper than a task per request on a chunk of thousands of instant answers.
+        queue = iter(enumerate(todo))
+        lanes = min(len(todo), self.ctx.settings.worker_concurrency)
+        tasks = [asyncio.create_task(self._lane(queue, finished), name=f"lane-{n}")
+                 for n in range(lanes)]
         beat = asyncio.create_task(self._heartbeat(tasks), name="chunk-heartbeat")
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -135,18 +140,19 @@ class ChunkRun:
             return
         await self._commit()
 
-    async def _one(self, index: int, custom_id: str, body: dict[str, Any],
-                   finished: list[bool]) -> None:
-        async with self.gate:
-            if self.stopping.is_set() or self.stop_batch is not None:
-                return  # not started: it stays for whoever runs this chunk next
-            outcome = await run_request(
-                custom_id=custom_id, body=body, registry=self.ctx.registry,
-                clock=self.ctx.clock, timeout=self.ctx.settings.request_timeout_seconds,
-                retries=self.ctx.settings.request_retries,
-            )
-        self.results.add(outcome)
-        finished[index] = True
+    async def _lane(self, queue: Iterator[tuple[int, Request]], finished: list[bool]) -> None:
+        settings = self.ctx.settings
+        for index, (custom_id, body) in queue:
+            async with self.gate:
+                if self.stopping.is_set() or self.stop_batch is not None:
+                    return  # not started: it stays for whoever runs this chunk next
+                outcome = await run_request(
+                    custom_id=custom_id, body=body, registry=self.ctx.registry,
+                    clock=self.ctx.clock, timeout=settings.request_timeout_seconds,
+                    retries=settings.request_retries,
+                )
+            self.results.add(outcome)
+            finished[index] = True
 
     async def _heartbeat(self, tasks: list[asyncio.Task[None]]) -> None:
         settings = self.ctx.settings

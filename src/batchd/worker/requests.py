@@ -62,8 +62,8 @@ async def run_request(
     for attempt in range(1, retries + 2):
         engine = registry.engine_for(model)
         try:
-            result = await asyncio.wait_for(engine.chat(request, priority=Priority.BATCH),
-                                            timeout)
+            async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
+                result = await engine.chat(request, priority=Priority.BATCH)
             break
         except TimeoutError:
             await registry.restart(model, engine)  # a hung engine serves nobody else
