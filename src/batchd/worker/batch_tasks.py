@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import orjson
 
@@ -31,6 +32,8 @@ from batchd.store.records import (
 from batchd.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class _Abandoned(Exception):
@@ -67,15 +70,19 @@ async def run_batch_task(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -
 
 
 async def _with_lease(ctx: WorkerContext, batch: BatchRecord, lease: Lease,
-                      abandon_on_stop_reason: bool, work: object) -> object:
+                      abandon_on_stop_reason: bool, work: Callable[[threading.Event], T]) -> T:
+    """Run blocking `work` on a thread while its lease is kept alive; `work` watches the
+    event it is given and gives up when the lease is lost."""
     stop = threading.Event()
     keeper = _LeaseKeeper(ctx, batch, lease, stop, abandon_on_stop_reason)
     beat = asyncio.create_task(keeper.run(), name=f"lease:{batch.id}")
     try:
-        return await asyncio.to_thread(work, stop)  # type: ignore[arg-type]
+        return await asyncio.to_thread(work, stop)
     finally:
         stop.set()
         beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -121,12 +128,10 @@ async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
             return validator.finish()
 
         try:
-            result = await _with_lease(ctx, batch, lease, True, scan)
+            outcome = await _with_lease(ctx, batch, lease, True, scan)
         except _Abandoned:
             await ctx.store.release_batch_lease(batch.id, lease)
             return
-        assert isinstance(result, ValidationOutcome)
-        outcome = result
     now = int(ctx.clock.now())
     if outcome.ok:
         try:
@@ -221,13 +226,11 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
         return totals
 
     try:
-        result = await _with_lease(ctx, batch, lease, False, write)
+        counts = await _with_lease(ctx, batch, lease, False, write)
     except _Abandoned:
         for key in (out_key, err_key):
             ctx.blobs.delete(key)
         return
-    assert isinstance(result, ChunkProgress)
-    counts = result
     now = int(ctx.clock.now())
     expires_at = now + batch.output_expires_after if batch.output_expires_after else None
 
