@@ -31,6 +31,9 @@ test: lint
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)
+	$(PY) bench/throughput.py --workload short
+	$(PY) bench/throughput.py --workload shared
+	$(PY) bench/latency.py
 	$(PY) bench/control_plane.py
 	$(PY) bench/memory.py
 

@@ -12,19 +12,10 @@ again. Cancelling the awaiting task drops its sequence at the next step.
 from __future__ import annotations
 
 import asyncio
-import codecs
-import ctypes
-import enum
-import heapq
 import importlib.util
-import itertools
-import math
-import os
 import random
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +32,7 @@ from batchd.engines.base import (
     StreamEvent,
     Usage,
 )
+from batchd.engines.llamacpp_scheduler import Finish, Scheduler, Sequence
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -94,323 +86,6 @@ class LlamaCppOptions(BaseModel):
         return self
 
 
-class _Finish(enum.Enum):
-    STOP = "stop"
-    LENGTH = "length"
-
-
-@dataclass(eq=False)
-class _Sequence:
-    """One choice of one request, from admission to its last token."""
-
-    prompt: list[int]
-    sampler: Any
-    max_new: int
-    stops: list[str]
-    priority: int
-    index: int
-    emit: Callable[[Delta], None]
-    done: Callable[[_Sequence, BaseException | None], None]
-    cancelled: threading.Event
-    logprobs: int | None = None  # None: off; else how many top alternatives
-    seq_id: int = -1
-    n_past: int = 0  # tokens of this sequence already in the KV cache
-    generated: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0  # characters of `text` already streamed
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("ignore"))
-    finish: _Finish | None = None
-    reused: int = 0  # prompt tokens taken from the prefix cache
-    token_logprobs: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def prefilled(self) -> bool:
-        return self.n_past >= len(self.prompt)
-
-
-@dataclass
-class _PrefixEntry:
-    seq_id: int
-    tokens: list[int]
-    used_at: float
-
-
-class _Scheduler:
-    """Owns the llama.cpp context; everything here runs on the scheduler thread only, except
-    `submit` and `stop`, which hand work over under the condition variable."""
-
-    def __init__(self, llama: Any, options: LlamaCppOptions) -> None:
-        import llama_cpp
-
-        self.lib = llama_cpp
-        self.options = options
-        self.vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        trained = llama_cpp.llama_model_n_ctx_train(llama.model)
-        kv_tokens = options.kv_tokens or max(options.n_ctx, min(16_384, trained))
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = kv_tokens
-        params.n_batch = options.n_batch
-        params.n_ubatch = options.n_batch
-        params.n_seq_max = options.parallel + options.prefix_cache
-        params.kv_unified = True  # one pool: sequences share cells, prefixes are shared
-        threads = options.n_threads or os.cpu_count() or 1
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        self.ctx = llama_cpp.llama_init_from_model(llama.model, params)
-        if not self.ctx:
-            raise EngineFailure("llama.cpp could not create a context (out of memory?)")
-        self.kv_tokens = kv_tokens
-        self.memory = llama_cpp.llama_get_memory(self.ctx)
-        self.batch = llama_cpp.llama_batch_init(options.n_batch, 0, 1)
-        self.free_slots = list(range(options.parallel))
-        self.reserved_slots = min(options.realtime_slots, options.parallel - 1)
-        self.prefixes = [_PrefixEntry(seq_id=options.parallel + i, tokens=[], used_at=0.0)
-                         for i in range(options.prefix_cache)]
-        self.active: list[_Sequence] = []
-        self.waiting: list[tuple[int, int, _Sequence]] = []  # heap: (priority, order, seq)
-        self.order = itertools.count()
-        self.cond = threading.Condition()
-        self.running = True
-        self.reserved = 0
-        self.piece = ctypes.create_string_buffer(256)
-        self.thread = threading.Thread(target=self._loop, name="llamacpp-scheduler",
-                                       daemon=True)
-        self.thread.start()
-
-    # --- handing work over ------------------------------------------------------------------
-
-    def submit(self, seq: _Sequence) -> None:
-        with self.cond:
-            heapq.heappush(self.waiting, (seq.priority, next(self.order), seq))
-            self.cond.notify()
-
-    def stop(self) -> None:
-        with self.cond:
-            self.running = False
-            self.cond.notify()
-        self.thread.join(timeout=30)
-        self.lib.llama_batch_free(self.batch)
-        self.lib.llama_free(self.ctx)
-
-    # --- the loop ---------------------------------------------------------------------------
-
-    def _loop(self) -> None:
-        while True:
-            with self.cond:
-                while self.running and not self.waiting and not self.active:
-                    self.cond.wait()
-                if not self.running:
-                    for seq in self.active + [item[2] for item in self.waiting]:
-                        seq.done(seq, EngineFailure("The engine was shut down."))
-                    return
-                self._admit()
-            self._drop_cancelled()
-            if self.active:
-                try:
-                    self._step()
-                except Exception as exc:  # a broken step fails its sequences, not the engine
-                    for seq in list(self.active):
-                        self._release(seq, EngineFailure(f"llama.cpp failed: {exc}"))
-
-    def _cost(self, seq: _Sequence) -> int:
-        return len(seq.prompt) + seq.max_new
-
-    def _admit(self) -> None:
-        """Start waiting sequences while a slot and KV room are free (most urgent first).
-
-        A prompt that shares a long prefix with one still being evaluated waits for that
-        evaluation to finish and then copies its KV cells, instead of computing the same
-        prefix again beside it (a batch file's rows mostly share one system prompt)."""
-        deferred: list[tuple[int, int, _Sequence]] = []
-        while self.waiting and self.free_slots:
-            item = self.waiting[0]
-            seq = item[2]
-            if seq.cancelled.is_set():
-                heapq.heappop(self.waiting)
-                seq.done(seq, asyncio.CancelledError())
-                continue
-            if seq.priority > Priority.REALTIME and len(self.free_slots) <= self.reserved_slots:
-                break  # the last slots wait for real-time requests
-            room = self.kv_tokens - self.reserved - sum(len(p.tokens) for p in self.prefixes)
-            if self._cost(seq) > room and self.active:
-                break  # wait for running sequences to free their cells
-            heapq.heappop(self.waiting)
-            if self._prefix_in_progress(seq):
-                deferred.append(item)
-                continue
-            seq.seq_id = self.free_slots.pop()
-            self.reserved += self._cost(seq)
-            self._reuse_prefix(seq)
-            self.active.append(seq)
-        for item in deferred:
-            heapq.heappush(self.waiting, item)
-
-    def _prefix_in_progress(self, seq: _Sequence) -> bool:
-        if not self.prefixes:
-            return False
-        minimum = self.options.prefix_min_tokens
-        cached = max(_common_prefix(p.tokens, seq.prompt) for p in self.prefixes)
-        return any(not other.prefilled and not other.generated
-                   and _common_prefix(other.prompt, seq.prompt) >= max(minimum, cached + 1)
-                   for other in self.active)
-
-    def _reuse_prefix(self, seq: _Sequence) -> None:
-        best, best_len = None, 0
-        for entry in self.prefixes:
-            n = _common_prefix(entry.tokens, seq.prompt)
-            if n > best_len:
-                best, best_len = entry, n
-        usable = min(best_len, len(seq.prompt) - 1)  # the last prompt token gives the logits
-        if best is None or usable < self.options.prefix_min_tokens:
-            return
-        self.lib.llama_memory_seq_cp(self.memory, best.seq_id, seq.seq_id, 0, usable)
-        best.used_at = time.monotonic()
-        seq.n_past = seq.reused = usable
-
-    def _remember_prefix(self, seq: _Sequence) -> None:
-        """Keep this prompt's KV state for later requests, unless a kept one covers it."""
-        if not self.prefixes or len(seq.prompt) < self.options.prefix_min_tokens * 2:
-            return
-        best = max((_common_prefix(p.tokens, seq.prompt) for p in self.prefixes), default=0)
-        if best >= self.options.prefix_min_tokens:
-            return
-        entry = min(self.prefixes, key=lambda p: p.used_at)
-        self.lib.llama_memory_seq_rm(self.memory, entry.seq_id, -1, -1)
-        self.lib.llama_memory_seq_cp(self.memory, seq.seq_id, entry.seq_id, 0, len(seq.prompt))
-        entry.tokens, entry.used_at = list(seq.prompt), time.monotonic()
-
-    def _drop_cancelled(self) -> None:
-        for seq in list(self.active):
-            if seq.cancelled.is_set():
-                self._release(seq, asyncio.CancelledError())
-
-    def _release(self, seq: _Sequence, error: BaseException | None) -> None:
-        self.active.remove(seq)
-        self.lib.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
-        self.lib.llama_sampler_free(seq.sampler)
-        self.free_slots.append(seq.seq_id)
-        self.reserved -= self._cost(seq)
-        seq.done(seq, error)
-
-    def _step(self) -> None:
-        """One decode: the next token of each generating sequence, then prompt tokens as the
-        batch has room; then sample every sequence whose logits came out."""
-        batch = self.batch
-        budget = min(self.options.step_tokens, self.options.n_batch)
-        n = 0
-        added: dict[int, int] = {}
-        wants_logits: list[tuple[_Sequence, int]] = []
-
-        def add(seq: _Sequence, token: int, pos: int, logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = pos
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq.seq_id
-            batch.logits[n] = logits
-            if logits:
-                wants_logits.append((seq, n))
-            added[seq.seq_id] = added.get(seq.seq_id, 0) + 1
-            n += 1
-
-        # While a real-time request is running, batch work pauses (its KV cells stay): a
-        # decode step costs about as much per token at any width on a CPU, so sharing steps
-        # would multiply the interactive latency by the number of batch requests.
-        running = self.active
-        if any(seq.priority == Priority.REALTIME for seq in running):
-            running = [seq for seq in running if seq.priority == Priority.REALTIME]
-        for seq in running:  # generation first: it keeps per-token latency flat
-            if seq.prefilled and n < budget:
-                add(seq, seq.generated[-1], seq.n_past, True)
-        for seq in running:
-            if not seq.prefilled and n < budget:
-                take = min(len(seq.prompt) - seq.n_past, budget - n)
-                for pos in range(seq.n_past, seq.n_past + take):
-                    add(seq, seq.prompt[pos], pos, pos == len(seq.prompt) - 1)
-        batch.n_tokens = n
-        status = self.lib.llama_decode(self.ctx, batch)
-        if status != 0:
-            raise RuntimeError(f"llama_decode returned {status}")
-        for seq in self.active:
-            seq.n_past += added.get(seq.seq_id, 0)
-        for seq, idx in wants_logits:
-            if not seq.generated:
-                self._remember_prefix(seq)  # its whole prompt is in the cache now
-            self._sample(seq, idx)
-        for seq in [s for s in self.active if s.finish is not None]:
-            self._release(seq, None)
-
-    def _sample(self, seq: _Sequence, idx: int) -> None:
-        lib = self.lib
-        if seq.logprobs is not None:
-            logits = lib.llama_get_logits_ith(self.ctx, idx)
-        token = lib.llama_sampler_sample(seq.sampler, self.ctx, idx)
-        if lib.llama_vocab_is_eog(self.vocab, token):  # not part of the output
-            seq.finish = _Finish.STOP
-            self._flush(seq, final=True)
-            return
-        seq.generated.append(token)
-        piece = self._piece(token)
-        if seq.logprobs is not None:
-            seq.token_logprobs.append(self._logprob_entry(logits, token, piece, seq.logprobs))
-        seq.text += seq.decoder.decode(piece)
-        if seq.stops and self._hit_stop(seq):
-            seq.finish = _Finish.STOP
-        elif len(seq.generated) >= seq.max_new:
-            seq.finish = _Finish.LENGTH
-        self._flush(seq, final=seq.finish is not None)
-
-    def _piece(self, token: int) -> bytes:
-        n = self.lib.llama_token_to_piece(self.vocab, token, self.piece, len(self.piece), 0,
-                                          False)
-        return bytes(self.piece.raw[:max(n, 0)])
-
-    def _logprob_entry(self, logits: Any, token: int, piece: bytes,
-                       top: int) -> dict[str, Any]:
-        import numpy as np  # llama-cpp-python depends on it
-
-        values = np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).astype(np.float64)
-        peak = values.max()
-        logprobs = values - (peak + math.log(np.exp(values - peak).sum()))
-
-        def entry(tok: int, text: bytes) -> dict[str, Any]:
-            return {"token": text.decode("utf-8", "replace"),
-                    "logprob": float(logprobs[tok]), "bytes": list(text)}
-
-        best: list[int] = [int(t) for t in np.argsort(logprobs)[::-1][:top]] if top else []
-        return {**entry(token, piece),
-                "top_logprobs": [entry(t, self._piece(t)) for t in best]}
-
-    def _hit_stop(self, seq: _Sequence) -> bool:
-        window = max(len(s) for s in seq.stops) + 16
-        start = max(0, len(seq.text) - window)
-        cut = min((i for s in seq.stops if (i := seq.text.find(s, start)) != -1),
-                  default=-1)
-        if cut == -1:
-            return False
-        seq.text = seq.text[:cut]
-        return True
-
-    def _flush(self, seq: _Sequence, *, final: bool) -> None:
-        """Stream new text, holding back what could still turn out to start a stop string."""
-        hold = 0 if final or not seq.stops else max(len(s) for s in seq.stops) - 1
-        upto = max(seq.emitted, len(seq.text) - hold)
-        if upto > seq.emitted or final:
-            seq.emit(Delta(index=seq.index, text=seq.text[seq.emitted:upto],
-                           finish_reason=seq.finish.value if final and seq.finish else None))
-            seq.emitted = upto
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class LlamaCppEngine:
     def __init__(self, options: LlamaCppOptions) -> None:
         from llama_cpp import Llama
@@ -430,7 +105,7 @@ class LlamaCppEngine:
             template=template,
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "")
-        self._scheduler = _Scheduler(self._llama, options)
+        self._scheduler = Scheduler(self._llama, options)
         self.n_ctx = options.n_ctx
 
     # --- request → sequences ----------------------------------------------------------------
@@ -474,8 +149,8 @@ class LlamaCppEngine:
 
     def _sequences(self, request: ChatCompletionRequest, priority: Priority,
                    emit: Callable[[Delta], None],
-                   done: Callable[[_Sequence, BaseException | None], None],
-                   cancelled: threading.Event) -> list[_Sequence]:
+                   done: Callable[[Sequence, BaseException | None], None],
+                   cancelled: threading.Event) -> list[Sequence]:
         self._check(request)
         prompt = self._prompt(request)
         room = self.n_ctx - len(prompt)
@@ -484,7 +159,7 @@ class LlamaCppEngine:
         top = None
         if request.logprobs:
             top = request.top_logprobs or 0
-        return [_Sequence(prompt=prompt, sampler=self._sampler(request, (base + i) % 2**31),
+        return [Sequence(prompt=prompt, sampler=self._sampler(request, (base + i) % 2**31),
                           max_new=max_new, stops=request.stop_list, priority=int(priority),
                           index=i, emit=emit, done=done, cancelled=cancelled, logprobs=top)
                 for i in range(request.n)]
@@ -499,7 +174,7 @@ class LlamaCppEngine:
         remaining = request.n
         failure: list[BaseException] = []
 
-        def done(seq: _Sequence, error: BaseException | None) -> None:
+        def done(seq: Sequence, error: BaseException | None) -> None:
             def settle() -> None:
                 nonlocal remaining
                 if error is not None:
@@ -520,7 +195,7 @@ class LlamaCppEngine:
         if failure:
             raise failure[0]
         return ChatResult(
-            choices=[Choice(text=s.text, finish_reason=(s.finish or _Finish.STOP).value,
+            choices=[Choice(text=s.text, finish_reason=(s.finish or Finish.STOP).value,
                             logprobs={"content": s.token_logprobs, "refusal": None}
                             if s.logprobs is not None else None) for s in seqs],
             prompt_tokens=len(seqs[0].prompt),
@@ -538,7 +213,7 @@ class LlamaCppEngine:
         def emit(delta: Delta) -> None:
             _post(loop, queue.put_nowait, delta)
 
-        def done(seq: _Sequence, error: BaseException | None) -> None:
+        def done(seq: Sequence, error: BaseException | None) -> None:
             _post(loop, queue.put_nowait, error)
 
         seqs = self._sequences(request, priority, emit, done, cancelled)
@@ -572,6 +247,6 @@ def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args:
         pass
 
 
-def _output_tokens(seq: _Sequence) -> int:
+def _output_tokens(seq: Sequence) -> int:
     """Generated tokens (an end-of-generation token is never among them)."""
     return len(seq.generated)
