@@ -35,3 +35,16 @@ def test_any_error_line_is_one_line_of_valid_json(
                      "code": "x"}
     stop = json.loads(results.stop_error_line(custom_id, code="batch_expired", message=message))
     assert stop["response"] is None and stop["error"]["code"] == "batch_expired"
+
+
+def test_requests_sharing_a_prompt_prefix_are_grouped() -> None:
+    from batchd.worker.chunks import prefix_key
+
+    def req(cid: str, system: str, model: str = "m") -> tuple[str, dict]:  # type: ignore[type-arg]
+        return cid, {"model": model, "messages": [{"role": "system", "content": system},
+                                                  {"role": "user", "content": cid}]}
+
+    mixed = [req("1", "A"), req("2", "B"), req("3", "A"), req("4", "B", "other"),
+             req("5", "B"), req("6", "A")]
+    order = [cid for cid, _ in sorted(mixed, key=prefix_key)]
+    assert order == ["1", "3", "6", "2", "5", "4"]  # stable within each group

@@ -45,6 +45,15 @@ def read_requests(ctx: WorkerContext, input_key: str, chunk: Chunk) -> list[Requ
     return out
 
 
+def prefix_key(request: Request) -> tuple[str, str]:
+    """(model, first message text): what decides whether two prompts share a prefix."""
+    body = request[1]
+    messages = body.get("messages")
+    first = messages[0] if isinstance(messages, list) and messages else None
+    content = first.get("content") if isinstance(first, dict) else None
+    return str(body.get("model")), content if isinstance(content, str) else ""
+
+
 def done_custom_ids(ctx: WorkerContext, parts: list[dict[str, str | None]]) -> set[str]:
     """The requests that committed parts already answer."""
     done: set[str] = set()
@@ -103,7 +112,9 @@ class ChunkRun:
         except BlobMissing as exc:
             await self._input_lost(str(exc))
             return
-        todo = [r for r in requests if r[0] not in done]
+        # Requests that share a model and a leading prompt go to the engine together, so its
+        # prefix cache serves them one after another instead of thrashing between prompts.
+        todo = sorted((r for r in requests if r[0] not in done), key=prefix_key)
         finished = [False] * len(todo)
         # A few lanes pull requests in turn (the worker-wide gate bounds what is in flight):
         # far cheaper than a task per request on a chunk of thousands of instant answers.
