@@ -1,0 +1,398 @@
+"""Store verbs for the worker: leasing, validating, running and finishing batches and chunks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from batchd.store import tables as t
+from batchd.store.records import (
+    BatchRecord,
+    BatchStatus,
+    Chunk,
+    ChunkPlan,
+    ChunkProgress,
+    ChunkState,
+    FileRecord,
+    Lease,
+    StopReason,
+)
+from batchd.store.sql import (
+    ACTIVE,
+    QuotaExceeded,
+    SqlStore,
+    as_row,
+    done_values,
+    live_values,
+    shielded,
+)
+
+
+class WorkStore(SqlStore):
+    """Claims, heartbeats, checkpoints and commits, all fenced by lease generation."""
+
+    # --- batch-level work: validation and assembly ----------------------------------------
+
+    @shielded
+    async def claim_batch_task(
+        self, *, worker: str, now: float, lease_seconds: float
+    ) -> tuple[BatchRecord, Lease] | None:
+        """Lease one batch that needs validating or assembling, most urgent first."""
+        b, ch = t.batches.c, t.chunks.c
+        live_chunk = exists().where(
+            ch.batch_id == b.id, ch.state == ChunkState.LEASED, ch.lease_expires_at > now
+        )
+        needs_work = or_(
+            and_(b.status == BatchStatus.VALIDATING, b.stop_reason.is_(None)),
+            b.status == BatchStatus.FINALIZING,
+            and_(b.stop_reason.is_not(None), ~live_chunk,
+                 b.status.in_((BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS,
+                               BatchStatus.CANCELLING))),
+        )
+        candidate = (
+            select(b.id)
+            .where(needs_work, or_(b.lease_expires_at.is_(None), b.lease_expires_at < now))
+            .order_by(b.expires_at, b.seq)
+            .limit(1)
+            .scalar_subquery()
+        )
+        async with self._write() as conn:
+            row = (await conn.execute(
+                update(t.batches)
+                .where(b.id == candidate)
+                .values(lease_owner=worker, lease_generation=b.lease_generation + 1,
+                        lease_expires_at=now + lease_seconds)
+                .returning(*t.batches.c)
+            )).mappings().first()
+        if row is None:
+            return None
+        return BatchRecord.from_row(row), Lease(owner=worker, generation=row["lease_generation"])
+
+    def _batch_fence(self, batch_id: str, lease: Lease) -> Any:
+        b = t.batches.c
+        return and_(b.id == batch_id, b.lease_owner == lease.owner,
+                    b.lease_generation == lease.generation)
+
+    @shielded
+    async def renew_batch_lease(
+        self, batch_id: str, lease: Lease, *, now: float, lease_seconds: float
+    ) -> BatchRecord | None:
+        """Extend the lease; None means it was lost. The record shows a pending cancel."""
+        async with self._write() as conn:
+            row = (await conn.execute(
+                update(t.batches).where(self._batch_fence(batch_id, lease))
+                .values(lease_expires_at=now + lease_seconds)
+                .returning(*t.batches.c)
+            )).mappings().first()
+        return BatchRecord.from_row(row) if row else None
+
+    @shielded
+    async def release_batch_lease(self, batch_id: str, lease: Lease) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(t.batches).where(self._batch_fence(batch_id, lease))
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+    @shielded
+    async def start_batch(
+        self, batch_id: str, lease: Lease, *, plans: Sequence[ChunkPlan], total: int,
+        model: str | None, tokens: dict[str, int], token_limit: int | None, now: int,
+    ) -> bool:
+        """Validation passed: record the chunks and move to `in_progress` (or straight to
+        `finalizing` when the file held no requests to run).
+
+        With a `token_limit`, the batch's tokens are enqueued only if the owner's unfinished
+        batches plus this one stay within it, per model; otherwise nothing changes and
+        `QuotaExceeded` says by how much. Checked and recorded in one write transaction, so
+        two batches validated at once cannot both slip under the limit."""
+        b = t.batches.c
+        status = BatchStatus.IN_PROGRESS if plans else BatchStatus.FINALIZING
+        async with self._write() as conn:
+            row = (await conn.execute(
+                update(t.batches)
+                .where(self._batch_fence(batch_id, lease), b.status == BatchStatus.VALIDATING)
+                .values(status=status, in_progress_at=now, total=total, model=model,
+                        finalizing_at=None if plans else now,
+                        lease_owner=None, lease_expires_at=None)
+                .returning(b.expires_at, b.owner)
+            )).first()
+            if row is None:
+                return False
+            deadline, owner = row
+            if token_limit is not None:
+                enqueued = await self._enqueued_tokens(conn, owner, exclude=batch_id)
+                for name, wanted in sorted(tokens.items()):
+                    if enqueued.get(name, 0) + wanted > token_limit:
+                        raise QuotaExceeded(model=name, enqueued=enqueued.get(name, 0),
+                                            requested=wanted, limit=token_limit)
+            if tokens:
+                await conn.execute(t.batch_tokens.insert(), [
+                    {"batch_id": batch_id, "model": name, "tokens": n}
+                    for name, n in tokens.items()])
+            for first in range(0, len(plans), 500):
+                batch_of_plans = plans[first:first + 500]
+                await conn.execute(t.chunks.insert(), [
+                    dict(batch_id=batch_id, chunk_no=p.chunk_no, byte_start=p.byte_start,
+                         byte_end=p.byte_end, line_start=p.line_start, n_lines=p.n_lines,
+                         state=ChunkState.PENDING, generation=0, attempts=0, deadline=deadline)
+                    for p in batch_of_plans
+                ])
+        return True
+
+    async def _enqueued_tokens(self, conn: AsyncConnection, owner: str, *,
+                               exclude: str | None = None) -> dict[str, int]:
+        b, bt = t.batches.c, t.batch_tokens.c
+        query = (
+            select(bt.model, func.sum(bt.tokens))
+            .join(t.batches, b.id == bt.batch_id)
+            .where(b.owner == owner, b.status.in_(ACTIVE))
+            .group_by(bt.model)
+        )
+        if exclude is not None:
+            query = query.where(bt.batch_id != exclude)
+        return {name: int(n) for name, n in (await conn.execute(query)).all()}
+
+    async def enqueued_tokens(self, owner: str) -> dict[str, int]:
+        """Tokens of the owner's unfinished batches, per model."""
+        async with self._engine.connect() as conn:
+            return await self._enqueued_tokens(conn, owner)
+
+    async def count_active_batches(self, owner: str) -> int:
+        async with self._engine.connect() as conn:
+            n = (await conn.execute(
+                select(func.count()).select_from(t.batches)
+                .where(t.batches.c.owner == owner, t.batches.c.status.in_(ACTIVE))
+            )).scalar_one()
+        return int(n)
+
+    @shielded
+    async def fail_batch(
+        self, batch_id: str, lease: Lease, *, errors: list[dict[str, Any]], now: int
+    ) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.batches)
+                .where(self._batch_fence(batch_id, lease),
+                       t.batches.c.status == BatchStatus.VALIDATING)
+                .values(status=BatchStatus.FAILED, failed_at=now, errors=errors,
+                        lease_owner=None, lease_expires_at=None)
+            )
+            return result.rowcount == 1
+
+    @shielded
+    async def finish_batch(
+        self, batch_id: str, lease: Lease, *, status: BatchStatus,
+        output_file: FileRecord | None, error_file: FileRecord | None,
+        counts: ChunkProgress, now: int,
+    ) -> bool:
+        """Make the batch terminal and publish its result files in one transaction, so a file
+        object appears only when complete and only once."""
+        b = t.batches.c
+        stamp = {
+            BatchStatus.COMPLETED: "completed_at", BatchStatus.CANCELLED: "cancelled_at",
+            BatchStatus.EXPIRED: "expired_at", BatchStatus.FAILED: "failed_at",
+        }[status]
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.batches)
+                .where(self._batch_fence(batch_id, lease), b.status.in_(ACTIVE))
+                .values(
+                    status=status, **{stamp: now},
+                    output_file_id=output_file.id if output_file else None,
+                    error_file_id=error_file.id if error_file else None,
+                    completed=counts.n_ok, failed=counts.n_err,
+                    input_tokens=counts.input_tokens, output_tokens=counts.output_tokens,
+                    lease_owner=None, lease_expires_at=None,
+                )
+            )
+            if result.rowcount != 1:
+                return False
+            for record in (output_file, error_file):
+                if record is not None:
+                    record = dataclasses.replace(record, seq=self._seq.next())
+                    await conn.execute(t.files.insert().values(**as_row(record)))
+        return True
+
+    # --- chunk-level work -------------------------------------------------------------------
+
+    @shielded
+    async def claim_chunk(
+        self, *, worker: str, now: float, lease_seconds: float, max_attempts: int
+    ) -> tuple[Chunk, Lease] | None:
+        """Lease the next runnable chunk: pending, or leased by a worker that vanished.
+
+        Fair between owners first (the owner with the fewest chunks running goes next, so one
+        huge batch cannot starve everyone else's), then most urgent deadline first. Live
+        counts restart from what the chunk has committed."""
+        c, b = t.chunks.c, t.batches.c
+        running_chunks = t.chunks.alias("running_chunks")
+        running_batches = t.batches.alias("running_batches")
+        owner_running = (
+            select(func.count())
+            .select_from(running_chunks.join(
+                running_batches, running_batches.c.id == running_chunks.c.batch_id))
+            .where(running_batches.c.owner == b.owner,
+                   running_chunks.c.state == ChunkState.LEASED,
+                   running_chunks.c.lease_expires_at >= now)
+            .scalar_subquery()
+        )
+        claimable = or_(
+            c.state == ChunkState.PENDING,
+            and_(c.state == ChunkState.LEASED, c.lease_expires_at < now),
+        )
+        candidate = (
+            select(c.batch_id, c.chunk_no)
+            .join(t.batches, b.id == c.batch_id)
+            .where(claimable, c.attempts < max_attempts,
+                   b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None))
+            .order_by(owner_running, c.deadline, c.batch_id, c.chunk_no)
+            .limit(1)
+        )
+        async with self._write() as conn:
+            row = (await conn.execute(
+                update(t.chunks)
+                .where(tuple_(c.batch_id, c.chunk_no).in_(candidate))
+                .values(state=ChunkState.LEASED, owner=worker, generation=c.generation + 1,
+                        attempts=c.attempts + 1, lease_expires_at=now + lease_seconds,
+                        n_ok=c.done_ok, n_err=c.done_err, input_tokens=c.done_input_tokens,
+                        output_tokens=c.done_output_tokens)
+                .returning(*t.chunks.c)
+            )).mappings().first()
+        if row is None:
+            return None
+        return Chunk.from_row(row), Lease(owner=worker, generation=row["generation"])
+
+    @shielded
+    async def fail_exhausted_chunks(self, *, now: float, max_attempts: int) -> int:
+        """Give up on chunks whose workers died `max_attempts` times (a request that crashes
+        or hangs every worker must not keep a batch in progress forever)."""
+        c = t.chunks.c
+        exhausted = and_(
+            c.attempts >= max_attempts,
+            or_(c.state == ChunkState.PENDING,
+                and_(c.state == ChunkState.LEASED, c.lease_expires_at < now)),
+        )
+        async with self._write() as conn:
+            rows = (await conn.execute(
+                update(t.chunks).where(exhausted)
+                .values(state=ChunkState.FAILED, owner=None, lease_expires_at=None)
+                .returning(c.batch_id)
+            )).all()
+            for batch_id in {r[0] for r in rows}:
+                await self._finalize_if_finished(conn, batch_id, now=int(now))
+        return len(rows)
+
+    def _chunk_fence(self, chunk: Chunk, lease: Lease) -> Any:
+        c = t.chunks.c
+        return and_(c.batch_id == chunk.batch_id, c.chunk_no == chunk.chunk_no,
+                    c.owner == lease.owner, c.generation == lease.generation,
+                    c.state == ChunkState.LEASED)
+
+    @shielded
+    async def heartbeat_chunk(
+        self, chunk: Chunk, lease: Lease, *, progress: ChunkProgress, now: float,
+        lease_seconds: float,
+    ) -> BatchRecord | None:
+        """Extend the lease and publish live counts. None: the chunk is no longer ours.
+        The returned batch tells the worker whether to stop (cancel, expiry)."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.chunks).where(self._chunk_fence(chunk, lease))
+                .values(lease_expires_at=now + lease_seconds, **live_values(progress))
+            )
+            if result.rowcount != 1:
+                return None
+            row = (await conn.execute(
+                select(t.batches).where(t.batches.c.id == chunk.batch_id)
+            )).mappings().first()
+        return BatchRecord.from_row(row) if row else None
+
+    @shielded
+    async def checkpoint_chunk(
+        self, chunk: Chunk, lease: Lease, *, parts: list[dict[str, str | None]],
+        committed: ChunkProgress, now: float, lease_seconds: float, release: bool = False,
+    ) -> bool:
+        """Record results so far (fenced); with `release`, hand the rest of the chunk back."""
+        values: dict[str, Any] = dict(parts=parts, **done_values(committed),
+                                      **live_values(committed))
+        if release:
+            values.update(state=ChunkState.PENDING, owner=None, lease_expires_at=None,
+                          attempts=t.chunks.c.attempts - 1)
+        else:
+            values.update(lease_expires_at=now + lease_seconds)
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.chunks).where(self._chunk_fence(chunk, lease)).values(**values)
+            )
+            return result.rowcount == 1
+
+    @shielded
+    async def commit_chunk(
+        self, chunk: Chunk, lease: Lease, *, parts: list[dict[str, str | None]],
+        committed: ChunkProgress, now: int,
+    ) -> bool:
+        """Mark the chunk done, fenced; the last chunk moves its batch to `finalizing`."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.chunks).where(self._chunk_fence(chunk, lease))
+                .values(state=ChunkState.DONE, parts=parts, lease_expires_at=None,
+                        **done_values(committed), **live_values(committed))
+            )
+            if result.rowcount != 1:
+                return False
+            await self._finalize_if_finished(conn, chunk.batch_id, now=now)
+        return True
+
+    async def _finalize_if_finished(self, conn: AsyncConnection, batch_id: str, *,
+                                    now: int) -> None:
+        c, b = t.chunks.c, t.batches.c
+        await conn.execute(
+            update(t.batches)
+            .where(b.id == batch_id, b.status == BatchStatus.IN_PROGRESS,
+                   b.stop_reason.is_(None))
+            .where(~exists().where(c.batch_id == batch_id,
+                                   c.state.not_in((ChunkState.DONE, ChunkState.FAILED))))
+            .values(status=BatchStatus.FINALIZING, finalizing_at=now)
+        )
+
+    @shielded
+    async def stop_batch(self, batch_id: str, *, reason: StopReason,
+                         errors: list[dict[str, Any]] | None = None) -> None:
+        """Stop a running batch (e.g. its input vanished); assembly then reports the rest."""
+        b = t.batches.c
+        async with self._write() as conn:
+            await conn.execute(
+                update(t.batches)
+                .where(b.id == batch_id, b.status == BatchStatus.IN_PROGRESS,
+                       b.stop_reason.is_(None))
+                .values(stop_reason=reason, errors=errors)
+            )
+
+    @shielded
+    async def release_leases_of(self, owner: str) -> int:
+        """Free all work held under `owner` (a restarted worker reclaiming its past life's).
+        The lost attempt still counts towards the chunk's limit."""
+        async with self._write() as conn:
+            chunks = await conn.execute(
+                update(t.chunks)
+                .where(t.chunks.c.owner == owner, t.chunks.c.state == ChunkState.LEASED)
+                .values(state=ChunkState.PENDING, owner=None, lease_expires_at=None)
+            )
+            batches = await conn.execute(
+                update(t.batches).where(t.batches.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            return chunks.rowcount + batches.rowcount
+
+    async def list_chunks(self, batch_id: str) -> list[Chunk]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                select(t.chunks).where(t.chunks.c.batch_id == batch_id)
+                .order_by(t.chunks.c.chunk_no)
+            )).mappings()
+            return [Chunk.from_row(r) for r in rows]
