@@ -175,3 +175,26 @@ def test_logs_hold_no_keys_and_no_prompts(real_server: Server) -> None:
     assert "batchd" in log or "INFO" in log  # the log is there and written
     assert real_server.api_key not in log
     assert "plus" not in log  # prompt text of this module's requests ("What is 1 plus 1?")
+
+
+def test_shared_prompt_prefix_is_reused_and_reported(client: OpenAI, tmp_path: Path) -> None:
+    system = "You answer questions about the city library. " * 10
+    path = tmp_path / "shared.jsonl"
+    path.write_text("".join(json.dumps({
+        "custom_id": f"s{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "SmolLM2-135M-Instruct", "max_tokens": 2, "temperature": 0,
+                 "messages": [{"role": "system", "content": system},
+                              {"role": "user", "content": f"Question {i}?"}]}}) + "\n"
+        for i in range(6)))
+    with path.open("rb") as file:
+        uploaded = client.files.create(file=file, purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    done = wait_for(client, batch.id, {"completed"})
+    assert done.output_file_id is not None and done.usage is not None
+    lines = [json.loads(line) for line in
+             client.files.content(done.output_file_id).content.splitlines()]
+    cached = [line["response"]["body"]["usage"]["prompt_tokens_details"]["cached_tokens"]
+              for line in lines]
+    assert sum(1 for c in cached if c > 50) >= 4  # all but the first one or two reuse it
+    assert done.usage.input_tokens_details.cached_tokens == sum(cached)

@@ -106,7 +106,8 @@ class BatchObject(BaseModel):
         if record.status.terminal or live is None:
             counts = ChunkProgress(n_ok=record.completed, n_err=record.failed,
                                    input_tokens=record.input_tokens,
-                                   output_tokens=record.output_tokens)
+                                   output_tokens=record.output_tokens,
+                                   cached_tokens=record.cached_tokens)
         else:
             counts = live
         errors = None
@@ -125,7 +126,7 @@ class BatchObject(BaseModel):
                                          failed=counts.n_err),
             usage=BatchUsage(
                 input_tokens=counts.input_tokens,
-                input_tokens_details=InputTokensDetails(cached_tokens=record.cached_tokens),
+                input_tokens_details=InputTokensDetails(cached_tokens=counts.cached_tokens),
                 output_tokens=counts.output_tokens,
                 output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
                 total_tokens=counts.input_tokens + counts.output_tokens,

@@ -186,11 +186,13 @@ class MetadataStore(WorkStore):
                     c.batch_id,
                     func.sum(c.n_ok), func.sum(c.n_err),
                     func.sum(c.input_tokens), func.sum(c.output_tokens),
+                    func.sum(c.cached_tokens),
                 ).where(c.batch_id.in_(batch_ids)).group_by(c.batch_id)
             )
             return {
                 r[0]: ChunkProgress(n_ok=r[1] or 0, n_err=r[2] or 0,
-                                    input_tokens=r[3] or 0, output_tokens=r[4] or 0)
+                                    input_tokens=r[3] or 0, output_tokens=r[4] or 0,
+                                    cached_tokens=r[5] or 0)
                 for r in rows
             }
 

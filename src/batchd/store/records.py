@@ -149,6 +149,7 @@ class Chunk(_Record):
     done_err: int = 0
     done_input_tokens: int = 0
     done_output_tokens: int = 0
+    done_cached_tokens: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", ChunkState(self.state))
@@ -157,7 +158,8 @@ class Chunk(_Record):
     def committed(self) -> ChunkProgress:
         return ChunkProgress(n_ok=self.done_ok, n_err=self.done_err,
                              input_tokens=self.done_input_tokens,
-                             output_tokens=self.done_output_tokens)
+                             output_tokens=self.done_output_tokens,
+                             cached_tokens=self.done_cached_tokens)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,11 +170,13 @@ class ChunkProgress:
     n_err: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
     def __add__(self, other: ChunkProgress) -> ChunkProgress:
         return ChunkProgress(n_ok=self.n_ok + other.n_ok, n_err=self.n_err + other.n_err,
                              input_tokens=self.input_tokens + other.input_tokens,
-                             output_tokens=self.output_tokens + other.output_tokens)
+                             output_tokens=self.output_tokens + other.output_tokens,
+                             cached_tokens=self.cached_tokens + other.cached_tokens)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -137,5 +137,6 @@ def live_values(progress: ChunkProgress) -> dict[str, int]:
 def done_values(progress: ChunkProgress) -> dict[str, int]:
     return {"done_ok": progress.n_ok, "done_err": progress.n_err,
             "done_input_tokens": progress.input_tokens,
-            "done_output_tokens": progress.output_tokens}
+            "done_output_tokens": progress.output_tokens,
+            "done_cached_tokens": progress.cached_tokens}
 

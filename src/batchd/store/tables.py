@@ -116,6 +116,8 @@ chunks = Table(
     Column("done_err", Integer, nullable=False, default=0),
     Column("done_input_tokens", Integer, nullable=False, default=0),
     Column("done_output_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("done_cached_tokens", Integer, nullable=False, default=0),
     Index("ix_chunks_claim", "state", "deadline"),
 )
 

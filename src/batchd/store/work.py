@@ -207,6 +207,7 @@ class WorkStore(SqlStore):
                     error_file_id=error_file.id if error_file else None,
                     completed=counts.n_ok, failed=counts.n_err,
                     input_tokens=counts.input_tokens, output_tokens=counts.output_tokens,
+                    cached_tokens=counts.cached_tokens,
                     lease_owner=None, lease_expires_at=None,
                 )
             )
@@ -260,7 +261,7 @@ class WorkStore(SqlStore):
                 .values(state=ChunkState.LEASED, owner=worker, generation=c.generation + 1,
                         attempts=c.attempts + 1, lease_expires_at=now + lease_seconds,
                         n_ok=c.done_ok, n_err=c.done_err, input_tokens=c.done_input_tokens,
-                        output_tokens=c.done_output_tokens)
+                        output_tokens=c.done_output_tokens, cached_tokens=c.done_cached_tokens)
                 .returning(*t.chunks.c)
             )).mappings().first()
         if row is None:

@@ -222,7 +222,8 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
                         n_err += 1
                 totals = totals + ChunkProgress(
                     n_ok=n_ok, n_err=n_err, input_tokens=chunk.done_input_tokens,
-                    output_tokens=chunk.done_output_tokens)
+                    output_tokens=chunk.done_output_tokens,
+                    cached_tokens=chunk.done_cached_tokens)
         return totals
 
     try:

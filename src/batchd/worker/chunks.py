@@ -77,7 +77,8 @@ class _Results:
         (self.ok if outcome.ok else self.err).append(outcome.line)
         self.pending = self.pending + ChunkProgress(
             n_ok=int(outcome.ok), n_err=int(not outcome.ok),
-            input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens)
+            input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
+            cached_tokens=outcome.cached_tokens)
 
     def add_error_line(self, line: bytes) -> None:
         self.err.append(line)

@@ -25,6 +25,7 @@ class Outcome:
     ok: bool
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0
 
 
 def _param(error: ValidationError) -> str | None:
@@ -88,4 +89,5 @@ async def run_request(
         cached_tokens=result.cached_tokens,
     )
     return Outcome(ok=True, line=results.success_line(custom_id, body_out),
-                   input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens)
+                   input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens,
+                   cached_tokens=result.cached_tokens)
