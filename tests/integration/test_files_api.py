@@ -110,3 +110,18 @@ async def test_auth_is_required_and_bad_keys_get_401(harness: Harness) -> None:
             assert error["code"] == "invalid_api_key"
             assert error["type"] == "invalid_request_error"
         assert (await anon.get("/healthz")).status_code == 200
+
+
+async def test_files_expire_at_their_expires_at(harness: Harness) -> None:
+    response = await harness.client.post(
+        "/v1/files", files={"file": ("notes.txt", b"hello")},
+        data={"purpose": "user_data", "expires_after[anchor]": "created_at",
+              "expires_after[seconds]": "3600"})
+    meta = response.json()
+    assert meta["expires_at"] == meta["created_at"] + 3600
+    lasting = await harness.upload(b"keep", name="keep.txt", purpose="user_data")
+    harness.clock.advance(3601)
+    await harness.worker.drain()
+    assert (await harness.client.get(f"/v1/files/{meta['id']}")).status_code == 404
+    assert (await harness.client.get(f"/v1/files/{lasting}")).status_code == 200
+    assert not (harness.settings.blob_dir / "files" / meta["id"]).exists()

@@ -135,6 +135,19 @@ class MetadataStore(WorkStore):
             return [FileRecord.from_row(r) for r in rows]
 
     @shielded
+    async def expire_files(self, *, now: int) -> int:
+        """Files whose `expires_at` passed are deleted, as OpenAI does (their bytes go once no
+        running batch reads them)."""
+        c = t.files.c
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.files)
+                .where(c.deleted_at.is_(None), c.expires_at.is_not(None), c.expires_at <= now)
+                .values(deleted_at=now)
+            )
+            return result.rowcount
+
+    @shielded
     async def forget_file(self, file_id: str) -> None:
         async with self._write() as conn:
             await conn.execute(t.files.delete().where(t.files.c.id == file_id))

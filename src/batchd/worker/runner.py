@@ -25,6 +25,8 @@ class Worker:
         self._gate = asyncio.Semaphore(ctx.settings.worker_concurrency)
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self.files = FileService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
+                                 settings=ctx.settings)
 
     def start(self) -> None:
         """Start the loops as named tasks; `stop()` ends them."""
@@ -84,18 +86,17 @@ class Worker:
                 await self._idle()
 
     async def _housekeeping(self) -> None:
-        files = FileService(store=self.ctx.store, blobs=self.ctx.blobs, clock=self.ctx.clock,
-                            settings=self.ctx.settings)
         while not self._stopping.is_set():
             if await self._guarded("expiry and give-ups", self._expire_and_give_up()):
                 self._wake.set()
-            await self._guarded("purge", files.purge_deleted())
+            await self._guarded("purge", self.files.purge_deleted())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 1.0)
 
     async def _expire_and_give_up(self) -> int:
         ctx = self.ctx
         expired = await ctx.store.mark_expired(now=int(ctx.clock.now()))
+        await ctx.store.expire_files(now=int(ctx.clock.now()))
         given_up = await ctx.store.fail_exhausted_chunks(now=ctx.clock.now(),
                                                          max_attempts=ctx.settings.max_attempts)
         if given_up:
@@ -134,6 +135,7 @@ class Worker:
         """Run work until none is left (tests, one-shot runs)."""
         for _ in range(max_steps):
             await self._expire_and_give_up()
+            await self.files.purge_deleted()
             progressed = await self.run_one_batch_task()
             progressed = await self.run_one_chunk() or progressed
             if not progressed:
