@@ -8,6 +8,16 @@ from pathlib import Path
 from openai import OpenAI
 from openai.types import Batch
 
+INSTANT_MODELS = "models:\n  - id: instant-model\n    engine: instant\n"
+
+
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (VmRSS) or at its peak (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
 
 def run_batch(client: OpenAI, path: Path, *, window: str = "24h",
               poll_seconds: float = 0.2) -> tuple[Batch, float]:

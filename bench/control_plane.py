@@ -20,16 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.conftest import start_server, stop_server
 
-from bench.common import run_batch
-
-MODELS = "models:\n  - id: instant-model\n    engine: instant\n"
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from bench.common import INSTANT_MODELS, memory_mb, run_batch
 
 
 def write_input(path: Path, lines: int) -> None:
@@ -49,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "models.yaml").write_text(MODELS)
+        (root / "models.yaml").write_text(INSTANT_MODELS)
         server = start_server(root / "data", root / "server.log", models=root / "models.yaml",
                               extra_env={"BATCHD_CHUNK_LINES": "1000",
                                          "BATCHD_WORKER_CONCURRENCY": "64",
@@ -65,7 +56,8 @@ def main() -> None:
             print(f"batch: {args.lines} lines in {elapsed:.2f} s "
                   f"= {args.lines / elapsed:,.0f} requests/s "
                   f"(completed {batch.request_counts.completed})")
-            print(f"server peak RSS after the batch: {peak_rss_mb(server.process.pid):.0f} MB")
+            peak = memory_mb(server.process.pid, "VmHWM")
+            print(f"server peak RSS after the batch: {peak:.0f} MB")
 
             blob = root / "upload.jsonl"
             line = b'{"custom_id":"x","method":"POST","url":"/v1/chat/completions","body":{}}\n'
@@ -78,7 +70,8 @@ def main() -> None:
                 client.files.create(file=file, purpose="user_data")
             elapsed = time.perf_counter() - started
             print(f"upload: {size_mb:.0f} MB in {elapsed:.2f} s = {size_mb / elapsed:.0f} MB/s")
-            print(f"server peak RSS after the upload: {peak_rss_mb(server.process.pid):.0f} MB")
+            peak = memory_mb(server.process.pid, "VmHWM")
+            print(f"server peak RSS after the upload: {peak:.0f} MB")
         finally:
             stop_server(server)
 

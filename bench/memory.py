@@ -18,15 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.conftest import start_server, stop_server
 
-from bench.common import run_batch
-from bench.control_plane import MODELS, peak_rss_mb, write_input
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from bench.common import INSTANT_MODELS, memory_mb, run_batch
+from bench.control_plane import write_input
 
 
 def main() -> None:
@@ -36,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "models.yaml").write_text(MODELS)
+        (root / "models.yaml").write_text(INSTANT_MODELS)
         server = start_server(root / "data", root / "server.log", models=root / "models.yaml",
                               extra_env={"BATCHD_CHUNK_LINES": "1000",
                                          "BATCHD_WORKER_CONCURRENCY": "64",
@@ -50,10 +43,10 @@ def main() -> None:
             path = root / "input.jsonl"
             write_input(path, args.lines)
             print(f"input: {args.lines:,} lines, {path.stat().st_size / 1e6:.0f} MB; "
-                  f"server RSS at start {rss_mb(pid):.0f} MB")
+                  f"server RSS at start {memory_mb(pid):.0f} MB")
             batch, elapsed = run_batch(client, path, window="72h", poll_seconds=1)
             path.unlink()
-            peak = peak_rss_mb(pid)
+            peak = memory_mb(pid, "VmHWM")
             print(f"batch: {batch.request_counts.completed:,} completed in {elapsed:.0f} s "  # type: ignore[union-attr]
                   f"({args.lines / elapsed:,.0f} requests/s)")
             print(f"peak server RSS for the batch: {peak:.0f} MB (target < 300 MB)")
@@ -63,17 +56,17 @@ def main() -> None:
                 piece = b"x" * (1 << 20)
                 for _ in range(args.upload_mb):
                     out.write(piece)
-            before = rss_mb(pid)
+            before = memory_mb(pid)
             with blob.open("rb") as file:
                 big = client.files.create(file=file, purpose="user_data")
-            after_upload = rss_mb(pid)
+            after_upload = memory_mb(pid)
             received = 0
             headers = {"Authorization": f"Bearer {server.api_key}"}
             with httpx.stream("GET", f"{server.base_url}/files/{big.id}/content",
                               headers=headers, timeout=600) as response:
                 for chunk in response.iter_bytes():
                     received += len(chunk)
-            after_download = rss_mb(pid)
+            after_download = memory_mb(pid)
             assert received == blob.stat().st_size
             print(f"{args.upload_mb} MB upload: RSS {before:.0f} → {after_upload:.0f} MB; "
                   f"download: → {after_download:.0f} MB "
