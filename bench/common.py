@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from openai import OpenAI
 from openai.types import Batch
+from tests.e2e.conftest import Server, start_server, stop_server
 
 INSTANT_MODELS = "models:\n  - id: instant-model\n    engine: instant\n"
 
@@ -33,3 +36,18 @@ def run_batch(client: OpenAI, path: Path, *, window: str = "24h",
     seconds = time.perf_counter() - started
     assert batch.status == "completed", batch
     return batch, seconds
+
+
+@contextlib.contextmanager
+def instant_server(root: Path, **env: str) -> Iterator[Server]:
+    """The real server on the instant engine, with worker settings for throughput."""
+    (root / "models.yaml").write_text(INSTANT_MODELS)
+    server = start_server(root / "data", root / "server.log", models=root / "models.yaml",
+                          extra_env={"BATCHD_CHUNK_LINES": "1000",
+                                     "BATCHD_WORKER_CONCURRENCY": "64",
+                                     "BATCHD_MAX_UPLOAD_BYTES": str(1 << 30),
+                                     "BATCHD_LOG_LEVEL": "warning", **env})
+    try:
+        yield server
+    finally:
+        stop_server(server)

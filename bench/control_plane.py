@@ -18,9 +18,8 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.conftest import start_server, stop_server
 
-from bench.common import INSTANT_MODELS, memory_mb, run_batch
+from bench.common import instant_server, memory_mb, run_batch
 
 
 def write_input(path: Path, lines: int) -> None:
@@ -38,42 +37,33 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--upload-mb", type=int, default=200)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, \
+            instant_server(Path(tmp), BATCHD_WORKER_CHUNKS="4") as server:
         root = Path(tmp)
-        (root / "models.yaml").write_text(INSTANT_MODELS)
-        server = start_server(root / "data", root / "server.log", models=root / "models.yaml",
-                              extra_env={"BATCHD_CHUNK_LINES": "1000",
-                                         "BATCHD_WORKER_CONCURRENCY": "64",
-                                         "BATCHD_WORKER_CHUNKS": "4",
-                                         "BATCHD_MAX_UPLOAD_BYTES": str(1 << 30),
-                                         "BATCHD_LOG_LEVEL": "warning"})
-        try:
-            client = OpenAI(base_url=server.base_url, api_key=server.api_key)
-            path = root / "input.jsonl"
-            write_input(path, args.lines)
-            batch, elapsed = run_batch(client, path, poll_seconds=0.05)
-            assert batch.request_counts is not None
-            print(f"batch: {args.lines} lines in {elapsed:.2f} s "
-                  f"= {args.lines / elapsed:,.0f} requests/s "
-                  f"(completed {batch.request_counts.completed})")
-            peak = memory_mb(server.process.pid, "VmHWM")
-            print(f"server peak RSS after the batch: {peak:.0f} MB")
+        client = OpenAI(base_url=server.base_url, api_key=server.api_key)
+        path = root / "input.jsonl"
+        write_input(path, args.lines)
+        batch, elapsed = run_batch(client, path, poll_seconds=0.05)
+        assert batch.request_counts is not None
+        print(f"batch: {args.lines} lines in {elapsed:.2f} s "
+              f"= {args.lines / elapsed:,.0f} requests/s "
+              f"(completed {batch.request_counts.completed})")
+        peak = memory_mb(server.process.pid, "VmHWM")
+        print(f"server peak RSS after the batch: {peak:.0f} MB")
 
-            blob = root / "upload.jsonl"
-            line = b'{"custom_id":"x","method":"POST","url":"/v1/chat/completions","body":{}}\n'
-            with blob.open("wb") as out:
-                for _ in range(args.upload_mb * 1024 * 1024 // len(line)):
-                    out.write(line)
-            size_mb = blob.stat().st_size / 1e6
-            started = time.perf_counter()
-            with blob.open("rb") as file:
-                client.files.create(file=file, purpose="user_data")
-            elapsed = time.perf_counter() - started
-            print(f"upload: {size_mb:.0f} MB in {elapsed:.2f} s = {size_mb / elapsed:.0f} MB/s")
-            peak = memory_mb(server.process.pid, "VmHWM")
-            print(f"server peak RSS after the upload: {peak:.0f} MB")
-        finally:
-            stop_server(server)
+        blob = root / "upload.jsonl"
+        line = b'{"custom_id":"x","method":"POST","url":"/v1/chat/completions","body":{}}\n'
+        with blob.open("wb") as out:
+            for _ in range(args.upload_mb * 1024 * 1024 // len(line)):
+                out.write(line)
+        size_mb = blob.stat().st_size / 1e6
+        started = time.perf_counter()
+        with blob.open("rb") as file:
+            client.files.create(file=file, purpose="user_data")
+        elapsed = time.perf_counter() - started
+        print(f"upload: {size_mb:.0f} MB in {elapsed:.2f} s = {size_mb / elapsed:.0f} MB/s")
+        peak = memory_mb(server.process.pid, "VmHWM")
+        print(f"server peak RSS after the upload: {peak:.0f} MB")
 
 
 if __name__ == "__main__":

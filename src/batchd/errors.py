@@ -49,11 +49,6 @@ class PermissionDenied(BatchdError):
     error_type = "invalid_request_error"
 
 
-class RequestTooLarge(BatchdError):
-    status_code = 413
-    error_type = "invalid_request_error"
-
-
 class TooManyRequests(BatchdError):
     status_code = 429
     error_type = "invalid_request_error"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import tempfile
 
 import pytest
@@ -60,36 +61,29 @@ async def test_input_that_vanishes_mid_run_fails_the_batch_keeping_results(
     assert {line["custom_id"] for line in output} == {"r0", "r1"}
 
 
-async def test_disk_full_on_upload_is_a_507_and_reads_go_on(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("error", "status", "code", "says"),
+    [(errno.ENOSPC, 507, "storage_full", "storage is full"),
+     (errno.EROFS, 500, "storage_error", "Read-only file system")],
+)
+async def test_storage_faults_on_upload_are_clear_and_reads_go_on(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, error: int, status: int, code: str,
+    says: str,
 ) -> None:
     kept = await harness.upload([batch_line("a")])
 
-    def full(*args: object, **kwargs: object) -> object:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def failing(*args: object, **kwargs: object) -> object:
+        raise OSError(error, os.strerror(error))
 
-    monkeypatch.setattr(tempfile, "mkstemp", full)
+    monkeypatch.setattr(tempfile, "mkstemp", failing)
     response = await harness.client.post("/v1/files", files={"file": ("b.jsonl", b"{}\n")},
                                          data={"purpose": "batch"})
-    assert response.status_code == 507
-    assert response.json()["error"]["code"] == "storage_full"
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert says in response.json()["error"]["message"]
     listed = (await harness.client.get("/v1/files")).json()
-    assert [f["id"] for f in listed["data"]] == [kept]
+    assert [f["id"] for f in listed["data"]] == [kept]  # no record of the failed upload
     assert (await harness.client.get(f"/v1/files/{kept}/content")).status_code == 200
-
-
-async def test_unwritable_storage_is_a_clear_500(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def read_only(*args: object, **kwargs: object) -> object:
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    response = await harness.client.post("/v1/files", files={"file": ("b.jsonl", b"{}\n")},
-                                         data={"purpose": "batch"})
-    assert response.status_code == 500
-    assert "Read-only file system" in response.json()["error"]["message"]
-    assert (await harness.client.get("/v1/files")).json()["data"] == []
 
 
 async def test_chunks_are_shared_fairly_between_owners_then_by_deadline(

@@ -17,10 +17,8 @@ from batchd.store.records import (
     FileRecord,
     StopReason,
 )
-from batchd.store.sql import ACTIVE, QuotaExceeded, as_row, owned, shielded
+from batchd.store.sql import ACTIVE, as_row, owned, shielded
 from batchd.store.work import WorkStore
-
-__all__ = ["MetadataStore", "QuotaExceeded"]
 
 
 class MetadataStore(WorkStore):
@@ -114,15 +112,6 @@ class MetadataStore(WorkStore):
             )).mappings().first()
         return FileRecord.from_row(row) if row else None
 
-    async def file_in_use(self, file_id: str) -> bool:
-        """Whether an active batch still reads this file as its input."""
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(
-                select(t.batches.c.id).where(
-                    t.batches.c.input_file_id == file_id, t.batches.c.status.in_(ACTIVE)
-                ).limit(1)
-            )).first()
-        return row is not None
 
     async def deleted_files_unused(self) -> list[FileRecord]:
         """Deleted files whose blob no active batch needs any more (ready to purge)."""

@@ -157,10 +157,6 @@ class WorkStore(SqlStore):
             query = query.where(bt.batch_id != exclude)
         return {name: int(n) for name, n in (await conn.execute(query)).all()}
 
-    async def enqueued_tokens(self, owner: str) -> dict[str, int]:
-        """Tokens of the owner's unfinished batches, per model."""
-        async with self._engine.connect() as conn:
-            return await self._enqueued_tokens(conn, owner)
 
     async def count_active_batches(self, owner: str) -> int:
         async with self._engine.connect() as conn:

@@ -18,7 +18,6 @@ from batchd.batches.validation import InputValidator, LineError, ValidationOutco
 from batchd.files import blob_key
 from batchd.limits.tiers import Tier
 from batchd.store.blobs import BlobMissing
-from batchd.store.metadata import QuotaExceeded
 from batchd.store.records import (
     BatchRecord,
     BatchStatus,
@@ -29,6 +28,7 @@ from batchd.store.records import (
     Lease,
     StopReason,
 )
+from batchd.store.sql import QuotaExceeded
 from batchd.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 
 from batchd.files import FileService, blob_key
 from batchd.worker.batch_tasks import run_batch_task
@@ -64,10 +65,10 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), self.ctx.settings.poll_seconds)
         self._wake.clear()
 
-    async def _guarded(self, what: str, step: object) -> bool:
+    async def _guarded(self, what: str, step: Awaitable[object]) -> bool:
         """Run one step; a failure is logged and the loop goes on (the store may be busy)."""
         try:
-            return bool(await step)  # type: ignore[misc]
+            return bool(await step)
         except asyncio.CancelledError:
             raise
         except Exception:
