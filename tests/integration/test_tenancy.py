@@ -191,6 +191,18 @@ async def test_enqueued_token_quota_is_reserved_and_released(
     fourth = (await create(tiny, file_id)).json()["id"]  # the completed one released too
     await harness.worker.drain()
     assert (await tiny.get(f"/v1/batches/{fourth}")).json()["status"] == "completed"
+    # An expired batch releases its tokens as well.
+    harness.clock.advance(60)
+    expiring = (await tiny.post("/v1/batches", json={
+        "input_file_id": file_id, "endpoint": "/v1/chat/completions",
+        "completion_window": "1h"})).json()["id"]
+    assert await harness.worker.run_one_batch_task()  # validated: tokens enqueued
+    harness.clock.advance(3601)
+    await harness.worker.drain()
+    assert (await tiny.get(f"/v1/batches/{expiring}")).json()["status"] == "expired"
+    fifth = (await create(tiny, file_id)).json()["id"]
+    await harness.worker.drain()
+    assert (await tiny.get(f"/v1/batches/{fifth}")).json()["status"] == "completed"
 
 
 async def test_json_bodies_have_a_size_limit(harness: Harness) -> None:
