@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batchd.store import tables as t
@@ -226,40 +226,11 @@ class WorkStore(SqlStore):
         Fair between owners first (the owner with the fewest chunks running goes next, so one
         huge batch cannot starve everyone else's), then most urgent deadline first. Live
         counts restart from what the chunk has committed."""
-        c, b = t.chunks.c, t.batches.c
-        running_chunks = t.chunks.alias("running_chunks")
-        running_batches = t.batches.alias("running_batches")
-        owner_running = (
-            select(func.count())
-            .select_from(running_chunks.join(
-                running_batches, running_batches.c.id == running_chunks.c.batch_id))
-            .where(running_batches.c.owner == b.owner,
-                   running_chunks.c.state == ChunkState.LEASED,
-                   running_chunks.c.lease_expires_at >= now)
-            .scalar_subquery()
-        )
-        claimable = or_(
-            c.state == ChunkState.PENDING,
-            and_(c.state == ChunkState.LEASED, c.lease_expires_at < now),
-        )
-        candidate = (
-            select(c.batch_id, c.chunk_no)
-            .join(t.batches, b.id == c.batch_id)
-            .where(claimable, c.attempts < max_attempts,
-                   b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None))
-            .order_by(owner_running, c.deadline, c.batch_id, c.chunk_no)
-            .limit(1)
-        )
         async with self._write() as conn:
-            row = (await conn.execute(
-                update(t.chunks)
-                .where(tuple_(c.batch_id, c.chunk_no).in_(candidate))
-                .values(state=ChunkState.LEASED, owner=worker, generation=c.generation + 1,
-                        attempts=c.attempts + 1, lease_expires_at=now + lease_seconds,
-                        n_ok=c.done_ok, n_err=c.done_err, input_tokens=c.done_input_tokens,
-                        output_tokens=c.done_output_tokens, cached_tokens=c.done_cached_tokens)
-                .returning(*t.chunks.c)
-            )).mappings().first()
+            row = (await conn.execute(_CLAIM_CHUNK, {
+                "now": now, "worker": worker, "max_attempts": max_attempts,
+                "lease_until": now + lease_seconds,
+            })).mappings().first()
         if row is None:
             return None
         return Chunk.from_row(row), Lease(owner=worker, generation=row["generation"])
@@ -393,3 +364,46 @@ class WorkStore(SqlStore):
                 .order_by(t.chunks.c.chunk_no)
             )).mappings()
             return [Chunk.from_row(r) for r in rows]
+
+
+def _claim_chunk_statement() -> Any:
+    """The chunk claim, built once (its aliases are costly to build on every claim) and
+    parametrised by `now`, `worker`, `max_attempts` and `lease_until`."""
+    c, b = t.chunks.c, t.batches.c
+    now: Any = bindparam("now")
+    running_chunks = t.chunks.alias("running_chunks")
+    running_batches = t.batches.alias("running_batches")
+    owner_running = (
+        select(func.count())
+        .select_from(running_chunks.join(
+            running_batches, running_batches.c.id == running_chunks.c.batch_id))
+        .where(running_batches.c.owner == b.owner,
+               running_chunks.c.state == ChunkState.LEASED,
+               running_chunks.c.lease_expires_at >= now)
+        .scalar_subquery()
+    )
+    claimable = or_(
+        c.state == ChunkState.PENDING,
+        and_(c.state == ChunkState.LEASED, c.lease_expires_at < now),
+    )
+    candidate = (
+        select(c.batch_id, c.chunk_no)
+        .join(t.batches, b.id == c.batch_id)
+        .where(claimable, c.attempts < bindparam("max_attempts"),
+               b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None))
+        .order_by(owner_running, c.deadline, c.batch_id, c.chunk_no)
+        .limit(1)
+    )
+    return (
+        update(t.chunks)
+        .where(tuple_(c.batch_id, c.chunk_no).in_(candidate))
+        .values(state=ChunkState.LEASED, owner=bindparam("worker"),
+                generation=c.generation + 1, attempts=c.attempts + 1,
+                lease_expires_at=bindparam("lease_until"),
+                n_ok=c.done_ok, n_err=c.done_err, input_tokens=c.done_input_tokens,
+                output_tokens=c.done_output_tokens, cached_tokens=c.done_cached_tokens)
+        .returning(*t.chunks.c)
+    )
+
+
+_CLAIM_CHUNK = _claim_chunk_statement()
