@@ -23,6 +23,7 @@ from batchd.store.blobs import BlobMissing
 from batchd.store.records import BatchRecord, Chunk, ChunkProgress, Lease, StopReason
 from batchd.worker.context import WorkerContext
 from batchd.worker.requests import Outcome, run_request
+from batchd.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +67,45 @@ def done_custom_ids(ctx: WorkerContext, parts: list[dict[str, str | None]]) -> s
 
 @dataclass
 class _Results:
-    """Finished lines not yet checkpointed, and totals including committed ones."""
+    """Finished lines not yet checkpointed, and totals including committed ones.
+
+    Plain counters, not a ChunkProgress per request: this runs once for every request."""
 
     committed: ChunkProgress
     ok: list[bytes] = field(default_factory=list)
     err: list[bytes] = field(default_factory=list)
-    pending: ChunkProgress = field(default_factory=ChunkProgress)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
 
     def add(self, outcome: Outcome) -> None:
         (self.ok if outcome.ok else self.err).append(outcome.line)
-        self.pending = self.pending + ChunkProgress(
-            n_ok=int(outcome.ok), n_err=int(not outcome.ok),
-            input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
-            cached_tokens=outcome.cached_tokens)
+        self.input_tokens += outcome.input_tokens
+        self.output_tokens += outcome.output_tokens
+        self.cached_tokens += outcome.cached_tokens
 
     def add_error_line(self, line: bytes) -> None:
         self.err.append(line)
-        self.pending = self.pending + ChunkProgress(n_err=1)
+
+    @property
+    def pending(self) -> ChunkProgress:
+        return ChunkProgress(n_ok=len(self.ok), n_err=len(self.err),
+                             input_tokens=self.input_tokens, output_tokens=self.output_tokens,
+                             cached_tokens=self.cached_tokens)
+
+    def take(self) -> tuple[list[bytes], list[bytes], ChunkProgress]:
+        """Hand over the unsaved lines (and what they count) and start afresh."""
+        taken = self.ok, self.err, self.pending
+        self.ok, self.err = [], []
+        self.input_tokens = self.output_tokens = self.cached_tokens = 0
+        return taken
+
+    def put_back(self, ok: list[bytes], err: list[bytes], pending: ChunkProgress) -> None:
+        """Lines that could not be saved go back in front, for a later flush."""
+        self.ok, self.err = ok + self.ok, err + self.err
+        self.input_tokens += pending.input_tokens
+        self.output_tokens += pending.output_tokens
+        self.cached_tokens += pending.cached_tokens
 
     @property
     def live(self) -> ChunkProgress:
@@ -105,6 +128,7 @@ class ChunkRun:
         self.stop_batch: BatchRecord | None = None
         self._flush_lock = asyncio.Lock()
         self._part_seq = 0
+        self.watchdog = Watchdog(ctx.settings.request_timeout_seconds)
 
     async def run(self, input_key: str) -> None:
         try:
@@ -124,6 +148,7 @@ class ChunkRun:
         tasks = [asyncio.create_task(self._lane(queue, finished), name=f"lane-{n}")
                  for n in range(lanes)]
         beat = asyncio.create_task(self._heartbeat(tasks), name="chunk-heartbeat")
+        dog = asyncio.create_task(self.watchdog.run(), name="chunk-watchdog")
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
         except asyncio.CancelledError:
@@ -133,9 +158,10 @@ class ChunkRun:
             await asyncio.shield(self._checkpoint(release=True))
             raise
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            for helper in (beat, dog):
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
         if self.lost:
             log.warning("lost the lease on chunk %s/%s; its unsaved results are dropped",
                         self.chunk.batch_id, self.chunk.chunk_no)
@@ -153,18 +179,22 @@ class ChunkRun:
         await self._commit()
 
     async def _lane(self, queue: Iterator[tuple[int, Request]], finished: list[bool]) -> None:
-        settings = self.ctx.settings
-        for index, (custom_id, body) in queue:
-            async with self.gate:
-                if self.stopping.is_set() or self.stop_batch is not None:
-                    return  # not started: it stays for whoever runs this chunk next
-                outcome = await run_request(
-                    custom_id=custom_id, body=body, registry=self.ctx.registry,
-                    clock=self.ctx.clock, timeout=settings.request_timeout_seconds,
-                    retries=settings.request_retries,
-                )
-            self.results.add(outcome)
-            finished[index] = True
+        ctx = self.ctx
+        retries = ctx.settings.request_retries
+        guard = self.watchdog.guard()
+        try:
+            for index, (custom_id, body) in queue:
+                async with self.gate:
+                    if self.stopping.is_set() or self.stop_batch is not None:
+                        return  # not started: it stays for whoever runs this chunk next
+                    outcome = await run_request(
+                        custom_id=custom_id, body=body, registry=ctx.registry,
+                        clock=ctx.clock, guard=guard, retries=retries,
+                    )
+                self.results.add(outcome)
+                finished[index] = True
+        finally:
+            self.watchdog.release(guard)
 
     async def _heartbeat(self, tasks: list[asyncio.Task[None]]) -> None:
         settings = self.ctx.settings
@@ -203,10 +233,9 @@ class ChunkRun:
     async def _write_part(self) -> tuple[dict[str, str | None] | None, ChunkProgress]:
         """Write the unsaved lines as a part; returns it and the totals it brings."""
         res = self.results
-        ok, err, pending = res.ok, res.err, res.pending
-        if not ok and not err:
+        if not res.ok and not res.err:
             return None, res.committed
-        res.ok, res.err, res.pending = [], [], ChunkProgress()
+        ok, err, pending = res.take()
         self._part_seq += 1
         part: dict[str, str | None] = {"ok": None, "err": None}
         try:
@@ -217,8 +246,7 @@ class ChunkRun:
                     part[kind] = key
         except BaseException:
             # Not saved: put the lines back so a later flush (or the final commit) has them.
-            res.ok, res.err = ok + res.ok, err + res.err
-            res.pending = pending + res.pending
+            res.put_back(ok, err, pending)
             raise
         return part, res.committed + pending
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from batchd.clock import Clock
 from batchd.engines.base import EngineRequestError, Priority
 from batchd.engines.registry import ModelRegistry
 from batchd.errors import BatchdError
+from batchd.worker.watchdog import Guard
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,10 @@ def _param(error: ValidationError) -> str | None:
 
 async def run_request(
     *, custom_id: str, body: dict[str, Any], registry: ModelRegistry, clock: Clock,
-    timeout: float, retries: int = 1,
+    guard: Guard, retries: int = 1,
 ) -> Outcome:
-    """Never raises for a bad request or a failing engine: every failure is a line."""
+    """Never raises for a bad request or a failing engine: every failure is a line.
+    `guard` (the calling lane's) bounds each attempt's time."""
 
     def http_error(status: int, message: str, *, error_type: str = "invalid_request_error",
                    code: str | None = None, param: str | None = None) -> Outcome:
@@ -63,7 +64,7 @@ async def run_request(
     for attempt in range(1, retries + 2):
         engine = registry.engine_for(model)
         try:
-            async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
+            async with guard:
                 result = await engine.chat(request, priority=Priority.BATCH)
             break
         except TimeoutError:
@@ -71,7 +72,7 @@ async def run_request(
             if attempt > retries:
                 return Outcome(ok=False, line=results.stop_error_line(
                     custom_id, code="request_timeout",
-                    message=f"The request did not finish within {timeout:g} seconds "
+                    message=f"The request did not finish within {guard.timeout:g} seconds "
                             f"({attempt} attempts)."))
         except EngineRequestError as exc:
             return http_error(exc.status_code, exc.message, code=exc.code, param=exc.param)
