@@ -37,9 +37,7 @@ class InstantEngine:
     def __init__(self, options: InstantOptions | None = None) -> None:
         self.options = options or InstantOptions()
 
-    def _answer(self, request: ChatCompletionRequest, index: int) -> Choice:
-        messages = request.plain_messages()
-        last = str(messages[-1]["content"])
+    def _answer(self, request: ChatCompletionRequest, last: str, index: int) -> Choice:
         if self.options.fail_marker and self.options.fail_marker in last:
             raise EngineFailure("The instant engine was told to fail on this request.")
         words = ["echo:", *last.split()]
@@ -55,21 +53,20 @@ class InstantEngine:
                 text, finish = text[: text.index(stop)], "stop"
         return Choice(text=text, finish_reason=finish)
 
-    @staticmethod
-    def _prompt_tokens(request: ChatCompletionRequest) -> int:
-        return sum(3 + len(str(m["content"]).split()) for m in request.plain_messages())
 
     async def chat(self, request: ChatCompletionRequest, *,
                    priority: Priority = Priority.REALTIME) -> ChatResult:
+        messages = request.plain_messages()
+        last = str(messages[-1]["content"])
         marker = self.options.hang_marker
-        if marker and marker in str(request.plain_messages()[-1]["content"]):
+        if marker and marker in last:
             await asyncio.Event().wait()
         if self.options.delay_seconds:
             await asyncio.sleep(self.options.delay_seconds)
-        choices = [self._answer(request, i) for i in range(request.n)]
+        choices = [self._answer(request, last, i) for i in range(request.n)]
         return ChatResult(
             choices=choices,
-            prompt_tokens=self._prompt_tokens(request),
+            prompt_tokens=sum(3 + len(str(m["content"]).split()) for m in messages),
             completion_tokens=sum(len(c.text.split()) for c in choices),
         )
 
