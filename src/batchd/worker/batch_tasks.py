@@ -179,11 +179,19 @@ def _unrun_lines(ctx: WorkerContext, input_key: str, chunk: Chunk, done: set[str
                   chunk.batch_id, chunk.chunk_no)
 
 
-def _copy_part(ctx: WorkerContext, key: str | None, sink: BinaryIO, done: set[str]) -> int:
-    """Append a part to a result file; returns its line count and notes its custom_ids."""
+def _copy_part(ctx: WorkerContext, key: str | None, sink: BinaryIO,
+               done: set[str] | None) -> int:
+    """Append a part to a result file; returns its line count. With `done`, note the part's
+    custom_ids there (needed only for a chunk that did not finish: the rest of its requests
+    are reported); without, copy the bytes as they are."""
     if not key:
         return 0
     n = 0
+    if done is None:
+        for piece in ctx.blobs.read_range(key):
+            sink.write(piece)
+            n += piece.count(b"\n")
+        return n
     for line in ctx.blobs.lines(key):
         done.add(orjson.loads(line)["custom_id"])
         sink.write(line)
@@ -209,12 +217,13 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
             for chunk in chunks:
                 if stop.is_set():
                     raise _Abandoned
-                done: set[str] = set()
+                finished = chunk.state is ChunkState.DONE
+                done: set[str] | None = None if finished else set()
                 n_ok = n_err = 0
                 for part in chunk.parts:
                     n_ok += _copy_part(ctx, part.get("ok"), out, done)
                     n_err += _copy_part(ctx, part.get("err"), err, done)
-                if chunk.state is not ChunkState.DONE:
+                if done is not None:
                     code = (stop_reason.error_code if stop_reason is not None
                             else "request_failed")
                     for line in _unrun_lines(ctx, input_key, chunk, done, code):
