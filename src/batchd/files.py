@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import AsyncIterator, Iterator
 
 from batchd import ids
 from batchd.batches.schemas import FileObject
@@ -14,10 +13,10 @@ from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import FileRecord
+from batchd.upload_stream import StreamedUpload, UploadForm
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 BATCH_FILE_EXPIRY = 30 * 24 * 3600
-_COPY = 1024 * 1024
 
 
 def blob_key(file_id: str) -> str:
@@ -41,56 +40,48 @@ class FileService:
         self.clock = clock
         self.settings = settings
 
-    async def upload(
-        self, *, owner: str, filename: str, purpose: str, source: BinaryIO,
-        declared_size: int | None, expires_after_seconds: int | None,
-        tier_limit: int | None = None,
-    ) -> FileObject:
-        if purpose not in UPLOAD_PURPOSES:
-            raise InvalidRequest(
-                f"Invalid value: '{purpose}'. Supported values are: "
-                f"{', '.join(repr(p) for p in UPLOAD_PURPOSES)}.",
-                code="invalid_value", param="purpose",
-            )
+    def upload_limit(self, purpose: str | None, tier_limit: int | None) -> int:
+        """The most bytes a file may have: server, tier and (for batch input) Batch API limits."""
         limit = self.settings.max_upload_bytes
         if tier_limit is not None:
             limit = min(limit, tier_limit)
         if purpose == "batch":
-            if not filename.lower().endswith(".jsonl"):
+            limit = min(limit, self.settings.max_batch_file_bytes)
+        return limit
+
+    async def upload(
+        self, *, owner: str, content_type: str | None, body: AsyncIterator[bytes],
+        tier_limit: int | None = None,
+    ) -> FileObject:
+        """Store a multipart upload (fields `file`, `purpose`, `expires_after[...]`) as it
+        arrives; nothing is kept of a refused or interrupted upload."""
+        file_id = ids.file_id()
+        key = blob_key(file_id)
+        form = await StreamedUpload(
+            open_writer=lambda: self.blobs.writer(key),
+            limit_for=lambda purpose: self.upload_limit(purpose, tier_limit),
+            too_large=_too_large,
+        ).receive(content_type, body)
+        try:
+            purpose, expires_after_seconds = _check_fields(form)
+            if purpose == "batch" and not form.filename.lower().endswith(".jsonl"):
                 raise InvalidRequest("Invalid file format for Batch API. Must be .jsonl",
                                      code="invalid_file_format", param="file")
-            limit = min(limit, self.settings.max_batch_file_bytes)
-        if declared_size is not None and declared_size > limit:
-            raise _too_large(limit)
-        file_id = ids.file_id()
-        size = await asyncio.to_thread(self._copy_in, blob_key(file_id), source, limit)
-        now = int(self.clock.now())
-        expires_at = None
-        if expires_after_seconds is not None:
-            expires_at = now + expires_after_seconds
-        elif purpose == "batch":
-            expires_at = now + BATCH_FILE_EXPIRY
-        record = FileRecord(
-            id=file_id, owner=owner, purpose=purpose, filename=_display_name(filename),
-            bytes=size, created_at=now, expires_at=expires_at, status="processed",
-            blob_key=blob_key(file_id),
-        )
-        try:
-            record = await self.store.insert_file(record)
+            now = int(self.clock.now())
+            expires_at = None
+            if expires_after_seconds is not None:
+                expires_at = now + expires_after_seconds
+            elif purpose == "batch":
+                expires_at = now + BATCH_FILE_EXPIRY
+            record = await self.store.insert_file(FileRecord(
+                id=file_id, owner=owner, purpose=purpose, filename=_display_name(form.filename),
+                bytes=form.size, created_at=now, expires_at=expires_at, status="processed",
+                blob_key=key,
+            ))
         except BaseException:
-            self.blobs.delete(record.blob_key)
+            await asyncio.to_thread(self.blobs.delete, key)
             raise
         return FileObject.of(record)
-
-    def _copy_in(self, key: str, source: BinaryIO, limit: int) -> int:
-        size = 0
-        with self.blobs.writer(key) as out:
-            while piece := source.read(_COPY):
-                size += len(piece)
-                if size > limit:
-                    raise _too_large(limit)  # the writer discards the partial object
-                out.write(piece)
-        return size
 
     async def get(self, *, owner: str | None, file_id: str) -> FileRecord:
         record = await self.store.get_file(file_id, owner=owner)
@@ -128,6 +119,38 @@ class FileService:
         record = await self.get(owner=owner, file_id=file_id)
         self.blobs.size(record.blob_key)  # raises a clear error now if the bytes are gone
         return record, self.blobs.read_range(record.blob_key)
+
+
+def _check_fields(form: UploadForm) -> tuple[str, int | None]:
+    """The upload's purpose and its expires_after seconds (if given), checked."""
+    fields = form.fields
+    purpose = fields.get("purpose")
+    if purpose is None:
+        raise InvalidRequest("Missing required parameter: 'purpose'.",
+                             code="missing_required_parameter", param="purpose")
+    if purpose not in UPLOAD_PURPOSES:
+        raise InvalidRequest(
+            f"Invalid value: '{purpose}'. Supported values are: "
+            f"{', '.join(repr(p) for p in UPLOAD_PURPOSES)}.",
+            code="invalid_value", param="purpose",
+        )
+    anchor = fields.get("expires_after[anchor]")
+    raw_seconds = fields.get("expires_after[seconds]")
+    if raw_seconds is None:
+        return purpose, None
+    try:
+        seconds = int(raw_seconds)
+    except ValueError:
+        raise InvalidRequest(
+            f"Invalid value for 'expires_after[seconds]': {raw_seconds!r} is not an integer.",
+            code="invalid_type", param="expires_after.seconds") from None
+    if anchor not in (None, "created_at"):
+        raise InvalidRequest("expires_after[anchor] must be 'created_at'.",
+                             code="invalid_value", param="expires_after.anchor")
+    if not 3600 <= seconds <= 2_592_000:
+        raise InvalidRequest("expires_after[seconds] must be between 3600 and 2592000.",
+                             code="invalid_value", param="expires_after.seconds")
+    return purpose, seconds
 
 
 def _too_large(limit: int) -> InvalidRequest:

@@ -125,3 +125,74 @@ async def test_files_expire_at_their_expires_at(harness: Harness) -> None:
     assert (await harness.client.get(f"/v1/files/{meta['id']}")).status_code == 404
     assert (await harness.client.get(f"/v1/files/{lasting}")).status_code == 200
     assert not (harness.settings.blob_dir / "files" / meta["id"]).exists()
+
+
+def _multipart(*parts: tuple[str, str | None, bytes], boundary: str = "b0undary") -> tuple[
+        dict[str, str], bytes]:
+    """A multipart body with its parts in exactly this order (httpx puts fields first)."""
+    body = b""
+    for name, filename, value in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n").encode()
+        body += value + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}, body
+
+
+async def test_purpose_after_a_large_file_is_read_and_the_file_kept_whole(
+        harness: Harness) -> None:
+    # curl sends fields in the order given; the file arrives before its purpose and spans
+    # several of the streamed pieces (written in 1 MiB steps).
+    data = b"".join(f'{{"n": {i}}}\n'.encode() for i in range(300_000))
+    headers, body = _multipart(("file", "big.jsonl", data), ("purpose", None, b"batch"))
+    response = await harness.client.post("/v1/files", headers=headers, content=body)
+    assert response.status_code == 200, response.text
+    meta = response.json()
+    assert meta["purpose"] == "batch" and meta["bytes"] == len(data)
+    content = await harness.client.get(f"/v1/files/{meta['id']}/content")
+    assert content.content == data
+
+
+async def test_the_batch_limit_applies_when_the_purpose_comes_last(harness: Harness) -> None:
+    harness.settings.max_batch_file_bytes = 100
+    headers, body = _multipart(("file", "a.jsonl", b"x" * 101), ("purpose", None, b"batch"))
+    response = await harness.client.post("/v1/files", headers=headers, content=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "file_too_large"
+    # The same bytes for another purpose are within the general limit.
+    headers, body = _multipart(("file", "a.txt", b"x" * 101), ("purpose", None, b"user_data"))
+    assert (await harness.client.post("/v1/files", headers=headers,
+                                      content=body)).status_code == 200
+    assert len((await harness.client.get("/v1/files")).json()["data"]) == 1
+    stored = [p for p in harness.settings.blob_dir.rglob("*") if p.is_file()
+              and ".tmp" not in p.parts]
+    assert len(stored) == 1
+
+
+async def test_malformed_uploads_get_clear_errors_and_leave_nothing(harness: Harness) -> None:
+    two_files = _multipart(("purpose", None, b"batch"), ("file", "a.jsonl", b"{}\n"),
+                           ("file", "b.jsonl", b"{}\n"))
+    no_purpose = _multipart(("file", "a.jsonl", b"{}\n"))
+    bad_seconds = _multipart(("purpose", None, b"user_data"), ("file", "a.txt", b"x"),
+                             ("expires_after[anchor]", None, b"created_at"),
+                             ("expires_after[seconds]", None, b"soon"))
+    cases = [
+        (two_files, "invalid_request", "file"),
+        (no_purpose, "missing_required_parameter", "purpose"),
+        (bad_seconds, "invalid_type", "expires_after.seconds"),
+        (({"Content-Type": "application/json"}, b'{"purpose": "batch"}'),
+         "missing_required_parameter", "file"),
+        (({"Content-Type": "multipart/form-data; boundary=zz"}, b"--zz\r\nnot a header\r\n"),
+         None, "file"),
+    ]
+    for (headers, body), code, param in cases:
+        response = await harness.client.post("/v1/files", headers=headers, content=body)
+        assert response.status_code == 400, (response.status_code, response.text)
+        error = response.json()["error"]
+        assert error["param"] == param, error
+        assert code is None or error["code"] == code, error
+    assert (await harness.client.get("/v1/files")).json()["data"] == []
+    assert not any(p.is_file() for p in harness.settings.blob_dir.rglob("*")
+                   if ".tmp" not in p.parts)

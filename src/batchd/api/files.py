@@ -4,37 +4,34 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from batchd.api.auth import Caller
 from batchd.api.state import services
 from batchd.batches.schemas import FileDeleted, FileList, FileObject
-from batchd.errors import InvalidRequest
+from batchd.files import UPLOAD_PURPOSES
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-@router.post("", response_model=FileObject)
-async def upload_file(
-    request: Request,
-    caller: Caller,
-    file: UploadFile,
-    purpose: Annotated[str, Form()],
-    expires_after_anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,
-    expires_after_seconds: Annotated[int | None, Form(alias="expires_after[seconds]")] = None,
-) -> FileObject:
-    if expires_after_seconds is not None:
-        if expires_after_anchor not in (None, "created_at"):
-            raise InvalidRequest("expires_after[anchor] must be 'created_at'.",
-                                 code="invalid_value", param="expires_after.anchor")
-        if not 3600 <= expires_after_seconds <= 2_592_000:
-            raise InvalidRequest("expires_after[seconds] must be between 3600 and 2592000.",
-                                 code="invalid_value", param="expires_after.seconds")
+# The body is parsed by hand (see batchd.upload_stream), so its schema is declared here.
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)},
+        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+        "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
+    },
+}}}}}
+
+
+@router.post("", response_model=FileObject, openapi_extra=_UPLOAD_BODY)
+async def upload_file(request: Request, caller: Caller) -> FileObject:
     return await services(request).files.upload(
-        owner=caller.owner, filename=file.filename or "upload", purpose=purpose,
-        source=file.file, declared_size=file.size,
-        expires_after_seconds=expires_after_seconds, tier_limit=caller.tier.max_upload_bytes,
+        owner=caller.owner, content_type=request.headers.get("content-type"),
+        body=request.stream(), tier_limit=caller.tier.max_upload_bytes,
     )
 
 
