@@ -143,6 +143,24 @@ async def test_shared_prefix_is_reused_and_changes_nothing(
     assert reused.choices[0].text[:12] == fresh.choices[0].text[:12]
 
 
+async def test_short_chats_reuse_the_template_and_system_line(
+    engine: LlamaCppEngine, single: LlamaCppEngine
+) -> None:
+    # Short chats share only the chat template and a one-line system prompt (about 19
+    # tokens): still worth taking from the cache, and it must not change the answer.
+    def ask(topic: str) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate({
+            "model": "m", "max_tokens": 10, "temperature": 0,
+            "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                         {"role": "user", "content": f"Tell me one fact about {topic}."}]})
+
+    first, second = await asyncio.gather(engine.chat(ask("owls")), engine.chat(ask("tea")))
+    assert max(first.cached_tokens, second.cached_tokens) >= 8
+    fresh = await single.chat(ask("tea"))
+    assert fresh.cached_tokens == 0
+    assert second.choices[0].text[:12] == fresh.choices[0].text[:12]
+
+
 async def test_stops_and_limits_hold_under_batching(engine: LlamaCppEngine) -> None:
     counting = chat("Count from 1 to 30, separated by commas.", max_tokens=40, temperature=0)
     free = (await engine.chat(counting)).choices[0].text
