@@ -107,6 +107,13 @@ async def test_stream_matches_the_plain_answer(engine: LlamaCppEngine) -> None:
 SHARED_SYSTEM = ("You are a careful assistant for a library. " * 12).strip()
 
 
+def ask(system: str, question: str) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({
+        "model": "m", "max_tokens": 10, "temperature": 0,
+        "messages": [{"role": "system", "content": system},
+                     {"role": "user", "content": question}]})
+
+
 @pytest.fixture(scope="module")
 def single() -> Iterator[LlamaCppEngine]:
     engine = LlamaCppEngine(LlamaCppOptions(n_ctx=512, parallel=1, prefix_cache=0))
@@ -130,15 +137,9 @@ async def test_batched_generation_matches_one_at_a_time(
 async def test_shared_prefix_is_reused_and_changes_nothing(
     engine: LlamaCppEngine, single: LlamaCppEngine
 ) -> None:
-    def ask(question: str) -> ChatCompletionRequest:
-        return ChatCompletionRequest.model_validate({
-            "model": "m", "max_tokens": 10, "temperature": 0,
-            "messages": [{"role": "system", "content": SHARED_SYSTEM},
-                         {"role": "user", "content": question}]})
-
-    await engine.chat(ask("Where are the maps?"))  # warms the prefix cache
-    reused = await engine.chat(ask("When do you open?"))
-    fresh = await single.chat(ask("When do you open?"))
+    await engine.chat(ask(SHARED_SYSTEM, "Where are the maps?"))  # warms the prefix cache
+    reused = await engine.chat(ask(SHARED_SYSTEM, "When do you open?"))
+    fresh = await single.chat(ask(SHARED_SYSTEM, "When do you open?"))
     assert reused.cached_tokens > 50 and fresh.cached_tokens == 0
     assert reused.choices[0].text[:12] == fresh.choices[0].text[:12]
 
@@ -148,15 +149,12 @@ async def test_short_chats_reuse_the_template_and_system_line(
 ) -> None:
     # Short chats share only the chat template and a one-line system prompt (about 19
     # tokens): still worth taking from the cache, and it must not change the answer.
-    def ask(topic: str) -> ChatCompletionRequest:
-        return ChatCompletionRequest.model_validate({
-            "model": "m", "max_tokens": 10, "temperature": 0,
-            "messages": [{"role": "system", "content": "You are a helpful assistant."},
-                         {"role": "user", "content": f"Tell me one fact about {topic}."}]})
-
-    first, second = await asyncio.gather(engine.chat(ask("owls")), engine.chat(ask("tea")))
+    system = "You are a helpful assistant."
+    first, second = await asyncio.gather(
+        engine.chat(ask(system, "Tell me one fact about owls.")),
+        engine.chat(ask(system, "Tell me one fact about tea.")))
     assert max(first.cached_tokens, second.cached_tokens) >= 8
-    fresh = await single.chat(ask("tea"))
+    fresh = await single.chat(ask(system, "Tell me one fact about tea."))
     assert fresh.cached_tokens == 0
     assert second.choices[0].text[:12] == fresh.choices[0].text[:12]
 
