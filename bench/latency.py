@@ -17,7 +17,9 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.conftest import REPO, start_server, stop_server
+from tests.e2e.conftest import REPO
+
+from bench.common import bench_server
 
 
 def measure(client: OpenAI, samples: int) -> list[float]:
@@ -38,9 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        server = start_server(root / "data", root / "server.log", models=REPO / "models.yaml",
-                              extra_env={"BATCHD_LOG_LEVEL": "warning"})
-        try:
+        with bench_server(root, models=REPO / "models.yaml") as server:
             client = OpenAI(base_url=server.base_url, api_key=server.api_key)
             measure(client, 2)  # warm up
             idle = measure(client, args.samples)
@@ -66,8 +66,6 @@ def main() -> None:
                   f"{args.batch_requests}-request batch runs: {busy_p50 * 1000:.0f} ms "
                   f"(ratio {busy_p50 / idle_p50:.2f}, target <= 1.5)")
             print(f"batch progress meanwhile: {counts}")
-        finally:
-            stop_server(server)
 
 
 if __name__ == "__main__":

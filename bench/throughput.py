@@ -33,11 +33,12 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.conftest import free_port, start_server, stop_server, wait_for_http
+from tests.e2e.conftest import free_port, wait_for_http
 
 from batchd.chat import ChatCompletionRequest
+from batchd.engines.base import Priority
 from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions, default_model_path
-from bench.common import run_batch
+from bench.common import bench_server, run_batch
 
 MAX_TOKENS = 64
 TOPICS = ["rivers", "owls", "bread", "trains", "glaciers", "violins", "tides", "bees",
@@ -88,13 +89,15 @@ def naive_loop(chats: list[list[dict[str, str]]]) -> Figures:
 
 def engine_direct(chats: list[list[dict[str, str]]], parallel: int) -> Figures:
     async def run() -> Figures:
-        engine = LlamaCppEngine(LlamaCppOptions(n_ctx=2048, parallel=parallel,
-                                                realtime_slots=0))
+        # Configured and called exactly as batchd's worker does (batch priority, default
+        # real-time slot kept free), so the utilisation ratio compares like with like.
+        engine = LlamaCppEngine(LlamaCppOptions(n_ctx=2048, parallel=parallel))
         requests = [ChatCompletionRequest.model_validate(
             {"model": "m", "messages": m, "max_tokens": MAX_TOKENS, "temperature": 0})
             for m in chats]
         started = time.perf_counter()
-        results = await asyncio.gather(*(engine.chat(r) for r in requests))
+        results = await asyncio.gather(*(engine.chat(r, priority=Priority.BATCH)
+                                         for r in requests))
         seconds = time.perf_counter() - started
         await engine.aclose()
         return Figures(f"batchd engine direct (parallel {parallel})", seconds,
@@ -109,10 +112,8 @@ def batchd_end_to_end(chats: list[list[dict[str, str]]], parallel: int) -> Figur
         (root / "models.yaml").write_text(
             "models:\n  - id: SmolLM2-135M-Instruct\n    engine: llamacpp\n"
             f"    n_ctx: 2048\n    parallel: {parallel}\n")
-        server = start_server(root / "data", root / "server.log", models=root / "models.yaml",
-                              extra_env={"BATCHD_LOG_LEVEL": "warning",
-                                         "BATCHD_CHUNK_LINES": "64"})
-        try:
+        with bench_server(root, models=root / "models.yaml",
+                          BATCHD_CHUNK_LINES="64") as server:
             client = OpenAI(base_url=server.base_url, api_key=server.api_key)
             path = root / "input.jsonl"
             path.write_text("".join(json.dumps({
@@ -124,8 +125,6 @@ def batchd_end_to_end(chats: list[list[dict[str, str]]], parallel: int) -> Figur
             assert batch.usage is not None
             return Figures("batchd end to end (upload→completed)", seconds,
                            batch.usage.output_tokens, len(chats))
-        finally:
-            stop_server(server)
 
 
 def llama_server(binary: str, chats: list[list[dict[str, str]]]) -> Figures:
