@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from batchd.files import FileService, blob_key
 from batchd.worker.batch_tasks import run_batch_task
@@ -25,14 +25,15 @@ class Worker:
         self._stopping = asyncio.Event()
         self._gate = asyncio.Semaphore(ctx.settings.worker_concurrency)
         self._tasks: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()
+        self._wakes: list[asyncio.Event] = []  # one per loop (see _poll)
         self.files = FileService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
                                  settings=ctx.settings)
 
     def start(self) -> None:
         """Start the loops as named tasks; `stop()` ends them."""
-        loops = [("batch-tasks", self._batch_loop()), ("housekeeping", self._housekeeping())]
-        loops += [(f"chunk-slot-{n}", self._chunk_loop())
+        loops = [("batch-tasks", self._poll("batch task", self.run_one_batch_task)),
+                 ("housekeeping", self._housekeeping())]
+        loops += [(f"chunk-slot-{n}", self._poll("chunk", self.run_one_chunk))
                   for n in range(self.ctx.settings.worker_chunks)]
         self._tasks = [asyncio.create_task(coro, name=f"worker:{name}") for name, coro in loops]
         for task in self._tasks:
@@ -40,7 +41,8 @@ class Worker:
 
     def wake(self) -> None:
         """New work may be there (a batch was created): poll now instead of after a sleep."""
-        self._wake.set()
+        for event in self._wakes:
+            event.set()
 
     def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._stopping.is_set():
@@ -50,7 +52,7 @@ class Worker:
         """Stop claiming; give running work `grace_seconds` to finish, then cancel it (its
         leases lapse and another start picks it up again)."""
         self._stopping.set()
-        self._wake.set()
+        self.wake()
         if not self._tasks:
             return
         _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
@@ -60,10 +62,20 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _idle(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.ctx.settings.poll_seconds)
-        self._wake.clear()
+    async def _poll(self, what: str, step: Callable[[], Awaitable[bool]]) -> None:
+        """Run `step` while it finds work; when it finds none, sleep until woken or for
+        `poll_seconds` (other processes' work is only seen by polling).
+
+        Each loop has its own wake-up flag, cleared before it looks for work: with one flag
+        shared by all loops, a loop that woke and cleared it could swallow the wake-up meant
+        for another that was busy at that moment, which then slept a whole poll interval."""
+        wake = asyncio.Event()
+        self._wakes.append(wake)
+        while not self._stopping.is_set():
+            wake.clear()
+            if not await self._guarded(what, step()):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.ctx.settings.poll_seconds)
 
     async def _guarded(self, what: str, step: Awaitable[object]) -> bool:
         """Run one step; a failure is logged and the loop goes on (the store may be busy)."""
@@ -76,20 +88,11 @@ class Worker:
             await asyncio.sleep(self.ctx.settings.poll_seconds)
             return False
 
-    async def _chunk_loop(self) -> None:
-        while not self._stopping.is_set():
-            if not await self._guarded("chunk", self.run_one_chunk()):
-                await self._idle()
-
-    async def _batch_loop(self) -> None:
-        while not self._stopping.is_set():
-            if not await self._guarded("batch task", self.run_one_batch_task()):
-                await self._idle()
 
     async def _housekeeping(self) -> None:
         while not self._stopping.is_set():
             if await self._guarded("expiry and give-ups", self._expire_and_give_up()):
-                self._wake.set()
+                self.wake()
             await self._guarded("purge", self.files.purge_deleted())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 1.0)
@@ -118,7 +121,7 @@ class Worker:
         source = await ctx.store.get_file(batch.input_file_id, owner=None)
         input_key = source.blob_key if source else blob_key(batch.input_file_id)
         await ChunkRun(ctx, chunk, lease, self._gate, self._stopping).run(input_key)
-        self._wake.set()  # the batch may now be ready to assemble
+        self.wake()  # the batch may now be ready to assemble
         return True
 
     async def run_one_batch_task(self) -> bool:
@@ -129,7 +132,7 @@ class Worker:
             return False
         batch, lease = claim
         await run_batch_task(ctx, batch, lease)
-        self._wake.set()
+        self.wake()
         return True
 
     async def drain(self, *, max_steps: int = 10_000) -> None:
