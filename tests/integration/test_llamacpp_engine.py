@@ -159,6 +159,23 @@ async def test_short_chats_reuse_the_template_and_system_line(
     assert second.choices[0].text[:12] == fresh.choices[0].text[:12]
 
 
+async def test_kv_accounting_balances_when_cached_prefixes_are_evicted(
+    engine: LlamaCppEngine,
+) -> None:
+    # Three long system prompts, three questions each, all at once: the 2-entry prefix cache
+    # evicts prefixes whose cells running requests still share. Every reserved cell must be
+    # given back once they finish (or later admissions would stall or overrun the cache).
+    systems = [(f"You answer questions about {topic}. " * 10).strip()
+               for topic in ("rivers", "owls", "bread")]
+    results = await asyncio.gather(*(
+        engine.chat(ask(system, f"Question {n}: what is one fact?"))
+        for system in systems for n in range(3)))
+    assert all(r.choices[0].text for r in results)
+    assert any(r.cached_tokens > 50 for r in results)
+    scheduler = engine._scheduler
+    assert scheduler.reserved == 0 and not scheduler.active
+
+
 async def test_stops_and_limits_hold_under_batching(engine: LlamaCppEngine) -> None:
     counting = chat("Count from 1 to 30, separated by commas.", max_tokens=40, temperature=0)
     free = (await engine.chat(counting)).choices[0].text

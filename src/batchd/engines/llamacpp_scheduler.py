@@ -56,6 +56,8 @@ class Sequence:
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("ignore"))
     finish: Finish | None = None
     reused: int = 0  # prompt tokens taken from the prefix cache
+    lender: PrefixEntry | None = None  # the cached prefix whose KV cells it shares
+    cost: int = 0  # KV cells reserved for it (shared prefix cells are the lender's)
     token_logprobs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -148,9 +150,6 @@ class Scheduler:
                     for seq in list(self.active):
                         self._release(seq, EngineFailure(f"llama.cpp failed: {exc}"))
 
-    def _cost(self, seq: Sequence) -> int:
-        return len(seq.prompt) + seq.max_new
-
     def _admit(self) -> None:
         """Start waiting sequences while a slot and KV room are free (most urgent first).
 
@@ -168,15 +167,21 @@ class Scheduler:
             if seq.priority > Priority.REALTIME and len(self.free_slots) <= self.reserved_slots:
                 break  # the last slots wait for real-time requests
             room = self.kv_tokens - self.reserved - sum(len(p.tokens) for p in self.prefixes)
-            if self._cost(seq) > room and self.active:
+            lender, shared = self._best_prefix(seq)
+            # Cells copied from a cached prefix are shared with it, not new: only the rest
+            # of the prompt and the output need room.
+            cost = len(seq.prompt) - shared + seq.max_new
+            if cost > room and self.active:
                 break  # wait for running sequences to free their cells
             heapq.heappop(self.waiting)
             if self._prefix_in_progress(seq):
                 deferred.append(item)
                 continue
             seq.seq_id = self.free_slots.pop()
-            self.reserved += self._cost(seq)
-            self._reuse_prefix(seq)
+            seq.cost = cost
+            self.reserved += cost
+            if lender is not None:
+                self._reuse_prefix(seq, lender, shared)
             self.active.append(seq)
         for item in deferred:
             heapq.heappush(self.waiting, item)
@@ -190,7 +195,8 @@ class Scheduler:
                    and _common_prefix(other.prompt, seq.prompt) >= max(minimum, cached + 1)
                    for other in self.active)
 
-    def _reuse_prefix(self, seq: Sequence) -> None:
+    def _best_prefix(self, seq: Sequence) -> tuple[PrefixEntry | None, int]:
+        """The cached prefix to start `seq` from, and how many of its tokens to take."""
         best, best_len = None, 0
         for entry in self.prefixes:
             n = _common_prefix(entry.tokens, seq.prompt)
@@ -198,10 +204,14 @@ class Scheduler:
                 best, best_len = entry, n
         usable = min(best_len, len(seq.prompt) - 1)  # the last prompt token gives the logits
         if best is None or usable < self.options.prefix_min_tokens:
-            return
-        self.lib.llama_memory_seq_cp(self.memory, best.seq_id, seq.seq_id, 0, usable)
-        best.used_at = time.monotonic()
+            return None, 0
+        return best, usable
+
+    def _reuse_prefix(self, seq: Sequence, lender: PrefixEntry, usable: int) -> None:
+        self.lib.llama_memory_seq_cp(self.memory, lender.seq_id, seq.seq_id, 0, usable)
+        lender.used_at = time.monotonic()
         seq.n_past = seq.reused = usable
+        seq.lender = lender
 
     def _remember_prefix(self, seq: Sequence) -> None:
         """Keep this prompt's KV state for later requests, unless a kept one covers it."""
@@ -211,6 +221,12 @@ class Scheduler:
         if best >= self.options.prefix_min_tokens:
             return
         entry = min(self.prefixes, key=lambda p: p.used_at)
+        for borrower in self.active:
+            if borrower.lender is entry:
+                # Its shared cells outlive the entry: from now on they are its own to count.
+                borrower.lender = None
+                borrower.cost += borrower.reused
+                self.reserved += borrower.reused
         self.lib.llama_memory_seq_rm(self.memory, entry.seq_id, -1, -1)
         self.lib.llama_memory_seq_cp(self.memory, seq.seq_id, entry.seq_id, 0, len(seq.prompt))
         entry.tokens, entry.used_at = list(seq.prompt), time.monotonic()
@@ -225,7 +241,7 @@ class Scheduler:
         self.lib.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
         self.lib.llama_sampler_free(seq.sampler)
         self.free_slots.append(seq.seq_id)
-        self.reserved -= self._cost(seq)
+        self.reserved -= seq.cost
         seq.done(seq, error)
 
     def _step(self) -> None:
