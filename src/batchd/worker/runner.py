@@ -33,7 +33,9 @@ class Worker:
         """Start the loops as named tasks; `stop()` ends them."""
         loops = [("batch-tasks", self._poll("batch task", self.run_one_batch_task)),
                  ("housekeeping", self._housekeeping())]
-        loops += [(f"chunk-slot-{n}", self._poll("chunk", self.run_one_chunk))
+        # One chunk slot polls; the others wait to be woken (by a claim, a finished batch
+        # task or a new batch), so an idle worker does not query the store once per slot.
+        loops += [(f"chunk-slot-{n}", self._poll("chunk", self.run_one_chunk, polls=n == 0))
                   for n in range(self.ctx.settings.worker_chunks)]
         self._tasks = [asyncio.create_task(coro, name=f"worker:{name}") for name, coro in loops]
         for task in self._tasks:
@@ -62,9 +64,10 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _poll(self, what: str, step: Callable[[], Awaitable[bool]]) -> None:
-        """Run `step` while it finds work; when it finds none, sleep until woken or for
-        `poll_seconds` (other processes' work is only seen by polling).
+    async def _poll(self, what: str, step: Callable[[], Awaitable[bool]], *,
+                    polls: bool = True) -> None:
+        """Run `step` while it finds work; when it finds none, sleep until woken or (if it
+        `polls`) for `poll_seconds`: other processes' work is only seen by polling.
 
         Each loop has its own wake-up flag, cleared before it looks for work: with one flag
         shared by all loops, a loop that woke and cleared it could swallow the wake-up meant
@@ -75,7 +78,8 @@ class Worker:
             wake.clear()
             if not await self._guarded(what, step()):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.ctx.settings.poll_seconds)
+                    await asyncio.wait_for(wake.wait(),
+                                           self.ctx.settings.poll_seconds if polls else None)
 
     async def _guarded(self, what: str, step: Awaitable[object]) -> bool:
         """Run one step; a failure is logged and the loop goes on (the store may be busy)."""
@@ -88,14 +92,16 @@ class Worker:
             await asyncio.sleep(self.ctx.settings.poll_seconds)
             return False
 
-
     async def _housekeeping(self) -> None:
+        """Expiry, give-ups and file purges, every ten poll intervals (5 s by default; running
+        chunks also notice their batch's expiry on each heartbeat)."""
+        period = max(1.0, 10 * self.ctx.settings.poll_seconds)
         while not self._stopping.is_set():
             if await self._guarded("expiry and give-ups", self._expire_and_give_up()):
                 self.wake()
             await self._guarded("purge", self.files.purge_deleted())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 1.0)
+                await asyncio.wait_for(self._stopping.wait(), period)
 
     async def _expire_and_give_up(self) -> int:
         ctx = self.ctx
@@ -116,6 +122,7 @@ class Worker:
         if claim is None:
             return False
         chunk, lease = claim
+        self.wake()  # there may be more: let the slots that wait without polling look too
         batch = await ctx.store.get_batch(chunk.batch_id, owner=None)
         assert batch is not None
         source = await ctx.store.get_file(batch.input_file_id, owner=None)
