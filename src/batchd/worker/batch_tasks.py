@@ -217,8 +217,7 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
             for chunk in chunks:
                 if stop.is_set():
                     raise _Abandoned
-                finished = chunk.state is ChunkState.DONE
-                done: set[str] | None = None if finished else set()
+                done: set[str] | None = None if chunk.state is ChunkState.DONE else set()
                 n_ok = n_err = 0
                 for part in chunk.parts:
                     n_ok += _copy_part(ctx, part.get("ok"), out, done)
