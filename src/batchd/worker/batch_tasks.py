@@ -29,6 +29,7 @@ from batchd.store.records import (
     StopReason,
 )
 from batchd.store.sql import QuotaExceeded
+from batchd.worker.chunks import chunk_requests
 from batchd.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -168,11 +169,9 @@ def _unrun_lines(ctx: WorkerContext, input_key: str, chunk: Chunk, done: set[str
                  code: str) -> Iterator[bytes]:
     message = results.STOP_MESSAGES[code]
     try:
-        for raw in ctx.blobs.lines(input_key, chunk.byte_start, chunk.byte_end):
-            if raw.strip():
-                custom_id = orjson.loads(raw)["custom_id"]
-                if custom_id not in done:
-                    yield results.stop_error_line(custom_id, code=code, message=message)
+        for custom_id, _ in chunk_requests(ctx, input_key, chunk):
+            if custom_id not in done:
+                yield results.stop_error_line(custom_id, code=code, message=message)
     except BlobMissing:
         # The input is gone (the batch's `errors` say so); these requests cannot be named.
         log.error("batch %s: input missing, unrun requests of chunk %d are not listed",

@@ -36,14 +36,16 @@ def part_key(chunk: Chunk, generation: int, seq: int, kind: str) -> str:
             f"{chunk.chunk_no:07d}-g{generation}-{seq:04d}.{kind}.jsonl")
 
 
-def read_requests(ctx: WorkerContext, input_key: str, chunk: Chunk) -> list[Request]:
+def chunk_requests(ctx: WorkerContext, input_key: str, chunk: Chunk) -> Iterator[Request]:
     """(custom_id, body) of each request line in the chunk (validated earlier)."""
-    out = []
     for raw in ctx.blobs.lines(input_key, chunk.byte_start, chunk.byte_end):
         if raw.strip():
             item = orjson.loads(raw)
-            out.append((item["custom_id"], item["body"]))
-    return out
+            yield item["custom_id"], item["body"]
+
+
+def read_requests(ctx: WorkerContext, input_key: str, chunk: Chunk) -> list[Request]:
+    return list(chunk_requests(ctx, input_key, chunk))
 
 
 def prefix_key(request: Request) -> tuple[str, str]:
