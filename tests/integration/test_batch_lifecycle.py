@@ -1,6 +1,13 @@
 from __future__ import annotations
 
-from tests.conftest import Harness, batch_line
+import asyncio
+import time
+
+import httpx
+
+from batchd.app import create_app
+from batchd.settings import Settings
+from tests.conftest import API_KEY, ENDPOINT, Harness, batch_line
 
 
 async def test_a_batch_runs_to_completed_with_one_output_line_per_request(
@@ -180,3 +187,32 @@ async def test_list_batches_newest_first_with_cursor_paging(harness: Harness) ->
                                      params={"limit": 10, "after": page["last_id"]})).json()
     assert [b["id"] for b in rest["data"]] == ids[::-1][2:]
     assert rest["has_more"] is False
+
+
+async def test_the_running_worker_is_woken_through_every_step_without_polling(
+    settings: Settings,
+) -> None:
+    # With a poll interval far longer than the test, the batch only finishes if each step
+    # wakes the loops the next one needs: creation wakes validation, validation wakes the
+    # chunk slots (only one of which polls), each claim wakes the idle slots, and the last
+    # commit wakes assembly even when another loop woke first.
+    settings.embedded_worker = True
+    settings.poll_seconds = 60.0
+    settings.worker_chunks = 3
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://batchd",
+            headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        data = "".join(batch_line(f"r{i}") + "\n" for i in range(12)).encode()
+        upload = await client.post("/v1/files", files={"file": ("in.jsonl", data)},
+                                   data={"purpose": "batch"})
+        created = (await client.post("/v1/batches", json={
+            "input_file_id": upload.json()["id"], "endpoint": ENDPOINT,
+            "completion_window": "24h"})).json()
+        started = time.monotonic()
+        batch = created
+        while batch["status"] != "completed" and time.monotonic() - started < 10:
+            await asyncio.sleep(0.02)
+            batch = (await client.get(f"/v1/batches/{created['id']}")).json()
+    assert batch["status"] == "completed", batch
+    assert batch["request_counts"] == {"total": 12, "completed": 12, "failed": 0}
