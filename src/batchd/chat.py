@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
-from batchd import ids
+from batchd import __version__, ids
+
+# Numbers are taken as JSON gives them: `"max_tokens": "2"` or `2.0` is a 400, as OpenAI
+# answers, never silently converted (a string once counted as 1,024 tokens for the quota but
+# ran as millions). A float field still takes a JSON integer (`"temperature": 1`).
+StrictFloat = Annotated[float, Field(strict=True)]
+
+# OpenAI's schema has it as a string; it names the serving software, not a model build.
+SYSTEM_FINGERPRINT = f"fp_batchd_{__version__}"
 
 
 class OpenAIBaseModel(BaseModel):
@@ -16,32 +25,40 @@ class OpenAIBaseModel(BaseModel):
 
 
 class StreamOptions(OpenAIBaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatMessage(OpenAIBaseModel):
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[dict[str, Any]] | None = None
 
 
 class ChatCompletionRequest(OpenAIBaseModel):
-    model: str
+    model: StrictStr
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    stream: bool | None = False
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat | None = Field(default=None, ge=0, le=2)
+    top_p: StrictFloat | None = Field(default=None, gt=0, le=1)
+    n: StrictInt = Field(default=1, ge=1, le=16)
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    presence_penalty: StrictFloat | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: StrictFloat | None = Field(default=None, ge=-2, le=2)
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     response_format: dict[str, Any] | None = None
-    user: str | None = None
+    user: StrictStr | None = None
+    # Accepted by OpenAI but acted on by no batchd engine yet: refused by name (a 400 naming
+    # the parameter), never silently ignored.
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    web_search_options: Any = None
 
     @field_validator("stop")
     @classmethod
@@ -50,15 +67,26 @@ class ChatCompletionRequest(OpenAIBaseModel):
             raise ValueError("at most 4 stop sequences are allowed")
         return value
 
+    @field_validator("tools", "tool_choice", "functions", "function_call", "audio",
+                     "web_search_options")
+    @classmethod
+    def _unsupported(cls, value: object) -> object:
+        if value is None or value == []:
+            return value
+        raise PydanticCustomError("unsupported_parameter",
+                                  "this parameter is not supported by batchd yet")
+
     @property
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
     @property
     def stop_list(self) -> list[str]:
+        """The stop sequences; an empty string stops nothing (it would match at once)."""
         if self.stop is None:
             return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop
+        return [stop for stop in stops if stop]
 
     def plain_messages(self) -> list[dict[str, Any]]:
         """Messages as dicts with text content (content parts of type text are joined)."""
@@ -88,7 +116,7 @@ def completion_object(
         "model": model,
         "choices": choices,
         "usage": usage_object(prompt_tokens, completion_tokens, cached_tokens),
-        "system_fingerprint": None,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
         "service_tier": "default",
     }
 

@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def param_path(loc: Sequence[object]) -> str | None:
+    """A validation error's location as OpenAI names parameters: `messages[0].role`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
 
 class BatchdError(Exception):
     """An error with an OpenAI-shaped description. Subclasses fix the HTTP status."""
@@ -77,3 +91,25 @@ class StorageFull(BatchdError):
 class ServerError(BatchdError):
     status_code = 500
     error_type = "server_error"
+
+
+def invalid_request_of(error: Mapping[str, Any], loc: Sequence[object]) -> InvalidRequest:
+    """OpenAI's 400 for one pydantic validation error, found at `loc` of the request."""
+    param = param_path(loc)
+    kind = str(error.get("type", ""))
+    if kind == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.",
+                              code="missing_required_parameter", param=param)
+    if kind == "json_invalid":
+        return InvalidRequest("We could not parse the JSON body of your request. (HINT: This "
+                              "likely means you aren't using your HTTP library correctly.)",
+                              code="invalid_json")
+    if kind == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}",
+                              code="unknown_parameter", param=param)
+    if kind == "unsupported_parameter":
+        return InvalidRequest(f"Unsupported parameter: '{param}' is not supported by this "
+                              "server yet.", code="unsupported_parameter", param=param)
+    code = "invalid_type" if kind.endswith("_type") or "parsing" in kind else "invalid_value"
+    return InvalidRequest(f"Invalid value for '{param}': {error.get('msg', 'invalid')}.",
+                          code=code, param=param)

@@ -8,8 +8,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, invalid_request_of
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +32,16 @@ async def _batchd_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers)
 
 
-def _loc_to_param(loc: tuple[object, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
-    return ".".join(parts) or None
-
-
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    param = _loc_to_param(tuple(first.get("loc", ())))
-    kind = str(first.get("type", ""))
-    if kind == "missing":
-        return error_response(400, f"Missing required parameter: '{param}'.",
-                              code="missing_required_parameter", param=param)
-    if kind == "json_invalid":
-        return error_response(400, "We could not parse the JSON body of your request. "
-                              "(HINT: This likely means you aren't using your HTTP library "
-                              "correctly.)", code="invalid_json", param=None)
-    message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
-    code = "invalid_type" if kind.endswith("_type") or "parsing" in kind else "invalid_value"
-    return error_response(400, message, code=code, param=param)
+    loc = tuple(first.get("loc", ()))
+    # FastAPI puts where the value came from first: the body, the query, the path...
+    error = invalid_request_of(first, loc[1:] if loc and loc[0] in _SOURCES else loc)
+    return JSONResponse(error.envelope(), status_code=error.status_code)
+
+
+_SOURCES = ("body", "query", "path", "header", "form")
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -61,7 +52,15 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 405:
         return error_response(405, "Method not allowed for this URL.", code="method_not_allowed",
                               headers=dict(exc.headers or {}))
-    return error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+    return error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}),
+                          code=getattr(exc, "code", None), param=getattr(exc, "param", None))
+
+
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    """The client went away mid-request: one line, no traceback; nobody reads the answer."""
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return error_response(400, "The client disconnected before the request was complete.",
+                          code="client_disconnected")
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -74,4 +73,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BatchdError, _batchd_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

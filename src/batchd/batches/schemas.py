@@ -153,6 +153,8 @@ class OutputExpiresAfter(BaseModel):
 class CreateBatchRequest(BaseModel):
     """The body of POST /v1/batches (strict: a typo in a field name is a 400, not ignored)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     input_file_id: str
     endpoint: str
     completion_window: str

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
+from batchd.chat import ChatCompletionRequest
 from batchd.store.records import ChunkPlan
 
 REQUIRED_KEYS = ("custom_id", "method", "url", "body")
+UTF8_BOM = b"\xef\xbb\xbf"
 # For quotas: output tokens assumed for a request that sets no maximum.
 DEFAULT_OUTPUT_TOKENS = 1024
 
@@ -32,6 +35,17 @@ def estimate_prompt_tokens(messages: object) -> int:
             content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
         total += 4 + len(str(content or "")) // 4
     return total
+
+
+def _output_tokens(body: dict[str, Any]) -> int:
+    """The most output tokens the line may take, read through the model that runs it (so a
+    `"max_tokens": "4900000"` is never counted as one thing and run as another). A body that
+    model refuses will not run: it fails alone, with its 400, and costs no output tokens."""
+    try:
+        request = ChatCompletionRequest.model_validate(body)
+    except ValidationError:
+        return 0
+    return request.output_limit or DEFAULT_OUTPUT_TOKENS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +106,8 @@ class InputValidator:
         start = self._offset
         self._offset += len(raw)
         self._line_no += 1
+        if start == 0 and raw.startswith(UTF8_BOM):  # as editors on Windows save files
+            raw, start = raw[len(UTF8_BOM):], len(UTF8_BOM)  # chunks begin after it
         if self.too_many or not raw.strip():
             return  # blank lines are not requests
         self._total += 1
@@ -174,10 +190,8 @@ class InputValidator:
                                      "each request in a batch needs a unique custom_id.")
         self._seen.add(digest)
         self._models.add(model)
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        output = limit if isinstance(limit, int) and limit > 0 else DEFAULT_OUTPUT_TOKENS
         self._tokens[served] = (self._tokens.get(served, 0)
-                                + estimate_prompt_tokens(body["messages"]) + output)
+                                + estimate_prompt_tokens(body["messages"]) + _output_tokens(body))
         return None
 
     def finish(self) -> ValidationOutcome:

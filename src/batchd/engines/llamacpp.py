@@ -107,6 +107,7 @@ class LlamaCppEngine:
             template=template,
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "")
+        self._n_vocab: int = self._llama.n_vocab()
         self._scheduler = Scheduler(self._llama, options)
         self.n_ctx = options.n_ctx
 
@@ -131,8 +132,11 @@ class LlamaCppEngine:
 
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if request.frequency_penalty or request.presence_penalty:
+            # The binding's signature (it also takes the vocabulary size), called as
+            # llama-cpp-python's own sampler does: penalise the last 64 tokens.
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_penalties(
-                64, 1.0, request.frequency_penalty or 0.0, request.presence_penalty or 0.0))
+                self._n_vocab, 64, 1.0, request.frequency_penalty or 0.0,
+                request.presence_penalty or 0.0))
         temperature = 1.0 if request.temperature is None else request.temperature
         if temperature <= 0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
@@ -154,6 +158,13 @@ class LlamaCppEngine:
                    done: Callable[[Sequence, BaseException | None], None],
                    cancelled: threading.Event) -> list[Sequence]:
         self._check(request)
+        limit = request.output_limit
+        if limit is not None and limit > self.n_ctx:
+            param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+            raise EngineRequestError(
+                f"{param} is too large: {limit}. This model's context holds at most "
+                f"{self.n_ctx} tokens, prompt and completion together.",
+                code="invalid_value", param=param)
         prompt = self._prompt(request)
         room = self.n_ctx - len(prompt)
         max_new = min(request.output_limit or room, room)

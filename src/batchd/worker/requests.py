@@ -13,7 +13,7 @@ from batchd.chat import ChatCompletionRequest, choice_object, completion_object
 from batchd.clock import Clock
 from batchd.engines.base import EngineRequestError, Priority
 from batchd.engines.registry import ModelRegistry
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, invalid_request_of
 from batchd.worker.watchdog import Guard
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,6 @@ class Outcome:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
-
-
-def _param(error: ValidationError) -> str | None:
-    first = error.errors()[0] if error.errors() else None
-    if not first or not first["loc"]:
-        return None
-    return ".".join(str(part) for part in first["loc"])
 
 
 async def run_request(
@@ -55,9 +48,9 @@ async def run_request(
     try:
         request = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
-        detail = exc.errors()[0]["msg"] if exc.errors() else str(exc)
-        return http_error(400, f"Invalid request body: {detail}.", code="invalid_value",
-                          param=_param(exc))
+        first = exc.errors()[0]
+        invalid = invalid_request_of(first, first["loc"])
+        return http_error(400, invalid.message, code=invalid.code, param=invalid.param)
     if request.stream:
         return http_error(400, "Streaming is not supported in the Batch API.",
                           code="streaming_unsupported", param="stream")
