@@ -8,11 +8,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchd.api.auth import Admin
+from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.errors import InvalidRequest, NotFound
 from batchd.store.records import ApiKey
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=AuthenticatedRoute)
 
 
 class KeyObject(BaseModel):
@@ -69,8 +70,8 @@ async def create_key(request: Request, admin: Admin, body: CreateKeyRequest) -> 
 
 @router.post("/keys/{key_id}/revoke", response_model=KeyObject)
 async def revoke_key(request: Request, admin: Admin, key_id: str) -> KeyObject:
-    keys = services(request).keys
-    if not await keys.revoke(key_id):
-        raise NotFound(f"No active key with id or name '{key_id}'.", param="key_id")
-    revoked = [k for k in await keys.list() if key_id in (k.id, k.name)]
-    return KeyObject.of(revoked[0])
+    """Revoke one key, named by its id (names are not unique)."""
+    revoked = await services(request).keys.revoke(key_id)
+    if revoked is None:
+        raise NotFound(f"No active key with id '{key_id}'.", param="key_id")
+    return KeyObject.of(revoked)

@@ -11,6 +11,7 @@ from batchd.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from batchd.settings import COMPLETION_WINDOWS
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, BatchStatus
+from batchd.store.sql import ActiveBatchLimit
 
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions",)
 KNOWN_ENDPOINTS = (
@@ -68,14 +69,6 @@ class BatchService:
                 code="invalid_value", param="completion_window",
             )
         metadata = check_metadata(request.metadata)
-        if max_concurrent is not None:
-            active = await self.store.count_active_batches(owner)
-            if active >= max_concurrent:
-                raise TooManyRequests(
-                    f"You have {active} unfinished batches, the most your tier allows at "
-                    "once; create this one when one of them has finished.",
-                    code="concurrent_batch_limit_exceeded",
-                    headers={"x-should-retry": "false"})
         now = int(self.clock.now())
         record = BatchRecord(
             id=ids.batch_id(), owner=owner, endpoint=request.endpoint,
@@ -85,7 +78,15 @@ class BatchService:
             output_expires_after=(request.output_expires_after.seconds
                                   if request.output_expires_after else None),
         )
-        return BatchObject.of(await self.store.insert_batch(record))
+        try:
+            stored = await self.store.insert_batch(record, max_active=max_concurrent)
+        except ActiveBatchLimit as over:
+            raise TooManyRequests(
+                f"You have {over.active} unfinished batches, the most your tier allows at "
+                "once; create this one when one of them has finished.",
+                code="concurrent_batch_limit_exceeded",
+                headers={"x-should-retry": "false"}) from over
+        return BatchObject.of(stored)
 
     async def _require(self, owner: str | None, batch_id: str) -> BatchRecord:
         record = await self.store.get_batch(batch_id, owner=owner)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from sqlalchemy import exists, func, or_, select, tuple_, update
+from sqlalchemy import exists, func, select, tuple_, update
 
 from batchd.store import tables as t
 from batchd.store.records import (
@@ -17,7 +17,7 @@ from batchd.store.records import (
     FileRecord,
     StopReason,
 )
-from batchd.store.sql import ACTIVE, as_row, owned, shielded
+from batchd.store.sql import ACTIVE, ActiveBatchLimit, as_row, owned, shielded
 from batchd.store.work import WorkStore
 
 
@@ -47,15 +47,16 @@ class MetadataStore(WorkStore):
             return [ApiKey.from_row(r) for r in rows]
 
     @shielded
-    async def revoke_key(self, key_id_or_name: str, *, now: int) -> int:
+    async def revoke_key(self, key_id: str, *, now: int) -> ApiKey | None:
+        """Revoke the active key with this id; None if there is none."""
         async with self._write() as conn:
-            result = await conn.execute(
+            row = (await conn.execute(
                 update(t.api_keys)
-                .where(or_(t.api_keys.c.id == key_id_or_name, t.api_keys.c.name == key_id_or_name))
-                .where(t.api_keys.c.revoked_at.is_(None))
+                .where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=now)
-            )
-            return result.rowcount
+                .returning(*t.api_keys.c)
+            )).mappings().first()
+        return ApiKey.from_row(row) if row else None
 
     # --- files ------------------------------------------------------------------------------
 
@@ -144,10 +145,27 @@ class MetadataStore(WorkStore):
     # --- batches ----------------------------------------------------------------------------
 
     @shielded
-    async def insert_batch(self, record: BatchRecord) -> BatchRecord:
+    async def insert_batch(self, record: BatchRecord, *,
+                           max_active: int | None = None) -> BatchRecord:
+        """Store a new batch. With `max_active`, only if its owner then has at most that many
+        unfinished batches (`ActiveBatchLimit` otherwise): counted and inserted in one
+        transaction, so racing creates cannot pass the limit together."""
         record = dataclasses.replace(record, seq=self._seq.next())
+        c = t.batches.c
         async with self._write() as conn:
+            if max_active is not None and conn.dialect.name == "postgresql":
+                # Creates of one owner queue here (several API processes may race).
+                await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(record.owner))))
+            # The insert comes first: on SQLite it takes the write lock, so the count below
+            # sees every other create of this owner.
             await conn.execute(t.batches.insert().values(**as_row(record)))
+            if max_active is not None:
+                active = (await conn.execute(
+                    select(func.count()).select_from(t.batches)
+                    .where(c.owner == record.owner, c.status.in_(ACTIVE))
+                )).scalar_one()
+                if active > max_active:
+                    raise ActiveBatchLimit(active=int(active) - 1, limit=max_active)
         return record
 
     async def get_batch(self, batch_id: str, *, owner: str | None) -> BatchRecord | None:

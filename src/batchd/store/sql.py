@@ -60,6 +60,14 @@ class QuotaExceeded(Exception):
                                                                  limit)
 
 
+class ActiveBatchLimit(Exception):
+    """Creating a batch would give its owner more unfinished batches than allowed."""
+
+    def __init__(self, *, active: int, limit: int) -> None:
+        super().__init__(active)
+        self.active, self.limit = active, limit
+
+
 class _Sequencer:
     """Strictly increasing creation numbers (microseconds, bumped on ties) for stable paging."""
 

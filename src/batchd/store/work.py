@@ -158,14 +158,6 @@ class WorkStore(SqlStore):
         return {name: int(n) for name, n in (await conn.execute(query)).all()}
 
 
-    async def count_active_batches(self, owner: str) -> int:
-        async with self._engine.connect() as conn:
-            n = (await conn.execute(
-                select(func.count()).select_from(t.batches)
-                .where(t.batches.c.owner == owner, t.batches.c.status.in_(ACTIVE))
-            )).scalar_one()
-        return int(n)
-
     @shielded
     async def fail_batch(
         self, batch_id: str, lease: Lease, *, errors: list[dict[str, Any]], now: int
