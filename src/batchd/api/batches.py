@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from batchd.api.auth import Caller
+from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.batches.schemas import BatchList, BatchObject, CreateBatchRequest
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], route_class=AuthenticatedRoute)
 
 
 @router.post("", response_model=BatchObject)

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from batchd.api.auth import Caller
+from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.batches.schemas import FileDeleted, FileList, FileObject
 from batchd.files import UPLOAD_PURPOSES
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], route_class=AuthenticatedRoute)
 
 
 # The body is parsed by hand (see batchd.upload_stream), so its schema is declared here.

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from batchd.api.auth import Caller
+from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.engines.registry import ModelRegistry
 from batchd.errors import NotFound
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=AuthenticatedRoute)
 
 
 class ModelObject(BaseModel):
