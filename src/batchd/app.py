@@ -11,13 +11,14 @@ from fastapi import FastAPI
 from batchd import __version__
 from batchd.api import admin, batches, chat, files, models
 from batchd.api.errors import install_error_handlers
-from batchd.api.middleware import BodyLimit, RateLimitHeaders
+from batchd.api.middleware import BodyLimit, BodyTimeout, RateLimitHeaders
 from batchd.api.state import Services
 from batchd.batches.lifecycle import BatchService
 from batchd.clock import Clock, SystemClock
 from batchd.engines.registry import ModelRegistry, load_models_file
 from batchd.files import FileService
 from batchd.keys import KeyService
+from batchd.limits.inflight import InFlight
 from batchd.limits.ratelimit import RateLimiter
 from batchd.limits.tiers import load_tiers
 from batchd.settings import Settings
@@ -47,7 +48,8 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
         files=FileService(store=store, blobs=blobs, clock=clock, settings=settings),
         batches=BatchService(store=store, clock=clock),
         keys=KeyService(store=store, clock=clock),
-        tiers=load_tiers(settings.tiers), rate_limiter=RateLimiter(),
+        tiers=load_tiers(settings.tiers), rate_limiter=RateLimiter(), auth_failures=RateLimiter(),
+        realtime=InFlight(per_key=settings.realtime_choices_per_key),
     )
 
 
@@ -94,6 +96,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

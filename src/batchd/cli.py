@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from batchd.errors import BatchdError
 from batchd.settings import Settings
 
 app = typer.Typer(help="batchd: a self-hosted, OpenAI-compatible Batch API for open LLMs.",
@@ -29,9 +30,16 @@ def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
+def _logging(settings: Settings) -> None:
+    from batchd.log_redaction import redact_root_handlers
+
+    logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_root_handlers(_secrets(settings))
+
+
+def _secrets(settings: Settings) -> tuple[str, ...]:
+    return (settings.api_key,) if settings.api_key else ()
 
 
 async def _bootstrap_key(settings: Settings) -> str | None:
@@ -50,8 +58,7 @@ async def _bootstrap_key(settings: Settings) -> str | None:
         keys = KeyService(store=store, clock=SystemClock())
         if await keys.list():
             return None
-        _, secret = await keys.create(name="default", owner="default", role="admin",
-                                      tier=ADMIN_TIER)
+        _, secret = await keys.create_operator_key(tier=ADMIN_TIER)
         return secret
     finally:
         await store.close()
@@ -74,11 +81,12 @@ def serve(
     import uvicorn
 
     from batchd.app import create_app
-    from batchd.server import CleanExitServer
+    from batchd.log_redaction import uvicorn_log_config
+    from batchd.server import CleanExitServer, protocol_with_header_timeout
 
     settings = _settings(host=host, port=port, data_dir=data_dir, models=models,
                          embedded_worker=worker)
-    _logging(settings.log_level)
+    _logging(settings)
     secret = asyncio.run(_bootstrap_key(settings))
     base_url = f"http://{settings.host}:{settings.port}/v1"
     typer.echo(f"batchd {base_url}")
@@ -89,6 +97,9 @@ def serve(
         typer.echo("Accepting the key in BATCHD_API_KEY.")
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             log_level=settings.log_level,
+                            log_config=uvicorn_log_config(_secrets(settings)),
+                            http=protocol_with_header_timeout(settings.header_timeout_seconds),
+                            timeout_keep_alive=settings.keepalive_timeout_seconds,
                             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
     CleanExitServer(config).run()
 
@@ -100,7 +111,7 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
     from batchd.app import close_services, open_services, start_worker
 
     settings = _settings(data_dir=data_dir, models=models)
-    _logging(settings.log_level)
+    _logging(settings)
 
     async def run() -> None:
         # Handlers first: a SIGTERM during start-up must still end in a clean exit.
@@ -166,8 +177,12 @@ def keys_create(
     if chosen not in tiers.tiers:
         typer.echo(f"unknown tier {chosen!r}; known: {', '.join(tiers.tiers)}", err=True)
         raise typer.Exit(2)
-    key, secret = _with_keys(_settings(data_dir=data_dir), lambda keys: keys.create(
-        name=name, owner=owner, role="admin" if admin else "user", tier=chosen))
+    try:
+        key, secret = _with_keys(_settings(data_dir=data_dir), lambda keys: keys.create(
+            name=name, owner=owner, role="admin" if admin else "user", tier=chosen))
+    except BatchdError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from exc
     typer.echo(f"{key.id}  owner={key.owner}  role={key.role}  tier={key.tier}")
     typer.echo(secret)
 
@@ -183,14 +198,20 @@ def keys_list(data_dir: DataDir = None) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(
-    key: Annotated[str, typer.Argument(help="Key id or name.")], data_dir: DataDir = None
+    key: Annotated[str, typer.Argument(help="Key id, or the name of exactly one active key.")],
+    data_dir: DataDir = None,
 ) -> None:
-    """Revoke a key; it stops working at once."""
-    n = _with_keys(_settings(data_dir=data_dir), lambda keys: keys.revoke(key))
-    if not n:
-        typer.echo(f"no active key {key!r}", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"revoked {n} key(s)")
+    """Revoke one key; it stops working at once."""
+
+    async def revoke(keys: Any) -> Any:
+        return await keys.revoke((await keys.resolve(key)).id)
+
+    try:
+        revoked = _with_keys(_settings(data_dir=data_dir), revoke)
+    except BatchdError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"revoked {revoked.id} ({revoked.name}, owner={revoked.owner})")
 
 
 @app.command("models")

@@ -16,6 +16,8 @@ from batchd.store.records import FileRecord
 from batchd.upload_stream import StreamedUpload, UploadForm
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+# The form fields an upload may have besides `file`.
+UPLOAD_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
 BATCH_FILE_EXPIRY = 30 * 24 * 3600
 
 
@@ -61,6 +63,7 @@ class FileService:
             open_writer=lambda: self.blobs.writer(key),
             limit_for=lambda purpose: self.upload_limit(purpose, tier_limit),
             too_large=_too_large,
+            known_fields=UPLOAD_FIELDS,
         ).receive(content_type, body)
         try:
             purpose, expires_after_seconds = _check_fields(form)

@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     api_key: str | None = Field(default=None, description="extra key accepted as owner 'default'")
     tiers: Path | None = Field(default=None, description="YAML file of service tiers")
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    auth_failures_per_minute: int = Field(
+        default=60, ge=1, description="failed authentications per client address per minute")
+    realtime_choices_per_key: int = Field(
+        default=8, ge=1, description="real-time completions one key may have generating at once")
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="time a client has to send a request's headers")
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait for the next piece of a request body")
+    keepalive_timeout_seconds: int = Field(
+        default=5, ge=1, description="idle connection kept open between requests")
     embedded_worker: bool = True
 
     max_requests_per_batch: int = Field(default=50_000, ge=1)

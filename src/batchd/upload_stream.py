@@ -5,7 +5,9 @@ to copy into the blob store: every byte written twice. Here python-multipart's s
 (the one Starlette uses) runs over the body as it arrives and the file part goes directly into
 a blob writer, in pieces of about 1 MiB written from a thread. The other fields (`purpose`,
 `expires_after[...]`) may come before or after the file — curl sends them in the order given —
-so they are checked once the body has ended; a refused upload leaves nothing behind.
+so they are checked once the body has ended; a refused upload leaves nothing behind. Only the
+fields the endpoint knows are taken, each once, and every byte of the body counts against the
+size limit: what a body can make the server hold is bounded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from batchd.errors import InvalidRequest
 
 _FLUSH = 1024 * 1024
 _MAX_FIELD = 64 * 1024
+# What a body may hold beyond its file: the few known fields, part headers and boundaries.
+_FRAMING = 64 * 1024
 
 
 def _missing(name: str) -> InvalidRequest:
@@ -52,8 +56,9 @@ class StreamedUpload:
 
     def __init__(self, *, open_writer: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
                  limit_for: Callable[[str | None], int],
-                 too_large: Callable[[int], Exception]) -> None:
+                 too_large: Callable[[int], Exception], known_fields: tuple[str, ...]) -> None:
         self._open_writer = open_writer
+        self._known_fields = known_fields  # besides `file`: any other field is a 400
         self._limit_for = limit_for  # the size limit, given the purpose if already known
         self._too_large = too_large
         self._headers: list[tuple[bytes, bytes]] = []
@@ -61,7 +66,8 @@ class StreamedUpload:
         self._part = _Part()
         self._fields: dict[str, str] = {}
         self._filename: str | None = None
-        self._size = 0
+        self._size = 0  # of the file
+        self._body_bytes = 0  # of the whole body: parts, headers and boundaries
         self._file_data = bytearray()  # received, not yet written
         self._file_ended = False
         self._writer: contextlib.AbstractContextManager[BinaryIO] | None = None
@@ -85,6 +91,7 @@ class StreamedUpload:
         })
         try:
             async for piece in body:
+                self._body_bytes += len(piece)
                 try:
                     parser.write(piece)
                 except ValueError as exc:  # python-multipart's parse errors are ValueErrors
@@ -125,12 +132,21 @@ class StreamedUpload:
                     self._part.name = options[b"name"].decode("utf-8", "replace")
                 if b"filename" in options:
                     self._part.filename = options[b"filename"].decode("utf-8", "replace")
-        if self._part.name == "file":
+        field_name = self._part.name
+        if field_name == "file":
             if self._filename is not None:
                 self._errors.append(InvalidRequest(
                     "Upload one file per request.", code="invalid_request", param="file"))
             self._part.is_file = True
             self._filename = self._part.filename or "upload"
+        elif field_name not in self._known_fields:
+            self._errors.append(InvalidRequest(
+                f"Unrecognized request argument supplied: {field_name or '(a part with no name)'}",
+                code="unknown_parameter", param=field_name))
+        elif field_name in self._fields:
+            self._errors.append(InvalidRequest(
+                f"The form field '{field_name}' is given more than once.",
+                code="invalid_request", param=field_name))
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
@@ -156,7 +172,7 @@ class StreamedUpload:
         if self._errors:
             raise self._errors[0]
         limit = self._limit_for(self._fields.get("purpose"))
-        if self._size > limit:
+        if self._size > limit or self._body_bytes > limit + _FRAMING:
             raise self._too_large(limit)
         if len(self._file_data) < _FLUSH and not (self._file_ended and self._file_data):
             return

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from batchd import ids
 from batchd.api.auth import Caller
+from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
-from batchd.chat import ChatCompletionRequest, choice_object, completion_object, usage_object
+from batchd.chat import (
+    SYSTEM_FINGERPRINT,
+    ChatCompletionRequest,
+    choice_object,
+    completion_object,
+    usage_object,
+)
 from batchd.engines.base import Delta, Engine, Usage
 from batchd.errors import NotFound
 
-router = APIRouter(prefix="/v1/chat", tags=["chat"])
+router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=AuthenticatedRoute)
+T = TypeVar("T")
 
 
 @router.post("/completions", response_model=None)
@@ -30,9 +42,12 @@ async def chat_completions(
     engine = svc.registry.engine_for(body.model)
     created = int(svc.clock.now())
     if body.stream:
-        return StreamingResponse(_sse(engine, body, created), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache"})
-    result = await engine.chat(body)
+        # Held until the last byte is sent; Starlette cancels the stream on disconnect.
+        release = svc.realtime.acquire(caller.key_id, body.n)
+        return _HeldStream(_sse(engine, body, created), release=release,
+                           media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    with svc.realtime.hold(caller.key_id, body.n):
+        result = await _unless_disconnected(request, engine.chat(body))
     return completion_object(
         model=body.model, created=created,
         choices=[choice_object(index=i, text=c.text, finish_reason=c.finish_reason,
@@ -42,6 +57,45 @@ async def chat_completions(
     )
 
 
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; if the client goes away first, `work` is cancelled (an abandoned
+    generation would otherwise hold engine slots other callers are waiting for)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _HeldStream(StreamingResponse):
+    """A stream that gives back what its caller held once it ends, however it ends."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, release: Callable[[], None],
+                 media_type: str, headers: dict[str, str]) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 async def _sse(engine: Engine, body: ChatCompletionRequest, created: int) -> AsyncIterator[bytes]:
     completion_id = ids.chat_completion_id()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -49,7 +103,7 @@ async def _sse(engine: Engine, body: ChatCompletionRequest, created: int) -> Asy
     def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
         payload: dict[str, Any] = {
             "id": completion_id, "object": "chat.completion.chunk", "created": created,
-            "model": body.model, "system_fingerprint": None, "choices": choices,
+            "model": body.model, "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices,
         }
         if include_usage:
             payload["usage"] = usage

@@ -1,12 +1,24 @@
-"""Pure ASGI middleware: request body limits, and rate-limit headers on every response."""
+"""Pure ASGI middleware: request body limits and timeouts, and rate-limit headers on every
+response."""
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchd.api.errors import error_response
+
+
+class BodyRefused(HTTPException):
+    """A body refused while it arrives, with OpenAI's error code for it."""
+
+    def __init__(self, status: int, message: str, *, code: str, param: str | None) -> None:
+        super().__init__(status, detail=message)
+        self.code = code
+        self.param = param
 
 
 class BodyLimit:
@@ -41,8 +53,9 @@ class BodyLimit:
                 if seen > limit:
                     # An HTTPException passes through FastAPI's body parsing untouched and
                     # reaches the error envelope handler.
-                    status, message_text, _ = _refusal(upload, limit)
-                    raise HTTPException(status, detail=message_text)
+                    status, message_text, code = _refusal(upload, limit)
+                    raise BodyRefused(status, message_text, code=code,
+                                      param="file" if upload else None)
             return message
 
         await self.app(scope, counting_receive, send)
@@ -63,6 +76,39 @@ def _refusal(upload: bool, limit: int) -> tuple[int, str, str]:
                 "file_too_large")
     return 413, f"The request body is larger than the limit of {limit:,} bytes.", \
         "request_too_large"
+
+
+class BodyTimeout:
+    """A request body must keep coming: a wait of more than `seconds` for its next piece ends
+    the request with a 408 (a client that sends half a body and stops would otherwise hold a
+    connection and, for an upload, a blob writer forever). Once the body is complete the app
+    may wait on `receive` as long as it likes (that is how it learns of a disconnect)."""
+
+    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.seconds)
+            except TimeoutError:
+                raise BodyRefused(408, f"The request body did not arrive within "
+                                  f"{self.seconds:g} seconds of its last piece.",
+                                  code="request_timeout", param=None) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        await self.app(scope, timed_receive, send)
 
 
 class RateLimitHeaders:

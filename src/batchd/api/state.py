@@ -11,6 +11,7 @@ from batchd.clock import Clock
 from batchd.engines.registry import ModelRegistry
 from batchd.files import FileService
 from batchd.keys import KeyService
+from batchd.limits.inflight import InFlight
 from batchd.limits.ratelimit import RateLimiter
 from batchd.limits.tiers import TiersFile
 from batchd.settings import Settings
@@ -29,7 +30,9 @@ class Services:
     batches: BatchService
     keys: KeyService
     tiers: TiersFile
-    rate_limiter: RateLimiter
+    rate_limiter: RateLimiter  # requests per minute, per key
+    auth_failures: RateLimiter  # failed authentications, per client address
+    realtime: InFlight  # real-time choices being generated, per key
 
 
 def services(request: Request) -> Services:
