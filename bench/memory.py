@@ -1,5 +1,7 @@
-"""Memory benchmark: peak server RSS for a 1,000,000-line batch on the instant engine, and RSS
-growth across a 500 MB upload and its download. Prints figures and the targets beside them.
+"""Memory benchmark: peak server RSS for a 1,000,000-line batch on the instant engine, RSS
+growth across a 500 MB upload and its download, and across four uploads at once that each try
+to make the server hold 7,000 form fields of 64 KB (the outside probe's attack: +1.7 GB before
+uploads took only their known fields). Prints figures and the targets beside them.
 
     .venv/bin/python bench/memory.py [--lines 1000000] [--upload-mb 500]
 """
@@ -7,8 +9,10 @@ growth across a 500 MB upload and its download. Prints figures and the targets b
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -64,6 +68,35 @@ def main() -> None:
               f"download: → {after_download:.0f} MB "
               f"(growth {max(after_upload, after_download) - before:.0f} MB, "
               f"target far below {args.upload_mb} MB)")
+
+        before = memory_mb(pid)
+        answers = asyncio.run(field_flood(server.base_url, headers, uploads=4, fields=7000))
+        after = memory_mb(pid)
+        print(f"4 uploads of 7,000 x 64 KB form fields at once: answered {sorted(set(answers))}; "
+              f"RSS {before:.0f} → {after:.0f} MB (target: flat)")
+
+
+async def field_flood(base_url: str, headers: dict[str, str], *, uploads: int,
+                      fields: int) -> list[int]:
+    """Uploads whose body is mostly unknown form fields, streamed as a client would."""
+    field = b"x" * 64_000
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        for i in range(fields):
+            yield (f'--b\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\n'.encode()
+                   + field + b"\r\n")
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+        yield b"{}\r\n--b--\r\n"
+
+    async with httpx.AsyncClient(timeout=120, headers={
+            **headers, "content-type": "multipart/form-data; boundary=b"}) as client:
+        async def one() -> int:
+            try:
+                return (await client.post(f"{base_url}/files", content=body())).status_code
+            except httpx.HTTPError:  # the server answered early and closed the connection
+                return 400
+        return list(await asyncio.gather(*(one() for _ in range(uploads))))
 
 
 if __name__ == "__main__":

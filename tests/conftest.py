@@ -105,3 +105,27 @@ async def harness(settings: Settings) -> AsyncIterator[Harness]:
         async with httpx.AsyncClient(transport=transport, base_url="http://batchd",
                                      headers={"Authorization": f"Bearer {API_KEY}"}) as client:
             yield Harness(client=client, worker=worker, clock=clock, settings=settings)
+
+
+class Tenants:
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+        self.clients: list[httpx.AsyncClient] = []
+
+    async def client(self, name: str, *, tier: str = "core", role: str = "user",
+                     owner: str | None = None) -> httpx.AsyncClient:
+        keys = self.harness.client._transport.app.state.services.keys  # type: ignore[attr-defined]
+        _, secret = await keys.create(name=name, owner=owner, tier=tier, role=role)
+        client = httpx.AsyncClient(transport=self.harness.client._transport,
+                                   base_url="http://batchd",
+                                   headers={"Authorization": f"Bearer {secret}"})
+        self.clients.append(client)
+        return client
+
+
+@pytest.fixture
+async def tenants(harness: Harness) -> AsyncIterator[Tenants]:
+    tenants = Tenants(harness)
+    yield tenants
+    for client in tenants.clients:
+        await client.aclose()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +15,22 @@ from tests.conftest import INSTANT_MODELS
 from tests.e2e.conftest import start_server, stop_server
 
 AUTH = {}
+BASE = {}
+
+
+def with_lone_surrogate(body: Any) -> Any | None:
+    """`body` with a lone surrogate added to its first string value; None if it has none."""
+    if isinstance(body, str):
+        return body + "\ud800"
+    items = body.items() if isinstance(body, dict) else enumerate(body) \
+        if isinstance(body, list) else ()
+    for key, value in items:
+        poisoned = with_lone_surrogate(value)
+        if poisoned is not None:
+            copy = dict(body) if isinstance(body, dict) else list(body)
+            copy[key] = poisoned
+            return copy
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +40,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
     server = start_server(root / "data", root / "server.log", models=root / "models.yaml")
     AUTH["Authorization"] = f"Bearer {server.api_key}"
     base = server.base_url.removesuffix("/v1")
+    BASE["url"] = base
     try:
         yield schemathesis.openapi.from_url(f"{base}/openapi.json")
     finally:
@@ -43,6 +63,16 @@ def test_no_request_gets_a_server_error(api_schema: schemathesis.BaseSchema) -> 
                                                  response.text)
             if response.status_code >= 400:  # every error is the OpenAI envelope
                 assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+            # The same request with a string that is not Unicode: a 400 naming where it is.
+            poisoned = with_lone_surrogate(case.body) if case.media_type == "application/json" \
+                else None
+            if poisoned is not None:
+                answer = httpx.request(
+                    case.method, BASE["url"] + case.formatted_path, params=case.query,
+                    content=json.dumps(poisoned).encode(), timeout=30,
+                    headers={**AUTH, "content-type": "application/json"})
+                assert answer.status_code < 500, (case.method, case.formatted_path, answer.text)
+                assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
 
         no_server_error()
         checked.append(operation.label)

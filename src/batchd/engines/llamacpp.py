@@ -12,6 +12,8 @@ again. Cancelling the awaiting task drops its sequence at the next step.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import importlib.util
 import random
 import threading
@@ -88,10 +90,22 @@ class LlamaCppOptions(BaseModel):
         return self
 
 
+@functools.cache
+def _close_devnull_at_exit() -> None:
+    """llama-cpp-python opens two /dev/null files when imported and never closes them, so every
+    process that loaded it ended with two ResourceWarnings: close them on the way out."""
+    from llama_cpp import _utils
+
+    atexit.register(_utils.outnull_file.close)
+    atexit.register(_utils.errnull_file.close)
+
+
 class LlamaCppEngine:
     def __init__(self, options: LlamaCppOptions) -> None:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        _close_devnull_at_exit()
 
         self.options = options
         path = options.model_path or default_model_path()
