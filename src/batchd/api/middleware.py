@@ -13,10 +13,11 @@ from batchd.api.errors import error_response
 
 
 class BodyRefused(HTTPException):
-    """A body refused while it arrives, with OpenAI's error code for it."""
+    """A body refused while it arrives, with OpenAI's error code for it. The rest of the body
+    is never read, so the connection closes with the answer."""
 
     def __init__(self, status: int, message: str, *, code: str, param: str | None) -> None:
-        super().__init__(status, detail=message)
+        super().__init__(status, detail=message, headers={"connection": "close"})
         self.code = code
         self.param = param
 
