@@ -13,6 +13,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 .PHONY: install serve test lint bench clean
 
 $(STAMP): pyproject.toml
+	@echo "Installing batchd into $(VENV): the first install compiles llama.cpp from source (about 8 minutes on 2 cores); later ones reuse pip's cache."
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -27,7 +28,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-test: lint
+# The browser tests drive Debian's Chromium; a fresh machine gets it from the OS registry.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@echo "Installing Debian's chromium package for the browser tests (once)."
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: lint $(CHROMIUM)
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)

@@ -7,15 +7,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from batchd import __version__
 from batchd.api import admin, batches, chat, files, models
 from batchd.api.errors import install_error_handlers
-from batchd.api.middleware import BodyLimit, BodyTimeout, RateLimitHeaders
+from batchd.api.middleware import BodyLimit, BodyTimeout, DocsContentPolicy, RateLimitHeaders
 from batchd.api.state import Services
 from batchd.batches.lifecycle import BatchService
 from batchd.clock import Clock, SystemClock
-from batchd.engines.registry import ModelRegistry, load_models_file
+from batchd.engines.registry import ModelRegistry, load_registry
 from batchd.files import FileService
 from batchd.keys import KeyService
 from batchd.limits.inflight import InFlight
@@ -41,7 +42,7 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
     blobs = LocalBlobStore(settings.blob_dir)
     blobs.sweep_temporary()
     if registry is None:
-        registry = ModelRegistry(load_models_file(settings.models), created=int(clock.now()))
+        registry = load_registry(settings.models, created=int(clock.now()))
         await registry.start()
     return Services(
         settings=settings, clock=clock, store=store, blobs=blobs, registry=registry,
@@ -88,8 +89,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
                 identity.close()
             await close_services(svc)
 
-    app = FastAPI(title="batchd", version=__version__, lifespan=lifespan,
-                  description="A self-hosted, OpenAI-compatible Batch API for open LLMs.")
+    # /docs and /redoc load Swagger UI and ReDoc from the installed package, never a CDN:
+    # batchd runs on machines without internet.
+    app = FastAPIOffline(title="batchd", version=__version__, lifespan=lifespan,
+                         description="A self-hosted, OpenAI-compatible Batch API for open LLMs.")
     install_error_handlers(app)
     for module in (files, batches, models, chat, admin):
         app.include_router(module.router)
@@ -97,6 +100,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)
+    app.add_middleware(DocsContentPolicy, paths=("/docs", "/redoc"))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -27,7 +27,38 @@ ModelsOpt = Annotated[Path | None, typer.Option(
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """The settings, from flags and BATCHD_* variables; a wrong value is one line per
+    problem and exit status 2."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        _fail([f"BATCHD_{str(e['loc'][0]).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+               for e in exc.errors()])
+
+
+def _fail(problems: list[str], status: int = 2) -> NoReturn:
+    for line in problems:
+        typer.echo(line, err=True)
+    raise typer.Exit(status)
+
+
+def _checked(settings: Settings) -> None:
+    """Read and check the models and tiers files before anything starts (no engine is
+    loaded): every mistake is one line naming the file, the model and the key."""
+    from batchd.config_problems import ConfigError
+    from batchd.engines.registry import load_registry
+    from batchd.limits.tiers import load_tiers
+
+    problems: list[str] = []
+    for check in (lambda: load_registry(settings.models), lambda: load_tiers(settings.tiers)):
+        try:
+            check()
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        _fail(problems)
 
 
 def _logging(settings: Settings) -> None:
@@ -82,10 +113,20 @@ def serve(
 
     from batchd.app import create_app
     from batchd.log_redaction import uvicorn_log_config
-    from batchd.server import CleanExitServer, protocol_with_header_timeout
+    from batchd.server import (
+        CleanExitServer,
+        PortUnavailable,
+        listen,
+        protocol_with_header_timeout,
+    )
 
     settings = _settings(host=host, port=port, data_dir=data_dir, models=models,
                          embedded_worker=worker)
+    _checked(settings)
+    try:
+        listener = listen(settings.host, settings.port)
+    except PortUnavailable as exc:
+        _fail([str(exc)])
     _logging(settings)
     secret = asyncio.run(_bootstrap_key(settings))
     base_url = f"http://{settings.host}:{settings.port}/v1"
@@ -101,7 +142,7 @@ def serve(
                             http=protocol_with_header_timeout(settings.header_timeout_seconds),
                             timeout_keep_alive=settings.keepalive_timeout_seconds,
                             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
-    CleanExitServer(config).run()
+    CleanExitServer(config).run(sockets=[listener])
 
 
 
@@ -111,6 +152,7 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
     from batchd.app import close_services, open_services, start_worker
 
     settings = _settings(data_dir=data_dir, models=models)
+    _checked(settings)
     _logging(settings)
 
     async def run() -> None:
@@ -166,13 +208,13 @@ def keys_create(
         help="YAML file of service tiers (default: built-in kluster-like tiers).")] = None,
 ) -> None:
     """Create a key and print its secret (shown only this once)."""
-    from batchd.limits.tiers import TierError, load_tiers
+    from batchd.config_problems import ConfigError
+    from batchd.limits.tiers import load_tiers
 
     try:
         tiers = load_tiers(tiers_file)
-    except TierError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
+    except ConfigError as exc:
+        _fail(exc.problems)
     chosen = tier or tiers.default_tier
     if chosen not in tiers.tiers:
         typer.echo(f"unknown tier {chosen!r}; known: {', '.join(tiers.tiers)}", err=True)
@@ -217,13 +259,13 @@ def keys_revoke(
 @app.command("models")
 def models_command(models: ModelsOpt = None) -> None:
     """List the models (ids and aliases) the configuration serves."""
-    from batchd.engines.registry import ConfigError, ModelRegistry, load_models_file
+    from batchd.config_problems import ConfigError
+    from batchd.engines.registry import load_registry
 
     try:
-        registry = ModelRegistry(load_models_file(models))
+        registry = load_registry(models)
     except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
+        _fail(exc.problems)
     for entry in registry.config.models:
         aliases = f"  (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
         typer.echo(f"{entry.id}  engine={entry.engine}{aliases}")

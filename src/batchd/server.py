@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
+import socket
 from collections.abc import Iterator
 
 import h11
+import psutil
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -75,3 +78,46 @@ class HeaderTimeoutProtocol(H11Protocol):
 
 def protocol_with_header_timeout(seconds: float) -> type[H11Protocol]:
     return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
+
+
+class PortUnavailable(Exception):
+    """The address cannot be listened on; the message says why and what to do."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything else starts, so that a port in use
+    is one clear line (naming the process that holds it, when it can be seen) instead of
+    uvicorn's error after the whole application has started."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise PortUnavailable(f"cannot listen on {host!r}: {exc.strerror}; set --host or "
+                              "BATCHD_HOST to an address of this machine") from exc
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            holder = _listener_of(port)
+            raise PortUnavailable(
+                f"port {port} on {host} is already in use{f' by {holder}' if holder else ''}; "
+                "choose another with --port or BATCHD_PORT") from exc
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+def _listener_of(port: int) -> str | None:
+    """'process 1234 (python -m http.server)' for whoever listens on `port`, if visible."""
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port \
+                    and conn.pid:
+                process = psutil.Process(conn.pid)
+                command = " ".join(process.cmdline()[:4]) or process.name()
+                return f"process {conn.pid} ({command})"
+    except (psutil.Error, OSError):
+        pass
+    return None

@@ -134,3 +134,28 @@ class RateLimitHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class DocsContentPolicy:
+    """The documentation pages may load only what the server itself serves: the ReDoc bundle
+    hard-codes an image on redoc's CDN, which a machine without internet could never fetch
+    (and a machine with it should not be told about)."""
+
+    POLICY = ("default-src 'self'; img-src 'self' data:; script-src 'self' 'unsafe-inline'; "
+              "style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; connect-src 'self'")
+
+    def __init__(self, app: ASGIApp, *, paths: tuple[str, ...]) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["content-security-policy"] = self.POLICY
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from batchd.chat import ChatCompletionRequest
 from batchd.engines.base import (
@@ -82,6 +82,14 @@ class LlamaCppOptions(BaseModel):
     """Shortest common prefix worth reusing. Short chats share little more than the chat
     template and a one-line system prompt (19 of 31 tokens in bench/throughput.py's short
     workload), and reusing even that much cut the tokens to evaluate by a fifth."""
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} does not exist" if not path.exists()
+                             else f"{path} is not a file")
+        return path
 
     @model_validator(mode="after")
     def _kv_holds_one_request(self) -> LlamaCppOptions:

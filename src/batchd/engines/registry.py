@@ -1,6 +1,7 @@
 """Served models: read from the YAML models file, each bound to an engine by name.
 
-Built-in engines register through the same table a plugin would use (`ENGINE_FACTORIES`).
+Every entry is checked before any engine starts: all mistakes are reported at once, one line
+each, naming the model and the key.
 """
 
 from __future__ import annotations
@@ -8,40 +9,46 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from batchd.config_problems import ConfigError, key_problems, read_yaml
 from batchd.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
-# A factory gets the entry's engine options and its id; each engine module is imported only
-# when a model uses it (llama_cpp is heavy).
-EngineFactory = Callable[[dict[str, Any], str], Engine]
+@dataclass(frozen=True)
+class EngineKind:
+    """An engine's options model and how to build it from validated options and a model id."""
+
+    options: type[BaseModel]
+    build: Callable[[Any, str], Engine]
 
 
-def _instant(options: dict[str, Any], model_id: str) -> Engine:
+# Each engine module is imported only when a model uses it (llama_cpp is heavy).
+def _instant() -> EngineKind:
     from batchd.engines.instant import InstantEngine, InstantOptions
 
-    return InstantEngine(InstantOptions.model_validate(options))
+    return EngineKind(InstantOptions, lambda options, _id: InstantEngine(options))
 
 
-def _llamacpp(options: dict[str, Any], model_id: str) -> Engine:
+def _llamacpp() -> EngineKind:
     from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
 
-    return LlamaCppEngine(LlamaCppOptions.model_validate(options))
+    return EngineKind(LlamaCppOptions, lambda options, _id: LlamaCppEngine(options))
 
 
-def _upstream(options: dict[str, Any], model_id: str) -> Engine:
+def _upstream() -> EngineKind:
     from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 
-    return UpstreamEngine(UpstreamOptions.model_validate(options), model_id=model_id)
+    return EngineKind(UpstreamOptions,
+                      lambda options, model_id: UpstreamEngine(options, model_id=model_id))
 
 
-ENGINE_FACTORIES: dict[str, EngineFactory] = {
+ENGINES: dict[str, Callable[[], EngineKind]] = {
     "instant": _instant, "llamacpp": _llamacpp, "upstream": _upstream}
 
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
@@ -68,40 +75,74 @@ class ModelsFile(BaseModel):
     models: list[ModelConfig] = Field(min_length=1)
 
 
-class ConfigError(Exception):
-    """The models file is unreadable or wrong; the message says where."""
+def load_registry(path: Path | None, *, created: int = 0) -> ModelRegistry:
+    """The registry of a models file (None: the built-in default), every entry checked; a
+    ConfigError's lines name the file."""
+    try:
+        return ModelRegistry(load_models_file(path), created=created)
+    except ConfigError as exc:
+        raise exc.within(str(path) if path else "built-in models") from None
 
 
 def load_models_file(path: Path | None) -> ModelsFile:
+    """The models file, its entries checked one by one so that every broken entry is
+    reported (not only the first)."""
     if path is None:
         return ModelsFile(models=[ModelConfig(id=DEFAULT_MODEL_ID, engine="llamacpp")])
-    try:
-        raw = yaml.safe_load(path.read_text())
-        return ModelsFile.model_validate(raw)
-    except OSError as exc:
-        raise ConfigError(f"cannot read models file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"models file {path} is not valid YAML: {exc}") from exc
-    except ValidationError as exc:
-        raise ConfigError(f"models file {path} is invalid:\n{exc}") from exc
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list) or \
+            not raw["models"]:
+        raise ConfigError(["expected a mapping with a non-empty list under 'models:'"])
+    problems = [f"unknown key {key!r}" for key in raw if key != "models"]
+    entries = []
+    for n, entry in enumerate(raw["models"]):
+        try:
+            entries.append(ModelConfig.model_validate(entry))
+        except ValidationError as exc:
+            name = entry.get("id") if isinstance(entry, dict) else None
+            where = f"model {name!r}" if isinstance(name, str) else f"models[{n}]"
+            problems += [f"{where}: {line}" for line in key_problems(exc)]
+    if problems and entries:  # the well-formed entries' own mistakes, in the same report
+        try:
+            ModelRegistry(ModelsFile(models=entries))
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return ModelsFile(models=entries)
 
 
 class ModelRegistry:
     """Maps every served id and alias to its model entry and (once started) its engine."""
 
     def __init__(self, config: ModelsFile, *, created: int = 0) -> None:
+        """Checks every entry (engine, names, engine options) and raises one ConfigError
+        listing all that is wrong; no engine is started here."""
         self.config = config
         self.created = created
         self._by_name: dict[str, ModelConfig] = {}
+        self._kinds: dict[str, EngineKind] = {}
+        self._options: dict[str, BaseModel] = {}
+        problems: list[str] = []
         for entry in config.models:
-            if entry.engine not in ENGINE_FACTORIES:
-                known = ", ".join(sorted(ENGINE_FACTORIES))
-                raise ConfigError(f"model {entry.id!r}: unknown engine {entry.engine!r} "
-                                  f"(known: {known})")
+            where = f"model {entry.id!r}"
             for name in (entry.id, *entry.aliases):
                 if name in self._by_name:
-                    raise ConfigError(f"model name {name!r} is listed twice")
+                    problems.append(f"{where}: the name {name!r} is listed twice")
                 self._by_name[name] = entry
+            kind = ENGINES.get(entry.engine)
+            if kind is None:
+                problems.append(f"{where}: unknown engine {entry.engine!r} "
+                                f"(known: {', '.join(sorted(ENGINES))})")
+                continue
+            self._kinds[entry.id] = kind()
+            try:
+                self._options[entry.id] = self._kinds[entry.id].options.model_validate(
+                    entry.options)
+            except ValidationError as exc:
+                problems += [f"{where}: {line}" for line in key_problems(exc)]
+        if problems:
+            raise ConfigError(problems)
         self._engines: dict[str, Engine] = {}
         self._restart_lock = asyncio.Lock()
 
@@ -123,11 +164,10 @@ class ModelRegistry:
     async def start(self) -> None:
         """Build every engine (loading weights off the event loop)."""
         for entry in self.config.models:
-            factory = ENGINE_FACTORIES[entry.engine]
-            try:
-                self._engines[entry.id] = await asyncio.to_thread(factory, entry.options, entry.id)
-            except ValidationError as exc:
-                raise ConfigError(f"model {entry.id!r}: bad engine options:\n{exc}") from exc
+            self._engines[entry.id] = await asyncio.to_thread(self._build, entry.id)
+
+    def _build(self, model_id: str) -> Engine:
+        return self._kinds[model_id].build(self._options[model_id], model_id)
 
     def engine_for(self, name: str) -> Engine:
         entry = self._by_name[name]
@@ -141,8 +181,7 @@ class ModelRegistry:
             if self._engines.get(entry.id) is not broken:
                 return  # already replaced
             log.error("restarting the engine of model %r after a hang or crash", entry.id)
-            factory = ENGINE_FACTORIES[entry.engine]
-            self._engines[entry.id] = await asyncio.to_thread(factory, entry.options, entry.id)
+            self._engines[entry.id] = await asyncio.to_thread(self._build, entry.id)
         await broken.aclose()
 
     async def aclose(self) -> None:

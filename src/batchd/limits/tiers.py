@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from batchd.config_problems import ConfigError, key_problems, read_yaml
 
 GIB = 1024 * 1024 * 1024
 
@@ -52,20 +53,16 @@ DEFAULT_TIERS = TiersFile(
 ADMIN_TIER = "enterprise"
 
 
-class TierError(Exception):
-    pass
-
-
 def load_tiers(path: Path | None) -> TiersFile:
     if path is None:
         return DEFAULT_TIERS
     try:
-        loaded = TiersFile.model_validate(yaml.safe_load(path.read_text()))
-    except OSError as exc:
-        raise TierError(f"cannot read tiers file {path}: {exc.strerror}") from exc
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise TierError(f"tiers file {path} is invalid:\n{exc}") from exc
+        loaded = TiersFile.model_validate(read_yaml(path))
+    except ConfigError as exc:
+        raise exc.within(str(path)) from None
+    except ValidationError as exc:
+        raise ConfigError(key_problems(exc)).within(str(path)) from exc
     if loaded.default_tier not in loaded.tiers:
-        raise TierError(f"tiers file {path}: default_tier {loaded.default_tier!r} is not "
-                        "one of its tiers")
+        raise ConfigError([f"{path}: default_tier {loaded.default_tier!r} is not one of its "
+                           f"tiers ({', '.join(loaded.tiers)})"])
     return loaded
