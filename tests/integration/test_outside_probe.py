@@ -334,3 +334,22 @@ async def test_chat_requests_openai_would_refuse(harness: Harness) -> None:
     ok = await harness.client.post(ENDPOINT, json={
         "model": "instant-model", "messages": [{"role": "user", "content": "x"}]})
     assert isinstance(ok.json()["system_fingerprint"], str)
+
+
+async def test_a_stream_that_breaks_inside_reports_no_internal_text(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchd.engines.instant import InstantEngine
+
+    async def broken(*_args: object, **_kwargs: object) -> AsyncIterator[object]:
+        raise RuntimeError("this function takes at least 5 arguments (4 given)")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(InstantEngine, "chat_stream", broken)
+    response = await harness.client.post(ENDPOINT, json={
+        "model": "instant-model", "messages": [{"role": "user", "content": "x"}],
+        "stream": True})
+    events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "internal_error" and "arguments" not in error["message"]
+    assert events[-1] == "[DONE]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -25,10 +26,11 @@ from batchd.chat import (
     usage_object,
 )
 from batchd.engines.base import Delta, Engine, Usage
-from batchd.errors import NotFound
+from batchd.errors import BatchdError, NotFound, ServerError
 
 router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=AuthenticatedRoute)
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @router.post("/completions", response_model=None)
@@ -121,8 +123,11 @@ async def _sse(engine: Engine, body: ChatCompletionRequest, created: int) -> Asy
             elif isinstance(event, Usage) and include_usage:
                 yield chunk([], usage_object(event.prompt_tokens, event.completion_tokens,
                                              event.cached_tokens))
-    except Exception as exc:  # headers are sent: report in-band, as OpenAI does
-        error = {"error": {"message": str(exc), "type": "server_error", "param": None,
-                           "code": getattr(exc, "code", None)}}
-        yield b"data: " + orjson.dumps(error) + b"\n\n"
+    except BatchdError as exc:  # headers are sent: report in-band, as OpenAI does
+        yield b"data: " + orjson.dumps(exc.envelope()) + b"\n\n"
+    except Exception:  # an internal failure's text is the log's, not the client's
+        log.exception("a streamed chat completion failed")
+        error = ServerError("The server had an error while processing your request.",
+                            code="internal_error")
+        yield b"data: " + orjson.dumps(error.envelope()) + b"\n\n"
     yield b"data: [DONE]\n\n"
