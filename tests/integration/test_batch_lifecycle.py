@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
+import pytest
 
 from batchd.app import create_app
 from batchd.settings import Settings
@@ -216,3 +218,21 @@ async def test_the_running_worker_is_woken_through_every_step_without_polling(
             batch = (await client.get(f"/v1/batches/{created['id']}")).json()
     assert batch["status"] == "completed", batch
     assert batch["request_counts"] == {"total": 12, "completed": 12, "failed": 0}
+
+
+async def test_a_cancel_that_lands_while_the_file_is_read_ends_at_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Validation that finds the batch cancelled under it hands the batch over at once; it
+    used to keep its lease until it ran out (30 s) before anyone could finish the cancel."""
+    store = harness.worker.ctx.store
+    start_batch = store.start_batch
+
+    async def cancelled_meanwhile(batch_id: str, *args: Any, **kwargs: Any) -> bool:
+        await store.request_cancel(batch_id, owner=None, now=int(harness.clock.now()))
+        return await start_batch(batch_id, *args, **kwargs)
+
+    monkeypatch.setattr(store, "start_batch", cancelled_meanwhile)
+    batch = await harness.create_batch(await harness.upload([batch_line("a")]))
+    await harness.worker.drain()  # the manual clock never lets a lease run out
+    assert (await harness.batch(batch["id"]))["status"] == "cancelled"

@@ -136,10 +136,11 @@ async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
     now = int(ctx.clock.now())
     if outcome.ok:
         try:
-            await ctx.store.start_batch(
-                batch.id, lease, plans=outcome.plans, total=outcome.total, model=outcome.model,
-                tokens=outcome.tokens, token_limit=tier.enqueued_tokens_per_model if tier else None,
-                now=now)
+            if not await ctx.store.start_batch(
+                    batch.id, lease, plans=outcome.plans, total=outcome.total,
+                    model=outcome.model, tokens=outcome.tokens,
+                    token_limit=tier.enqueued_tokens_per_model if tier else None, now=now):
+                await _hand_over(ctx, batch, lease)
             return
         except QuotaExceeded as over:
             outcome.errors.append(LineError(
@@ -149,9 +150,16 @@ async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
                         f"by your unfinished batches, over the limit of {over.limit:,}. Try "
                         "again once some of them finish.",
             ))
-    if outcome.errors:
-        await ctx.store.fail_batch(batch.id, lease, errors=[e.as_dict() for e in outcome.errors],
-                                   now=now)
+    if outcome.errors and not await ctx.store.fail_batch(
+            batch.id, lease, errors=[e.as_dict() for e in outcome.errors], now=now):
+        await _hand_over(ctx, batch, lease)
+
+
+async def _hand_over(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None:
+    """The batch was cancelled (or expired) while its file was being read: give its lease
+    back now, so that assembly takes it at once instead of after the lease runs out (a
+    cancel right after create used to take one lease length, ~30 s)."""
+    await ctx.store.release_batch_lease(batch.id, lease)
 
 
 # --- assembly --------------------------------------------------------------------------------
