@@ -223,8 +223,7 @@ def keys_create(
         key, secret = _with_keys(_settings(data_dir=data_dir), lambda keys: keys.create(
             name=name, owner=owner, role="admin" if admin else "user", tier=chosen))
     except BatchdError as exc:
-        typer.echo(exc.message, err=True)
-        raise typer.Exit(2) from exc
+        _fail([exc.message])
     typer.echo(f"{key.id}  owner={key.owner}  role={key.role}  tier={key.tier}")
     typer.echo(secret)
 
@@ -251,8 +250,7 @@ def keys_revoke(
     try:
         revoked = _with_keys(_settings(data_dir=data_dir), revoke)
     except BatchdError as exc:
-        typer.echo(exc.message, err=True)
-        raise typer.Exit(1) from exc
+        _fail([exc.message], status=1)
     typer.echo(f"revoked {revoked.id} ({revoked.name}, owner={revoked.owner})")
 
 

@@ -207,3 +207,10 @@ async def test_realtime_requests_go_before_waiting_batch_work(engine: LlamaCppEn
     await asyncio.gather(*backlog, return_exceptions=True)
     # It did not wait for the 16 queued batch requests behind the 8 running ones.
     assert finished_batch < 16 and interactive < 10
+
+
+async def test_an_empty_stop_string_stops_nothing(engine: LlamaCppEngine) -> None:
+    free = await engine.chat(chat("Name a colour.", max_tokens=6, temperature=0))
+    stopped = await engine.chat(chat("Name a colour.", max_tokens=6, temperature=0,
+                                     stop=["", "\u2603"]))
+    assert free.choices[0].text and stopped.choices[0].text == free.choices[0].text

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from batchd.batches.validation import InputValidator
+from batchd.chat import ChatCompletionRequest
 from tests.conftest import ENDPOINT, Harness, Tenants, batch_line
 
 
@@ -218,7 +219,7 @@ async def test_one_key_cannot_hold_more_than_its_share_of_real_time_slots(
     hung = {"model": "instant-model", "messages": [{"role": "user", "content": "HANG-ME"}]}
     holding = [asyncio.create_task(greedy.post(ENDPOINT, json={**hung, "n": 4}))
                for _ in range(2)]
-    while sum(services.realtime._held.values()) < 8:
+    while services.realtime.total() < 8:
         await asyncio.sleep(0.01)
     refused = await greedy.post(ENDPOINT, json={**hung, "n": 1})
     assert refused.status_code == 429
@@ -230,7 +231,7 @@ async def test_one_key_cannot_hold_more_than_its_share_of_real_time_slots(
     for task in holding:  # the client gives up: its hold is given back
         task.cancel()
     await asyncio.gather(*holding, return_exceptions=True)
-    assert services.realtime._held == {}
+    assert services.realtime.total() == 0
     again = await greedy.post(ENDPOINT, json={**hung, "n": 16, "messages": [
         {"role": "user", "content": "alone, one request may ask for n=16"}]})
     assert again.status_code == 200 and len(again.json()["choices"]) == 16
@@ -298,6 +299,9 @@ async def test_a_jsonl_file_that_starts_with_a_bom_runs(harness: Harness) -> Non
 
 
 async def test_an_empty_stop_string_stops_nothing(harness: Harness) -> None:
+    assert ChatCompletionRequest.model_validate({
+        "model": "m", "messages": [{"role": "user", "content": "x"}],
+        "stop": ["", "zzz"]}).stop_list == ["zzz"]  # what every engine stops on
     for stop in ("", [""], ["", "zzz"]):
         response = await harness.client.post(ENDPOINT, json={
             "model": "instant-model", "messages": [{"role": "user", "content": "a b"}],

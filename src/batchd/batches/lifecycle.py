@@ -83,7 +83,7 @@ class BatchService:
         except ActiveBatchLimit as over:
             raise TooManyRequests(
                 f"You have {over.active} unfinished batches, the most your tier allows at "
-                "once; create this one when one of them has finished.",
+                f"once ({over.limit}); create this one when one of them has finished.",
                 code="concurrent_batch_limit_exceeded",
                 headers={"x-should-retry": "false"}) from over
         return BatchObject.of(stored)

@@ -52,5 +52,6 @@ class InFlight:
         finally:
             release()
 
-    def held(self, key: str) -> int:
-        return self._held.get(key, 0)
+    def total(self) -> int:
+        """Choices being generated, all keys together."""
+        return sum(self._held.values())
