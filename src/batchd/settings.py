@@ -56,8 +56,12 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     poll_seconds: float = Field(default=0.5, gt=0, description="idle worker polling interval")
-    checkpoint_seconds: float = Field(default=10.0, gt=0, description="result flush interval")
-    max_attempts: int = Field(default=3, ge=1, description="worker deaths before a chunk fails")
+    checkpoint_seconds: float = Field(default=1.0, gt=0, description="result flush interval")
+    checkpoint_results: int = Field(
+        default=256, ge=1, description="finished results that trigger a flush sooner")
+    max_attempts: int = Field(
+        default=2, ge=1, description="worker deaths under a request running alone before it "
+                                     "is failed")
     request_timeout_seconds: float = Field(default=600.0, gt=0)
     request_retries: int = Field(default=1, ge=0, description="retries after a timeout/crash")
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

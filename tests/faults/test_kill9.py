@@ -8,9 +8,11 @@ seed (default: random, printed so a failure can be replayed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,21 @@ def wait_until(client: httpx.Client, batch_id: str, statuses: set[str],
     raise AssertionError(f"{batch_id} never reached {statuses}")
 
 
+def wait_for_lease(data_dir: Path, batch_id: str, timeout: float = 30) -> None:
+    """Until a worker holds the batch's lease (it is validating it now); read from the
+    database itself, as no API shows it."""
+    deadline = time.monotonic() + timeout
+    uri = f"file:{data_dir / 'batchd.sqlite3'}?mode=ro"
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+            row = db.execute("SELECT lease_owner FROM batches WHERE id = ?",
+                             (batch_id,)).fetchone()
+        if row is not None and row[0] is not None:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{batch_id} was never leased for validation")
+
+
 def check_invariants(client: httpx.Client, batch_id: str, expected: set[str]) -> dict[str, int]:
     batch = client.get(f"/batches/{batch_id}").json()
     assert batch["status"] in TERMINAL, batch
@@ -134,7 +151,8 @@ def test_kill_nine_at_random_points_loses_and_duplicates_nothing(tmp_path: Path)
             big = [batch_line(f"big-{i}", f"item {i}") for i in range(20_000)]
             big_id = submit(client, big)
             expected[big_id] = {f"big-{i}" for i in range(20_000)}
-            wait_until(client, big_id, {"validating"})
+            wait_for_lease(plug.root / "data", big_id)  # validation has begun, not just queued
+            assert status_of(client, big_id) == "validating"
             plug.kill()
             phases_hit.add("validating")
         plug.start()

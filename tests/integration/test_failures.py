@@ -23,28 +23,6 @@ async def test_a_hung_request_times_out_is_retried_then_reported(harness: Harnes
     assert "2 attempts" in error["error"]["message"]
 
 
-async def test_chunks_whose_workers_keep_dying_fail_after_max_attempts(
-    harness: Harness,
-) -> None:
-    created = await harness.create_batch(await harness.upload(
-        [batch_line(f"r{i}") for i in range(4)]))
-    assert await harness.worker.run_one_batch_task()
-    store, settings = harness.worker.ctx.store, harness.settings
-    for attempt in range(settings.max_attempts):
-        claim = await store.claim_chunk(worker=f"doomed-{attempt}", now=harness.clock.now(),
-                                        lease_seconds=settings.lease_seconds,
-                                        max_attempts=settings.max_attempts)
-        assert claim is not None and claim[0].chunk_no == 0  # the same chunk, again
-        harness.clock.advance(settings.lease_seconds + 1)  # ...and its worker vanishes
-    await harness.worker.drain()
-    batch = await harness.batch(created["id"])
-    assert batch["status"] == "completed"
-    assert batch["request_counts"] == {"total": 4, "completed": 2, "failed": 2}
-    errors = await harness.lines_of(batch["error_file_id"])
-    assert {e["custom_id"]: e["error"]["code"] for e in errors} == {
-        "r0": "request_failed", "r1": "request_failed"}
-
-
 async def test_input_that_vanishes_mid_run_fails_the_batch_keeping_results(
     harness: Harness,
 ) -> None:
@@ -102,8 +80,7 @@ async def test_chunks_are_shared_fairly_between_owners_then_by_deadline(
     claimed = []
     for n in range(4):
         claim = await store.claim_chunk(worker=f"w{n}", now=harness.clock.now(),
-                                        lease_seconds=settings.lease_seconds,
-                                        max_attempts=settings.max_attempts)
+                                        lease_seconds=settings.lease_seconds)
         assert claim is not None
         claimed.append(claim[0].batch_id)
     # The urgent batch goes first, but the other owner is not made to wait for all of it.

@@ -4,6 +4,8 @@ benchmarks only — it runs no model and is never the default."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict
@@ -29,6 +31,9 @@ class InstantOptions(BaseModel):
     """A request whose last message contains this text fails with an engine error."""
     hang_marker: str | None = None
     """A request whose last message contains this text never finishes (a hung engine)."""
+    crash_marker: str | None = None
+    """A request whose last message contains this text kills the whole process at once
+    (SIGKILL), as a request that crashes a native engine would (fault tests)."""
 
 
 class InstantEngine:
@@ -61,6 +66,9 @@ class InstantEngine:
         marker = self.options.hang_marker
         if marker and marker in last:
             await asyncio.Event().wait()
+        crash = self.options.crash_marker
+        if crash and crash in last:
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.options.delay_seconds:
             await asyncio.sleep(self.options.delay_seconds)
         choices = [self._answer(request, last, i) for i in range(request.n)]

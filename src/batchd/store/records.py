@@ -44,7 +44,9 @@ class ChunkState(enum.StrEnum):
     PENDING = "pending"
     LEASED = "leased"
     DONE = "done"
-    FAILED = "failed"  # given up after too many attempts (its workers crashed or hung)
+    # Given up after too many worker deaths. Only older versions produced this (deaths now
+    # count against the requests in flight, see worker/deaths.py); assembly still reads it.
+    FAILED = "failed"
 
 
 class _Record:
@@ -150,6 +152,8 @@ class Chunk(_Record):
     done_input_tokens: int = 0
     done_output_tokens: int = 0
     done_cached_tokens: int = 0
+    in_flight: dict[str, Any] | None = None
+    strikes: dict[str, list[int]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", ChunkState(self.state))

@@ -118,6 +118,12 @@ chunks = Table(
     Column("done_output_tokens", Integer, nullable=False, default=0),
     Column("cached_tokens", Integer, nullable=False, default=0),
     Column("done_cached_tokens", Integer, nullable=False, default=0),
+    # What the current run may have started and not yet recorded: {"ids": [...], "alone":
+    # bool}, written before those requests start. Still set when a run's worker died, so the
+    # next run knows which requests were in flight at the death; cleared by a clean end.
+    Column("in_flight", JSON),
+    # Deaths each request was in flight for: {custom_id: [deaths, deaths_alone]}.
+    Column("strikes", JSON),
     Index("ix_chunks_claim", "state", "deadline"),
 )
 

@@ -211,41 +211,22 @@ class WorkStore(SqlStore):
 
     @shielded
     async def claim_chunk(
-        self, *, worker: str, now: float, lease_seconds: float, max_attempts: int
+        self, *, worker: str, now: float, lease_seconds: float
     ) -> tuple[Chunk, Lease] | None:
         """Lease the next runnable chunk: pending, or leased by a worker that vanished.
 
         Fair between owners first (the owner with the fewest chunks running goes next, so one
         huge batch cannot starve everyone else's), then most urgent deadline first. Live
-        counts restart from what the chunk has committed."""
+        counts restart from what the chunk has committed. A chunk is never given up here:
+        worker deaths count against the requests that were in flight (worker/deaths.py), and
+        the batch's deadline bounds the rest."""
         async with self._write() as conn:
             row = (await conn.execute(_CLAIM_CHUNK, {
-                "now": now, "worker": worker, "max_attempts": max_attempts,
-                "lease_until": now + lease_seconds,
+                "now": now, "worker": worker, "lease_until": now + lease_seconds,
             })).mappings().first()
         if row is None:
             return None
         return Chunk.from_row(row), Lease(owner=worker, generation=row["generation"])
-
-    @shielded
-    async def fail_exhausted_chunks(self, *, now: float, max_attempts: int) -> int:
-        """Give up on chunks whose workers died `max_attempts` times (a request that crashes
-        or hangs every worker must not keep a batch in progress forever)."""
-        c = t.chunks.c
-        exhausted = and_(
-            c.attempts >= max_attempts,
-            or_(c.state == ChunkState.PENDING,
-                and_(c.state == ChunkState.LEASED, c.lease_expires_at < now)),
-        )
-        async with self._write() as conn:
-            rows = (await conn.execute(
-                update(t.chunks).where(exhausted)
-                .values(state=ChunkState.FAILED, owner=None, lease_expires_at=None)
-                .returning(c.batch_id)
-            )).all()
-            for batch_id in {r[0] for r in rows}:
-                await self._finalize_if_finished(conn, batch_id, now=int(now))
-        return len(rows)
 
     def _chunk_fence(self, chunk: Chunk, lease: Lease) -> Any:
         c = t.chunks.c
@@ -273,16 +254,46 @@ class WorkStore(SqlStore):
         return BatchRecord.from_row(row) if row else None
 
     @shielded
+    async def reserve_chunk(self, chunk: Chunk, lease: Lease, *,
+                            in_flight: dict[str, Any]) -> bool:
+        """Record which requests the run may start next (fenced), before it starts them: if
+        the worker dies, the next run knows whom to suspect."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.chunks).where(self._chunk_fence(chunk, lease))
+                .values(in_flight=in_flight)
+            )
+            return result.rowcount == 1
+
+    @shielded
+    async def record_deaths(self, chunk: Chunk, lease: Lease, *,
+                            strikes: dict[str, list[int]]) -> bool:
+        """Charge the previous run's death to its in-flight requests, once (fenced)."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.chunks).where(self._chunk_fence(chunk, lease))
+                .values(strikes=strikes or None, in_flight=None)
+            )
+            return result.rowcount == 1
+
+    @shielded
     async def checkpoint_chunk(
         self, chunk: Chunk, lease: Lease, *, parts: list[dict[str, str | None]],
         committed: ChunkProgress, now: float, lease_seconds: float, release: bool = False,
+        crashed: dict[str, Any] | None = None,
     ) -> bool:
-        """Record results so far (fenced); with `release`, hand the rest of the chunk back."""
+        """Record results so far (fenced); with `release`, hand the rest of the chunk back.
+
+        A clean release (shutdown) does not count as an attempt and suspects nobody; a
+        release after requests `crashed` the run records them in flight, as a death would."""
         values: dict[str, Any] = dict(parts=parts, **done_values(committed),
                                       **live_values(committed))
         if release:
-            values.update(state=ChunkState.PENDING, owner=None, lease_expires_at=None,
-                          attempts=t.chunks.c.attempts - 1)
+            values.update(state=ChunkState.PENDING, owner=None, lease_expires_at=None)
+            if crashed is not None:
+                values.update(in_flight=crashed)
+            else:
+                values.update(in_flight=None, attempts=t.chunks.c.attempts - 1)
         else:
             values.update(lease_expires_at=now + lease_seconds)
         async with self._write() as conn:
@@ -301,7 +312,7 @@ class WorkStore(SqlStore):
             result = await conn.execute(
                 update(t.chunks).where(self._chunk_fence(chunk, lease))
                 .values(state=ChunkState.DONE, parts=parts, lease_expires_at=None,
-                        **done_values(committed), **live_values(committed))
+                        in_flight=None, **done_values(committed), **live_values(committed))
             )
             if result.rowcount != 1:
                 return False
@@ -336,7 +347,7 @@ class WorkStore(SqlStore):
     @shielded
     async def release_leases_of(self, owner: str) -> int:
         """Free all work held under `owner` (a restarted worker reclaiming its past life's).
-        The lost attempt still counts towards the chunk's limit."""
+        What that life had in flight stays recorded: the next run charges the death to it."""
         async with self._write() as conn:
             chunks = await conn.execute(
                 update(t.chunks)
@@ -360,7 +371,7 @@ class WorkStore(SqlStore):
 
 def _claim_chunk_statement() -> Any:
     """The chunk claim, built once (its aliases are costly to build on every claim) and
-    parametrised by `now`, `worker`, `max_attempts` and `lease_until`."""
+    parametrised by `now`, `worker` and `lease_until`."""
     c, b = t.chunks.c, t.batches.c
     now: Any = bindparam("now")
     running_chunks = t.chunks.alias("running_chunks")
@@ -381,8 +392,7 @@ def _claim_chunk_statement() -> Any:
     candidate = (
         select(c.batch_id, c.chunk_no)
         .join(t.batches, b.id == c.batch_id)
-        .where(claimable, c.attempts < bindparam("max_attempts"),
-               b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None))
+        .where(claimable, b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None))
         .order_by(owner_running, c.deadline, c.batch_id, c.chunk_no)
         .limit(1)
     )

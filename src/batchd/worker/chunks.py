@@ -1,9 +1,11 @@
 """Executing one leased chunk: run its requests, heartbeat, checkpoint, commit fenced.
 
 Results reach durable storage as *parts*: write-once blobs, fsync'd, then recorded on the chunk
-row by a fenced update. A checkpoint every `checkpoint_seconds` (and at shutdown) bounds what a
-crash can lose; a resumed chunk reads its committed parts and skips the requests they hold, so
-no `custom_id` is ever run (or reported) twice.
+row by a fenced update. A checkpoint every `checkpoint_seconds`, or once `checkpoint_results`
+are waiting (and at shutdown), bounds what a crash can lose; a resumed chunk reads its
+committed parts and skips the requests they hold, so no `custom_id` is ever run (or reported)
+twice. Before requests start, the run records them as in flight, so that a worker's death is
+charged to them and not to the whole chunk (see deaths.py).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import orjson
 from batchd.batches import results
 from batchd.store.blobs import BlobMissing
 from batchd.store.records import BatchRecord, Chunk, ChunkProgress, Lease, StopReason
+from batchd.worker import deaths
 from batchd.worker.context import WorkerContext
+from batchd.worker.gate import RequestGate
 from batchd.worker.requests import Outcome, run_request
-from batchd.worker.watchdog import Watchdog
+from batchd.worker.watchdog import Guard, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +118,54 @@ class _Results:
         return self.committed + self.pending
 
 
+class StartWindow:
+    """How many requests a run records as in flight ahead of starting them.
+
+    It grows while windows are used up within a checkpoint interval (a fast engine records
+    rarely) and shrinks when one lasts far longer (a slow engine keeps its suspects few after
+    a death). A worker's runs share one, so each chunk starts from what the last one learnt."""
+
+    def __init__(self, lanes: int) -> None:
+        self.floor, self.ceiling = 2 * lanes, 64 * lanes
+        self.size = self.floor
+
+    def adapt(self, lasted: float, interval: float) -> int:
+        if lasted < interval:
+            self.size = min(2 * self.size, self.ceiling)
+        elif lasted > 4 * interval:
+            self.size = max(self.size // 2, self.floor)
+        return self.size
+
+
 class ChunkRun:
     """One attempt at one chunk, under one lease."""
 
-    def __init__(self, ctx: WorkerContext, chunk: Chunk, lease: Lease,
-                 requests_gate: asyncio.Semaphore, stopping: asyncio.Event) -> None:
+    def __init__(self, ctx: WorkerContext, chunk: Chunk, lease: Lease, gate: RequestGate,
+                 stopping: asyncio.Event, window: StartWindow | None = None) -> None:
         self.ctx = ctx
         self.chunk = chunk
         self.lease = lease
-        self.gate = requests_gate
+        self.gate = gate
         self.stopping = stopping
         self.results = _Results(committed=chunk.committed)
         self.parts = list(chunk.parts)
         self.lost = False
         self.stop_batch: BatchRecord | None = None
+        self.finished: set[str] = set()
+        self.flying: dict[str, None] = {}  # started, not finished (insertion-ordered)
+        self.crashed: list[str] = []  # requests whose run raised: charged as a death
+        self.todo: list[Request] = []
+        self._body: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
+        self._flush_wanted = asyncio.Event()
         self._part_seq = 0
+        self._lanes = min(ctx.settings.worker_concurrency, gate.capacity)
+        self._next = 0
+        self._reserved_upto = 0
+        self._reserved_at: float | None = None
+        self._window = window or StartWindow(self._lanes)
+        self._reserve_lock = asyncio.Lock()
+        self._alone = False  # running one suspect with nothing else of the worker
         self.watchdog = Watchdog(ctx.settings.request_timeout_seconds)
 
     async def run(self, input_key: str) -> None:
@@ -139,93 +175,223 @@ class ChunkRun:
         except BlobMissing as exc:
             await self._input_lost(str(exc))
             return
+        strikes = await self._autopsy(done)
+        if strikes is None:
+            return
+        poison = deaths.poisoned(strikes, self.ctx.settings.max_attempts) - done
+        for cid in sorted(poison):
+            log.error("batch %s: request %r killed its worker %d times running alone; "
+                      "failing it", self.chunk.batch_id, cid, strikes[cid][1])
+            self.results.add_error_line(results.stop_error_line(
+                cid, code="request_failed", message=deaths.poison_message(strikes[cid][1])))
+            self.finished.add(cid)
         # Requests that share a model and a leading prompt go to the engine together, so its
         # prefix cache serves them one after another instead of thrashing between prompts.
-        todo = sorted((r for r in requests if r[0] not in done), key=prefix_key)
-        finished = [False] * len(todo)
-        # A few lanes pull requests in turn (the worker-wide gate bounds what is in flight):
-        # far cheaper than a task per request on a chunk of thousands of instant answers.
-        queue = iter(enumerate(todo))
-        lanes = min(len(todo), self.ctx.settings.worker_concurrency)
-        tasks = [asyncio.create_task(self._lane(queue, finished), name=f"lane-{n}")
-                 for n in range(lanes)]
-        beat = asyncio.create_task(self._heartbeat(tasks), name="chunk-heartbeat")
-        dog = asyncio.create_task(self.watchdog.run(), name="chunk-watchdog")
+        todo = sorted((r for r in requests if r[0] not in done and r[0] not in poison),
+                      key=prefix_key)
+        groups, self.todo = deaths.isolation_groups(todo, strikes, self._lanes,
+                                                    custom_id=lambda r: r[0])
+        body = self._body = asyncio.create_task(self._execute(groups), name="chunk-body")
+        helpers = [asyncio.create_task(self._heartbeat(), name="chunk-heartbeat"),
+                   asyncio.create_task(self._flusher(), name="chunk-flusher"),
+                   asyncio.create_task(self.watchdog.run(), name="chunk-watchdog")]
         try:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait([body])
         except asyncio.CancelledError:
-            # Shutdown ran out of grace: keep what finished, hand the rest back.
-            for task in tasks:
-                task.cancel()
+            # Shutdown ran out of grace: keep what finished, hand the rest back (we cut the
+            # requests short ourselves: nobody is suspected).
+            body.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await body
             await asyncio.shield(self._checkpoint(release=True))
             raise
         finally:
-            for helper in (beat, dog):
+            for helper in helpers:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
+        if not body.cancelled() and body.exception() is not None:
+            log.error("chunk %s/%s: its run failed; charging the requests in flight",
+                      self.chunk.batch_id, self.chunk.chunk_no, exc_info=body.exception())
+            self.crashed += [cid for cid in self.flying if cid not in self.crashed]
+        await self._finish([r[0] for group in groups for r in group] + [r[0] for r in todo])
+
+    async def _finish(self, todo_ids: list[str]) -> None:
         if self.lost:
             log.warning("lost the lease on chunk %s/%s; its unsaved results are dropped",
                         self.chunk.batch_id, self.chunk.chunk_no)
             return
         stop = self.stop_batch.stop_reason if self.stop_batch else None
+        unfinished = [cid for cid in todo_ids if cid not in self.finished]
         if stop is not None:
             code = stop.error_code
-            for (cid, _), was_finished in zip(todo, finished, strict=True):
-                if not was_finished:
-                    self.results.add_error_line(results.stop_error_line(
-                        cid, code=code, message=results.STOP_MESSAGES[code]))
-        elif not all(finished):  # shutting down: not all requests were started
+            for cid in unfinished:
+                self.results.add_error_line(results.stop_error_line(
+                    cid, code=code, message=results.STOP_MESSAGES[code]))
+        elif self.crashed:
+            # Counted as a failed attempt, charged to the requests that raised; the rest
+            # of the chunk runs again.
+            await self._checkpoint(release=True, crashed=deaths.reservation(
+                self.crashed, [], alone=self._alone and len(self.crashed) == 1))
+            return
+        elif unfinished:  # shutting down: not all requests were started
             await self._checkpoint(release=True)
             return
         await self._commit()
 
-    async def _lane(self, queue: Iterator[tuple[int, Request]], finished: list[bool]) -> None:
-        ctx = self.ctx
-        retries = ctx.settings.request_retries
+    async def _autopsy(self, done: set[str]) -> deaths.Strikes | None:
+        """Charge a death of the previous run (its in-flight record is still set) to the
+        requests it had in flight. None: the chunk is no longer ours."""
+        chunk = self.chunk
+        strikes = deaths.charge(chunk.strikes, chunk.in_flight, done)
+        if chunk.in_flight is None:
+            return strikes
+        log.warning("chunk %s/%s: its last worker died with %d request(s) in flight; "
+                    "they run again first", chunk.batch_id, chunk.chunk_no,
+                    len(chunk.in_flight.get("ids") or []))
+        if not await self.ctx.store.record_deaths(chunk, self.lease, strikes=strikes):
+            self.lost = True
+            return None
+        return strikes
+
+    def _halted(self) -> bool:
+        return self.lost or self.stop_batch is not None or self.stopping.is_set()
+
+    async def _execute(self, groups: list[list[Request]]) -> None:
+        """Suspect groups one at a time (each alone in the worker), then the rest in lanes
+        that pull requests in turn (far cheaper than a task per request on a chunk of
+        thousands of instant answers; the worker-wide gate bounds what is in flight)."""
+        for group in groups:
+            async with self.gate.alone():
+                if self._halted():
+                    return
+                ids = [cid for cid, _ in group]
+                self._alone = len(ids) == 1
+                if not await self._reserve(deaths.reservation([], ids, alone=self._alone)):
+                    return
+                await asyncio.gather(*(self._guarded(request) for request in group))
+                if self.crashed:
+                    return  # charged on release; the next run narrows the suspects
+                self._alone = False
+        if self.todo and not self._halted():
+            lanes = min(len(self.todo), self._lanes)
+            await asyncio.gather(*(self._lane() for _ in range(lanes)))
+
+    async def _guarded(self, request: Request) -> None:
         guard = self.watchdog.guard()
         try:
-            for index, (custom_id, body) in queue:
-                async with self.gate:
-                    if self.stopping.is_set() or self.stop_batch is not None:
-                        return  # not started: it stays for whoever runs this chunk next
-                    outcome = await run_request(
-                        custom_id=custom_id, body=body, registry=ctx.registry,
-                        clock=ctx.clock, guard=guard, retries=retries,
-                    )
-                self.results.add(outcome)
-                finished[index] = True
+            await self._run_one(request, guard)
         finally:
             self.watchdog.release(guard)
 
-    async def _heartbeat(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def _lane(self) -> None:
+        guard = self.watchdog.guard()
+        try:
+            while True:
+                async with self.gate.slot():
+                    request = await self._next_request()
+                    if request is None:
+                        return  # nothing left, or stopping: the rest stays for the next run
+                    await self._run_one(request, guard)
+        finally:
+            self.watchdog.release(guard)
+
+    async def _next_request(self) -> Request | None:
+        """The next request to start, recorded as in flight before it starts."""
+        if self._halted() or self._next >= len(self.todo):
+            return None
+        index = self._next
+        self._next += 1
+        if index >= self._reserved_upto and not await self._extend_reservation(index):
+            return None
+        if self._halted():
+            return None
+        return self.todo[index]
+
+    async def _extend_reservation(self, index: int) -> bool:
+        async with self._reserve_lock:
+            if index < self._reserved_upto:
+                return True  # another lane extended it meanwhile
+            now = time.monotonic()
+            size = self._window.size
+            if self._reserved_at is not None:
+                size = self._window.adapt(now - self._reserved_at,
+                                          self.ctx.settings.checkpoint_seconds)
+            upto = min(len(self.todo), max(self._next, index + size))
+            upcoming = [cid for cid, _ in self.todo[index:upto]]
+            if not await self._reserve(deaths.reservation(list(self.flying), upcoming)):
+                return False
+            self._reserved_upto, self._reserved_at = upto, now
+            return True
+
+    async def _reserve(self, in_flight: dict[str, Any]) -> bool:
+        if await self.ctx.store.reserve_chunk(self.chunk, self.lease, in_flight=in_flight):
+            return True
+        self._halt(lost=True)
+        return False
+
+    async def _run_one(self, request: Request, guard: Guard) -> None:
+        custom_id, body = request
+        self.flying[custom_id] = None
+        ctx = self.ctx
+        try:
+            outcome = await run_request(
+                custom_id=custom_id, body=body, registry=ctx.registry, clock=ctx.clock,
+                guard=guard, retries=ctx.settings.request_retries)
+        except Exception:
+            # A bug, not the request's fault as far as we know: never silent, never a loop
+            # without end. It stays in flight, and the run ends as if it had died under it.
+            log.exception("batch %s: running request %r raised", self.chunk.batch_id,
+                          custom_id)
+            self.crashed.append(custom_id)
+            return
+        del self.flying[custom_id]
+        self.results.add(outcome)
+        self.finished.add(custom_id)
+        if (len(self.results.ok) + len(self.results.err) >= self.ctx.settings.checkpoint_results
+                and self._next < len(self.todo)):  # else the commit saves them: no extra part
+            self._flush_wanted.set()
+
+    def _halt(self, *, lost: bool = False, batch: BatchRecord | None = None) -> None:
+        """Stop calling the engine at once: the chunk is no longer ours, or its batch stops."""
+        if lost:
+            self.lost = True
+        if batch is not None:
+            self.stop_batch = batch
+        if self._body is not None:
+            self._body.cancel()
+
+    async def _flusher(self) -> None:
+        """Save finished results every `checkpoint_seconds`, or sooner once
+        `checkpoint_results` are waiting: a short run keeps what it finished."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_wanted.wait(),
+                                       self.ctx.settings.checkpoint_seconds)
+            self._flush_wanted.clear()
+            if self.results.ok or self.results.err:
+                # Shielded: if the chunk finishes meanwhile and this task is cancelled, the
+                # checkpoint still completes, so its part is not lost between two flushes.
+                if not await asyncio.shield(self._checkpoint(release=False)):
+                    self._halt(lost=True)
+                    return
+
+    async def _heartbeat(self) -> None:
         settings = self.ctx.settings
-        last_checkpoint = time.monotonic()
         while True:
             await asyncio.sleep(settings.heartbeat_seconds)
-            if time.monotonic() - last_checkpoint >= settings.checkpoint_seconds:
-                last_checkpoint = time.monotonic()
-                # Shielded: if the chunk finishes meanwhile and this task is cancelled, the
-                # checkpoint still completes, so its part is not lost between the two flushes.
-                if not await asyncio.shield(self._checkpoint(release=False)):
-                    batch = None
-                else:
-                    batch = await self._beat()
-            else:
-                batch = await self._beat()
+            batch = await self._beat()
             now = self.ctx.clock.now()
-            stopping = batch is not None and (batch.stop_reason is not None
-                                              or batch.expires_at <= now)
-            if batch is None or stopping:
-                # Zero rows: the chunk is no longer ours, so stop calling the engine at once.
-                self.lost = batch is None
-                if batch is not None and batch.stop_reason is None:
-                    await self.ctx.store.mark_expired(now=int(now))
-                    batch = await self.ctx.store.get_batch(batch.id, owner=None)
-                self.stop_batch = batch
-                for task in tasks:
-                    task.cancel()
+            if batch is None:
+                self._halt(lost=True)  # zero rows: the chunk is no longer ours
                 return
+            if batch.stop_reason is None and batch.expires_at > now:
+                continue
+            if batch.stop_reason is None:
+                await self.ctx.store.mark_expired(now=int(now))
+                batch = await self.ctx.store.get_batch(batch.id, owner=None)
+            self._halt(lost=batch is None, batch=batch)
+            return
 
     async def _beat(self) -> BatchRecord | None:
         return await self.ctx.store.heartbeat_chunk(
@@ -252,7 +418,8 @@ class ChunkRun:
             raise
         return part, res.committed + pending
 
-    async def _checkpoint(self, *, release: bool) -> bool:
+    async def _checkpoint(self, *, release: bool,
+                          crashed: dict[str, Any] | None = None) -> bool:
         async with self._flush_lock:
             part, totals = await self._write_part()
             # The part is on disk: from now on every later flush must name it, whatever
@@ -261,7 +428,8 @@ class ChunkRun:
             self.results.committed = totals
             saved = await self.ctx.store.checkpoint_chunk(
                 self.chunk, self.lease, parts=self.parts, committed=totals, release=release,
-                now=self.ctx.clock.now(), lease_seconds=self.ctx.settings.lease_seconds)
+                crashed=crashed, now=self.ctx.clock.now(),
+                lease_seconds=self.ctx.settings.lease_seconds)
             if not saved:
                 self.lost = True
             return saved

@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 
 from batchd.files import FileService, blob_key
 from batchd.worker.batch_tasks import run_batch_task
-from batchd.worker.chunks import ChunkRun
+from batchd.worker.chunks import ChunkRun, StartWindow
 from batchd.worker.context import WorkerContext
+from batchd.worker.gate import RequestGate
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ class Worker:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self._stopping = asyncio.Event()
-        self._gate = asyncio.Semaphore(ctx.settings.worker_concurrency)
+        self._gate = RequestGate(ctx.settings.worker_concurrency)
+        self._window = StartWindow(ctx.settings.worker_concurrency)
         self._tasks: list[asyncio.Task[None]] = []
         self._wakes: list[asyncio.Event] = []  # one per loop (see _poll)
         self.files = FileService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
@@ -93,32 +95,26 @@ class Worker:
             return False
 
     async def _housekeeping(self) -> None:
-        """Expiry, give-ups and file purges, every ten poll intervals (5 s by default; running
+        """Expiry and file purges, every ten poll intervals (5 s by default; running
         chunks also notice their batch's expiry on each heartbeat)."""
         period = max(1.0, 10 * self.ctx.settings.poll_seconds)
         while not self._stopping.is_set():
-            if await self._guarded("expiry and give-ups", self._expire_and_give_up()):
+            if await self._guarded("expiry", self._expire()):
                 self.wake()
             await self._guarded("purge", self.files.purge_deleted())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), period)
 
-    async def _expire_and_give_up(self) -> int:
+    async def _expire(self) -> int:
         ctx = self.ctx
         expired = await ctx.store.mark_expired(now=int(ctx.clock.now()))
         await ctx.store.expire_files(now=int(ctx.clock.now()))
-        given_up = await ctx.store.fail_exhausted_chunks(now=ctx.clock.now(),
-                                                         max_attempts=ctx.settings.max_attempts)
-        if given_up:
-            log.error("gave up on %d chunk(s) after %d attempts each", given_up,
-                      ctx.settings.max_attempts)
-        return expired + given_up
+        return expired
 
     async def run_one_chunk(self) -> bool:
         ctx = self.ctx
         claim = await ctx.store.claim_chunk(worker=ctx.worker_id, now=ctx.clock.now(),
-                                            lease_seconds=ctx.settings.lease_seconds,
-                                            max_attempts=ctx.settings.max_attempts)
+                                            lease_seconds=ctx.settings.lease_seconds)
         if claim is None:
             return False
         chunk, lease = claim
@@ -127,7 +123,8 @@ class Worker:
         assert batch is not None
         source = await ctx.store.get_file(batch.input_file_id, owner=None)
         input_key = source.blob_key if source else blob_key(batch.input_file_id)
-        await ChunkRun(ctx, chunk, lease, self._gate, self._stopping).run(input_key)
+        await ChunkRun(ctx, chunk, lease, self._gate, self._stopping,
+                       self._window).run(input_key)
         self.wake()  # the batch may now be ready to assemble
         return True
 
@@ -145,7 +142,7 @@ class Worker:
     async def drain(self, *, max_steps: int = 10_000) -> None:
         """Run work until none is left (tests, one-shot runs)."""
         for _ in range(max_steps):
-            await self._expire_and_give_up()
+            await self._expire()
             await self.files.purge_deleted()
             progressed = await self.run_one_batch_task()
             progressed = await self.run_one_chunk() or progressed

@@ -1,0 +1,166 @@
+"""Worker deaths are charged to the requests in flight, a request that kills its worker is
+failed alone, short runs keep what they finished, and a worker whose lease was taken records
+nothing (DESIGN.md's fencing guarantee), with a manual clock and two workers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+import pytest
+
+from batchd.worker import chunks, deaths, requests
+from batchd.worker.runner import Worker
+from tests.conftest import Harness, batch_line
+
+
+async def _ready(harness: Harness, n: int, **extra: Any) -> str:
+    created = await harness.create_batch(await harness.upload(
+        [batch_line(f"r{i}") for i in range(n)]), **extra)
+    assert await harness.worker.run_one_batch_task()
+    return str(created["id"])
+
+
+async def _die_with(harness: Harness, in_flight: dict[str, Any], *, chunk_no: int = 0) -> None:
+    """What a worker that dies does to the store: claim, charge its predecessor's death (as
+    every run does first), record what it starts, vanish."""
+    store, settings = harness.worker.ctx.store, harness.settings
+    for _ in range(10):
+        claim = await store.claim_chunk(worker="doomed", now=harness.clock.now(),
+                                        lease_seconds=settings.lease_seconds)
+        assert claim is not None
+        chunk, lease = claim
+        if chunk.chunk_no == chunk_no:
+            strikes = deaths.charge(chunk.strikes, chunk.in_flight, done=())
+            assert await store.record_deaths(chunk, lease, strikes=strikes)
+            assert await store.reserve_chunk(chunk, lease, in_flight=in_flight)
+            harness.clock.advance(settings.lease_seconds + 1)
+            return
+        await store.checkpoint_chunk(chunk, lease, parts=chunk.parts,
+                                     committed=chunk.committed, release=True,
+                                     now=harness.clock.now(), lease_seconds=0)
+    raise AssertionError(f"chunk {chunk_no} was never claimed")
+
+
+async def test_deaths_beyond_max_attempts_fail_no_request_that_did_not_die_alone(
+    harness: Harness,
+) -> None:
+    batch_id = await _ready(harness, 4)
+    # Far more deaths than BATCHD_MAX_ATTEMPTS, in groups: the old rule failed the chunk.
+    for n in range(3 * harness.settings.max_attempts):
+        await _die_with(harness, {"ids": ["r0", "r1"], "alone": False})
+        assert n >= 0
+    await harness.worker.drain()
+    batch = await harness.batch(batch_id)
+    assert batch["status"] == "completed"
+    assert batch["request_counts"] == {"total": 4, "completed": 4, "failed": 0}
+
+
+async def test_a_request_its_worker_died_under_alone_is_failed_alone(harness: Harness) -> None:
+    batch_id = await _ready(harness, 4)
+    await _die_with(harness, {"ids": ["r0", "r1"], "alone": False})
+    for _ in range(harness.settings.max_attempts):
+        await _die_with(harness, {"ids": ["r1"], "alone": True})
+    await harness.worker.drain()
+    batch = await harness.batch(batch_id)
+    assert batch["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
+    [error] = await harness.lines_of(batch["error_file_id"])
+    assert error["custom_id"] == "r1" and error["response"] is None
+    assert error["error"]["code"] == "request_failed"
+    assert "died while running it, alone, 2 times" in error["error"]["message"]
+    assert {line["custom_id"] for line in await harness.lines_of(batch["output_file_id"])} == {
+        "r0", "r2", "r3"}
+
+
+async def test_a_request_whose_run_raises_is_narrowed_down_logged_and_failed_alone(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    harness.settings.chunk_lines = 40
+    real = requests.run_request
+    runs: dict[str, int] = {}
+
+    async def run_request(**kwargs: Any) -> Any:
+        custom_id = kwargs["custom_id"]
+        runs[custom_id] = runs.get(custom_id, 0) + 1
+        if custom_id == "r17":
+            raise RuntimeError("a bug in the worker")
+        return await real(**kwargs)
+
+    monkeypatch.setattr(chunks, "run_request", run_request)
+    batch_id = await _ready(harness, 40)
+    with caplog.at_level(logging.ERROR):
+        await harness.worker.drain()
+    batch = await harness.batch(batch_id)
+    assert batch["status"] == "completed"
+    assert batch["request_counts"] == {"total": 40, "completed": 39, "failed": 1}
+    [error] = await harness.lines_of(batch["error_file_id"])
+    assert error["custom_id"] == "r17" and error["error"]["code"] == "request_failed"
+    assert "running request 'r17' raised" in caplog.text
+    # Once as usual, once in a suspect group, then alone until the limit: never looping.
+    assert runs["r17"] == 2 + harness.settings.max_attempts
+    assert all(n == 1 for cid, n in runs.items() if cid != "r17")
+
+
+async def test_a_short_run_keeps_what_it_finished(harness: Harness) -> None:
+    """What a worker dying half a second into a chunk would leave: its first results saved."""
+    harness.settings.chunk_lines = 100
+    harness.settings.worker_concurrency = 2  # 0.05 s a request, 2 at once: 2.5 s in all
+    harness.settings.checkpoint_results = 4
+    worker = Worker(harness.worker.ctx)
+    created = await harness.create_batch(await harness.upload(
+        [batch_line(f"r{i}", model="slow-model") for i in range(100)]))
+    assert await worker.run_one_batch_task()
+    run = asyncio.create_task(worker.run_one_chunk())
+    await asyncio.sleep(0.5)
+    [chunk] = await harness.worker.ctx.store.list_chunks(created["id"])
+    assert chunk.done_ok >= 12 and len(chunk.parts) >= 3  # ~20 finished, flushed every 4
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+
+async def test_a_worker_whose_lease_was_taken_stops_at_once_and_records_nothing(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    harness.settings.chunk_lines = 10
+    ctx = harness.worker.ctx
+    slow_settings = ctx.settings.model_copy(update={"worker_concurrency": 2})
+    first = Worker(dataclasses.replace(ctx, worker_id="first", settings=slow_settings))
+    second = Worker(dataclasses.replace(ctx, worker_id="second"))
+    real = requests.run_request
+    calls: list[str] = []
+    stalled = asyncio.Event()
+
+    async def run_request(**kwargs: Any) -> Any:
+        calls.append(kwargs["custom_id"])
+        if len(calls) <= 2:  # the first worker's two lanes stall (a partitioned host)
+            await stalled.wait()
+        return await real(**kwargs)
+
+    monkeypatch.setattr(chunks, "run_request", run_request)
+    batch_id = await _ready(harness, 10)
+    running = asyncio.create_task(first.run_one_chunk())
+    while len(calls) < 2:
+        await asyncio.sleep(0.01)
+    taken = False
+    while not taken:  # the first worker may renew just before: lapse it again
+        harness.clock.advance(harness.settings.lease_seconds + 1)
+        taken = await second.run_one_chunk()
+    assert len(calls) == 2 + 10  # the new owner ran every request
+    await asyncio.wait_for(running, 5)  # the old one noticed on its next heartbeat
+    stalled.set()
+    await asyncio.sleep(0.1)
+    assert len(calls) == 12  # ...and called the engine no more
+    [chunk] = await ctx.store.list_chunks(batch_id)
+    generations = {key.split("-g")[1].split("-")[0] for part in chunk.parts
+                   for key in part.values() if key}
+    assert generations == {str(chunk.generation)}
+    stray = list((harness.settings.blob_dir / "batches").rglob("*-g1-*"))
+    assert stray == []  # the first owner (generation 1) wrote no part at all
+    await harness.worker.drain()
+    batch = await harness.batch(batch_id)
+    assert batch["request_counts"] == {"total": 10, "completed": 10, "failed": 0}
+    output = await harness.lines_of(batch["output_file_id"])
+    assert sorted(line["custom_id"] for line in output) == sorted(f"r{i}" for i in range(10))
