@@ -51,8 +51,10 @@ class Settings(BaseSettings):
     max_listed_errors: int = Field(default=100, ge=1)
 
     chunk_lines: int = Field(default=256, ge=1, description="input lines per unit of work")
-    worker_concurrency: int = Field(default=32, ge=1, description="requests in flight per worker")
-    worker_chunks: int = Field(default=2, ge=1, description="chunks a worker holds at once")
+    worker_concurrency: int | None = Field(
+        default=None, ge=1, description="cap on requests in flight per model per worker "
+                                        "(default: what each engine can take)")
+    worker_chunks: int = Field(default=2, ge=1, description="chunks a worker holds per model")
     lease_seconds: float = Field(default=30.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     poll_seconds: float = Field(default=0.5, gt=0, description="idle worker polling interval")

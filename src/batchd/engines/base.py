@@ -65,6 +65,14 @@ class Engine(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def capacity(self) -> int:
+        """Requests worth having in flight now (batch work fills this, no more)."""
+        ...
+
+    def max_capacity(self) -> int:
+        """The most `capacity()` can become."""
+        ...
+
 
 class EngineRequestError(InvalidRequest):
     """The engine refused this request (context too long, unsupported parameter): the
@@ -73,3 +81,11 @@ class EngineRequestError(InvalidRequest):
 
 class EngineFailure(ServerError):
     """The engine broke while serving the request (reported as a 500 for that request)."""
+
+
+class EngineUnavailable(EngineFailure):
+    """The engine cannot be reached now (connections refused, timeouts, overload after
+    retries): not the request's fault. Batch work hands it back to run when the engine
+    returns; a real-time caller gets a 503."""
+
+    status_code = 503

@@ -8,7 +8,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from batchd.chat import ChatCompletionRequest
 from batchd.engines.base import (
@@ -31,6 +31,8 @@ class InstantOptions(BaseModel):
     """A request whose last message contains this text fails with an engine error."""
     hang_marker: str | None = None
     """A request whose last message contains this text never finishes (a hung engine)."""
+    concurrency: int = Field(default=32, ge=1)
+    """Requests it takes at once (what the worker keeps in flight for it)."""
     crash_marker: str | None = None
     """A request whose last message contains this text kills the whole process at once
     (SIGKILL), as a request that crashes a native engine would (fault tests)."""
@@ -91,3 +93,9 @@ class InstantEngine:
 
     async def aclose(self) -> None:
         return None
+
+    def capacity(self) -> int:
+        return self.options.concurrency
+
+    def max_capacity(self) -> int:
+        return self.options.concurrency

@@ -269,6 +269,14 @@ class LlamaCppEngine:
         finally:
             cancelled.set()
 
+    def capacity(self) -> int:
+        # Its slots, and as many requests ready behind them, so a freed slot never waits
+        # for the worker to send the next one.
+        return 2 * self.options.parallel
+
+    def max_capacity(self) -> int:
+        return self.capacity()
+
     async def aclose(self) -> None:
         await asyncio.to_thread(self._scheduler.stop)
         await asyncio.to_thread(self._llama.close)

@@ -150,6 +150,10 @@ class ModelRegistry:
         """Every id and alias, in file order."""
         return list(self._by_name)
 
+    def served_ids(self) -> list[str]:
+        """The id of every served model (no aliases), in file order."""
+        return [entry.id for entry in self.config.models]
+
     def lookup(self, name: str) -> ModelConfig | None:
         return self._by_name.get(name)
 

@@ -29,6 +29,7 @@ from batchd.engines.base import (
     Delta,
     EngineFailure,
     EngineRequestError,
+    EngineUnavailable,
     Priority,
     StreamEvent,
     Usage,
@@ -187,8 +188,8 @@ class UpstreamEngine:
             log.warning("upstream %s: %s (attempt %d)", target.base_url, failure, attempt + 1)
             if attempt < self.options.max_retries:
                 await self._backoff(attempt, failure)
-        raise EngineFailure(f"The upstream servers failed {self.options.max_retries + 1} "
-                            f"times; last: {failure}", code="upstream_error")
+        raise EngineUnavailable(f"The upstream servers failed {self.options.max_retries + 1} "
+                                f"times; last: {failure}", code="upstream_unavailable")
 
     async def chat_stream(self, request: ChatCompletionRequest, *,
                           priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
@@ -236,6 +237,12 @@ class UpstreamEngine:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def capacity(self) -> int:
+        return sum(int(target.limit) for target in self.targets)
+
+    def max_capacity(self) -> int:
+        return self.options.max_concurrency * len(self.targets)
 
 
 def _result(body: dict[str, Any]) -> ChatResult:

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, true, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batchd.store import tables as t
@@ -211,18 +211,23 @@ class WorkStore(SqlStore):
 
     @shielded
     async def claim_chunk(
-        self, *, worker: str, now: float, lease_seconds: float
+        self, *, worker: str, now: float, lease_seconds: float,
+        models: Sequence[str] | None = None, mixed: bool = True,
+        newcomers: Sequence[str] = (),
     ) -> tuple[Chunk, Lease] | None:
         """Lease the next runnable chunk: pending, or leased by a worker that vanished.
 
-        Fair between owners first (the owner with the fewest chunks running goes next, so one
-        huge batch cannot starve everyone else's), then most urgent deadline first. Live
-        counts restart from what the chunk has committed. A chunk is never given up here:
-        worker deaths count against the requests that were in flight (worker/deaths.py), and
-        the batch's deadline bounds the rest."""
+        Only chunks of batches whose `model` is in `models` (None: any), or that name several
+        models when `mixed`; or, for `newcomers` models, of an owner with nothing running
+        (a small batch need not wait for a huge one to end). Fair between owners first (the
+        owner with the fewest chunks running goes next), then most urgent deadline first.
+        Live counts restart from what the chunk has committed. A chunk is never given up
+        here: worker deaths count against the requests that were in flight
+        (worker/deaths.py), and the batch's deadline bounds the rest."""
         async with self._write() as conn:
-            row = (await conn.execute(_CLAIM_CHUNK, {
+            row = (await conn.execute(_CLAIM_CHUNK_ANY if models is None else _CLAIM_CHUNK, {
                 "now": now, "worker": worker, "lease_until": now + lease_seconds,
+                "models": list(models or ()), "mixed": mixed, "newcomers": list(newcomers),
             })).mappings().first()
         if row is None:
             return None
@@ -369,9 +374,10 @@ class WorkStore(SqlStore):
             return [Chunk.from_row(r) for r in rows]
 
 
-def _claim_chunk_statement() -> Any:
+def _claim_chunk_statement(*, any_model: bool) -> Any:
     """The chunk claim, built once (its aliases are costly to build on every claim) and
-    parametrised by `now`, `worker` and `lease_until`."""
+    parametrised by `now`, `worker`, `lease_until` and (unless `any_model`) `models`,
+    `mixed` and `newcomers`."""
     c, b = t.chunks.c, t.batches.c
     now: Any = bindparam("now")
     running_chunks = t.chunks.alias("running_chunks")
@@ -389,10 +395,18 @@ def _claim_chunk_statement() -> Any:
         c.state == ChunkState.PENDING,
         and_(c.state == ChunkState.LEASED, c.lease_expires_at < now),
     )
+    wanted: Any = true()
+    if not any_model:
+        wanted = or_(
+            b.model.in_(bindparam("models", expanding=True)),
+            and_(b.model.is_(None), bindparam("mixed")),
+            and_(b.model.in_(bindparam("newcomers", expanding=True)), owner_running == 0),
+        )
     candidate = (
         select(c.batch_id, c.chunk_no)
         .join(t.batches, b.id == c.batch_id)
-        .where(claimable, b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None))
+        .where(claimable, b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None),
+               wanted)
         .order_by(owner_running, c.deadline, c.batch_id, c.chunk_no)
         .limit(1)
     )
@@ -408,4 +422,5 @@ def _claim_chunk_statement() -> Any:
     )
 
 
-_CLAIM_CHUNK = _claim_chunk_statement()
+_CLAIM_CHUNK = _claim_chunk_statement(any_model=False)
+_CLAIM_CHUNK_ANY = _claim_chunk_statement(any_model=True)

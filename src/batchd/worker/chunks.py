@@ -21,9 +21,11 @@ from typing import Any
 import orjson
 
 from batchd.batches import results
+from batchd.engines.base import EngineUnavailable
 from batchd.store.blobs import BlobMissing
 from batchd.store.records import BatchRecord, Chunk, ChunkProgress, Lease, StopReason
 from batchd.worker import deaths
+from batchd.worker.capacity import Capacity
 from batchd.worker.context import WorkerContext
 from batchd.worker.gate import RequestGate
 from batchd.worker.requests import Outcome, run_request
@@ -140,12 +142,14 @@ class StartWindow:
 class ChunkRun:
     """One attempt at one chunk, under one lease."""
 
-    def __init__(self, ctx: WorkerContext, chunk: Chunk, lease: Lease, gate: RequestGate,
-                 stopping: asyncio.Event, window: StartWindow | None = None) -> None:
+    def __init__(self, ctx: WorkerContext, chunk: Chunk, lease: Lease, *, gate: RequestGate,
+                 capacity: Capacity, lanes: int, stopping: asyncio.Event,
+                 window: StartWindow | None = None) -> None:
         self.ctx = ctx
         self.chunk = chunk
         self.lease = lease
         self.gate = gate
+        self.capacity = capacity
         self.stopping = stopping
         self.results = _Results(committed=chunk.committed)
         self.parts = list(chunk.parts)
@@ -159,7 +163,8 @@ class ChunkRun:
         self._flush_lock = asyncio.Lock()
         self._flush_wanted = asyncio.Event()
         self._part_seq = 0
-        self._lanes = min(ctx.settings.worker_concurrency, gate.capacity)
+        self._lanes = lanes
+        self.unreachable: set[str] = set()  # models whose engine could not be reached
         self._next = 0
         self._reserved_upto = 0
         self._reserved_at: float | None = None
@@ -255,7 +260,8 @@ class ChunkRun:
         return strikes
 
     def _halted(self) -> bool:
-        return self.lost or self.stop_batch is not None or self.stopping.is_set()
+        return (self.lost or self.stop_batch is not None or self.stopping.is_set()
+                or bool(self.unreachable))
 
     async def _execute(self, groups: list[list[Request]]) -> None:
         """Suspect groups one at a time (each alone in the worker), then the rest in lanes
@@ -334,10 +340,30 @@ class ChunkRun:
         custom_id, body = request
         self.flying[custom_id] = None
         ctx = self.ctx
+        model = body.get("model")
+        served = ctx.registry.served_id(model) if isinstance(model, str) else None
+        gate = self.capacity.gate(served) if served is not None else None
         try:
-            outcome = await run_request(
-                custom_id=custom_id, body=body, registry=ctx.registry, clock=ctx.clock,
-                guard=guard, retries=ctx.settings.request_retries)
+            if gate is not None:
+                await gate.acquire()
+            try:
+                outcome = await run_request(
+                    custom_id=custom_id, body=body, registry=ctx.registry, clock=ctx.clock,
+                    guard=guard, retries=ctx.settings.request_retries)
+            finally:
+                if gate is not None:
+                    gate.release()
+        except EngineUnavailable:
+            # Not the request's fault: hand the chunk back unharmed and let the model's
+            # breaker keep it (and its kind) away until the engine answers again.
+            assert served is not None
+            del self.flying[custom_id]
+            if served not in self.unreachable:
+                self.unreachable.add(served)
+                self.capacity.unreachable(served)
+                if self._body is not None:
+                    self._body.cancel()
+            return
         except Exception:
             # A bug, not the request's fault as far as we know: never silent, never a loop
             # without end. It stays in flight, and the run ends as if it had died under it.
@@ -346,6 +372,8 @@ class ChunkRun:
             self.crashed.append(custom_id)
             return
         del self.flying[custom_id]
+        if served is not None and outcome.ok:
+            self.capacity.reachable(served)
         self.results.add(outcome)
         self.finished.add(custom_id)
         if (len(self.results.ok) + len(self.results.err) >= self.ctx.settings.checkpoint_results

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from batchd.batches import results
 from batchd.chat import ChatCompletionRequest, choice_object, completion_object
 from batchd.clock import Clock
-from batchd.engines.base import EngineRequestError, Priority
+from batchd.engines.base import EngineRequestError, EngineUnavailable, Priority
 from batchd.engines.registry import ModelRegistry
 from batchd.errors import BatchdError, invalid_request_of
 from batchd.worker.watchdog import Guard
@@ -32,7 +32,8 @@ async def run_request(
     *, custom_id: str, body: dict[str, Any], registry: ModelRegistry, clock: Clock,
     guard: Guard, retries: int = 1,
 ) -> Outcome:
-    """Never raises for a bad request or a failing engine: every failure is a line.
+    """Never raises for a bad request or a failing engine: every failure is a line, except
+    `EngineUnavailable` (the engine cannot be reached: the request did not fail, it waits).
     `guard` (the calling lane's) bounds each attempt's time."""
 
     def http_error(status: int, message: str, *, error_type: str = "invalid_request_error",
@@ -69,6 +70,8 @@ async def run_request(
                             f"({attempt} attempts)."))
         except EngineRequestError as exc:
             return http_error(exc.status_code, exc.message, code=exc.code, param=exc.param)
+        except EngineUnavailable:
+            raise  # not this request's fault: it waits for the engine (worker/capacity.py)
         except Exception as exc:
             log.warning("engine failed on a batch request (attempt %d): %r", attempt, exc)
             if attempt > retries:

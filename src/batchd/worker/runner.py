@@ -12,7 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from batchd.files import FileService, blob_key
+from batchd.store.records import Chunk, Lease
 from batchd.worker.batch_tasks import run_batch_task
+from batchd.worker.capacity import MIXED, Capacity
 from batchd.worker.chunks import ChunkRun, StartWindow
 from batchd.worker.context import WorkerContext
 from batchd.worker.gate import RequestGate
@@ -24,9 +26,12 @@ class Worker:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self._stopping = asyncio.Event()
-        self._gate = RequestGate(ctx.settings.worker_concurrency)
-        self._window = StartWindow(ctx.settings.worker_concurrency)
+        self._gate = RequestGate()
+        self.capacity = Capacity(ctx.registry, cap=ctx.settings.worker_concurrency,
+                                 chunks=ctx.settings.worker_chunks)
+        self._windows: dict[str, StartWindow] = {}  # per model key (see ChunkRun)
         self._tasks: list[asyncio.Task[None]] = []
+        self._chunk_runs: set[asyncio.Task[None]] = set()
         self._wakes: list[asyncio.Event] = []  # one per loop (see _poll)
         self.files = FileService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
                                  settings=ctx.settings)
@@ -34,11 +39,8 @@ class Worker:
     def start(self) -> None:
         """Start the loops as named tasks; `stop()` ends them."""
         loops = [("batch-tasks", self._poll("batch task", self.run_one_batch_task)),
-                 ("housekeeping", self._housekeeping())]
-        # One chunk slot polls; the others wait to be woken (by a claim, a finished batch
-        # task or a new batch), so an idle worker does not query the store once per slot.
-        loops += [(f"chunk-slot-{n}", self._poll("chunk", self.run_one_chunk, polls=n == 0))
-                  for n in range(self.ctx.settings.worker_chunks)]
+                 ("housekeeping", self._housekeeping()),
+                 ("chunks", self._claim_chunks())]
         self._tasks = [asyncio.create_task(coro, name=f"worker:{name}") for name, coro in loops]
         for task in self._tasks:
             task.add_done_callback(self._on_loop_exit)
@@ -65,6 +67,71 @@ class Worker:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    async def _claim_chunks(self) -> None:
+        """Claim chunks while a model has room for one (worker/capacity.py); each runs as its
+        own task. On stop, wait for them (they stop starting requests and hand back the
+        rest); cancelled (out of grace), cancel them."""
+        try:
+            await self._poll("chunk", self._claim_and_start)
+            while self._chunk_runs:
+                await asyncio.wait(set(self._chunk_runs))
+        except asyncio.CancelledError:
+            for task in self._chunk_runs:
+                task.cancel()
+            await asyncio.gather(*self._chunk_runs, return_exceptions=True)
+            raise
+
+    async def _claim_and_start(self) -> bool:
+        claim = await self._claim()
+        if claim is None:
+            return False
+        chunk, lease, key = claim
+        task = asyncio.create_task(self._run_chunk(chunk, lease, key),
+                                   name=f"worker:chunk:{chunk.batch_id}/{chunk.chunk_no}")
+        self._chunk_runs.add(task)
+        task.add_done_callback(self._chunk_runs.discard)
+        return True
+
+    async def _claim(self, *, any_model: bool = False) -> tuple[Chunk, Lease, str] | None:
+        """Claim a chunk of a model with room (`any_model`: of any model), counted against
+        that model until its run ends."""
+        ctx = self.ctx
+        room, crowded = self.capacity.claimable()
+        if not any_model and not room and not crowded:
+            return None
+        names = self._names_of
+        claim = await ctx.store.claim_chunk(
+            worker=ctx.worker_id, now=ctx.clock.now(), lease_seconds=ctx.settings.lease_seconds,
+            models=None if any_model else [n for m in room for n in names(m)],
+            mixed=MIXED in room, newcomers=[n for m in crowded for n in names(m)])
+        if claim is None:
+            return None
+        chunk, lease = claim
+        batch = await ctx.store.get_batch(chunk.batch_id, owner=None)
+        served = ctx.registry.served_id(batch.model) if batch and batch.model else None
+        key = served or MIXED
+        self.capacity.models[key].chunks += 1
+        return chunk, lease, key
+
+    def _names_of(self, model_id: str) -> list[str]:
+        registry = self.ctx.registry
+        return [name for name in registry.names() if registry.served_id(name) == model_id]
+
+    async def _run_chunk(self, chunk: Chunk, lease: Lease, key: str) -> None:
+        ctx = self.ctx
+        try:
+            batch = await ctx.store.get_batch(chunk.batch_id, owner=None)
+            assert batch is not None
+            source = await ctx.store.get_file(batch.input_file_id, owner=None)
+            input_key = source.blob_key if source else blob_key(batch.input_file_id)
+            lanes = self.capacity.lanes(key)
+            window = self._windows.setdefault(key, StartWindow(lanes))
+            await ChunkRun(ctx, chunk, lease, gate=self._gate, capacity=self.capacity,
+                           lanes=lanes, stopping=self._stopping, window=window).run(input_key)
+        finally:
+            self.capacity.models[key].chunks -= 1
+            self.wake()  # room for another chunk; the batch may be ready to assemble
 
     async def _poll(self, what: str, step: Callable[[], Awaitable[bool]], *,
                     polls: bool = True) -> None:
@@ -112,20 +179,11 @@ class Worker:
         return expired
 
     async def run_one_chunk(self) -> bool:
-        ctx = self.ctx
-        claim = await ctx.store.claim_chunk(worker=ctx.worker_id, now=ctx.clock.now(),
-                                            lease_seconds=ctx.settings.lease_seconds)
+        """Claim one chunk of any model and run it to its end (tests, one-shot runs)."""
+        claim = await self._claim(any_model=True)
         if claim is None:
             return False
-        chunk, lease = claim
-        self.wake()  # there may be more: let the slots that wait without polling look too
-        batch = await ctx.store.get_batch(chunk.batch_id, owner=None)
-        assert batch is not None
-        source = await ctx.store.get_file(batch.input_file_id, owner=None)
-        input_key = source.blob_key if source else blob_key(batch.input_file_id)
-        await ChunkRun(ctx, chunk, lease, self._gate, self._stopping,
-                       self._window).run(input_key)
-        self.wake()  # the batch may now be ready to assemble
+        await self._run_chunk(*claim)
         return True
 
     async def run_one_batch_task(self) -> bool:

@@ -1,0 +1,168 @@
+"""In-flight capacity per model: what lets one stalled model hold only its own slots.
+
+Each served model has a gate whose size follows its engine (`Engine.capacity()`: a llama.cpp
+model's parallel slots and a batch ready behind them, an upstream fleet's current adaptive
+limits), optionally capped by `BATCHD_WORKER_CONCURRENCY`. Batch requests wait at their model's
+gate, never at a worker-wide one, so a hung upstream fills its own gate and nothing else.
+
+The worker claims chunks per model in the same spirit: a model may hold `BATCHD_WORKER_CHUNKS`
+chunks, more while its engine has idle capacity (the tail of a chunk leaves slots empty), and
+an owner with nothing running anywhere always gets one more, so a small batch starts within a
+poll interval beside a huge one and shares the engine with it.
+
+A model whose engine is unreachable (connection failures, timeouts, overload after retries)
+trips its breaker: its chunks are handed back unharmed, no chunk of it is claimed until a
+growing back-off (2 s doubling to 60 s) has passed, and a success closes it again. Its
+requests wait for the server to return, failed only by the batch's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from batchd.engines.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+MIXED = "*"
+"""The key of batches whose lines name several models: they run beside any model."""
+
+
+class ModelGate:
+    """A FIFO semaphore whose size is read from the engine at each admission and release."""
+
+    def __init__(self, capacity: Callable[[], int]) -> None:
+        self.capacity = capacity
+        self.in_flight = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def idle(self) -> int:
+        """Free places that nobody waits for."""
+        return 0 if self._waiters else max(0, self.capacity() - self.in_flight)
+
+    async def acquire(self) -> None:
+        if not self._waiters and self.in_flight < self.capacity():
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # admitted just as we were cancelled: pass the place on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.admit()
+
+    def admit(self) -> None:
+        """Let waiters in while there is room (also after the engine's capacity grew)."""
+        while self._waiters and self.in_flight < self.capacity():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+
+@dataclass
+class Breaker:
+    """Closed, or open until `open_until` (monotonic seconds) after an unreachable engine."""
+
+    first_backoff: float = 2.0
+    max_backoff: float = 60.0
+    open_until: float = 0.0
+    backoff: float = 0.0
+
+    def allows(self, now: float) -> bool:
+        return now >= self.open_until
+
+    def trip(self, now: float) -> float:
+        """Open (again); returns the back-off before the next try."""
+        if now < self.open_until:
+            return self.open_until - now  # several requests report the same outage
+        self.backoff = min(self.max_backoff, 2 * self.backoff or self.first_backoff)
+        self.open_until = now + self.backoff
+        return self.backoff
+
+    def succeeded(self) -> None:
+        self.backoff = 0.0
+
+
+@dataclass
+class ModelSlots:
+    gate: ModelGate
+    breaker: Breaker = field(default_factory=Breaker)
+    chunks: int = 0  # chunks this worker holds for the model
+
+
+class Capacity:
+    """The worker's gates, breakers and chunk counts, one set per served model."""
+
+    def __init__(self, registry: ModelRegistry, *, cap: int | None, chunks: int) -> None:
+        self.registry = registry
+        self.cap = cap
+        self.chunks_per_model = chunks
+        self.models: dict[str, ModelSlots] = {}
+        for model_id in registry.served_ids():
+            self.models[model_id] = ModelSlots(gate=ModelGate(self._capacity_of(model_id)))
+        self.models[MIXED] = ModelSlots(gate=ModelGate(lambda: 0))
+
+    def _capacity_of(self, model_id: str) -> Callable[[], int]:
+        def capacity() -> int:
+            size = max(1, self.registry.engine_for(model_id).capacity())
+            return size if self.cap is None else min(size, self.cap)
+        return capacity
+
+    def gate(self, model_id: str) -> ModelGate:
+        return self.models[model_id].gate
+
+    def lanes(self, key: str) -> int:
+        """Lanes a chunk of this model needs to fill its engine (the most it may take)."""
+        ids = [key] if key != MIXED else [m for m in self.models if m != MIXED]
+        most = max((self.registry.engine_for(m).max_capacity() for m in ids), default=1)
+        return max(1, most if self.cap is None else min(most, self.cap))
+
+    def claimable(self) -> tuple[list[str], list[str]]:
+        """(models with room for another chunk, models full but open to a new owner)."""
+        now = time.monotonic()
+        room: list[str] = []
+        crowded: list[str] = []
+        for key, slots in self.models.items():
+            if not slots.breaker.allows(now):
+                continue
+            usual = self.chunks_per_model
+            if slots.chunks < usual or (
+                    slots.chunks < 4 * usual and key != MIXED and slots.gate.idle > 0):
+                room.append(key)
+            elif slots.chunks < 8 * usual:
+                crowded.append(key)
+        return room, crowded
+
+    def unreachable(self, model_id: str) -> None:
+        slots = self.models[model_id]
+        backoff = slots.breaker.trip(time.monotonic())
+        log.warning("model %r: its engine cannot be reached; its chunks are handed back and "
+                    "none is claimed for %.0f s", model_id, backoff)
+
+    def reachable(self, model_id: str) -> None:
+        slots = self.models[model_id]
+        if slots.breaker.backoff:
+            log.info("model %r: its engine answers again", model_id)
+            slots.breaker.succeeded()
+
+    def next_opening(self) -> float | None:
+        """Seconds until an open breaker lets claims through again, if any is open."""
+        now = time.monotonic()
+        waits = [s.breaker.open_until - now for s in self.models.values()
+                 if not s.breaker.allows(now)]
+        return min(waits) if waits else None
