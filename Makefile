@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/throughput.py --workload shared
 	$(PY) bench/latency.py
 	$(PY) bench/control_plane.py
+	$(PY) bench/fairness.py
 	$(PY) bench/memory.py
 
 clean:
