@@ -21,7 +21,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from batchd.chat import ChatCompletionRequest
-from batchd.engines.base import Delta, EngineFailure, EngineRequestError, Usage
+from batchd.engines.base import (
+    Delta,
+    EngineFailure,
+    EngineRequestError,
+    EngineUnavailable,
+    Usage,
+)
 from batchd.engines.llamacpp import default_model_path
 from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 from batchd.settings import Settings
@@ -145,11 +151,17 @@ async def test_persistent_failure_is_an_engine_error_after_bounded_retries(
     make_engine: Maker, proxy: FaultyProxy
 ) -> None:
     engine = make_engine(proxy.base_url, max_retries=2)
+    # Unavailable (503 and the like): the request is not at fault and waits (worker/capacity).
     proxy.faults[:] = [503] * 3
     before = proxy.seen
-    with pytest.raises(EngineFailure, match="failed 3 times"):
+    with pytest.raises(EngineUnavailable, match="failed 3 times"):
         await engine.chat(chat())
     assert proxy.seen - before == 3
+    # A 500 every time may be this request's doing: it fails alone, as a 500 line.
+    proxy.faults[:] = [500] * 3
+    with pytest.raises(EngineFailure, match="failed 3 times") as failed:
+        await engine.chat(chat())
+    assert not isinstance(failed.value, EngineUnavailable)
 
 
 async def test_a_client_error_is_the_requests_own_and_not_retried(

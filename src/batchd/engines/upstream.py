@@ -94,10 +94,17 @@ class Target:
             self.changed.notify_all()
 
 
+# Answers that say the server cannot take work now (overloaded, restarting, behind a gateway
+# that lost it), as opposed to a 500 that this one request may cause every time.
+UNAVAILABLE = frozenset({429, 502, 503, 504})
+
+
 class _Retry(Exception):
-    def __init__(self, reason: str, *, after: float | None = None) -> None:
+    def __init__(self, reason: str, *, after: float | None = None,
+                 unavailable: bool = True) -> None:
         super().__init__(reason)
         self.after = after
+        self.unavailable = unavailable
 
 
 class UpstreamEngine:
@@ -147,7 +154,7 @@ class UpstreamEngine:
         if response.status_code in RETRYABLE:
             raise _Retry(f"upstream answered {response.status_code}",
                          after=float(after) if after and after.replace(".", "").isdigit()
-                         else None)
+                         else None, unavailable=response.status_code in UNAVAILABLE)
         try:
             error = response.json().get("error") or {}
         except (ValueError, AttributeError):
@@ -188,8 +195,11 @@ class UpstreamEngine:
             log.warning("upstream %s: %s (attempt %d)", target.base_url, failure, attempt + 1)
             if attempt < self.options.max_retries:
                 await self._backoff(attempt, failure)
-        raise EngineUnavailable(f"The upstream servers failed {self.options.max_retries + 1} "
-                                f"times; last: {failure}", code="upstream_unavailable")
+        message = (f"The upstream servers failed {self.options.max_retries + 1} times; "
+                   f"last: {failure}")
+        if failure.unavailable:  # the request waits for the server to come back
+            raise EngineUnavailable(message, code="upstream_unavailable")
+        raise EngineFailure(message, code="upstream_error")
 
     async def chat_stream(self, request: ChatCompletionRequest, *,
                           priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
