@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/latency.py
 	$(PY) bench/control_plane.py
 	$(PY) bench/fairness.py
+	$(PY) bench/upstream.py --llama
 	$(PY) bench/memory.py
 
 clean:

@@ -66,6 +66,23 @@ def start_server(data_dir: Path, log: Path, *, models: Path | None = None,
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
 
 
+def start_llama_cpp_server(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """llama-cpp-python's own OpenAI-compatible server (not batchd's code) on the default
+    model; returns the process and its API root."""
+    from batchd.engines.llamacpp import default_model_path
+
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
+             "--port", str(port), "--n_ctx", "2048"], stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    if not wait_for_http(f"{base}/models", process=process):
+        process.kill()
+        raise RuntimeError(f"llama_cpp.server did not start:\n{log.read_text()}")
+    return process, base
+
+
 def stop_server(server: Server) -> None:
     server.process.terminate()
     try:

@@ -5,8 +5,6 @@ that injects 429s and 5xx."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,27 +26,19 @@ from batchd.engines.base import (
     EngineUnavailable,
     Usage,
 )
-from batchd.engines.llamacpp import default_model_path
 from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 from batchd.settings import Settings
 from tests.conftest import Harness, batch_line
-from tests.e2e.conftest import free_port, wait_for_http
+from tests.e2e.conftest import free_port, start_llama_cpp_server
 
 Maker = Callable[..., UpstreamEngine]
 
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
-             "--port", str(port), "--n_ctx", "2048"], stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
+    process, base = start_llama_cpp_server(
+        tmp_path_factory.mktemp("llama-server") / "server.log")
     try:
-        if not wait_for_http(f"{base}/models", process=process):
-            raise RuntimeError(log.read_text())
         yield base
     finally:
         process.terminate()
@@ -190,6 +180,17 @@ async def test_concurrency_grows_while_latency_holds(make_engine: Maker, llama_s
     for i in range(4):
         await engine.chat(chat(f"Count {i}."))
     assert engine.targets[0].limit > 1.5
+
+
+async def test_the_limit_finds_the_size_of_a_real_server(make_engine: Maker,
+                                                        llama_server: str) -> None:
+    """llama_cpp.server answers one request at a time: from the default 32 in flight, the
+    queue it builds brings the limit down to a handful (throughput against it is measured
+    in bench/upstream.py --llama)."""
+    engine = make_engine(llama_server)
+    assert engine.targets[0].limit == 32
+    await asyncio.gather(*(engine.chat(chat(f"Count to {i}.")) for i in range(40)))
+    assert engine.targets[0].limit < 16
 
 
 @pytest.fixture

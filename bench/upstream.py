@@ -1,0 +1,231 @@
+"""Upstream benchmark: how fully batchd keeps OpenAI-compatible servers busy.
+
+A simulated GPU inference server runs inside this script: N slots, a fixed service time per
+request, and a FIFO queue beyond N (as a saturated vLLM does). A batch goes through the real
+batchd server (`engine: upstream`, default settings: the adaptive limit starts at 32) and the
+script prints utilisation = ideal time (requests / N * service time) / the time the server was
+busy (first request in to last answer out), for N = 16, 128 and 512 and for two servers of
+different sizes (where the larger should get proportionally more of the work). Targets: ≥ 0.8
+at every N. With `--llama` it also compares batchd against driving a real `llama_cpp.server`
+on the default model directly at its best concurrency (target ≥ 0.95).
+
+    .venv/bin/python bench/upstream.py [--only 16,128,512,pair] [--llama]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.e2e.conftest import free_port, start_llama_cpp_server
+
+from bench.common import bench_server
+
+_ANSWER = json.dumps({
+    "id": "chatcmpl-sim", "object": "chat.completion", "created": 0, "model": "gpu",
+    "choices": [{"index": 0, "finish_reason": "length",
+                 "message": {"role": "assistant", "content": "x " * 16}}],
+    "usage": {"prompt_tokens": 8, "completion_tokens": 16, "total_tokens": 24}}).encode()
+_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_ANSWER))]
+
+
+class _Sim:
+    """The simulated server, a bare ASGI app (it shares this machine's cores with batchd, so
+    it does as little as it can): N slots, `service` seconds each, a FIFO queue beyond."""
+
+    def __init__(self, slots: int, service: float) -> None:
+        self.slots, self.service = slots, service
+        self.gate: asyncio.Semaphore | None = None
+        self.served = self.here = self.peak = 0
+        self.first: float | None = None
+        self.last = 0.0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"] == "/stats":
+            body = json.dumps({"served": self.served, "peak": self.peak,
+                               "first": self.first, "last": self.last}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if self.gate is None:  # made on the server's own event loop
+            self.gate = asyncio.Semaphore(self.slots)
+        self.first = self.first or time.time()
+        self.here += 1
+        self.peak = max(self.peak, self.here)
+        async with self.gate:
+            await asyncio.sleep(self.service)
+        self.here -= 1
+        self.served += 1
+        self.last = time.time()
+        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        await send({"type": "http.response.body", "body": _ANSWER})
+
+
+def _serve(slots: int, service: float, port: int) -> None:
+    uvicorn.run(_Sim(slots, service), port=port, log_level="error", backlog=4096,
+                timeout_keep_alive=60, access_log=False, lifespan="off")
+
+
+@dataclass
+class SimulatedServer:
+    """A simulated GPU inference server in its own process (its own interpreter and core,
+    so its bookkeeping does not slow batchd's down, nor this script's)."""
+
+    slots: int
+    service: float
+    port: int = field(default_factory=free_port)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> SimulatedServer:
+        self.process = multiprocessing.Process(target=_serve, daemon=True,
+                                               args=(self.slots, self.service, self.port))
+        self.process.start()
+        for _ in range(300):
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("the simulated server did not start")
+
+    def collect(self) -> dict[str, Any]:
+        self.stats = httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=10).json()
+        return self.stats
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.join(timeout=10)
+
+
+def batch_file(path: Path, n: int, model: str) -> None:
+    with path.open("w") as out:
+        for i in range(n):
+            out.write(json.dumps({
+                "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": model, "max_tokens": 16,
+                         "messages": [{"role": "user", "content": f"question {i}"}]}}) + "\n")
+
+
+def run_through_batchd(root: Path, urls: list[str], requests: int) -> float:
+    """Create a batch for the upstream model; returns seconds from create to completed."""
+    models = root / "models.yaml"
+    models.write_text("models:\n  - id: gpu\n    engine: upstream\n    base_urls: ["
+                      + ", ".join(urls) + "]\n")
+    batch_file(root / "in.jsonl", requests, "gpu")
+    with bench_server(root, models=models) as server:
+        client = httpx.Client(base_url=server.base_url, timeout=60,
+                              headers={"Authorization": f"Bearer {server.api_key}"})
+        with (root / "in.jsonl").open("rb") as data:
+            file_id = client.post("/files", files={"file": ("in.jsonl", data)},
+                                  data={"purpose": "batch"}).json()["id"]
+        started = time.perf_counter()
+        batch_id = client.post("/batches", json={
+            "input_file_id": file_id, "endpoint": "/v1/chat/completions",
+            "completion_window": "24h"}).json()["id"]
+        while (batch := client.get(f"/batches/{batch_id}").json())["status"] not in (
+                "completed", "failed", "cancelled", "expired"):
+            time.sleep(0.05)
+        took = time.perf_counter() - started
+        assert batch["request_counts"]["completed"] == requests, batch
+        return took
+
+
+def one_server(slots: int, service: float, requests: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, SimulatedServer(slots, service) as sim:
+        end_to_end = run_through_batchd(Path(tmp), [sim.url], requests)
+        stats = sim.collect()
+        ideal = requests / slots * service
+        busy = stats["last"] - stats["first"]
+        print(f"N={slots:>3} slots, {service:g} s a request, {requests} requests: ideal "
+              f"{ideal:.1f} s, server busy {busy:.1f} s -> utilisation {ideal / busy:.2f} "
+              f"(end to end {end_to_end:.1f} s, {ideal / end_to_end:.2f}); peak at the "
+              f"server {stats['peak']}")
+
+
+def two_servers(small: int, large: int, service: float, requests: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, SimulatedServer(small, service) as a, \
+            SimulatedServer(large, service) as b:
+        end_to_end = run_through_batchd(Path(tmp), [a.url, b.url], requests)
+        sa, sb = a.collect(), b.collect()
+        ideal = requests / (small + large) * service
+        busy = max(sa["last"], sb["last"]) - min(sa["first"], sb["first"])
+        print(f"two servers, N={small} and N={large}, {service:g} s a request, {requests} "
+              f"requests: ideal {ideal:.1f} s, busy {busy:.1f} s -> utilisation "
+              f"{ideal / busy:.2f} (end to end {end_to_end:.1f} s); share of the work "
+              f"{sa['served'] / requests:.2f} / {sb['served'] / requests:.2f} (slots "
+              f"{small / (small + large):.2f} / {large / (small + large):.2f})")
+
+
+async def _direct(url: str, requests: int, concurrency: int) -> float:
+    body = {"model": "m", "max_tokens": 16, "temperature": 0,
+            "messages": [{"role": "user", "content": "question"}]}
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=600) as client:
+        async def one(i: int) -> None:
+            async with gate:
+                payload = {**body, "messages": [{"role": "user", "content": f"question {i}"}]}
+                (await client.post(f"{url}/chat/completions", json=payload)).raise_for_status()
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(requests)))
+        return time.perf_counter() - started
+
+
+def llama(requests: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        process, url = start_llama_cpp_server(Path(tmp) / "llama.log")
+        try:
+            asyncio.run(_direct(url, 4, 1))  # warm-up
+            direct = {c: asyncio.run(_direct(url, requests, c)) for c in (1, 2, 4, 8)}
+            best = min(direct, key=direct.__getitem__)
+            through = run_through_batchd(Path(tmp), [url], requests)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    print(f"llama_cpp.server (default model, 16 max tokens, {requests} requests): direct "
+          + ", ".join(f"{c} at once {t:.1f} s" for c, t in direct.items())
+          + f"; batchd end to end {through:.1f} s -> {direct[best] / through:.2f} of direct at "
+            f"its best ({best} at once)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default="16,128,512,pair")
+    parser.add_argument("--llama", action="store_true")
+    args = parser.parse_args()
+    print("batchd: default settings (upstream initial_concurrency 32, max_concurrency 1024, "
+          "latency_tolerance 1.5; worker poll 0.5 s); each simulated server in a process "
+          "of its own")
+    runs = {"16": lambda: one_server(16, 0.1, 3000),
+            "128": lambda: one_server(128, 1.0, 3000),
+            "512": lambda: one_server(512, 2.0, 6000),
+            "pair": lambda: two_servers(64, 192, 1.0, 3000)}
+    for name in args.only.split(","):
+        runs[name]()
+    if args.llama:
+        llama(96)
+
+
+if __name__ == "__main__":
+    main()
