@@ -71,10 +71,19 @@ def workload(kind: str, n: int, seed: int) -> list[list[dict[str, str]]]:
                                          f"(question {i})."}] for i in range(n)]
 
 
+WARM_UP = [{"role": "user", "content": "Say hi."}]
+"""One request each contender answers before its clock starts."""
+THREADS = os.cpu_count() or 1
+"""Every contender decodes with as many threads as batchd's engine uses by default (all
+cores); llama-cpp-python's own default is half of them."""
+
+
 def naive_loop(chats: list[list[dict[str, str]]]) -> Figures:
     from llama_cpp import Llama
 
-    llama = Llama(model_path=str(default_model_path()), n_ctx=2048, verbose=False)
+    llama = Llama(model_path=str(default_model_path()), n_ctx=2048, verbose=False,
+                  n_threads=THREADS, n_threads_batch=THREADS)
+    llama.create_chat_completion(messages=WARM_UP, max_tokens=8)  # type: ignore[arg-type]
     tokens = 0
     started = time.perf_counter()
     for messages in chats:
@@ -91,10 +100,13 @@ def engine_direct(chats: list[list[dict[str, str]]], parallel: int) -> Figures:
     async def run() -> Figures:
         # Configured and called exactly as batchd's worker does (batch priority, default
         # real-time slot kept free), so the utilisation ratio compares like with like.
-        engine = LlamaCppEngine(LlamaCppOptions(n_ctx=2048, parallel=parallel))
+        engine = LlamaCppEngine(LlamaCppOptions(n_ctx=2048, parallel=parallel,
+                                                n_threads=THREADS))
         requests = [ChatCompletionRequest.model_validate(
             {"model": "m", "messages": m, "max_tokens": MAX_TOKENS, "temperature": 0})
             for m in chats]
+        await engine.chat(ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": WARM_UP, "max_tokens": 8}), priority=Priority.BATCH)
         started = time.perf_counter()
         results = await asyncio.gather(*(engine.chat(r, priority=Priority.BATCH)
                                          for r in requests))
@@ -111,10 +123,12 @@ def batchd_end_to_end(chats: list[list[dict[str, str]]], parallel: int) -> Figur
         root = Path(tmp)
         (root / "models.yaml").write_text(
             "models:\n  - id: SmolLM2-135M-Instruct\n    engine: llamacpp\n"
-            f"    n_ctx: 2048\n    parallel: {parallel}\n")
+            f"    n_ctx: 2048\n    parallel: {parallel}\n    n_threads: {THREADS}\n")
         with bench_server(root, models=root / "models.yaml",
                           BATCHD_CHUNK_LINES="64") as server:
             client = OpenAI(base_url=server.base_url, api_key=server.api_key)
+            client.chat.completions.create(model="SmolLM2-135M-Instruct",
+                                           messages=WARM_UP, max_tokens=8)  # type: ignore[arg-type]
             path = root / "input.jsonl"
             path.write_text("".join(json.dumps({
                 "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
@@ -130,7 +144,8 @@ def batchd_end_to_end(chats: list[list[dict[str, str]]], parallel: int) -> Figur
 def llama_server(binary: str, chats: list[list[dict[str, str]]]) -> Figures:
     port = free_port()
     process = subprocess.Popen([binary, "-m", str(default_model_path()), "--port", str(port),
-                                "--parallel", "8", "-c", str(2048 * 8)],
+                                "--parallel", "8", "-c", str(2048 * 8),
+                                "--threads", str(THREADS), "--threads-batch", str(THREADS)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -139,6 +154,9 @@ def llama_server(binary: str, chats: list[list[dict[str, str]]]) -> Figures:
         async def run() -> Figures:
             gate = asyncio.Semaphore(8)
             async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+                await client.post("/v1/chat/completions",
+                                  json={"messages": WARM_UP, "max_tokens": 8})
+
                 async def one(messages: list[dict[str, str]]) -> int:
                     async with gate:
                         r = await client.post("/v1/chat/completions", json={
@@ -169,7 +187,8 @@ def main() -> None:
     args = parser.parse_args()
     chats = workload(args.workload, args.requests, args.seed)
     print(f"workload {args.workload}: {args.requests} chats, {MAX_TOKENS} max tokens, "
-          f"temperature 0, {os.cpu_count()} CPUs")
+          f"temperature 0, {os.cpu_count()} CPUs; every contender decodes with {THREADS} "
+          f"threads, n_ctx 2048 per request, and is warmed up by its first request")
     # Each in-process measurement runs in a process of its own that then exits: llama.cpp's
     # OpenMP worker threads outlive a closed model and keep spinning, which slowed every later
     # measurement on this 2-core machine by about a quarter.

@@ -189,7 +189,11 @@ async def test_the_limit_finds_the_size_of_a_real_server(make_engine: Maker,
     in bench/upstream.py --llama)."""
     engine = make_engine(llama_server)
     assert engine.targets[0].limit == 32
-    await asyncio.gather(*(engine.chat(chat(f"Count to {i}.")) for i in range(40)))
+    rounds = 0
+    while rounds < 6 and engine.targets[0].limit >= 16:  # one or two rounds of 32, as a rule
+        await asyncio.gather(*(engine.chat(chat(f"Count to {i}.")) for i in range(32)))
+        rounds += 1
+    print(f"limit {engine.targets[0].limit:.1f} after {rounds} rounds of 32")
     assert engine.targets[0].limit < 16
 
 

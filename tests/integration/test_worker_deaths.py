@@ -164,3 +164,28 @@ async def test_a_worker_whose_lease_was_taken_stops_at_once_and_records_nothing(
     assert batch["request_counts"] == {"total": 10, "completed": 10, "failed": 0}
     output = await harness.lines_of(batch["output_file_id"])
     assert sorted(line["custom_id"] for line in output) == sorted(f"r{i}" for i in range(10))
+
+
+async def test_a_batch_cancelled_while_suspects_run_reports_each_request_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batch_id = await _ready(harness, 4)
+    for _ in range(2):  # r1 was in flight at two deaths: it runs first, in a group
+        await _die_with(harness, {"ids": ["r1"], "alone": False})
+    real = requests.run_request
+
+    async def run_request(**kwargs: Any) -> Any:
+        if kwargs["custom_id"] == "r1":
+            await harness.client.post(f"/v1/batches/{batch_id}/cancel")
+            await asyncio.sleep(5)  # the heartbeat halts the run long before this ends
+        return await real(**kwargs)
+
+    monkeypatch.setattr(chunks, "run_request", run_request)
+    await harness.worker.drain()
+    batch = await harness.batch(batch_id)
+    assert batch["status"] == "cancelled"
+    lines = (await harness.lines_of(batch["output_file_id"])
+             + await harness.lines_of(batch["error_file_id"]))
+    ids = [line["custom_id"] for line in lines]
+    assert sorted(ids) == ["r0", "r1", "r2", "r3"]  # each once
+    assert batch["request_counts"]["total"] == 4

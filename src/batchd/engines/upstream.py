@@ -225,6 +225,8 @@ class _Shard:
 
 
 class UpstreamEngine:
+    AVOID_SECONDS = 5.0
+
     def __init__(self, options: UpstreamOptions, *, model_id: str) -> None:
         self.options = options
         self.model = options.model or model_id
@@ -243,18 +245,34 @@ class UpstreamEngine:
                         for url in options.base_urls]
 
     async def _admit(self, *, avoid: Target | None) -> tuple[Target, Sent]:
-        """Wait until a server has room, then take the one with the most (preferring not
-        `avoid`, the one that just failed). Chosen at admission, not before waiting: a
-        request queued for one server would sit there while another had room."""
-        others = [t for t in self.targets if t is not avoid] or self.targets
+        """Wait until a server has room, then take the one with the most. Chosen at
+        admission, not before waiting: a request queued for one server would sit there
+        while another had room. `avoid` (the server that just failed it) is taken only if
+        no other has had room for `AVOID_SECONDS`."""
+        others = [t for t in self.targets if t is not avoid]
 
-        def roomy() -> list[Target]:
-            return [t for t in others if t.has_room]
+        def roomy(among: list[Target]) -> list[Target]:
+            return [t for t in among if t.has_room]
 
         async with self._room:
-            await self._room.wait_for(lambda: bool(roomy()))
-            target = max(roomy(), key=lambda t: (t.free / t.limit, random.random()))
-            return target, target.take()
+            try:
+                if others and not roomy(others):
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.AVOID_SECONDS):
+                            await self._room.wait_for(lambda: bool(roomy(others)))
+                await self._room.wait_for(lambda: bool(roomy(self.targets)))
+            except BaseException:
+                # A wake-up this waiter took but cannot use (cancelled, or timed out while
+                # holding out for another server) goes to the next one.
+                if roomy(self.targets):
+                    self._room.notify(1)
+                raise
+            target = max(roomy(others) or roomy(self.targets),
+                         key=lambda t: (t.free / t.limit, random.random()))
+            sent = target.take()
+            if roomy(self.targets):
+                self._room.notify(1)  # room left (limits grew): the next one need not wait
+            return target, sent
 
     async def _release(self, target: Target, sent: Sent, *, ok: bool,
                        overloaded: bool = False, tokens: int = 0) -> None:

@@ -213,14 +213,15 @@ class WorkStore(SqlStore):
     async def claim_chunk(
         self, *, worker: str, now: float, lease_seconds: float,
         models: Sequence[str] | None = None, mixed: bool = True,
-        newcomers: Sequence[str] = (),
+        newcomers: Sequence[str] = (), served: Sequence[str] = (),
     ) -> tuple[Chunk, Lease] | None:
         """Lease the next runnable chunk: pending, or leased by a worker that vanished.
 
         Only chunks of batches whose `model` is in `models` (None: any), or that name several
-        models when `mixed`; or, for `newcomers` models, of an owner with nothing running
-        (a small batch need not wait for a huge one to end). Fair between owners first (the
-        owner with the fewest chunks running goes next), then most urgent deadline first.
+        models (or one not among `served`) when `mixed`; or, for `newcomers` models, of an
+        owner with nothing running (a small batch need not wait for a huge one to end). Fair
+        between owners first (the owner with the fewest chunks running goes next), then most
+        urgent deadline first.
         Live counts restart from what the chunk has committed. A chunk is never given up
         here: worker deaths count against the requests that were in flight
         (worker/deaths.py), and the batch's deadline bounds the rest."""
@@ -228,6 +229,7 @@ class WorkStore(SqlStore):
             row = (await conn.execute(_CLAIM_CHUNK_ANY if models is None else _CLAIM_CHUNK, {
                 "now": now, "worker": worker, "lease_until": now + lease_seconds,
                 "models": list(models or ()), "mixed": mixed, "newcomers": list(newcomers),
+                "served": list(served),
             })).mappings().first()
         if row is None:
             return None
@@ -377,7 +379,7 @@ class WorkStore(SqlStore):
 def _claim_chunk_statement(*, any_model: bool) -> Any:
     """The chunk claim, built once (its aliases are costly to build on every claim) and
     parametrised by `now`, `worker`, `lease_until` and (unless `any_model`) `models`,
-    `mixed` and `newcomers`."""
+    `mixed`, `newcomers` and `served`."""
     c, b = t.chunks.c, t.batches.c
     now: Any = bindparam("now")
     running_chunks = t.chunks.alias("running_chunks")
@@ -399,7 +401,9 @@ def _claim_chunk_statement(*, any_model: bool) -> Any:
     if not any_model:
         wanted = or_(
             b.model.in_(bindparam("models", expanding=True)),
-            and_(b.model.is_(None), bindparam("mixed")),
+            # Several models, or one no longer served (its lines fail at once, not expire).
+            and_(bindparam("mixed"), or_(b.model.is_(None),
+                                         b.model.not_in(bindparam("served", expanding=True)))),
             and_(b.model.in_(bindparam("newcomers", expanding=True)), owner_running == 0),
         )
     candidate = (

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -58,7 +59,8 @@ class ModelGate:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # admitted just as we were cancelled: pass the place on
             else:
-                self._waiters.remove(waiter)
+                with contextlib.suppress(ValueError):  # admit() may have dropped it already
+                    self._waiters.remove(waiter)
             raise
 
     def release(self) -> None:

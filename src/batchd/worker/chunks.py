@@ -25,7 +25,7 @@ from batchd.engines.base import EngineUnavailable
 from batchd.store.blobs import BlobMissing
 from batchd.store.records import BatchRecord, Chunk, ChunkProgress, Lease, StopReason
 from batchd.worker import deaths
-from batchd.worker.capacity import Capacity
+from batchd.worker.capacity import MIXED, Capacity, ModelGate
 from batchd.worker.context import WorkerContext
 from batchd.worker.gate import RequestGate
 from batchd.worker.requests import Outcome, run_request
@@ -144,12 +144,13 @@ class ChunkRun:
 
     def __init__(self, ctx: WorkerContext, chunk: Chunk, lease: Lease, *, gate: RequestGate,
                  capacity: Capacity, lanes: int, stopping: asyncio.Event,
-                 window: StartWindow | None = None) -> None:
+                 window: StartWindow | None = None, key: str | None = None) -> None:
         self.ctx = ctx
         self.chunk = chunk
         self.lease = lease
         self.gate = gate
         self.capacity = capacity
+        self.key = key  # the model (or MIXED) the worker counts this chunk against
         self.stopping = stopping
         self.results = _Results(committed=chunk.committed)
         self.parts = list(chunk.parts)
@@ -213,13 +214,16 @@ class ChunkRun:
         finally:
             for helper in helpers:
                 helper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await helper
+            for outcome in await asyncio.gather(*helpers, return_exceptions=True):
+                if not isinstance(outcome, asyncio.CancelledError | type(None)):
+                    log.error("chunk %s/%s: a helper failed", self.chunk.batch_id,
+                              self.chunk.chunk_no, exc_info=outcome)
         if not body.cancelled() and body.exception() is not None:
-            log.error("chunk %s/%s: its run failed; charging the requests in flight",
+            # Not a request's doing (those are caught one by one in _run_one): the store
+            # failed, say. Logged; what did not finish is handed back, nobody suspected.
+            log.error("chunk %s/%s: its run failed; handing the rest back",
                       self.chunk.batch_id, self.chunk.chunk_no, exc_info=body.exception())
-            self.crashed += [cid for cid in self.flying if cid not in self.crashed]
-        await self._finish([r[0] for group in groups for r in group] + [r[0] for r in todo])
+        await self._finish([r[0] for r in todo])  # every request, suspects included
 
     async def _finish(self, todo_ids: list[str]) -> None:
         if self.lost:
@@ -266,7 +270,8 @@ class ChunkRun:
     async def _execute(self, groups: list[list[Request]]) -> None:
         """Suspect groups one at a time (each alone in the worker), then the rest in lanes
         that pull requests in turn (far cheaper than a task per request on a chunk of
-        thousands of instant answers; the worker-wide gate bounds what is in flight)."""
+        thousands of instant answers; each model's gate bounds what is in flight). Task
+        groups: if one lane fails, the others stop with it rather than run on unwatched."""
         for group in groups:
             async with self.gate.alone():
                 if self._halted():
@@ -275,30 +280,34 @@ class ChunkRun:
                 self._alone = len(ids) == 1
                 if not await self._reserve(deaths.reservation([], ids, alone=self._alone)):
                     return
-                await asyncio.gather(*(self._guarded(request) for request in group))
+                async with asyncio.TaskGroup() as members:
+                    for request in group:
+                        members.create_task(self._guarded(request))
                 if self.crashed:
                     return  # charged on release; the next run narrows the suspects
+                # Before the door opens: this record must not outlive the group, or a death
+                # under another chunk's suspect would be charged to this one's, alone.
                 self._alone = False
+                if not await self._reserve(deaths.reservation([], [])):
+                    return
         if self.todo and not self._halted():
-            lanes = min(len(self.todo), self._lanes)
-            await asyncio.gather(*(self._lane() for _ in range(lanes)))
+            async with asyncio.TaskGroup() as lanes:
+                for _ in range(min(len(self.todo), self._lanes)):
+                    lanes.create_task(self._lane())
 
     async def _guarded(self, request: Request) -> None:
         guard = self.watchdog.guard()
         try:
-            await self._run_one(request, guard)
+            await self._run_one(request, guard, door=False)  # the group holds the door
         finally:
             self.watchdog.release(guard)
 
     async def _lane(self) -> None:
         guard = self.watchdog.guard()
         try:
-            while True:
-                async with self.gate.slot():
-                    request = await self._next_request()
-                    if request is None:
-                        return  # nothing left, or stopping: the rest stays for the next run
-                    await self._run_one(request, guard)
+            while (request := await self._next_request()) is not None:
+                await self._run_one(request, guard)
+            # None: nothing left, or stopping: the rest stays for the next run
         finally:
             self.watchdog.release(guard)
 
@@ -336,7 +345,30 @@ class ChunkRun:
         self._halt(lost=True)
         return False
 
-    async def _run_one(self, request: Request, guard: Guard) -> None:
+    async def _call(self, request: Request, guard: Guard, gate: ModelGate | None, *,
+                    door: bool) -> Outcome:
+        """Run the request once it holds its model's place and (unless `door` is False:
+        a suspect group already holds it) is inside the worker's door. It never waits at
+        the door while holding a place."""
+        while True:
+            if gate is not None:
+                await gate.acquire()
+            if not door or self.gate.is_open:
+                break
+            if gate is not None:
+                gate.release()
+            await self.gate.wait_open()
+        ctx = self.ctx
+        try:
+            with self.gate.inside() if door else contextlib.nullcontext():
+                return await run_request(
+                    custom_id=request[0], body=request[1], registry=ctx.registry,
+                    clock=ctx.clock, guard=guard, retries=ctx.settings.request_retries)
+        finally:
+            if gate is not None:
+                gate.release()
+
+    async def _run_one(self, request: Request, guard: Guard, *, door: bool = True) -> None:
         custom_id, body = request
         self.flying[custom_id] = None
         ctx = self.ctx
@@ -344,15 +376,7 @@ class ChunkRun:
         served = ctx.registry.served_id(model) if isinstance(model, str) else None
         gate = self.capacity.gate(served) if served is not None else None
         try:
-            if gate is not None:
-                await gate.acquire()
-            try:
-                outcome = await run_request(
-                    custom_id=custom_id, body=body, registry=ctx.registry, clock=ctx.clock,
-                    guard=guard, retries=ctx.settings.request_retries)
-            finally:
-                if gate is not None:
-                    gate.release()
+            outcome = await self._call(request, guard, gate, door=door)
         except EngineUnavailable:
             # Not the request's fault: hand the chunk back unharmed and let the model's
             # breaker keep it (and its kind) away until the engine answers again.
@@ -361,6 +385,8 @@ class ChunkRun:
             if served not in self.unreachable:
                 self.unreachable.add(served)
                 self.capacity.unreachable(served)
+                if self.key == MIXED:  # or it is claimed again at once
+                    self.capacity.unreachable(MIXED)
                 if self._body is not None:
                     self._body.cancel()
             return
@@ -400,7 +426,13 @@ class ChunkRun:
             if self.results.ok or self.results.err:
                 # Shielded: if the chunk finishes meanwhile and this task is cancelled, the
                 # checkpoint still completes, so its part is not lost between two flushes.
-                if not await asyncio.shield(self._checkpoint(release=False)):
+                try:
+                    saved = await asyncio.shield(self._checkpoint(release=False))
+                except Exception:  # the store or the disk, for a moment: the lines wait
+                    log.warning("chunk %s/%s: checkpoint failed; trying again",
+                                self.chunk.batch_id, self.chunk.chunk_no, exc_info=True)
+                    continue
+                if not saved:
                     self._halt(lost=True)
                     return
 
@@ -408,7 +440,12 @@ class ChunkRun:
         settings = self.ctx.settings
         while True:
             await asyncio.sleep(settings.heartbeat_seconds)
-            batch = await self._beat()
+            try:
+                batch = await self._beat()
+            except Exception:  # the store, for a moment: the lease outlasts a few beats
+                log.warning("chunk %s/%s: heartbeat failed; trying again",
+                            self.chunk.batch_id, self.chunk.chunk_no, exc_info=True)
+                continue
             now = self.ctx.clock.now()
             if batch is None:
                 self._halt(lost=True)  # zero rows: the chunk is no longer ours

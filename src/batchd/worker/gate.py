@@ -1,18 +1,20 @@
-"""The worker's isolation gate: batch requests run side by side, or one suspect group alone.
+"""The worker's isolation door: batch requests run side by side, or one suspect group alone.
 
 A suspect (a request that was in flight when a worker died) is re-run with nothing else of
 this worker beside it, so that a second death can be charged to it and not to whatever else
-was running. Entering as usual costs a flag check and a counter on the hot path; going alone
-closes the door to newcomers, waits for those inside to leave, and holds the door until done.
-How many requests run at once is not decided here: each model's gate does that
-(worker/capacity.py).
+was running. A request enters just before it calls its engine, holding its model's place
+already, and never waits at the door while holding that place (it hands the place back and
+waits for the door to open): a stalled model's queued requests do not keep the door shut.
+Going alone closes the door to newcomers, waits for those inside to leave, and keeps it
+closed until done. How many requests run at once is not decided here: each model's gate does
+that (worker/capacity.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 
 class RequestGate:
@@ -24,11 +26,18 @@ class RequestGate:
         self._open.set()
         self._alone = asyncio.Lock()
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Run beside the worker's other requests (waits while a suspect runs alone)."""
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    async def wait_open(self) -> None:
         while not self._open.is_set():
             await self._open.wait()
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        """Enter at once; only while `is_open` (the caller checked, with no await since)."""
+        assert self._open.is_set(), "the door is closed: wait_open() first"
         self._inside += 1
         self._empty.clear()
         try:

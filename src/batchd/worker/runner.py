@@ -104,7 +104,8 @@ class Worker:
         claim = await ctx.store.claim_chunk(
             worker=ctx.worker_id, now=ctx.clock.now(), lease_seconds=ctx.settings.lease_seconds,
             models=None if any_model else [n for m in room for n in names(m)],
-            mixed=MIXED in room, newcomers=[n for m in crowded for n in names(m)])
+            mixed=MIXED in room, newcomers=[n for m in crowded for n in names(m)],
+            served=ctx.registry.names())
         if claim is None:
             return None
         chunk, lease = claim
@@ -128,7 +129,8 @@ class Worker:
             lanes = self.capacity.lanes(key)
             window = self._windows.setdefault(key, StartWindow(lanes))
             await ChunkRun(ctx, chunk, lease, gate=self._gate, capacity=self.capacity,
-                           lanes=lanes, stopping=self._stopping, window=window).run(input_key)
+                           lanes=lanes, stopping=self._stopping, window=window,
+                           key=key).run(input_key)
         finally:
             self.capacity.models[key].chunks -= 1
             self.wake()  # room for another chunk; the batch may be ready to assemble

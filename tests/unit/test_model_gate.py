@@ -1,0 +1,42 @@
+"""The per-model gate: FIFO places whose number follows the engine, safe under cancels."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from batchd.worker.capacity import ModelGate
+
+
+async def test_places_follow_the_engine_and_waiters_go_in_order() -> None:
+    size = 1
+    gate = ModelGate(lambda: size)
+    await gate.acquire()
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        await gate.acquire()
+        order.append(name)
+
+    first, second = asyncio.create_task(wait("a")), asyncio.create_task(wait("b"))
+    await asyncio.sleep(0)
+    assert order == [] and gate.idle == 0
+    size = 3  # the engine can take more now: the next release lets both in
+    gate.release()
+    await asyncio.gather(first, second)
+    assert order == ["a", "b"] and gate.in_flight == 2
+
+
+async def test_a_waiter_cancelled_as_a_place_frees_neither_leaks_nor_breaks() -> None:
+    gate = ModelGate(lambda: 1)
+    await gate.acquire()
+    waiter = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()  # cancelled, and before it runs again, the place frees
+    gate.release()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert gate.in_flight == 0
+    await gate.acquire()  # the place is still there for the next one
+    assert gate.in_flight == 1
