@@ -1,4 +1,5 @@
-"""The per-model gate: FIFO places whose number follows the engine, safe under cancels."""
+"""The per-model gate (FIFO places whose number follows the engine, safe under cancels) and
+the per-model breaker."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from batchd.worker.capacity import ModelGate
+from batchd.worker.capacity import Breaker, ModelGate
 
 
 async def test_places_follow_the_engine_and_waiters_go_in_order() -> None:
@@ -40,3 +41,12 @@ async def test_a_waiter_cancelled_as_a_place_frees_neither_leaks_nor_breaks() ->
     assert gate.in_flight == 0
     await gate.acquire()  # the place is still there for the next one
     assert gate.in_flight == 1
+
+
+def test_a_breaker_backs_off_longer_each_time_and_ignores_late_answers() -> None:
+    breaker = Breaker()
+    assert breaker.trip(now=0.0) == 2.0 and not breaker.allows(1.0)
+    breaker.succeeded(now=1.0)  # an answer to a request sent before it opened
+    assert breaker.trip(now=2.5) == 4.0  # still down: twice as long
+    breaker.succeeded(now=7.0)  # a success once it let work through again closes it
+    assert breaker.trip(now=8.0) == 2.0

@@ -96,8 +96,11 @@ class Breaker:
         self.open_until = now + self.backoff
         return self.backoff
 
-    def succeeded(self) -> None:
-        self.backoff = 0.0
+    def succeeded(self, now: float) -> None:
+        """Closed for good, unless the breaker is still open: an answer to a request sent
+        before the outage says nothing about the engine now."""
+        if now >= self.open_until:
+            self.backoff = 0.0
 
 
 @dataclass
@@ -159,8 +162,9 @@ class Capacity:
     def reachable(self, model_id: str) -> None:
         slots = self.models[model_id]
         if slots.breaker.backoff:
-            log.info("model %r: its engine answers again", model_id)
-            slots.breaker.succeeded()
+            slots.breaker.succeeded(time.monotonic())
+            if not slots.breaker.backoff:
+                log.info("model %r: its engine answers again", model_id)
 
     def next_opening(self) -> float | None:
         """Seconds until an open breaker lets claims through again, if any is open."""
