@@ -124,7 +124,7 @@ def batch_file(path: Path, n: int, model: str) -> None:
         for i in range(n):
             out.write(json.dumps({
                 "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                "body": {"model": model, "max_tokens": 16,
+                "body": {"model": model, "max_tokens": 16, "temperature": 0,
                          "messages": [{"role": "user", "content": f"question {i}"}]}}) + "\n")
 
 

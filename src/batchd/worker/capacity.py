@@ -121,6 +121,10 @@ class Capacity:
         for model_id in registry.served_ids():
             self.models[model_id] = ModelSlots(gate=ModelGate(self._capacity_of(model_id)))
         self.models[MIXED] = ModelSlots(gate=ModelGate(lambda: 0))
+        # Every name (id and aliases) batches may carry for each model, for claims.
+        self.names: dict[str, list[str]] = {MIXED: []}
+        for name in registry.names():
+            self.names.setdefault(registry.served_id(name) or MIXED, []).append(name)
 
     def _capacity_of(self, model_id: str) -> Callable[[], int]:
         def capacity() -> int:
@@ -165,10 +169,3 @@ class Capacity:
             slots.breaker.succeeded(time.monotonic())
             if not slots.breaker.backoff:
                 log.info("model %r: its engine answers again", model_id)
-
-    def next_opening(self) -> float | None:
-        """Seconds until an open breaker lets claims through again, if any is open."""
-        now = time.monotonic()
-        waits = [s.breaker.open_until - now for s in self.models.values()
-                 if not s.breaker.allows(now)]
-        return min(waits) if waits else None

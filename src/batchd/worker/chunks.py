@@ -195,8 +195,7 @@ class ChunkRun:
         # prefix cache serves them one after another instead of thrashing between prompts.
         todo = sorted((r for r in requests if r[0] not in done and r[0] not in poison),
                       key=prefix_key)
-        groups, self.todo = deaths.isolation_groups(todo, strikes, self._lanes,
-                                                    custom_id=lambda r: r[0])
+        groups, self.todo = deaths.isolation_groups(todo, strikes, self._lanes)
         body = self._body = asyncio.create_task(self._execute(groups), name="chunk-body")
         helpers = [asyncio.create_task(self._heartbeat(), name="chunk-heartbeat"),
                    asyncio.create_task(self._flusher(), name="chunk-flusher"),

@@ -16,13 +16,14 @@ until the batch's deadline; a request is failed only once it is shown to kill th
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, TypeVar
 
 Strikes = dict[str, list[int]]
 """custom_id → [deaths it was in flight for, of which it ran alone]."""
 
-T = TypeVar("T")
+R = TypeVar("R", bound=tuple[str, Any])  # a request: (custom_id, body)
 
 
 def charge(strikes: Strikes | None, in_flight: dict[str, Any] | None,
@@ -60,26 +61,21 @@ def group_size(deaths: int, lanes: int) -> int:
     return max(1, lanes >> (3 * (deaths - 1)))
 
 
-def isolation_groups(requests: Iterable[T], strikes: Strikes, lanes: int,
-                     custom_id: Any) -> tuple[list[list[T]], list[T]]:
-    """Split requests into suspect groups (run one group at a time, alone; most-suspected
-    first) and the rest (run as usual, once-suspected first)."""
-    suspects: list[T] = []
-    rest: list[T] = []
+def isolation_groups(requests: Iterable[R], strikes: Strikes,
+                     lanes: int) -> tuple[list[list[R]], list[R]]:
+    """Split (custom_id, body) requests into suspect groups (run one group at a time, alone;
+    most-suspected first) and the rest (run as usual, once-suspected first)."""
+    suspects: list[R] = []
+    rest: list[R] = []
     for request in requests:
-        (suspects if deaths_of(strikes, custom_id(request)) >= 2 else rest).append(request)
-    suspects.sort(key=lambda r: -deaths_of(strikes, custom_id(r)))
-    rest.sort(key=lambda r: deaths_of(strikes, custom_id(r)) == 0)  # stable: keeps order
-    groups: list[list[T]] = []
-    for request in suspects:
-        size = group_size(deaths_of(strikes, custom_id(request)), lanes)
-        last = groups[-1] if groups else None
-        if (last is not None and len(last) < size
-                and deaths_of(strikes, custom_id(last[0])) == deaths_of(
-                    strikes, custom_id(request))):
-            last.append(request)
-        else:
-            groups.append([request])
+        (suspects if deaths_of(strikes, request[0]) >= 2 else rest).append(request)
+    rest.sort(key=lambda r: deaths_of(strikes, r[0]) == 0)  # stable: keeps their order
+    suspects.sort(key=lambda r: -deaths_of(strikes, r[0]))
+    groups: list[list[R]] = []
+    for deaths, alike in itertools.groupby(suspects, key=lambda r: deaths_of(strikes, r[0])):
+        same = list(alike)
+        size = group_size(deaths, lanes)
+        groups += [same[i:i + size] for i in range(0, len(same), size)]
     return groups, rest
 
 

@@ -31,7 +31,7 @@ class Worker:
                                  chunks=ctx.settings.worker_chunks)
         self._windows: dict[str, StartWindow] = {}  # per model key (see ChunkRun)
         self._tasks: list[asyncio.Task[None]] = []
-        self._chunk_runs: set[asyncio.Task[None]] = set()
+        self._chunk_runs: set[asyncio.Task[bool]] = set()
         self._wakes: list[asyncio.Event] = []  # one per loop (see _poll)
         self.files = FileService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
                                  settings=ctx.settings)
@@ -87,7 +87,9 @@ class Worker:
         if claim is None:
             return False
         chunk, lease, key = claim
-        task = asyncio.create_task(self._run_chunk(chunk, lease, key),
+        # Its own task, so a failure is logged here or nowhere (the lease then lapses and
+        # the chunk is claimed again).
+        task = asyncio.create_task(self._guarded("chunk run", self._run_chunk(chunk, lease, key)),
                                    name=f"worker:chunk:{chunk.batch_id}/{chunk.chunk_no}")
         self._chunk_runs.add(task)
         task.add_done_callback(self._chunk_runs.discard)
@@ -100,7 +102,7 @@ class Worker:
         room, crowded = self.capacity.claimable()
         if not any_model and not room and not crowded:
             return None
-        names = self._names_of
+        names = self.capacity.names.__getitem__
         claim = await ctx.store.claim_chunk(
             worker=ctx.worker_id, now=ctx.clock.now(), lease_seconds=ctx.settings.lease_seconds,
             models=None if any_model else [n for m in room for n in names(m)],
@@ -114,10 +116,6 @@ class Worker:
         key = served or MIXED
         self.capacity.models[key].chunks += 1
         return chunk, lease, key
-
-    def _names_of(self, model_id: str) -> list[str]:
-        registry = self.ctx.registry
-        return [name for name in registry.names() if registry.served_id(name) == model_id]
 
     async def _run_chunk(self, chunk: Chunk, lease: Lease, key: str) -> None:
         ctx = self.ctx
