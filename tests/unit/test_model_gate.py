@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from batchd.worker.capacity import Breaker, ModelGate
+from batchd.engines.registry import ModelRegistry, ModelsFile
+from batchd.worker.capacity import Breaker, Capacity, ModelGate
 
 
 async def test_places_follow_the_engine_and_waiters_go_in_order() -> None:
@@ -50,3 +51,26 @@ def test_a_breaker_backs_off_longer_each_time_and_ignores_late_answers() -> None
     assert breaker.trip(now=2.5) == 4.0  # still down: twice as long
     breaker.succeeded(now=7.0)  # a success once it let work through again closes it
     assert breaker.trip(now=8.0) == 2.0
+
+
+async def test_a_model_claims_more_chunks_while_its_engine_has_idle_places() -> None:
+    registry = ModelRegistry(ModelsFile.model_validate({"models": [
+        {"id": "m", "engine": "instant", "concurrency": 4, "aliases": ["m-alias"]}]}))
+    await registry.start()
+    capacity = Capacity(registry, cap=None, chunks=2)
+    assert capacity.names["m"] == ["m", "m-alias"]
+    capacity.models["m"].chunks = 2  # its usual share, but 4 places idle: room for more
+    room, crowded = capacity.claimable()
+    assert "m" in room
+    for _ in range(4):
+        await capacity.gate("m").acquire()
+    room, crowded = capacity.claimable()  # engine full: only a new owner's chunk
+    assert "m" not in room and "m" in crowded
+    capacity.models["m"].chunks = 16
+    room, crowded = capacity.claimable()  # 8x the usual share: nothing more at all
+    assert "m" not in room and "m" not in crowded
+    capacity.models["m"].chunks = 0
+    capacity.unreachable("m")  # its breaker is open: no claims, whatever the room
+    room, crowded = capacity.claimable()
+    assert "m" not in room and "m" not in crowded
+    await registry.aclose()
