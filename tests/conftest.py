@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,10 @@ import pytest
 from batchd.app import create_app
 from batchd.clock import ManualClock
 from batchd.settings import Settings
+from batchd.store.blobs import BlobStore
 from batchd.worker.context import WorkerContext
 from batchd.worker.runner import Worker
+from tests.services import PostgresServer, S3Server, running_postgres, running_s3
 
 API_KEY = "sk-test-key"
 ENDPOINT = "/v1/chat/completions"
@@ -44,6 +48,14 @@ class Harness:
     worker: Worker
     clock: ManualClock
     settings: Settings
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self.worker.ctx.blobs
+
+    def stored_keys(self, prefix: str = "") -> list[str]:
+        """The keys of every stored object (local disk or S3, whichever the suite uses)."""
+        return list(self.blobs.keys(prefix))
 
     async def upload(self, lines: list[str] | bytes, *, name: str = "input.jsonl",
                      purpose: str = "batch") -> str:
@@ -85,11 +97,46 @@ def models_file(tmp_path: Path) -> Path:
     return path
 
 
+# Which backends the suite's stores use: "local" (SQLite + the data dir, the default) or
+# "postgres-s3" (a real PostgreSQL and a real S3 server, started by the suite).
+BACKEND = os.environ.get("BATCHD_TEST_BACKEND", "local")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with running_s3() as server:
+        yield server
+
+
+def shared_backend(pg: PostgresServer, s3: S3Server,
+                   monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings for a fresh database and a fresh bucket prefix on the shared servers; the
+    standard AWS variables point at the S3 server."""
+    for name, value in s3.environment().items():
+        monkeypatch.setenv(name, value)
+    return {"database_url": pg.create_database(),
+            "blob_url": f"s3://{s3.bucket}/{uuid.uuid4().hex[:12]}"}
+
+
 @pytest.fixture
-def settings(tmp_path: Path, models_file: Path) -> Settings:
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    if BACKEND == "local":
+        return {}
+    return shared_backend(request.getfixturevalue("postgres_server"),
+                          request.getfixturevalue("s3_server"), monkeypatch)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_file: Path, backend: dict[str, str]) -> Settings:
     return Settings(data_dir=tmp_path / "data", models=models_file, api_key=API_KEY,
                     embedded_worker=False, chunk_lines=2, heartbeat_seconds=0.05,
-                    poll_seconds=0.05)
+                    poll_seconds=0.05, **backend)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from batchd.api import admin, batches, chat, files, models
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import BodyLimit, BodyTimeout, DocsContentPolicy, RateLimitHeaders
 from batchd.api.state import Services
+from batchd.backends import DatabaseClock, open_blob_store, preflight
 from batchd.batches.lifecycle import BatchService
 from batchd.clock import Clock, SystemClock
 from batchd.engines.registry import ModelRegistry, load_registry
@@ -23,7 +24,6 @@ from batchd.limits.inflight import InFlight
 from batchd.limits.ratelimit import RateLimiter
 from batchd.limits.tiers import load_tiers
 from batchd.settings import Settings
-from batchd.store.blobs import LocalBlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.worker.context import WorkerContext
 from batchd.worker.identity import WorkerIdentity
@@ -35,12 +35,18 @@ log = logging.getLogger(__name__)
 async def open_services(settings: Settings, *, clock: Clock | None = None,
                         registry: ModelRegistry | None = None) -> Services:
     """Open the stores (migrating the schema) and start the engines."""
-    clock = clock or SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = MetadataStore(settings.resolved_database_url)
-    await store.migrate()
-    blobs = LocalBlobStore(settings.blob_dir)
-    blobs.sweep_temporary()
+    blobs = open_blob_store(settings)
+    try:
+        await preflight(settings, store, blobs, wait_seconds=settings.backend_wait_seconds)
+        if clock is None and store.postgres:
+            clock = DatabaseClock(store)
+            await clock.start()
+    except BaseException:
+        await store.close()
+        raise
+    clock = clock or SystemClock()
     if registry is None:
         registry = load_registry(settings.models, created=int(clock.now()))
         await registry.start()
@@ -56,6 +62,8 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
 
 async def close_services(svc: Services) -> None:
     await svc.registry.aclose()
+    if isinstance(svc.clock, DatabaseClock):
+        await svc.clock.aclose()
     await svc.store.close()
 
 

@@ -88,6 +88,20 @@ class StorageFull(BatchdError):
     error_type = "server_error"
 
 
+class ServiceUnavailable(BatchdError):
+    """The database or the object store cannot be reached for now: retry later. Nothing
+    was changed by the request that got this."""
+
+    status_code = 503
+    error_type = "server_error"
+    retry_after_seconds = 5
+
+    def __init__(self, message: str, *, code: str | None = "service_unavailable",
+                 param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param,
+                         headers={"retry-after": str(self.retry_after_seconds)})
+
+
 class ServerError(BatchdError):
     status_code = 500
     error_type = "server_error"

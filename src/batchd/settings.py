@@ -28,8 +28,15 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./batchd-data")
     models: Path | None = Field(default=None, description="YAML file listing served models")
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default: SQLite inside data_dir"
+        default=None, description="SQLAlchemy URL (postgresql+asyncpg://user:pass@host/db); "
+                                  "default: SQLite inside data_dir"
     )
+    blob_url: str | None = Field(
+        default=None, pattern=r"^s3://[^/]+(/.*)?$",
+        description="s3://bucket/prefix for files and results; default: data_dir/blobs")
+    backend_wait_seconds: float = Field(
+        default=30.0, ge=0, description="how long a start waits for an unreachable database "
+                                        "or object store before giving up")
     api_key: str | None = Field(default=None, description="extra key accepted as owner 'default'")
     tiers: Path | None = Field(default=None, description="YAML file of service tiers")
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)

@@ -30,7 +30,7 @@ async def test_input_that_vanishes_mid_run_fails_the_batch_keeping_results(
     created = await harness.create_batch(file_id)
     assert await harness.worker.run_one_batch_task()
     assert await harness.worker.run_one_chunk()
-    (harness.settings.blob_dir / "files" / file_id).unlink()
+    harness.blobs.delete(f"files/{file_id}")
     await harness.worker.drain()
     batch = await harness.batch(created["id"])
     assert batch["status"] == "failed" and batch["failed_at"] is not None
@@ -39,6 +39,8 @@ async def test_input_that_vanishes_mid_run_fails_the_batch_keeping_results(
     assert {line["custom_id"] for line in output} == {"r0", "r1"}
 
 
+# A local-disk fault: the local blob store even when the suite runs on PostgreSQL + S3.
+@pytest.mark.parametrize("backend", [{}])
 @pytest.mark.parametrize(
     ("error", "status", "code", "says"),
     [(errno.ENOSPC, 507, "storage_full", "storage is full"),

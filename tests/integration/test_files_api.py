@@ -44,8 +44,7 @@ async def test_too_large_upload_is_refused_and_leaves_nothing(harness: Harness) 
     assert response.status_code == 400
     assert response.json()["error"]["message"].startswith("File is too large.")
     assert (await harness.client.get("/v1/files")).json()["data"] == []
-    blobs = harness.settings.blob_dir
-    assert not any(p.is_file() for p in blobs.rglob("*") if ".tmp" not in p.parts)
+    assert harness.stored_keys() == []
 
 
 async def test_hostile_filenames_are_labels_not_paths(harness: Harness) -> None:
@@ -93,7 +92,7 @@ async def test_deleting_the_input_of_a_running_batch_does_not_break_it(
 
 async def test_missing_blob_is_reported_not_crashed_on(harness: Harness) -> None:
     file_id = await harness.upload([batch_line("a")])
-    (harness.settings.blob_dir / "files" / file_id).unlink()
+    harness.blobs.delete(f"files/{file_id}")
     response = await harness.client.get(f"/v1/files/{file_id}/content")
     assert response.status_code == 500
     assert "missing" in response.json()["error"]["message"]
@@ -124,7 +123,7 @@ async def test_files_expire_at_their_expires_at(harness: Harness) -> None:
     await harness.worker.drain()
     assert (await harness.client.get(f"/v1/files/{meta['id']}")).status_code == 404
     assert (await harness.client.get(f"/v1/files/{lasting}")).status_code == 200
-    assert not (harness.settings.blob_dir / "files" / meta["id"]).exists()
+    assert not harness.blobs.exists(f"files/{meta['id']}")
 
 
 def _multipart(*parts: tuple[str, str | None, bytes], boundary: str = "b0undary") -> tuple[
@@ -166,9 +165,7 @@ async def test_the_batch_limit_applies_when_the_purpose_comes_last(harness: Harn
     assert (await harness.client.post("/v1/files", headers=headers,
                                       content=body)).status_code == 200
     assert len((await harness.client.get("/v1/files")).json()["data"]) == 1
-    stored = [p for p in harness.settings.blob_dir.rglob("*") if p.is_file()
-              and ".tmp" not in p.parts]
-    assert len(stored) == 1
+    assert len(harness.stored_keys()) == 1
 
 
 async def test_malformed_uploads_get_clear_errors_and_leave_nothing(harness: Harness) -> None:
@@ -194,5 +191,4 @@ async def test_malformed_uploads_get_clear_errors_and_leave_nothing(harness: Har
         assert error["param"] == param, error
         assert code is None or error["code"] == code, error
     assert (await harness.client.get("/v1/files")).json()["data"] == []
-    assert not any(p.is_file() for p in harness.settings.blob_dir.rglob("*")
-                   if ".tmp" not in p.parts)
+    assert harness.stored_keys() == []

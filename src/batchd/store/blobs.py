@@ -1,4 +1,5 @@
-"""The blob store: immutable byte objects by key. A local directory now; S3-compatible later.
+"""The blob store: immutable byte objects by key, in a local directory (`s3_blobs.py` has
+the S3-compatible one).
 
 Objects appear atomically (written to a temporary name, fsync'd, then renamed), so a reader
 never sees a half-written object, and a crash leaves at most an orphan temporary file.
@@ -29,6 +30,7 @@ class BlobStore(Protocol):
     def lines(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def keys(self, prefix: str = "") -> Iterator[str]: ...
 
 
 class BlobMissing(ServerError):
@@ -121,6 +123,16 @@ class LocalBlobStore:
         folder = self._path(prefix.rstrip("/"))
         if folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every object's key under a folder-like prefix ('' for all), in no set order."""
+        folder = self.root / prefix.rstrip("/") if prefix else self.root
+        if not folder.is_dir():
+            return
+        for path in folder.rglob("*"):
+            relative = path.relative_to(self.root)
+            if path.is_file() and relative.parts[0] != ".tmp":
+                yield relative.as_posix()
 
     def sweep_temporary(self, older_than_seconds: float = 3600.0) -> int:
         """Remove temporary files that crashed writers left behind."""

@@ -62,10 +62,11 @@ class MetadataStore(WorkStore):
 
     @shielded
     async def insert_file(self, record: FileRecord) -> FileRecord:
-        record = dataclasses.replace(record, seq=self._seq.next())
         async with self._write() as conn:
-            await conn.execute(t.files.insert().values(**as_row(record)))
-        return record
+            seq = (await conn.execute(
+                t.files.insert().values(**as_row(record) | {"seq": self._next_seq(t.files)})
+                .returning(t.files.c.seq))).scalar_one()
+        return dataclasses.replace(record, seq=seq)
 
     async def get_file(self, file_id: str, *, owner: str | None) -> FileRecord | None:
         """A live (not deleted) file; `owner=None` looks across owners (workers)."""
@@ -150,15 +151,16 @@ class MetadataStore(WorkStore):
         """Store a new batch. With `max_active`, only if its owner then has at most that many
         unfinished batches (`ActiveBatchLimit` otherwise): counted and inserted in one
         transaction, so racing creates cannot pass the limit together."""
-        record = dataclasses.replace(record, seq=self._seq.next())
         c = t.batches.c
         async with self._write() as conn:
-            if max_active is not None and conn.dialect.name == "postgresql":
-                # Creates of one owner queue here (several API processes may race).
-                await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(record.owner))))
+            if max_active is not None:
+                await self._lock_owner(conn, record.owner)
             # The insert comes first: on SQLite it takes the write lock, so the count below
             # sees every other create of this owner.
-            await conn.execute(t.batches.insert().values(**as_row(record)))
+            seq = (await conn.execute(
+                t.batches.insert().values(**as_row(record) | {"seq": self._next_seq(t.batches)})
+                .returning(c.seq))).scalar_one()
+            record = dataclasses.replace(record, seq=seq)
             if max_active is not None:
                 active = (await conn.execute(
                     select(func.count()).select_from(t.batches)
@@ -166,6 +168,7 @@ class MetadataStore(WorkStore):
                 )).scalar_one()
                 if active > max_active:
                     raise ActiveBatchLimit(active=int(active) - 1, limit=max_active)
+            await self._notify_work(conn)  # it needs validating
         return record
 
     async def get_batch(self, batch_id: str, *, owner: str | None) -> BatchRecord | None:
@@ -209,10 +212,10 @@ class MetadataStore(WorkStore):
                     func.sum(c.cached_tokens),
                 ).where(c.batch_id.in_(batch_ids)).group_by(c.batch_id)
             )
-            return {
-                r[0]: ChunkProgress(n_ok=r[1] or 0, n_err=r[2] or 0,
-                                    input_tokens=r[3] or 0, output_tokens=r[4] or 0,
-                                    cached_tokens=r[5] or 0)
+            return {  # int(): PostgreSQL sums integers as numeric
+                r[0]: ChunkProgress(n_ok=int(r[1] or 0), n_err=int(r[2] or 0),
+                                    input_tokens=int(r[3] or 0), output_tokens=int(r[4] or 0),
+                                    cached_tokens=int(r[5] or 0))
                 for r in rows
             }
 
@@ -230,6 +233,7 @@ class MetadataStore(WorkStore):
                 .values(status=BatchStatus.CANCELLING, cancelling_at=now,
                         stop_reason=StopReason.CANCELLED)
             )
+            await self._notify_work(conn)  # someone must assemble what it has
             row = (await conn.execute(
                 owned(select(t.batches).where(c.id == batch_id), c.owner, owner)
             )).mappings().first()
@@ -246,4 +250,6 @@ class MetadataStore(WorkStore):
                 .where(c.stop_reason.is_(None), c.expires_at <= now)
                 .values(stop_reason=StopReason.EXPIRED)
             )
+            if result.rowcount:
+                await self._notify_work(conn)
             return result.rowcount

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, func, make_url, select
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -68,15 +69,20 @@ class ActiveBatchLimit(Exception):
         self.active, self.limit = active, limit
 
 
-class _Sequencer:
-    """Strictly increasing creation numbers (microseconds, bumped on ties) for stable paging."""
-
-    def __init__(self) -> None:
-        self._last = 0
-
-    def next(self) -> int:
-        self._last = max(self._last + 1, time.time_ns() // 1000)
-        return self._last
+# Creation order of files and batches on PostgreSQL (migration 0005).
+_SEQUENCE = "batchd_seq"
+# pg_advisory_xact_lock keys: (namespace, key) pairs keep batchd's locks apart from others'.
+_MIGRATION_LOCK = 0x62617463  # "batc"
+OWNER_LOCK_SPACE = 0x6F776E72  # "ownr"
+WORK_CHANNEL = "batchd_work"  # LISTEN/NOTIFY channel: new or returned work
+_POSTGRES_CONNECT_ARGS = {
+    # A host cut off mid-transaction would hold its row locks until TCP gave up (hours):
+    # the server ends such a session after a minute idle in a transaction.
+    "server_settings": {"idle_in_transaction_session_timeout": "60000",
+                        "application_name": "batchd"},
+    "timeout": 10,  # seconds to connect
+    "command_timeout": 60,
+}
 
 
 def _set_sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -94,10 +100,13 @@ class SqlStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._engine: AsyncEngine = create_async_engine(url)
-        if url.startswith("sqlite"):
+        self.postgres = make_url(url).get_backend_name() == "postgresql"
+        if self.postgres:
+            self._engine: AsyncEngine = create_async_engine(
+                url, pool_pre_ping=True, connect_args=_POSTGRES_CONNECT_ARGS)
+        else:
+            self._engine = create_async_engine(url)
             event.listen(self._engine.sync_engine, "connect", _set_sqlite_pragmas)
-        self._seq = _Sequencer()
         # SQLite allows one writer at a time. Writers of this process queue here instead of
         # spinning in SQLite's busy handler (which sleeps in steps of up to 100 ms); other
         # processes are still kept apart by SQLite's own lock.
@@ -114,7 +123,11 @@ class SqlStore:
 
     @shielded
     async def migrate(self) -> None:
-        """Bring the schema to the newest migration (idempotent, safe on every start)."""
+        """Bring the schema to the newest migration: idempotent, and safe when several
+        processes start at once (they take turns; the later ones find nothing to do).
+
+        On PostgreSQL the turns are a transaction-scoped advisory lock, and DDL is
+        transactional; on SQLite, a file lock beside the database file."""
 
         def upgrade(conn: Connection) -> None:
             cfg = Config()
@@ -122,8 +135,53 @@ class SqlStore:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
-        async with self._write() as conn:
-            await conn.run_sync(upgrade)
+        with self._sqlite_migration_lock():
+            async with self._write() as conn:
+                if self.postgres:
+                    await conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+                await conn.run_sync(upgrade)
+
+    @contextlib.contextmanager
+    def _sqlite_migration_lock(self) -> Iterator[None]:
+        database = make_url(self.url).database
+        if self.postgres or not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # brief: held for one migration run
+            yield
+
+    async def database_time(self) -> float:
+        """Seconds since the epoch by the database server's clock (the local clock on
+        SQLite, whose database is on this machine)."""
+        if not self.postgres:
+            return time.time()
+        async with self._engine.connect() as conn:
+            return float((await conn.execute(
+                select(func.extract("epoch", func.clock_timestamp())))).scalar_one())
+
+    async def _lock_owner(self, conn: AsyncConnection, owner: str) -> None:
+        """Queue this transaction behind any other that checks the same owner's limits
+        (several API processes may race). SQLite needs nothing: a write transaction there
+        already excludes every other writer."""
+        if self.postgres:
+            await conn.execute(select(func.pg_advisory_xact_lock(
+                OWNER_LOCK_SPACE, func.hashtext(owner))))
+
+    async def _notify_work(self, conn: AsyncConnection) -> None:
+        """Wake the workers listening on other hosts when this transaction commits (work
+        appeared, or came back); their polling is the fallback."""
+        if self.postgres:
+            await conn.execute(select(func.pg_notify(WORK_CHANNEL, "")))
+
+    def _next_seq(self, table: Any) -> Any:
+        """Creation order for paging, from the database, so processes on several hosts agree:
+        a sequence on PostgreSQL; on SQLite (one writer at a time) one past the highest. An
+        expression for the insert itself, so the insert stays a transaction's first
+        statement."""
+        if self.postgres:
+            return func.nextval(_SEQUENCE)
+        return select(func.coalesce(func.max(table.c.seq), 0) + 1).scalar_subquery()
 
     async def close(self) -> None:
         await self._engine.dispose()

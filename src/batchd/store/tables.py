@@ -27,8 +27,8 @@ api_keys = Table(
     Column("role", String(20), nullable=False),
     Column("key_hash", String(128), nullable=False, unique=True),
     Column("prefix", String(32), nullable=False),
-    Column("created_at", Integer, nullable=False),
-    Column("revoked_at", Integer),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
     Column("tier", String(40), nullable=False, default="core"),
 )
 
@@ -39,14 +39,15 @@ files = Table(
     Column("owner", String(200), nullable=False),
     Column("purpose", String(40), nullable=False),
     Column("filename", Text, nullable=False),
-    Column("bytes", Integer, nullable=False),
-    Column("created_at", Integer, nullable=False),
-    Column("expires_at", Integer),
+    Column("bytes", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger),
     Column("status", String(20), nullable=False),
     Column("blob_key", Text, nullable=False),
-    Column("deleted_at", Integer),
+    Column("deleted_at", BigInteger),
     Column("seq", BigInteger, nullable=False),  # creation order, for stable paging
     Index("ix_files_owner_seq", "owner", "seq"),
+    Index("ix_files_seq", "seq"),
 )
 
 batches = Table(
@@ -60,25 +61,25 @@ batches = Table(
     Column("status", String(20), nullable=False),
     Column("model", Text),
     Column("metadata", JSON),
-    Column("output_expires_after", Integer),
-    Column("created_at", Integer, nullable=False),
-    Column("expires_at", Integer, nullable=False),
-    Column("in_progress_at", Integer),
-    Column("finalizing_at", Integer),
-    Column("completed_at", Integer),
-    Column("failed_at", Integer),
-    Column("expired_at", Integer),
-    Column("cancelling_at", Integer),
-    Column("cancelled_at", Integer),
+    Column("output_expires_after", BigInteger),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("in_progress_at", BigInteger),
+    Column("finalizing_at", BigInteger),
+    Column("completed_at", BigInteger),
+    Column("failed_at", BigInteger),
+    Column("expired_at", BigInteger),
+    Column("cancelling_at", BigInteger),
+    Column("cancelled_at", BigInteger),
     Column("errors", JSON),
     Column("output_file_id", String(64)),
     Column("error_file_id", String(64)),
     Column("total", Integer, nullable=False, default=0),
     Column("completed", Integer, nullable=False, default=0),
     Column("failed", Integer, nullable=False, default=0),
-    Column("input_tokens", Integer, nullable=False, default=0),
-    Column("output_tokens", Integer, nullable=False, default=0),
-    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_tokens", BigInteger, nullable=False, default=0),
     Column("stop_reason", String(20)),
     # Batch-level work (validation, assembly) is leased like chunks are.
     Column("lease_owner", String(64)),
@@ -87,6 +88,7 @@ batches = Table(
     Column("seq", BigInteger, nullable=False),  # creation order, for stable paging
     Column("tier", String(40)),  # the creating key's tier: its limits apply to the batch
     Index("ix_batches_owner_seq", "owner", "seq"),
+    Index("ix_batches_seq", "seq"),
     Index("ix_batches_status", "status"),
 )
 
@@ -95,8 +97,8 @@ chunks = Table(
     metadata,
     Column("batch_id", String(64), ForeignKey("batches.id"), primary_key=True),
     Column("chunk_no", Integer, primary_key=True),
-    Column("byte_start", Integer, nullable=False),
-    Column("byte_end", Integer, nullable=False),
+    Column("byte_start", BigInteger, nullable=False),
+    Column("byte_end", BigInteger, nullable=False),
     Column("line_start", Integer, nullable=False),
     Column("n_lines", Integer, nullable=False),
     Column("state", String(20), nullable=False),
@@ -104,26 +106,29 @@ chunks = Table(
     Column("generation", Integer, nullable=False, default=0),
     Column("lease_expires_at", Float),
     Column("attempts", Integer, nullable=False, default=0),
-    Column("deadline", Integer, nullable=False),  # the batch's expires_at, for claim order
+    Column("deadline", BigInteger, nullable=False),  # the batch's expires_at, for claim order
     Column("n_ok", Integer, nullable=False, default=0),
     Column("n_err", Integer, nullable=False, default=0),
-    Column("input_tokens", Integer, nullable=False, default=0),
-    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
     # Committed result parts (write-once blobs), in order: [{"ok": key|null, "err": key|null}].
     Column("parts", JSON, nullable=False, default=list),
     # Committed totals (checkpoints and the final commit); n_ok… above add in-flight progress.
     Column("done_ok", Integer, nullable=False, default=0),
     Column("done_err", Integer, nullable=False, default=0),
-    Column("done_input_tokens", Integer, nullable=False, default=0),
-    Column("done_output_tokens", Integer, nullable=False, default=0),
-    Column("cached_tokens", Integer, nullable=False, default=0),
-    Column("done_cached_tokens", Integer, nullable=False, default=0),
+    Column("done_input_tokens", BigInteger, nullable=False, default=0),
+    Column("done_output_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_tokens", BigInteger, nullable=False, default=0),
+    Column("done_cached_tokens", BigInteger, nullable=False, default=0),
     # What the current run may have started and not yet recorded: {"ids": [...], "alone":
     # bool}, written before those requests start. Still set when a run's worker died, so the
     # next run knows which requests were in flight at the death; cleared by a clean end.
     Column("in_flight", JSON),
     # Deaths each request was in flight for: {custom_id: [deaths, deaths_alone]}.
     Column("strikes", JSON),
+    # The batch's model (None: its lines name several): a worker claims only chunks of the
+    # models it serves.
+    Column("model", Text),
     Index("ix_chunks_claim", "state", "deadline"),
 )
 
@@ -136,4 +141,13 @@ batch_tokens = Table(
     Column("batch_id", String(64), ForeignKey("batches.id"), primary_key=True),
     Column("model", Text, primary_key=True),
     Column("tokens", BigInteger, nullable=False),
+)
+
+# Periodic jobs (expiry, purges) that one worker of many runs per period: a worker takes the
+# turn by moving `due_at` forward, fenced on its old value.
+housekeeping = Table(
+    "housekeeping",
+    metadata,
+    Column("job", String(40), primary_key=True),
+    Column("due_at", Float, nullable=False),
 )

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, true, tuple_, update
+from sqlalchemy import (
+    Boolean,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batchd.store import tables as t
@@ -58,6 +68,8 @@ class WorkStore(SqlStore):
             .where(needs_work, or_(b.lease_expires_at.is_(None), b.lease_expires_at < now))
             .order_by(b.expires_at, b.seq)
             .limit(1)
+            # Concurrent claimers skip a batch another is taking instead of queueing on it.
+            .with_for_update(skip_locked=True, of=t.batches)
             .scalar_subquery()
         )
         async with self._write() as conn:
@@ -125,6 +137,7 @@ class WorkStore(SqlStore):
                 return False
             deadline, owner = row
             if token_limit is not None:
+                await self._lock_owner(conn, owner)
                 enqueued = await self._enqueued_tokens(conn, owner, exclude=batch_id)
                 for name, wanted in sorted(tokens.items()):
                     if enqueued.get(name, 0) + wanted > token_limit:
@@ -139,9 +152,11 @@ class WorkStore(SqlStore):
                 await conn.execute(t.chunks.insert(), [
                     dict(batch_id=batch_id, chunk_no=p.chunk_no, byte_start=p.byte_start,
                          byte_end=p.byte_end, line_start=p.line_start, n_lines=p.n_lines,
-                         state=ChunkState.PENDING, generation=0, attempts=0, deadline=deadline)
+                         state=ChunkState.PENDING, generation=0, attempts=0, deadline=deadline,
+                         model=model)
                     for p in batch_of_plans
                 ])
+            await self._notify_work(conn)
         return True
 
     async def _enqueued_tokens(self, conn: AsyncConnection, owner: str, *,
@@ -156,7 +171,6 @@ class WorkStore(SqlStore):
         if exclude is not None:
             query = query.where(bt.batch_id != exclude)
         return {name: int(n) for name, n in (await conn.execute(query)).all()}
-
 
     @shielded
     async def fail_batch(
@@ -203,9 +217,22 @@ class WorkStore(SqlStore):
                 return False
             for record in (output_file, error_file):
                 if record is not None:
-                    record = dataclasses.replace(record, seq=self._seq.next())
-                    await conn.execute(t.files.insert().values(**as_row(record)))
+                    await conn.execute(t.files.insert().values(
+                        **as_row(record) | {"seq": self._next_seq(t.files)}))
         return True
+
+    # --- periodic housekeeping ---------------------------------------------------------------
+
+    @shielded
+    async def take_turn(self, job: str, *, now: float, every: float) -> bool:
+        """Whether this process runs the periodic `job` now: of all the workers sharing the
+        store, one per period does (the others find the turn taken)."""
+        h = t.housekeeping.c
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.housekeeping).where(h.job == job, h.due_at <= now)
+                .values(due_at=now + every))
+            return result.rowcount == 1
 
     # --- chunk-level work -------------------------------------------------------------------
 
@@ -217,7 +244,7 @@ class WorkStore(SqlStore):
     ) -> tuple[Chunk, Lease] | None:
         """Lease the next runnable chunk: pending, or leased by a worker that vanished.
 
-        Only chunks of batches whose `model` is in `models` (None: any), or that name several
+        Only chunks whose `model` is in `models` (None: any), or whose batch names several
         models (or one not among `served`) when `mixed`; or, for `newcomers` models, of an
         owner with nothing running (a small batch need not wait for a huge one to end). Fair
         between owners first (the owner with the fewest chunks running goes next), then most
@@ -307,6 +334,8 @@ class WorkStore(SqlStore):
             result = await conn.execute(
                 update(t.chunks).where(self._chunk_fence(chunk, lease)).values(**values)
             )
+            if release and result.rowcount == 1:
+                await self._notify_work(conn)
             return result.rowcount == 1
 
     @shielded
@@ -329,7 +358,7 @@ class WorkStore(SqlStore):
     async def _finalize_if_finished(self, conn: AsyncConnection, batch_id: str, *,
                                     now: int) -> None:
         c, b = t.chunks.c, t.batches.c
-        await conn.execute(
+        finished = await conn.execute(
             update(t.batches)
             .where(b.id == batch_id, b.status == BatchStatus.IN_PROGRESS,
                    b.stop_reason.is_(None))
@@ -337,6 +366,8 @@ class WorkStore(SqlStore):
                                    c.state.not_in((ChunkState.DONE, ChunkState.FAILED))))
             .values(status=BatchStatus.FINALIZING, finalizing_at=now)
         )
+        if finished.rowcount:
+            await self._notify_work(conn)  # ready to assemble
 
     @shielded
     async def stop_batch(self, batch_id: str, *, reason: StopReason,
@@ -365,6 +396,8 @@ class WorkStore(SqlStore):
                 update(t.batches).where(t.batches.c.lease_owner == owner)
                 .values(lease_owner=None, lease_expires_at=None)
             )
+            if chunks.rowcount + batches.rowcount:
+                await self._notify_work(conn)
             return chunks.rowcount + batches.rowcount
 
     async def list_chunks(self, batch_id: str) -> list[Chunk]:
@@ -400,11 +433,11 @@ def _claim_chunk_statement(*, any_model: bool) -> Any:
     wanted: Any = true()
     if not any_model:
         wanted = or_(
-            b.model.in_(bindparam("models", expanding=True)),
+            c.model.in_(bindparam("models", expanding=True)),
             # Several models, or one no longer served (its lines fail at once, not expire).
-            and_(bindparam("mixed"), or_(b.model.is_(None),
-                                         b.model.not_in(bindparam("served", expanding=True)))),
-            and_(b.model.in_(bindparam("newcomers", expanding=True)), owner_running == 0),
+            and_(bindparam("mixed", type_=Boolean),
+                 or_(c.model.is_(None), c.model.not_in(bindparam("served", expanding=True)))),
+            and_(c.model.in_(bindparam("newcomers", expanding=True)), owner_running == 0),
         )
     candidate = (
         select(c.batch_id, c.chunk_no)
@@ -413,6 +446,9 @@ def _claim_chunk_statement(*, any_model: bool) -> Any:
                wanted)
         .order_by(owner_running, c.deadline, c.batch_id, c.chunk_no)
         .limit(1)
+        # Row locks on the chunk only (not the joined batch): concurrent claimers each take
+        # a different chunk instead of queueing on the same one or on its batch.
+        .with_for_update(skip_locked=True, of=t.chunks)
     )
     return (
         update(t.chunks)

