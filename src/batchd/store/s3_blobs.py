@@ -15,7 +15,7 @@ import contextlib
 import datetime
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlparse
 
 import obstore
@@ -27,6 +27,9 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from batchd.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig
 from batchd.store.blobs import BlobMissing
 
 _PIECE = 1024 * 1024
@@ -143,10 +146,10 @@ class S3BlobStore:
         return 0
 
 
-def _client_options() -> dict[str, Any]:
+def _client_options() -> ClientConfig:
     """Timeouts, plus the client settings obstore would otherwise read from the environment
     (options given here replace the environment's, so `AWS_ALLOW_HTTP` is carried over)."""
-    options: dict[str, Any] = {"connect_timeout": datetime.timedelta(seconds=5),
+    options: ClientConfig = {"connect_timeout": datetime.timedelta(seconds=5),
                                "timeout": datetime.timedelta(seconds=60)}
     if os.environ.get("AWS_ALLOW_HTTP", "").strip().lower() in ("1", "true", "yes"):
         options["allow_http"] = True
@@ -178,7 +181,7 @@ def _translated(key: str) -> Iterator[None]:
         raise ServiceUnavailable(
             "The object store refused batchd's credentials (check AWS_ACCESS_KEY_ID and "
             f"AWS_SECRET_ACCESS_KEY): {_first_line(exc)}", code="storage_unavailable") from exc
-    except BaseError as exc:
+    except (BaseError, OSError) as exc:  # a writer's close reports as a plain OSError
         raise ServiceUnavailable(
             f"The object store is unavailable: {_first_line(exc)}",
             code="storage_unavailable") from exc

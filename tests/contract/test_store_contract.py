@@ -1,0 +1,219 @@
+"""One contract, two metadata stores: the same cases on SQLite and on a real PostgreSQL.
+
+Several `MetadataStore` instances on one database stand for several processes (each has its
+own connection pool), so races between them are real races in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from batchd import ids
+from batchd.backends import DatabaseClock
+from batchd.store.metadata import MetadataStore
+from batchd.store.records import (
+    BatchRecord,
+    BatchStatus,
+    ChunkPlan,
+    ChunkProgress,
+    FileRecord,
+)
+from batchd.store.sql import ActiveBatchLimit, QuotaExceeded
+from tests.services import PostgresServer
+
+NOW = 1_750_000_000.0
+LEASE = 30.0
+Stores = Callable[[], Awaitable[MetadataStore]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    """A factory of stores ("processes") on one fresh, migrated database."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'batchd.sqlite3'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database()
+    opened: list[MetadataStore] = []
+
+    async def open_store() -> MetadataStore:
+        store = MetadataStore(url)
+        await store.migrate()
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        await store.close()
+
+
+def batch_record(owner: str = "alice", **extra: object) -> BatchRecord:
+    return BatchRecord(id=ids.batch_id(), owner=owner, endpoint="/v1/chat/completions",
+                       input_file_id="file-x", completion_window="24h",
+                       status=BatchStatus.VALIDATING, created_at=int(NOW),
+                       expires_at=int(NOW) + 86400, model="m", **extra)  # type: ignore[arg-type]
+
+
+async def running_batch(store: MetadataStore, *, chunks: int, owner: str = "alice",
+                        model: str = "m") -> str:
+    """A batch past validation with `chunks` pending chunks."""
+    record = await store.insert_batch(batch_record(owner))
+    claim = await store.claim_batch_task(worker="validator", now=NOW, lease_seconds=LEASE)
+    assert claim is not None and claim[0].id == record.id
+    plans = [ChunkPlan(chunk_no=n, byte_start=n * 10, byte_end=n * 10 + 10, line_start=n + 1,
+                       n_lines=1) for n in range(chunks)]
+    assert await store.start_batch(record.id, claim[1], plans=plans, total=chunks, model=model,
+                                   tokens={}, token_limit=None, now=int(NOW))
+    return record.id
+
+
+async def test_concurrent_claimers_never_share_a_chunk(stores: Stores) -> None:
+    first = await stores()
+    batch_id = await running_batch(first, chunks=60)
+    workers = [await stores() for _ in range(6)]
+
+    async def claim_all(n: int, store: MetadataStore) -> list[int]:
+        got = []
+        while (claim := await store.claim_chunk(worker=f"w{n}", now=NOW,
+                                                lease_seconds=LEASE)) is not None:
+            got.append(claim[0].chunk_no)
+        return got
+
+    claimed = await asyncio.gather(*(claim_all(n, s) for n, s in enumerate(workers)))
+    every = [chunk for got in claimed for chunk in got]
+    assert sorted(every) == list(range(60))  # each chunk once, none twice
+    chunks = await first.list_chunks(batch_id)
+    assert {c.owner for c in chunks} <= {f"w{n}" for n in range(6)}
+    assert all(c.generation == 1 for c in chunks)
+
+
+async def test_a_worker_claims_only_chunks_of_models_it_serves(stores: Stores) -> None:
+    store = await stores()
+    batch_a = await running_batch(store, chunks=2, model="model-a")
+    batch_b = await running_batch(store, chunks=2, model="model-b")
+    for batch_id, model in ((batch_a, "model-a"), (batch_b, "model-b")):
+        for _ in range(2):
+            claim = await store.claim_chunk(worker=model, now=NOW, lease_seconds=LEASE,
+                                            models=[model], mixed=False,
+                                            served=[model])
+            assert claim is not None and claim[0].batch_id == batch_id
+        assert await store.claim_chunk(worker=model, now=NOW, lease_seconds=LEASE,
+                                       models=[model], mixed=False, served=[model]) is None
+
+
+async def test_a_stale_lease_cannot_heartbeat_checkpoint_or_commit(stores: Stores) -> None:
+    old_owner, new_owner = await stores(), await stores()
+    await running_batch(old_owner, chunks=1)
+    claim = await old_owner.claim_chunk(worker="old", now=NOW, lease_seconds=LEASE)
+    assert claim is not None
+    chunk, stale = claim
+    # The old owner went quiet past its lease; the chunk is claimed again.
+    later = NOW + LEASE + 1
+    taken = await new_owner.claim_chunk(worker="new", now=later, lease_seconds=LEASE)
+    assert taken is not None and taken[1].generation == stale.generation + 1
+    part = [{"ok": "batches/x/parts/stale-ok", "err": None}]
+    progress = ChunkProgress(n_ok=1)
+    assert await old_owner.heartbeat_chunk(chunk, stale, progress=progress, now=later,
+                                           lease_seconds=LEASE) is None
+    assert not await old_owner.checkpoint_chunk(chunk, stale, parts=part, committed=progress,
+                                                now=later, lease_seconds=LEASE)
+    assert not await old_owner.checkpoint_chunk(chunk, stale, parts=part, committed=progress,
+                                                now=later, lease_seconds=LEASE, release=True)
+    assert not await old_owner.commit_chunk(chunk, stale, parts=part, committed=progress,
+                                            now=int(later))
+    [row] = await new_owner.list_chunks(chunk.batch_id)
+    assert row.owner == "new" and row.parts == [] and row.done_ok == 0
+    assert await new_owner.commit_chunk(taken[0], taken[1], parts=[], committed=ChunkProgress(),
+                                        now=int(later))
+
+
+async def test_racing_creates_cannot_pass_the_unfinished_batch_limit(stores: Stores) -> None:
+    api_processes = [await stores() for _ in range(4)]
+
+    async def create(store: MetadataStore) -> bool:
+        try:
+            await store.insert_batch(batch_record("racer"), max_active=3)
+        except ActiveBatchLimit:
+            return False
+        return True
+
+    created = await asyncio.gather(*(create(api_processes[n % 4]) for n in range(12)))
+    assert sum(created) == 3
+
+
+async def test_racing_validations_cannot_pass_the_token_quota(stores: Stores) -> None:
+    processes = [await stores() for _ in range(4)]
+    batches = [await processes[0].insert_batch(batch_record("quota")) for _ in range(8)]
+    leases = []
+    for _ in batches:
+        claim = await processes[0].claim_batch_task(worker="v", now=NOW, lease_seconds=LEASE)
+        assert claim is not None
+        leases.append(claim)
+
+    async def validate(n: int) -> bool:
+        record, lease = leases[n]
+        plan = [ChunkPlan(chunk_no=0, byte_start=0, byte_end=1, line_start=1, n_lines=1)]
+        try:
+            return await processes[n % 4].start_batch(
+                record.id, lease, plans=plan, total=1, model="m", tokens={"m": 300},
+                token_limit=1000, now=int(NOW))
+        except QuotaExceeded:
+            return False
+
+    started = await asyncio.gather(*(validate(n) for n in range(8)))
+    assert sum(started) == 3  # 3 x 300 tokens fit under 1000; a fourth would not
+
+
+async def test_paging_stays_ordered_across_processes(stores: Stores) -> None:
+    processes = [await stores() for _ in range(3)]
+
+    async def upload(n: int) -> str:
+        record = FileRecord(id=ids.file_id(), owner="pager", purpose="batch",
+                            filename=f"{n}.jsonl", bytes=1, created_at=int(NOW),
+                            expires_at=None, status="processed", blob_key=f"files/{n}")
+        return (await processes[n % 3].insert_file(record)).id
+
+    await asyncio.gather(*(upload(n) for n in range(30)))
+    seen: list[str] = []
+    after = None
+    while True:
+        page, more = await processes[1].list_files(owner="pager", purpose=None, limit=7,
+                                                   ascending=True, after=after)
+        seen += [f.id for f in page]
+        if not more:
+            break
+        after = page[-1].id
+    everything, _ = await processes[2].list_files(owner="pager", purpose=None, limit=100,
+                                                  ascending=True, after=None)
+    assert seen == [f.id for f in everything] and len(set(seen)) == 30
+    seqs = [f.seq for f in everything]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 30
+
+
+async def test_housekeeping_turns_go_to_one_process_per_period(stores: Stores) -> None:
+    processes = [await stores() for _ in range(4)]
+    turns = await asyncio.gather(*(p.take_turn("expiry", now=NOW, every=5) for p in processes))
+    assert sum(turns) == 1
+    assert not await processes[0].take_turn("expiry", now=NOW + 4, every=5)
+    assert await processes[1].take_turn("expiry", now=NOW + 5, every=5)
+
+
+async def test_the_database_clock_corrects_a_skewed_host(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = await stores()
+    clock = DatabaseClock(store)
+    truth = await store.database_time()
+    if not store.postgres:
+        assert abs(clock.now() - truth) < 1  # SQLite: this host's clock is the database's
+        return
+    import time
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this host runs an hour fast
+    await clock.sync()
+    assert abs(clock.now() - await store.database_time()) < 0.5
