@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -74,23 +76,44 @@ def _secrets(settings: Settings) -> tuple[str, ...]:
 
 
 async def _bootstrap_key(settings: Settings) -> str | None:
-    """On a first start without BATCHD_API_KEY, make a key so the server is usable at once."""
+    """Reach the backends (migrating the schema); on a first start without BATCHD_API_KEY,
+    make a key so the server is usable at once."""
     from batchd.clock import SystemClock
     from batchd.keys import KeyService
     from batchd.limits.tiers import ADMIN_TIER
-    from batchd.store.metadata import MetadataStore
 
-    if settings.api_key:
-        return None
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = MetadataStore(settings.resolved_database_url)
-    try:
-        await store.migrate()
+    async with _backends(settings) as store:
+        if settings.api_key:
+            return None
         keys = KeyService(store=store, clock=SystemClock())
         if await keys.list():
             return None
         _, secret = await keys.create_operator_key(tier=ADMIN_TIER)
         return secret
+
+
+@contextlib.asynccontextmanager
+async def _backends(settings: Settings) -> AsyncIterator[Any]:
+    """The metadata store, migrated, once the object store answers too. An unreachable
+    database or bucket (after `BATCHD_BACKEND_WAIT_SECONDS` of retrying) or wrong
+    credentials end the command with one line and exit status 1."""
+    from sqlalchemy.exc import ArgumentError
+
+    from batchd.backends import open_blob_store, preflight
+    from batchd.store.metadata import MetadataStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        store = MetadataStore(settings.resolved_database_url)
+    except (ArgumentError, ImportError, ValueError) as exc:
+        _fail([f"BATCHD_DATABASE_URL: {exc}"])
+    try:
+        try:
+            await preflight(settings, store, open_blob_store(settings),
+                            wait_seconds=settings.backend_wait_seconds)
+        except BatchdError as exc:
+            _fail([f"batchd cannot start: {exc.message}"], status=1)
+        yield store
     finally:
         await store.close()
 
@@ -146,9 +169,27 @@ def serve(
 
 
 
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Bring the database schema up to date (and check the object store answers), then exit.
+    Safe to run while other batchd processes start or run: migrations take turns."""
+    from batchd.backends import where
+
+    settings = _settings(data_dir=data_dir)
+    _logging(settings)
+
+    async def run() -> None:
+        async with _backends(settings):
+            pass
+
+    asyncio.run(run())
+    typer.echo(f"schema up to date: {where(settings)}")
+
+
 @app.command("worker")
 def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
-    """Run a worker alone (no HTTP), sharing the store with `batchd serve --no-worker`."""
+    """Run a worker alone (no HTTP), sharing the database and object store with
+    `batchd serve --no-worker` and other workers. Its --data-dir holds only its identity."""
     from batchd.app import close_services, open_services, start_worker
 
     settings = _settings(data_dir=data_dir, models=models)
@@ -161,6 +202,8 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        async with _backends(settings):
+            pass  # one clear line, not a traceback, if a backend is unreachable
         svc = await open_services(settings)
         worker, identity = await start_worker(svc)
         typer.echo(f"batchd worker {identity.id} running; Ctrl-C to stop")
@@ -172,24 +215,13 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
     asyncio.run(run())
 
 
-def _keys_service(settings: Settings) -> Any:
+def _with_keys(settings: Settings, action: Any) -> Any:
     from batchd.clock import SystemClock
     from batchd.keys import KeyService
-    from batchd.store.metadata import MetadataStore
 
-    store = MetadataStore(settings.resolved_database_url)
-    return store, KeyService(store=store, clock=SystemClock())
-
-
-def _with_keys(settings: Settings, action: Any) -> Any:
     async def run() -> Any:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store, keys = _keys_service(settings)
-        try:
-            await store.migrate()
-            return await action(keys)
-        finally:
-            await store.close()
+        async with _backends(settings) as store:
+            return await action(KeyService(store=store, clock=SystemClock()))
 
     return asyncio.run(run())
 

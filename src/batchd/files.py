@@ -120,7 +120,8 @@ class FileService:
         self, *, owner: str | None, file_id: str
     ) -> tuple[FileRecord, Iterator[bytes]]:
         record = await self.get(owner=owner, file_id=file_id)
-        self.blobs.size(record.blob_key)  # raises a clear error now if the bytes are gone
+        # Raises a clear error now if the bytes are gone (off the loop: on S3, a request).
+        await asyncio.to_thread(self.blobs.size, record.blob_key)
         return record, self.blobs.read_range(record.blob_key)
 
 

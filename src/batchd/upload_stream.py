@@ -194,6 +194,7 @@ class StreamedUpload:
             return
         if error is None:
             await asyncio.to_thread(writer.__exit__, None, None, None)  # fsync + rename
-        else:
+        else:  # aborts the write (on S3 a request: off the loop, finished even if cancelled)
             with contextlib.suppress(BaseException):
-                writer.__exit__(type(error), error, error.__traceback__)
+                await asyncio.shield(asyncio.to_thread(
+                    writer.__exit__, type(error), error, error.__traceback__))

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from batchd.errors import BatchdError, invalid_request_of
+from batchd.backends import outage
+from batchd.errors import BatchdError, ServiceUnavailable, invalid_request_of
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,13 @@ async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    reason = outage(exc)
+    if reason is not None:  # the database or object store, for now: retry later
+        log.warning("answered 503: %s", reason)
+        error = ServiceUnavailable(f"The service is temporarily unavailable ({reason}); "
+                                   "please retry shortly.")
+        return JSONResponse(error.envelope(), status_code=error.status_code,
+                            headers=error.headers)
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "The server had an error while processing your request.",
                           error_type="server_error", code="internal_error")

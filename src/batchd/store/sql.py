@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from batchd.store.records import (
     ChunkProgress,
 )
 
+log = logging.getLogger(__name__)
 _MIGRATIONS = str(Path(__file__).with_name("migrations"))
 ACTIVE = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING,
            BatchStatus.CANCELLING)
@@ -182,6 +184,39 @@ class SqlStore:
         if self.postgres:
             return func.nextval(_SEQUENCE)
         return select(func.coalesce(func.max(table.c.seq), 0) + 1).scalar_subquery()
+
+    async def listen_for_work(self, wake: Callable[[], None], stopping: asyncio.Event) -> None:
+        """Call `wake` whenever another process announces work (PostgreSQL's LISTEN/NOTIFY),
+        until `stopping` is set. A dropped connection is opened again (after a growing
+        wait); every (re)connection wakes once, for what was announced meanwhile. Polling
+        remains the fallback, so a missed notice only costs a poll interval."""
+        import asyncpg
+
+        dsn = make_url(self.url).set(drivername="postgresql").render_as_string(
+            hide_password=False)
+        delay = 1.0
+        while not stopping.is_set():
+            try:
+                conn = await asyncpg.connect(dsn, timeout=10)
+            except Exception as exc:
+                log.debug("cannot listen for work yet: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            delay = 1.0
+            try:
+                await conn.add_listener(WORK_CHANNEL, lambda *_: wake())
+                wake()
+                while not stopping.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), 10)
+                    # A cut-off network shows only when something is sent.
+                    await asyncio.wait_for(conn.execute("SELECT 1"), 10)
+            except Exception as exc:
+                log.debug("stopped listening for work: %s", exc)
+            finally:
+                conn.terminate()
 
     async def close(self) -> None:
         await self._engine.dispose()

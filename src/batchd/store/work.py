@@ -400,6 +400,14 @@ class WorkStore(SqlStore):
                 await self._notify_work(conn)
             return chunks.rowcount + batches.rowcount
 
+    async def get_chunk(self, batch_id: str, chunk_no: int) -> Chunk | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(
+                select(t.chunks).where(t.chunks.c.batch_id == batch_id,
+                                       t.chunks.c.chunk_no == chunk_no)
+            )).mappings().first()
+        return Chunk.from_row(row) if row else None
+
     async def list_chunks(self, batch_id: str) -> list[Chunk]:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(

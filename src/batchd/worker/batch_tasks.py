@@ -245,7 +245,7 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
         counts = await _with_lease(ctx, batch, lease, False, write)
     except _Abandoned:
         for key in (out_key, err_key):
-            ctx.blobs.delete(key)
+            await asyncio.to_thread(ctx.blobs.delete, key)
         return
     now = int(ctx.clock.now())
     expires_at = now + batch.output_expires_after if batch.output_expires_after else None
@@ -259,14 +259,15 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
                           created_at=now, expires_at=expires_at, status="processed",
                           blob_key=key)
 
-    output_file = record(out_key, "output", counts.n_ok)
-    error_file = record(err_key, "error", counts.n_err)
+    # Off the event loop: on S3 each of these is a network call.
+    output_file = await asyncio.to_thread(record, out_key, "output", counts.n_ok)
+    error_file = await asyncio.to_thread(record, err_key, "error", counts.n_err)
     finished = await ctx.store.finish_batch(batch.id, lease, status=status,
                                             output_file=output_file, error_file=error_file,
                                             counts=counts, now=now)
     if not finished:  # another worker took over; it publishes its own generation's files
         for key in (out_key, err_key):
-            ctx.blobs.delete(key)
+            await asyncio.to_thread(ctx.blobs.delete, key)
         return
     # The parts were copied into the result files; drop them (and any a crash orphaned).
     await asyncio.to_thread(ctx.blobs.delete_prefix, f"batches/{batch.id}/parts/")

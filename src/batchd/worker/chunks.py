@@ -14,16 +14,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from batchd.backends import outage
 from batchd.batches import results
 from batchd.engines.base import EngineUnavailable
 from batchd.store.blobs import BlobMissing
-from batchd.store.records import BatchRecord, Chunk, ChunkProgress, Lease, StopReason
+from batchd.store.records import (
+    BatchRecord,
+    Chunk,
+    ChunkProgress,
+    ChunkState,
+    Lease,
+    StopReason,
+)
 from batchd.worker import deaths
 from batchd.worker.capacity import MIXED, Capacity, ModelGate
 from batchd.worker.context import WorkerContext
@@ -427,9 +435,10 @@ class ChunkRun:
                 # checkpoint still completes, so its part is not lost between two flushes.
                 try:
                     saved = await asyncio.shield(self._checkpoint(release=False))
-                except Exception:  # the store or the disk, for a moment: the lines wait
-                    log.warning("chunk %s/%s: checkpoint failed; trying again",
-                                self.chunk.batch_id, self.chunk.chunk_no, exc_info=True)
+                except Exception as exc:  # the store, for a moment: the lines wait
+                    log.warning("chunk %s/%s: checkpoint failed (%s); trying again",
+                                self.chunk.batch_id, self.chunk.chunk_no,
+                                outage(exc) or "error", exc_info=outage(exc) is None)
                     continue
                 if not saved:
                     self._halt(lost=True)
@@ -441,9 +450,10 @@ class ChunkRun:
             await asyncio.sleep(settings.heartbeat_seconds)
             try:
                 batch = await self._beat()
-            except Exception:  # the store, for a moment: the lease outlasts a few beats
-                log.warning("chunk %s/%s: heartbeat failed; trying again",
-                            self.chunk.batch_id, self.chunk.chunk_no, exc_info=True)
+            except Exception as exc:  # the store, for a moment: the lease outlasts a few beats
+                log.warning("chunk %s/%s: heartbeat failed (%s); trying again",
+                            self.chunk.batch_id, self.chunk.chunk_no,
+                            outage(exc) or "error", exc_info=outage(exc) is None)
                 continue
             now = self.ctx.clock.now()
             if batch is None:
@@ -490,10 +500,10 @@ class ChunkRun:
             # happens to this update.
             self.parts = self.parts + ([part] if part else [])
             self.results.committed = totals
-            saved = await self.ctx.store.checkpoint_chunk(
+            saved = await self._through_outage(lambda: self.ctx.store.checkpoint_chunk(
                 self.chunk, self.lease, parts=self.parts, committed=totals, release=release,
                 crashed=crashed, now=self.ctx.clock.now(),
-                lease_seconds=self.ctx.settings.lease_seconds)
+                lease_seconds=self.ctx.settings.lease_seconds), parts=self.parts)
             if not saved:
                 self.lost = True
             return saved
@@ -502,16 +512,42 @@ class ChunkRun:
         async with self._flush_lock:
             part, totals = await self._write_part()
             parts = self.parts + ([part] if part else [])
-            committed = await self.ctx.store.commit_chunk(
+            committed = await self._through_outage(lambda: self.ctx.store.commit_chunk(
                 self.chunk, self.lease, parts=parts, committed=totals,
-                now=int(self.ctx.clock.now()))
+                now=int(self.ctx.clock.now())), parts=parts, done=True)
             if not committed:
-                self._drop(part)
+                await self._drop(part)
 
-    def _drop(self, part: dict[str, str | None] | None) -> None:
+    async def _through_outage(self, write: Callable[[], Awaitable[bool]], *,
+                              parts: list[dict[str, str | None]], done: bool = False) -> bool:
+        """A fenced write of `parts`, tried again while the store is unreachable and the
+        lease may still be ours (once it has lapsed, the fence refuses the write anyway, and
+        another worker runs the chunk from its last checkpoint).
+
+        A connection lost after the server committed looks like a failure: when a retry is
+        refused, the row tells whether the earlier attempt landed (this generation's parts
+        are there), so results that landed are never dropped as if refused."""
+        deadline = time.monotonic() + self.ctx.settings.lease_seconds
+        wait, retried = 0.1, False
+        while True:
+            try:
+                written = await write()
+            except Exception as exc:
+                if outage(exc) is None or time.monotonic() + wait > deadline:
+                    raise
+                await asyncio.sleep(wait)
+                wait, retried = min(wait * 2, 2.0), True
+                continue
+            if written or not retried:
+                return written
+            row = await self.ctx.store.get_chunk(self.chunk.batch_id, self.chunk.chunk_no)
+            return (row is not None and row.generation == self.lease.generation
+                    and row.parts == parts and (row.state is ChunkState.DONE or not done))
+
+    async def _drop(self, part: dict[str, str | None] | None) -> None:
         for key in (part or {}).values():
             if key:
-                self.ctx.blobs.delete(key)
+                await asyncio.to_thread(self.ctx.blobs.delete, key)
 
     async def _input_lost(self, message: str) -> None:
         log.error("batch %s cannot read its input: %s", self.chunk.batch_id, message)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from batchd.backends import outage
 from batchd.files import FileService, blob_key
 from batchd.store.records import Chunk, Lease
 from batchd.worker.batch_tasks import run_batch_task
@@ -33,6 +34,8 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._chunk_runs: set[asyncio.Task[bool]] = set()
         self._wakes: list[asyncio.Event] = []  # one per loop (see _poll)
+        self._outage: str | None = None  # why the store is unreachable, while it is
+        self._outage_wait = 0.0
         self.files = FileService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
                                  settings=ctx.settings)
 
@@ -41,6 +44,9 @@ class Worker:
         loops = [("batch-tasks", self._poll("batch task", self.run_one_batch_task)),
                  ("housekeeping", self._housekeeping()),
                  ("chunks", self._claim_chunks())]
+        if self.ctx.store.postgres:  # other hosts' new work wakes this worker at once
+            loops.append(("listen", self.ctx.store.listen_for_work(self.wake,
+                                                                   self._stopping)))
         self._tasks = [asyncio.create_task(coro, name=f"worker:{name}") for name, coro in loops]
         for task in self._tasks:
             task.add_done_callback(self._on_loop_exit)
@@ -151,26 +157,48 @@ class Worker:
                                            self.ctx.settings.poll_seconds if polls else None)
 
     async def _guarded(self, what: str, step: Awaitable[object]) -> bool:
-        """Run one step; a failure is logged and the loop goes on (the store may be busy)."""
+        """Run one step; a failure is logged and the loop goes on. While the database or the
+        object store is unreachable the worker pauses (one log line per outage, waits
+        growing to 5 s) and resumes by itself when it is back."""
         try:
-            return bool(await step)
+            done = bool(await step)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("worker step failed: %s", what)
-            await asyncio.sleep(self.ctx.settings.poll_seconds)
+        except Exception as exc:
+            reason = outage(exc)
+            if reason is None:
+                log.exception("worker step failed: %s", what)
+                await asyncio.sleep(self.ctx.settings.poll_seconds)
+                return False
+            if self._outage is None:
+                log.warning("worker paused: %s", reason)
+            self._outage = reason
+            self._outage_wait = min(max(self._outage_wait * 2, self.ctx.settings.poll_seconds),
+                                    5.0)
+            await asyncio.sleep(self._outage_wait)
             return False
+        if self._outage is not None:
+            log.warning("worker resumed: the store is reachable again")
+            self._outage, self._outage_wait = None, 0.0
+        return done
 
     async def _housekeeping(self) -> None:
         """Expiry and file purges, every ten poll intervals (5 s by default; running
-        chunks also notice their batch's expiry on each heartbeat)."""
+        chunks also notice their batch's expiry on each heartbeat). However many workers
+        share the store, one of them takes each period's turn."""
         period = max(1.0, 10 * self.ctx.settings.poll_seconds)
         while not self._stopping.is_set():
-            if await self._guarded("expiry", self._expire()):
-                self.wake()
-            await self._guarded("purge", self.files.purge_deleted())
+            if await self._guarded("housekeeping turn", self._my_turn(period)):
+                if await self._guarded("expiry", self._expire()):
+                    self.wake()
+                await self._guarded("purge", self.files.purge_deleted())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), period)
+
+    async def _my_turn(self, period: float) -> bool:
+        # A little under the period, so the turn is due again when this worker looks next.
+        return await self.ctx.store.take_turn("expiry", now=self.ctx.clock.now(),
+                                              every=period * 0.9)
 
     async def _expire(self) -> int:
         ctx = self.ctx
