@@ -48,17 +48,19 @@ def outage(exc: BaseException) -> str | None:
         sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
         if exc.connection_invalidated or (sqlstate and str(sqlstate)[:2] in _OUTAGE_SQLSTATES):
             return f"the database is unavailable ({_first_line(cause or exc.orig)})"
-        if sqlstate == "28P01" or type(cause).__name__ == "InvalidPasswordError":
-            return "the database refused the credentials in BATCHD_DATABASE_URL"
+        if sqlstate and str(sqlstate)[:2] == "28":  # invalid authorization (password, hba)
+            return ("the database refused the credentials in BATCHD_DATABASE_URL "
+                    f"({_first_line(cause or exc.orig)})")
         if isinstance(exc, (OperationalError, InterfaceError)):
             return f"the database is unavailable ({_first_line(cause or exc.orig)})"
         return None
     if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         return f"the database is unreachable ({_first_line(exc)})"
     if type(exc).__module__.startswith("asyncpg"):
-        if type(exc).__name__ == "InvalidPasswordError":
-            return "the database refused the credentials in BATCHD_DATABASE_URL"
         sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate and str(sqlstate)[:2] == "28":
+            return ("the database refused the credentials in BATCHD_DATABASE_URL "
+                    f"({_first_line(exc)})")
         if sqlstate is None or str(sqlstate)[:2] in _OUTAGE_SQLSTATES:
             return f"the database is unavailable ({_first_line(exc)})"
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from batchd.backends import outage
@@ -36,6 +37,7 @@ class Worker:
         self._wakes: list[asyncio.Event] = []  # one per loop (see _poll)
         self._outage: str | None = None  # why the store is unreachable, while it is
         self._outage_wait = 0.0
+        self._outage_seen = 0.0  # when a step last met the outage (monotonic)
         self.files = FileService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
                                  settings=ctx.settings)
 
@@ -172,12 +174,13 @@ class Worker:
                 return False
             if self._outage is None:
                 log.warning("worker paused: %s", reason)
-            self._outage = reason
+            self._outage, self._outage_seen = reason, time.monotonic()
             self._outage_wait = min(max(self._outage_wait * 2, self.ctx.settings.poll_seconds),
                                     5.0)
             await asyncio.sleep(self._outage_wait)
             return False
-        if self._outage is not None:
+        # Over once every step has worked for a while (one store may be back, the other not).
+        if self._outage is not None and time.monotonic() - self._outage_seen > 10:
             log.warning("worker resumed: the store is reachable again")
             self._outage, self._outage_wait = None, 0.0
         return done
