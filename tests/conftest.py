@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.worker.context import WorkerContext
 from batchd.worker.runner import Worker
-from tests.services import PostgresServer, S3Server, running_postgres, running_s3
+from tests.services import BACKEND, PostgresServer, S3Server, shared_postgres, shared_s3
 
 API_KEY = "sk-test-key"
 ENDPOINT = "/v1/chat/completions"
@@ -97,21 +96,14 @@ def models_file(tmp_path: Path) -> Path:
     return path
 
 
-# Which backends the suite's stores use: "local" (SQLite + the data dir, the default) or
-# "postgres-s3" (a real PostgreSQL and a real S3 server, started by the suite).
-BACKEND = os.environ.get("BATCHD_TEST_BACKEND", "local")
+@pytest.fixture(scope="session")
+def postgres_server() -> PostgresServer:
+    return shared_postgres()
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    with running_s3() as server:
-        yield server
+def s3_server() -> S3Server:
+    return shared_s3()
 
 
 def shared_backend(pg: PostgresServer, s3: S3Server,

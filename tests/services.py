@@ -8,6 +8,7 @@ process with the master, a volume, the filer and the S3 gateway).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -287,3 +288,84 @@ class Network:
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+# --- the backends a test run uses -----------------------------------------------------------
+
+# "local" (SQLite + the data dir, the default) or "postgres-s3" (a real PostgreSQL and a real
+# S3 server, started once per test run and shared by every test, each with its own database
+# and bucket prefix).
+BACKEND = os.environ.get("BATCHD_TEST_BACKEND", "local")
+_shared: dict[str, PostgresServer | S3Server] = {}
+_envs: dict[Path, dict[str, str]] = {}
+
+
+def shared_postgres() -> PostgresServer:
+    if "pg" not in _shared:
+        server = PostgresServer()
+        server.start()
+        atexit.register(server.close)
+        _shared["pg"] = server
+    pg = _shared["pg"]
+    assert isinstance(pg, PostgresServer)
+    return pg
+
+
+def shared_s3() -> S3Server:
+    if "s3" not in _shared:
+        server = S3Server()
+        server.start()
+        atexit.register(server.close)
+        _shared["s3"] = server
+    s3 = _shared["s3"]
+    assert isinstance(s3, S3Server)
+    return s3
+
+
+def backend_env(data_dir: Path) -> dict[str, str]:
+    """The BATCHD_* and AWS_* variables that put a server with this data dir on the run's
+    backends: nothing for local; otherwise its own database and prefix (the same ones again
+    for a restart on the same data dir)."""
+    if BACKEND == "local":
+        return {}
+    key = data_dir.resolve()
+    if key not in _envs:
+        s3 = shared_s3()
+        _envs[key] = {**s3.environment(),
+                      "BATCHD_DATABASE_URL": shared_postgres().create_database(),
+                      "BATCHD_BLOB_URL": f"s3://{s3.bucket}/{uuid.uuid4().hex[:12]}"}
+    return _envs[key]
+
+
+def stored_objects(data_dir: Path) -> list[str]:
+    """The keys of every object a server with this data dir stored."""
+    env = backend_env(data_dir)
+    if not env:
+        root = data_dir / "blobs"
+        return [p.relative_to(root).as_posix() for p in root.rglob("*")
+                if p.is_file() and ".tmp" not in p.relative_to(root).parts]
+    import obstore
+    from obstore.store import S3Store
+
+    s3 = shared_s3()
+    prefix = env["BATCHD_BLOB_URL"].split("/", 3)[3]
+    store = S3Store(s3.bucket, endpoint=s3.endpoint, access_key_id=S3_ACCESS_KEY,
+                    secret_access_key=S3_SECRET_KEY, region="us-east-1",
+                    client_options={"allow_http": True})
+    return [str(entry["path"]) for page in obstore.list(store, prefix=f"{prefix}/")
+            for entry in page]
+
+
+def query_one(data_dir: Path, sql: str) -> str | None:
+    """One value from a server's database (SQLite file or PostgreSQL), read directly."""
+    env = backend_env(data_dir)
+    if not env:
+        import sqlite3
+
+        uri = f"file:{data_dir / 'batchd.sqlite3'}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+            row = db.execute(sql).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+    database = env["BATCHD_DATABASE_URL"].rsplit("/", 1)[1]
+    value = shared_postgres().psql(sql, database=database).strip()
+    return value or None

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.services import backend_env
+
 API_KEY = "sk-e2e-test-key"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +54,7 @@ def start_server(data_dir: Path, log: Path, *, models: Path | None = None,
                  extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
     env = {**os.environ, "BATCHD_API_KEY": API_KEY, "BATCHD_POLL_SECONDS": "0.1",
-           "BATCHD_HEARTBEAT_SECONDS": "0.2", **(extra_env or {})}
+           "BATCHD_HEARTBEAT_SECONDS": "0.2", **backend_env(data_dir), **(extra_env or {})}
     args = [sys.executable, "-m", "batchd", "serve", "--port", str(port),
             "--data-dir", str(data_dir)]
     if models is not None:

@@ -16,10 +16,12 @@ from openai import OpenAI
 
 from tests.conftest import INSTANT_MODELS, batch_line
 from tests.e2e.conftest import start_server, stop_server
+from tests.services import backend_env
 
 
 def batchd(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
+    env.update(backend_env(data_dir))
     return subprocess.run([sys.executable, "-m", "batchd", *args, "--data-dir", str(data_dir)],
                           capture_output=True, text=True, env=env, timeout=60)
 
@@ -58,7 +60,8 @@ def test_api_and_standalone_worker_processes_share_the_store(tmp_path: Path) -> 
     data = tmp_path / "data"
     server = start_server(data, tmp_path / "server.log", models=models,
                           extra_env={"BATCHD_EMBEDDED_WORKER": "false"})
-    env = {**os.environ, "BATCHD_POLL_SECONDS": "0.1", "BATCHD_CHUNK_LINES": "3"}
+    env = {**os.environ, "BATCHD_POLL_SECONDS": "0.1", "BATCHD_CHUNK_LINES": "3",
+           **backend_env(data)}
     workers = [subprocess.Popen([sys.executable, "-m", "batchd", "worker", "--data-dir",
                                  str(data), "--models", str(models)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

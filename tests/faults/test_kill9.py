@@ -8,11 +8,9 @@ seed (default: random, printed so a failure can be replayed).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import pytest
 
 from tests.conftest import batch_line
 from tests.e2e.conftest import REPO, Server, start_server, stop_server
+from tests.services import query_one
 
 pytestmark = pytest.mark.faults
 
@@ -93,12 +92,8 @@ def wait_for_lease(data_dir: Path, batch_id: str, timeout: float = 30) -> None:
     """Until a worker holds the batch's lease (it is validating it now); read from the
     database itself, as no API shows it."""
     deadline = time.monotonic() + timeout
-    uri = f"file:{data_dir / 'batchd.sqlite3'}?mode=ro"
     while time.monotonic() < deadline:
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-            row = db.execute("SELECT lease_owner FROM batches WHERE id = ?",
-                             (batch_id,)).fetchone()
-        if row is not None and row[0] is not None:
+        if query_one(data_dir, f"SELECT lease_owner FROM batches WHERE id = '{batch_id}'"):
             return
         time.sleep(0.005)
     raise AssertionError(f"{batch_id} was never leased for validation")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.conftest import batch_line
 from tests.faults.test_kill9 import FAULT_ENV, TERMINAL, Plug, check_invariants, submit, wait_until
+from tests.services import stored_objects
 
 SLOW_MODELS = """
 models:
@@ -69,8 +70,7 @@ def test_an_upload_cut_off_mid_stream_leaves_no_file(tmp_path: Path) -> None:
         with plug.client() as client:
             assert client.get("/files").json()["data"] == []
             assert client.get("/models").status_code == 200  # still serving
-        blobs = tmp_path / "data" / "blobs"
-        assert not [p for p in blobs.rglob("*") if p.is_file()]
+        assert stored_objects(tmp_path / "data") == []
     finally:
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(timeout=20)

@@ -143,6 +143,36 @@ async def test_lone_surrogates_anywhere_in_a_json_body_are_a_400(
         assert (await harness.client.get(listing)).status_code == 200
 
 
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/admin/keys", {"name": "a\x00b"}, "name"),
+    ("/admin/keys", {"name": "n", "owner": "\x00"}, "owner"),
+    ("/v1/batches", {"input_file_id": "file-\x00", "endpoint": ENDPOINT,
+                     "completion_window": "24h"}, "input_file_id"),
+    ("/v1/batches", {"input_file_id": "file-x", "endpoint": ENDPOINT, "completion_window": "24h",
+                     "metadata": {"k": "v\x00"}}, "metadata.k"),
+])
+async def test_a_nul_character_in_a_stored_string_is_a_400(
+    harness: Harness, path: str, body: dict[str, Any], param: str,
+) -> None:
+    """PostgreSQL's text cannot hold U+0000: refused at the edge on every backend."""
+    response = await post_raw(harness.client, path, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+async def test_a_nul_character_in_a_query_or_path_parameter_is_a_400(harness: Harness) -> None:
+    for url, param in (("/v1/files?after=file-%00", "after"), ("/v1/batches/batch_%00", "batch_id"),
+                       ("/v1/files?purpose=%00", "purpose"), ("/admin/keys?after=%00", "after")):
+        response = await harness.client.get(url)
+        assert response.status_code in (400, 404), (url, response.text)
+        if response.status_code == 400:
+            assert response.json()["error"]["param"] == param, url
+    # A chat message may hold one: it is never stored.
+    response = await post_raw(harness.client, ENDPOINT, {
+        "model": "instant-model", "messages": [{"role": "user", "content": "a\x00b"}]})
+    assert response.status_code == 200, response.text
+
+
 # --- D6: an upload holds only the fields the endpoint knows ------------------------------------
 
 

@@ -26,9 +26,12 @@ class AuthenticatedRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
+        stored = not self.path.startswith("/v1/chat/")
+
         async def authenticated(request: Request) -> Response:
             await authenticate_request(request)
-            await refuse_invalid_unicode(request)
+            refuse_nul_in_url(request)
+            await refuse_invalid_unicode(request, nul_ok=not stored)
             return await handler(request)
 
         return authenticated
@@ -45,7 +48,19 @@ def _parsed_as_json(request: Request) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-async def refuse_invalid_unicode(request: Request) -> None:
+def refuse_nul_in_url(request: Request) -> None:
+    """A NUL character in a query or path parameter: no id, name or filter holds one, and
+    PostgreSQL cannot even compare text with it."""
+    for name, value in (*request.query_params.multi_items(), *request.path_params.items()):
+        if "\x00" in str(value):
+            raise InvalidRequest(f"Invalid value for '{name}': it holds a NUL character.",
+                                 code="invalid_value", param=name)
+
+
+async def refuse_invalid_unicode(request: Request, *, nul_ok: bool = True) -> None:
+    """Refuse a JSON body with a string that is not valid Unicode; unless `nul_ok`, also one
+    with a NUL character (a body whose strings are stored: PostgreSQL's text cannot hold
+    one). Chat messages may hold NULs: they are never stored."""
     if not _parsed_as_json(request):
         return  # multipart uploads are streamed by their route; text fields decode safely
     body = await request.body()  # kept by the request: FastAPI reads the same bytes
@@ -62,21 +77,29 @@ async def refuse_invalid_unicode(request: Request) -> None:
             f"Invalid value for '{param or 'body'}': the string is not valid Unicode (it "
             "holds a lone surrogate escape such as \\ud800).", code="invalid_value",
             param=param)
+    loc = None if nul_ok else invalid_string_at(value, allowed=lambda text: "\x00" not in text)
+    if loc is not None:
+        param = param_path(loc)
+        raise InvalidRequest(f"Invalid value for '{param or 'body'}': it holds a NUL "
+                             "character (\\u0000).", code="invalid_value", param=param)
 
 
-def invalid_string_at(value: object) -> tuple[str | int, ...] | None:
+def invalid_string_at(
+    value: object, allowed: Callable[[str], bool] | None = None,
+) -> tuple[str | int, ...] | None:
     """Where (`("metadata", "k")`, `("messages", 0, "content")`) a string, key or value,
     cannot be encoded as UTF-8; None when every string can. Iterative: the nesting depth is
     the sender's to choose."""
+    ok = allowed or _encodable
     stack: list[tuple[object, tuple[str | int, ...]]] = [(value, ())]
     while stack:
         item, loc = stack.pop()
         if isinstance(item, str):
-            if not _encodable(item):
+            if not ok(item):
                 return loc
         elif isinstance(item, dict):
             for key, child in item.items():
-                if not _encodable(key):
+                if not ok(key):
                     return loc
                 stack.append((child, (*loc, key)))
         elif isinstance(item, list):
