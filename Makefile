@@ -36,8 +36,21 @@ $(CHROMIUM):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: lint $(CHROMIUM)
+# PostgreSQL's server binaries for the scale-out tests (the tests start and stop their own
+# cluster; nothing runs as a system service). `ip` makes the multi-host test's namespaces.
+PG_INITDB := /usr/lib/postgresql/15/bin/initdb
+
+$(PG_INITDB):
+	@echo "Installing Debian's postgresql package for the scale-out tests (once)."
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql iproute2
+
+# The whole suite on the embedded default (SQLite + the data dir, PostgreSQL and S3 for the
+# contract and scale-out tests), then the integration, end-to-end and fault suites once more
+# on PostgreSQL + S3 (a real PostgreSQL and SeaweedFS that the run starts and stops).
+test: lint $(CHROMIUM) $(PG_INITDB)
 	$(VENV)/bin/pytest
+	BATCHD_TEST_BACKEND=postgres-s3 $(VENV)/bin/pytest tests/integration tests/e2e tests/faults
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py --workload short
@@ -47,6 +60,9 @@ bench: $(STAMP)
 	$(PY) bench/fairness.py
 	$(PY) bench/upstream.py --llama
 	$(PY) bench/memory.py
+	$(PY) bench/scale.py
+	$(PY) bench/control_plane.py --backend postgres-s3
+	$(PY) bench/memory.py --backend postgres-s3
 
 clean:
 	rm -rf $(VENV) batchd-data .pytest_cache .mypy_cache .ruff_cache

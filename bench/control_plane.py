@@ -19,6 +19,8 @@ from openai import OpenAI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from tests import services
+
 from bench.common import instant_server, memory_mb, run_batch
 
 
@@ -36,7 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--upload-mb", type=int, default=200)
+    parser.add_argument("--backend", choices=["local", "postgres-s3"], default="local",
+                        help="postgres-s3: the server on a PostgreSQL and a SeaweedFS (S3) "
+                             "server that this run starts on this machine")
     args = parser.parse_args()
+    services.BACKEND = args.backend
+    print(f"backend: {args.backend}")
     with tempfile.TemporaryDirectory() as tmp, \
             instant_server(Path(tmp), BATCHD_WORKER_CHUNKS="4") as server:
         root = Path(tmp)

@@ -62,8 +62,11 @@ async def running_batch(store: MetadataStore, *, chunks: int, owner: str = "alic
                         model: str = "m") -> str:
     """A batch past validation with `chunks` pending chunks."""
     record = await store.insert_batch(batch_record(owner))
-    claim = await store.claim_batch_task(worker="validator", now=NOW, lease_seconds=LEASE)
-    assert claim is not None and claim[0].id == record.id
+    while True:  # other batches may need assembling: leave them leased
+        claim = await store.claim_batch_task(worker="validator", now=NOW, lease_seconds=LEASE)
+        assert claim is not None
+        if claim[0].id == record.id:
+            break
     plans = [ChunkPlan(chunk_no=n, byte_start=n * 10, byte_end=n * 10 + 10, line_start=n + 1,
                        n_lines=1) for n in range(chunks)]
     assert await store.start_batch(record.id, claim[1], plans=plans, total=chunks, model=model,
@@ -89,6 +92,20 @@ async def test_concurrent_claimers_never_share_a_chunk(stores: Stores) -> None:
     chunks = await first.list_chunks(batch_id)
     assert {c.owner for c in chunks} <= {f"w{n}" for n in range(6)}
     assert all(c.generation == 1 for c in chunks)
+
+
+async def test_the_last_chunks_committed_at_once_finalize_their_batch(stores: Stores) -> None:
+    workers = [await stores() for _ in range(4)]
+    for _ in range(5):
+        batch_id = await running_batch(workers[0], chunks=4)
+        claims = [await w.claim_chunk(worker=f"w{n}", now=NOW, lease_seconds=LEASE)
+                  for n, w in enumerate(workers)]
+        assert all(claims)
+        await asyncio.gather(*(w.commit_chunk(c[0], c[1], parts=[], committed=ChunkProgress(),
+                                              now=int(NOW))
+                               for w, c in zip(workers, claims, strict=True) if c))
+        batch = await workers[0].get_batch(batch_id, owner=None)
+        assert batch is not None and batch.status is BatchStatus.FINALIZING
 
 
 async def test_a_worker_claims_only_chunks_of_models_it_serves(stores: Stores) -> None:

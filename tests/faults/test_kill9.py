@@ -85,7 +85,7 @@ def wait_until(client: httpx.Client, batch_id: str, statuses: set[str],
         if batch["status"] in statuses:
             return batch
         time.sleep(0.005)
-    raise AssertionError(f"{batch_id} never reached {statuses}")
+    raise AssertionError(f"{batch_id} never reached {statuses}: {batch}")
 
 
 def wait_for_lease(data_dir: Path, batch_id: str, timeout: float = 30) -> None:

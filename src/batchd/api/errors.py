@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -82,4 +83,16 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    # A backend outage surfaces as one of these; handled here (not by the catch-all, which
+    # Starlette re-raises after answering), so it is a clean 503 with no traceback.
+    for outage_type in (DBAPIError, OSError, *_asyncpg_errors()):
+        app.add_exception_handler(outage_type, _unexpected)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def _asyncpg_errors() -> tuple[type[Exception], ...]:
+    try:
+        import asyncpg
+    except ImportError:
+        return ()
+    return (asyncpg.PostgresError, asyncpg.InterfaceError)

@@ -343,8 +343,15 @@ class WorkStore(SqlStore):
         self, chunk: Chunk, lease: Lease, *, parts: list[dict[str, str | None]],
         committed: ChunkProgress, now: int,
     ) -> bool:
-        """Mark the chunk done, fenced; the last chunk moves its batch to `finalizing`."""
+        """Mark the chunk done, fenced; the last chunk moves its batch to `finalizing`.
+
+        On PostgreSQL the batch row is locked first: two last chunks committed at once would
+        otherwise each see the other still running (neither commit is visible to the other)
+        and leave the batch `in_progress` for good. SQLite's single writer needs no lock."""
         async with self._write() as conn:
+            if self.postgres:
+                await conn.execute(select(t.batches.c.id)
+                                   .where(t.batches.c.id == chunk.batch_id).with_for_update())
             result = await conn.execute(
                 update(t.chunks).where(self._chunk_fence(chunk, lease))
                 .values(state=ChunkState.DONE, parts=parts, lease_expires_at=None,
