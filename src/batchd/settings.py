@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
+            # The usual libpq spellings mean batchd's PostgreSQL driver (asyncpg).
+            for plain in ("postgresql://", "postgres://"):
+                if self.database_url.startswith(plain):
+                    return "postgresql+asyncpg://" + self.database_url.removeprefix(plain)
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'batchd.sqlite3').resolve()}"
 

@@ -43,3 +43,9 @@ def test_the_tiers_file_example_validates() -> None:
 def test_every_setting_is_documented() -> None:
     for name in Settings.model_fields:
         assert f"`BATCHD_{name.upper()}`" in README, name
+
+
+def test_plain_postgresql_urls_use_the_asyncpg_driver() -> None:
+    for url in ("postgresql://u:p@h:5432/db", "postgres://u:p@h:5432/db"):
+        resolved = Settings(database_url=url).resolved_database_url
+        assert resolved == "postgresql+asyncpg://u:p@h:5432/db"
