@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import time
 
 from sqlalchemy import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from batchd.errors import ServiceUnavailable
 from batchd.settings import Settings
@@ -39,10 +41,13 @@ def open_blob_store(settings: Settings) -> BlobStore:
 
 
 def outage(exc: BaseException) -> str | None:
-    """If `exc` means the database or the object store is unreachable for now, a one-line
-    reason; None for anything else (a bug, bad input)."""
+    """If `exc` means the database or the object store cannot be reached or cannot serve for
+    now, a one-line reason; None for anything else (a bug, bad input, schema drift), which
+    stays a 500 with its traceback in the log."""
     if isinstance(exc, ServiceUnavailable):
         return exc.message
+    if isinstance(exc, PoolTimeout):
+        return "the database connection pool is exhausted (every connection is busy)"
     if isinstance(exc, DBAPIError):
         cause = exc.orig.__cause__ if exc.orig is not None else None
         sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
@@ -51,19 +56,39 @@ def outage(exc: BaseException) -> str | None:
         if sqlstate and str(sqlstate)[:2] == "28":  # invalid authorization (password, hba)
             return ("the database refused the credentials in BATCHD_DATABASE_URL "
                     f"({_first_line(cause or exc.orig)})")
-        if isinstance(exc, (OperationalError, InterfaceError)):
-            return f"the database is unavailable ({_first_line(cause or exc.orig)})"
+        text = str(exc.orig).lower()
+        if isinstance(exc, OperationalError) and any(m in text for m in _SQLITE_OUTAGES):
+            return f"the database is unavailable ({_first_line(exc.orig)})"
+        if isinstance(cause, OSError) or "connection is closed" in text:
+            return f"the database is unreachable ({_first_line(cause or exc.orig)})"
         return None
-    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+    if isinstance(exc, OSError) and _network_error(exc):
         return f"the database is unreachable ({_first_line(exc)})"
     if type(exc).__module__.startswith("asyncpg"):
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate and str(sqlstate)[:2] == "28":
             return ("the database refused the credentials in BATCHD_DATABASE_URL "
                     f"({_first_line(exc)})")
-        if sqlstate is None or str(sqlstate)[:2] in _OUTAGE_SQLSTATES:
+        if sqlstate and str(sqlstate)[:2] in _OUTAGE_SQLSTATES:
             return f"the database is unavailable ({_first_line(exc)})"
+        if type(exc).__name__ in ("ConnectionDoesNotExistError", "ConnectionFailureError"):
+            return f"the database is unreachable ({_first_line(exc)})"
     return None
+
+
+# SQLite errors that pass (a busy or unreadable database file), unlike a syntax error or a
+# missing table, which are bugs.
+_SQLITE_OUTAGES = ("database is locked", "disk i/o error", "unable to open database")
+_NETWORK_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
+                   errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
+                   errno.EHOSTDOWN}
+
+
+def _network_error(exc: OSError) -> bool:
+    """A connection that failed or broke: refused, reset, unreachable, timed out, a name that
+    does not resolve, or asyncio's "Multiple exceptions" when every address of a name failed."""
+    return (isinstance(exc, ConnectionError | TimeoutError | socket.gaierror)
+            or exc.errno in _NETWORK_ERRNOS or str(exc).startswith("Multiple exceptions"))
 
 
 def _first_line(exc: BaseException | None) -> str:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 from batchd import ids
+from batchd.backends import outage
 from batchd.batches.schemas import FileObject
 from batchd.clock import Clock
 from batchd.errors import InvalidRequest, NotFound
@@ -81,8 +82,11 @@ class FileService:
                 bytes=form.size, created_at=now, expires_at=expires_at, status="processed",
                 blob_key=key,
             ))
-        except BaseException:
-            await asyncio.to_thread(self.blobs.delete, key)
+        except BaseException as exc:
+            # After an outage the record may have been committed with the answer lost: keep
+            # the bytes (an orphan costs space; a record without its bytes loses a file).
+            if outage(exc) is None:
+                await asyncio.to_thread(self.blobs.delete, key)
             raise
         return FileObject.of(record)
 

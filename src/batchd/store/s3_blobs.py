@@ -20,13 +20,19 @@ from urllib.parse import urlparse
 
 import obstore
 from obstore.exceptions import (
+    AlreadyExistsError,
     BaseError,
+    InvalidPathError,
+    NotModifiedError,
+    NotSupportedError,
     PermissionDeniedError,
+    PreconditionError,
     UnauthenticatedError,
+    UnknownConfigurationKeyError,
 )
 from obstore.store import S3Store
 
-from batchd.errors import ServiceUnavailable
+from batchd.errors import ServerError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig
@@ -94,6 +100,8 @@ class S3BlobStore:
         if end is not None:
             options = {"range": (start, end)}
         elif start:
+            if start >= self.size(key):  # S3 refuses a range past the end (416)
+                return
             options = {"range": {"offset": start}}
         with _translated(key):
             result = obstore.get(self._store, key, options=options)
@@ -120,7 +128,7 @@ class S3BlobStore:
             yield carry
 
     def delete(self, key: str) -> None:
-        with _translated(key), contextlib.suppress(BlobMissing):
+        with contextlib.suppress(BlobMissing), _translated(key):
             obstore.delete(self._store, key)
 
     def delete_prefix(self, prefix: str) -> None:
@@ -177,6 +185,10 @@ def _translated(key: str) -> Iterator[None]:
         yield
     except FileNotFoundError as exc:
         raise BlobMissing(f"Stored content is missing for object {key!r}.") from exc
+    except (InvalidPathError, NotSupportedError, AlreadyExistsError, PreconditionError,
+            NotModifiedError, UnknownConfigurationKeyError) as exc:  # batchd's own mistake
+        raise ServerError(f"The object store refused a request for {key!r}: "
+                          f"{_first_line(exc)}", code="storage_error") from exc
     except (PermissionDeniedError, UnauthenticatedError) as exc:
         raise ServiceUnavailable(
             "The object store refused batchd's credentials (check AWS_ACCESS_KEY_ID and "

@@ -16,7 +16,7 @@ import fcntl
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -25,7 +25,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, event, func, make_url, select
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from batchd.store.records import (
     BatchStatus,
@@ -137,20 +137,31 @@ class SqlStore:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
-        with self._sqlite_migration_lock():
-            async with self._write() as conn:
-                if self.postgres:
+        if self.postgres:
+            # Its own engine: a migration of a big table may run for minutes, past the
+            # command timeout that everyday statements have.
+            engine = create_async_engine(
+                self.url, poolclass=NullPool,
+                connect_args={**_POSTGRES_CONNECT_ARGS, "command_timeout": None})
+            try:
+                async with engine.begin() as conn:
                     await conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
-                await conn.run_sync(upgrade)
+                    await conn.run_sync(upgrade)
+            finally:
+                await engine.dispose()
+            return
+        async with self._sqlite_migration_lock(), self._write() as conn:
+            await conn.run_sync(upgrade)
 
-    @contextlib.contextmanager
-    def _sqlite_migration_lock(self) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def _sqlite_migration_lock(self) -> AsyncIterator[None]:
         database = make_url(self.url).database
-        if self.postgres or not database or database == ":memory:":
+        if not database or database == ":memory:":
             yield
             return
         with open(f"{database}.migrate-lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # brief: held for one migration run
+            # Another process may hold it for a whole migration: wait off the event loop.
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
             yield
 
     async def database_time(self) -> float:
@@ -192,19 +203,24 @@ class SqlStore:
         remains the fallback, so a missed notice only costs a poll interval."""
         import asyncpg
 
-        dsn = make_url(self.url).set(drivername="postgresql").render_as_string(
+        url = make_url(self.url)
+        # Only what libpq understands: SQLAlchemy's own options would be sent as settings.
+        query = {k: v for k, v in url.query.items() if k in ("ssl", "sslmode")}
+        dsn = url.set(drivername="postgresql", query=query).render_as_string(
             hide_password=False)
-        delay = 1.0
+        delay, warned = 1.0, False
         while not stopping.is_set():
             try:
                 conn = await asyncpg.connect(dsn, timeout=10)
             except Exception as exc:
-                log.debug("cannot listen for work yet: %s", exc)
+                if not warned:  # once: polling still finds the work, only later
+                    log.warning("cannot listen for new work (polling meanwhile): %s", exc)
+                    warned = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            delay = 1.0
+            delay, warned = 1.0, False
             try:
                 await conn.add_listener(WORK_CHANNEL, lambda *_: wake())
                 wake()
