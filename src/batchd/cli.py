@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from batchd.client.commands import install as install_client_commands
 from batchd.errors import BatchdError
 from batchd.settings import Settings
 
@@ -19,6 +20,8 @@ app = typer.Typer(help="batchd: a self-hosted, OpenAI-compatible Batch API for o
                   no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+# The client commands (submit, watch, results, batches, files): batchd/client/commands.py.
+install_client_commands(app)
 
 DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", envvar="BATCHD_DATA_DIR", show_envvar=True,

@@ -1,0 +1,384 @@
+"""`batchd` as a client: submit a file and watch it, list and fetch batches and files.
+
+Each command talks to a running batchd (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, or the flags)
+through the public API with that key. A failure is one line on stderr and exit status 1
+(2 for a usage mistake); `--json` prints the API's objects for scripts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from batchd.client.api import BatchdClient, ClientError, resolve
+from batchd.client.watch import TERMINAL, done_of, watch
+
+BaseUrl = Annotated[str | None, typer.Option(
+    "--base-url", envvar="OPENAI_BASE_URL", show_envvar=True,
+    help="batchd's API root (default: http://127.0.0.1:8000/v1).")]
+ApiKey = Annotated[str | None, typer.Option(
+    "--api-key", envvar="OPENAI_API_KEY", show_envvar=True, help="An API key.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON objects.")]
+Output = Annotated[Path | None, typer.Option(
+    "-o", "--output", help="Where the output file goes (default: BATCH_ID_output.jsonl).")]
+Errors = Annotated[Path | None, typer.Option(
+    "--errors", help="Where the error file goes (default: BATCH_ID_errors.jsonl).")]
+
+batches_app = typer.Typer(help="List, inspect and cancel batches.", no_args_is_help=True)
+files_app = typer.Typer(help="List, inspect, download and delete files.", no_args_is_help=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _err() -> Console:
+    return Console(stderr=True)
+
+
+def _fail(message: str, status: int = 1) -> NoReturn:
+    _err().print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(status)
+
+
+def one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ClientError as exc:
+            _fail(exc.message)
+        except OSError as exc:  # a local file: not found, not writable
+            _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+
+    return run
+
+
+@contextmanager
+def _client(base_url: str | None, api_key: str | None) -> Iterator[BatchdClient]:
+    try:
+        base, key = resolve(base_url, api_key)
+    except ClientError as exc:
+        _fail(exc.message, status=2)
+    with BatchdClient(base, key) as client:
+        yield client
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _when(timestamp: int | None) -> str:
+    if not timestamp:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _transfer_bar(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), console=console, transient=True)
+
+
+def _metadata(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--metadata takes key=value, not {pair!r}", status=2)
+        out[key] = value
+    return out
+
+
+# --- submit, watch, results ----------------------------------------------------------------
+
+
+@one_line_errors
+def submit(
+    file: Annotated[Path, typer.Argument(help="A JSONL file of requests, as OpenAI's.",
+                                         exists=True, dir_okay=False, readable=True)],
+    window: Annotated[str, typer.Option("--window", help="Completion window.")] = "24h",
+    endpoint: Annotated[str, typer.Option(
+        help="The endpoint every line calls.")] = "/v1/chat/completions",
+    metadata: Annotated[list[str] | None, typer.Option(
+        "--metadata", help="key=value, repeatable.")] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Watch it to the end, then download the results.")] = False,
+    output: Output = None, errors: Errors = None, as_json: AsJson = False,
+    base_url: BaseUrl = None, api_key: ApiKey = None,
+) -> None:
+    """Upload FILE, create a batch from it and (with --wait) watch it and fetch the results."""
+    pairs = _metadata(metadata or [])
+    console = _err()
+    with _client(base_url, api_key) as client:
+        size = file.stat().st_size
+        with _transfer_bar(console) as bar:
+            task = bar.add_task(f"uploading {file.name}", total=size)
+            uploaded = client.upload(file, progress=lambda n: bar.advance(task, n))
+        batch = client.create_batch(input_file_id=uploaded["id"], endpoint=endpoint,
+                                    window=window, metadata=pairs)
+        if not as_json:
+            console.print(f"created [bold]{batch['id']}[/bold] from {uploaded['id']} "
+                          f"({size:,} bytes)", highlight=False)
+        if not wait:
+            if as_json:
+                _print_json(batch)
+            else:
+                console.print(f"watch it with: batchd watch {batch['id']}", highlight=False)
+            return
+        _watch_and_fetch(client, batch["id"], console, output=output, errors=errors,
+                         as_json=as_json)
+
+
+@one_line_errors
+def watch_command(
+    batch_id: Annotated[str, typer.Argument(help="The batch to watch.")],
+    output: Output = None, errors: Errors = None,
+    download: Annotated[bool, typer.Option(
+        "--download/--no-download", help="Fetch the results when it ends.")] = True,
+    as_json: AsJson = False, base_url: BaseUrl = None, api_key: ApiKey = None,
+) -> None:
+    """Show a batch's progress until it ends (Ctrl-C detaches), then fetch its results."""
+    with _client(base_url, api_key) as client:
+        _watch_and_fetch(client, batch_id, _err(), output=output, errors=errors,
+                         as_json=as_json, download=download)
+
+
+def _watch_and_fetch(client: BatchdClient, batch_id: str, console: Console, *,
+                     output: Path | None, errors: Path | None, as_json: bool,
+                     download: bool = True) -> None:
+    try:
+        if as_json:
+            batch = client.batch(batch_id)
+            while batch["status"] not in TERMINAL:
+                time.sleep(1)
+                batch = client.batch(batch_id)
+        else:
+            batch = watch(client, batch_id, console)
+    except KeyboardInterrupt:
+        console.print(f"\ndetached; {batch_id} keeps running. Watch it again with: "
+                      f"batchd watch {batch_id}", highlight=False)
+        raise typer.Exit(130) from None
+    saved = _fetch(client, batch, console, output=output, errors=errors) if download else {}
+    if as_json:
+        _print_json({**batch, "downloaded": {k: str(v) for k, v in saved.items()}})
+        return
+    completed, failed, total = done_of(batch)
+    console.print(f"{batch_id} {batch['status']}: {completed} completed, {failed} failed of "
+                  f"{total}", highlight=False)
+    for error in (batch.get("errors") or {}).get("data", [])[:10]:
+        line = f"line {error['line']}: " if error.get("line") else ""
+        console.print(f"  {line}{error.get('message')} ({error.get('code')})", highlight=False)
+    for kind, path in saved.items():
+        console.print(f"{kind} → {path}", highlight=False)
+    if batch["status"] != "completed":
+        raise typer.Exit(1)
+
+
+def _fetch(client: BatchdClient, batch: dict[str, Any], console: Console, *,
+           output: Path | None, errors: Path | None) -> dict[str, Path]:
+    saved = {}
+    targets = (("output", batch.get("output_file_id"),
+                output or Path(f"{batch['id']}_output.jsonl")),
+               ("errors", batch.get("error_file_id"),
+                errors or Path(f"{batch['id']}_errors.jsonl")))
+    for kind, file_id, path in targets:
+        if not file_id:
+            continue
+        meta = client.file(file_id)
+        with _transfer_bar(console) as bar:
+            task = bar.add_task(f"downloading {kind}", total=meta.get("bytes"))
+            client.download(file_id, path, progress=functools.partial(bar.advance, task))
+        saved[kind] = path
+    return saved
+
+
+@one_line_errors
+def results(
+    batch_id: Annotated[str, typer.Argument(help="A finished batch.")],
+    output: Output = None, errors: Errors = None, as_json: AsJson = False,
+    base_url: BaseUrl = None, api_key: ApiKey = None,
+) -> None:
+    """Download a finished batch's output and error files."""
+    console = _err()
+    with _client(base_url, api_key) as client:
+        batch = client.batch(batch_id)
+        if batch["status"] not in TERMINAL:
+            _fail(f"{batch_id} is {batch['status']}: its results come when it ends "
+                  f"(batchd watch {batch_id})")
+        saved = _fetch(client, batch, console, output=output, errors=errors)
+    if as_json:
+        _print_json({k: str(v) for k, v in saved.items()})
+        return
+    if not saved:
+        console.print(f"{batch_id} has no result files ({batch['status']})", highlight=False)
+    for kind, path in saved.items():
+        console.print(f"{kind} → {path}", highlight=False)
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+@batches_app.command("list")
+@one_line_errors
+def batches_list(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    after: Annotated[str | None, typer.Option(help="Start after this batch id.")] = None,
+    as_json: AsJson = False, base_url: BaseUrl = None, api_key: ApiKey = None,
+) -> None:
+    """Batches, newest first."""
+    with _client(base_url, api_key) as client:
+        page = client.batches(limit=limit, after=after)
+    if as_json:
+        _print_json(page)
+        return
+    table = Table("id", "status", "done / total", "failed", "created", "metadata")
+    for batch in page["data"]:
+        completed, failed, total = done_of(batch)
+        table.add_row(batch["id"], batch["status"], f"{completed + failed}/{total}",
+                      str(failed), _when(batch.get("created_at")),
+                      json.dumps(batch.get("metadata") or {}, ensure_ascii=False))
+    Console().print(table)
+    if page.get("has_more"):
+        Console().print(f"more: --after {page['data'][-1]['id']}", highlight=False)
+
+
+@batches_app.command("get")
+@one_line_errors
+def batches_get(batch_id: str, as_json: AsJson = False, base_url: BaseUrl = None,
+                api_key: ApiKey = None) -> None:
+    """One batch, in full."""
+    with _client(base_url, api_key) as client:
+        batch = client.batch(batch_id)
+    if as_json:
+        _print_json(batch)
+        return
+    completed, failed, total = done_of(batch)
+    usage = batch.get("usage") or {}
+    rows = [("id", batch["id"]), ("status", batch["status"]),
+            ("requests", f"{completed} completed, {failed} failed, {total} total"),
+            ("tokens", f"{usage.get('input_tokens', 0)} in, {usage.get('output_tokens', 0)} out"),
+            ("created", _when(batch.get("created_at"))),
+            ("expires", _when(batch.get("expires_at"))),
+            ("input file", batch.get("input_file_id") or "-"),
+            ("output file", batch.get("output_file_id") or "-"),
+            ("error file", batch.get("error_file_id") or "-"),
+            ("metadata", json.dumps(batch.get("metadata") or {}, ensure_ascii=False))]
+    table = Table(show_header=False, box=None)
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+    for error in (batch.get("errors") or {}).get("data", []):
+        line = f"line {error['line']}: " if error.get("line") else ""
+        Console().print(f"  {line}{error.get('message')} ({error.get('code')})",
+                        highlight=False)
+
+
+@batches_app.command("cancel")
+@one_line_errors
+def batches_cancel(batch_id: str, as_json: AsJson = False, base_url: BaseUrl = None,
+                   api_key: ApiKey = None) -> None:
+    """Cancel a batch: finished results are kept, the rest are reported as cancelled."""
+    with _client(base_url, api_key) as client:
+        batch = client.cancel(batch_id)
+    if as_json:
+        _print_json(batch)
+    else:
+        Console().print(f"{batch['id']} {batch['status']}", highlight=False)
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+@files_app.command("list")
+@one_line_errors
+def files_list(
+    limit: Annotated[int, typer.Option(help="How many.")] = 20,
+    after: Annotated[str | None, typer.Option(help="Start after this file id.")] = None,
+    purpose: Annotated[str | None, typer.Option(help="Only files of this purpose.")] = None,
+    as_json: AsJson = False, base_url: BaseUrl = None, api_key: ApiKey = None,
+) -> None:
+    """Files (uploads and batch results)."""
+    with _client(base_url, api_key) as client:
+        page = client.files(limit=limit, after=after, purpose=purpose)
+    if as_json:
+        _print_json(page)
+        return
+    table = Table("id", "name", "purpose", "bytes", "created", "expires")
+    for file in page["data"]:
+        table.add_row(file["id"], file["filename"], file["purpose"], f"{file['bytes']:,}",
+                      _when(file.get("created_at")), _when(file.get("expires_at")))
+    Console().print(table)
+
+
+@files_app.command("get")
+@one_line_errors
+def files_get(file_id: str, as_json: AsJson = False, base_url: BaseUrl = None,
+              api_key: ApiKey = None) -> None:
+    """One file's details."""
+    with _client(base_url, api_key) as client:
+        file = client.file(file_id)
+    if as_json:
+        _print_json(file)
+        return
+    table = Table(show_header=False, box=None)
+    for name in ("id", "filename", "purpose", "bytes", "status"):
+        table.add_row(name, str(file.get(name)))
+    table.add_row("created", _when(file.get("created_at")))
+    table.add_row("expires", _when(file.get("expires_at")))
+    Console().print(table)
+
+
+@files_app.command("download")
+@one_line_errors
+def files_download(
+    file_id: str,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Where to write it (default: the file's name).")] = None,
+    base_url: BaseUrl = None, api_key: ApiKey = None,
+) -> None:
+    """Download a file's content."""
+    with _client(base_url, api_key) as client:
+        meta = client.file(file_id)
+        path = output or Path(Path(meta["filename"]).name or file_id)
+        with _transfer_bar(_err()) as bar:
+            task = bar.add_task(f"downloading {file_id}", total=meta.get("bytes"))
+            size = client.download(file_id, path, progress=lambda n: bar.advance(task, n))
+    _err().print(f"{file_id} → {path} ({size:,} bytes)", highlight=False)
+
+
+@files_app.command("delete")
+@one_line_errors
+def files_delete(file_id: str, as_json: AsJson = False, base_url: BaseUrl = None,
+                 api_key: ApiKey = None) -> None:
+    """Delete a file."""
+    with _client(base_url, api_key) as client:
+        deleted = client.delete_file(file_id)
+    if as_json:
+        _print_json(deleted)
+    else:
+        Console().print(f"deleted {file_id}", highlight=False)
+
+
+def install(app: typer.Typer) -> None:
+    app.command("submit")(submit)
+    app.command("watch")(watch_command)
+    app.command("results")(results)
+    app.add_typer(batches_app, name="batches")
+    app.add_typer(files_app, name="files")
+

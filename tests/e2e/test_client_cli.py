@@ -1,0 +1,170 @@
+"""`batchd` as a client of a real server: submit --wait, watch, results, batches, files;
+--json for scripts; one-line errors; the live bar drawn in a pseudo-terminal; Ctrl-C detaches."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import INSTANT_MODELS, batch_line
+from tests.e2e.conftest import Server, free_port, start_server, stop_server
+
+# Slow enough that a batch is still running when the test looks at the bar.
+CRAWL_MODEL = """
+  - id: crawl-model
+    engine: instant
+    delay_seconds: 0.5
+    concurrency: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("client")
+    (root / "models.yaml").write_text(INSTANT_MODELS + CRAWL_MODEL)
+    server = start_server(root / "data", root / "server.log", models=root / "models.yaml")
+    yield server
+    stop_server(server)
+
+
+def client_env(server: Server, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHD_", "OPENAI_"))}
+    return {**env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": server.api_key,
+            "COLUMNS": "120", **extra}
+
+
+def batchd(server: Server, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "batchd", *args], cwd=cwd,
+                          env=client_env(server, **env), capture_output=True, text=True,
+                          timeout=120)
+
+
+def write_requests(path: Path, n: int, *, fail_every: int = 0, model: str = "instant-model"
+                   ) -> Path:
+    path.write_text("".join(
+        batch_line(f"r{i}", "FAIL-ME" if fail_every and i % fail_every == 0 else f"q{i}",
+                   model=model) + "\n" for i in range(n)))
+    return path
+
+
+def test_submit_wait_downloads_the_results(server: Server, tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 30, fail_every=10)
+    run = batchd(server, "submit", str(requests), "--wait", "-o", "out.jsonl", "--errors",
+                 "err.jsonl", "--metadata", "project=cli", cwd=tmp_path)
+    # Three requests fail on purpose: the batch completes and the command says so (exit 0).
+    assert run.returncode == 0, run.stderr
+    assert "completed: 27 completed, 3 failed of 30" in run.stderr
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    err = [json.loads(line) for line in (tmp_path / "err.jsonl").read_text().splitlines()]
+    assert len(out) == 27 and len(err) == 3
+    assert {line["custom_id"] for line in out + err} == {f"r{i}" for i in range(30)}
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_json_output_is_the_api_objects(server: Server, tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 5)
+    created = json.loads(batchd(server, "submit", str(requests), "--json",
+                                "--metadata", "k=v", cwd=tmp_path).stdout)
+    assert created["object"] == "batch" and created["metadata"] == {"k": "v"}
+    finished = json.loads(batchd(server, "watch", created["id"], "--json", "-o", "o.jsonl",
+                                 cwd=tmp_path).stdout)
+    assert finished["status"] == "completed" and finished["downloaded"]["output"] == "o.jsonl"
+    listed = json.loads(batchd(server, "batches", "list", "--json", cwd=tmp_path).stdout)
+    assert created["id"] in [b["id"] for b in listed["data"]]
+    got = json.loads(batchd(server, "batches", "get", created["id"], "--json",
+                            cwd=tmp_path).stdout)
+    assert got["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
+    files = json.loads(batchd(server, "files", "list", "--json", cwd=tmp_path).stdout)
+    assert created["input_file_id"] in [f["id"] for f in files["data"]]
+    saved = json.loads(batchd(server, "results", created["id"], "--json", "-o", "r.jsonl",
+                              cwd=tmp_path).stdout)
+    assert saved == {"output": "r.jsonl"}
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 5
+    deleted = json.loads(batchd(server, "files", "delete", created["input_file_id"], "--json",
+                                cwd=tmp_path).stdout)
+    assert deleted["deleted"] is True
+
+
+def test_cancel_and_download_by_command(server: Server, tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 40, model="crawl-model")
+    created = json.loads(batchd(server, "submit", str(requests), "--json",
+                                cwd=tmp_path).stdout)
+    cancelled = batchd(server, "batches", "cancel", created["id"], cwd=tmp_path)
+    assert cancelled.returncode == 0 and created["id"] in cancelled.stdout
+    download = batchd(server, "files", "download", created["input_file_id"], "-o", "copy.jsonl",
+                      cwd=tmp_path)
+    assert download.returncode == 0, download.stderr
+    assert (tmp_path / "copy.jsonl").read_bytes() == requests.read_bytes()
+
+
+@pytest.mark.parametrize(("args", "env", "status", "says"), [
+    (["batches", "get", "batch_missing"], {}, 1, "404: No batch found"),
+    (["batches", "list"], {"OPENAI_API_KEY": "sk-wrong"}, 1, "401:"),
+    (["batches", "list"], {"OPENAI_API_KEY": ""}, 2, "No API key"),
+    (["files", "list"], {"OPENAI_BASE_URL": "http://127.0.0.1:{port}/v1"}, 1,
+     "Cannot reach batchd"),
+    (["results", "batch_missing", "-o", "x"], {}, 1, "404"),
+])
+def test_errors_are_one_line_and_an_exit_status(
+    server: Server, tmp_path: Path, args: list[str], env: dict[str, str], status: int,
+    says: str,
+) -> None:
+    env = {k: v.format(port=free_port()) for k, v in env.items()}
+    run = batchd(server, *args, cwd=tmp_path, **env)
+    assert run.returncode == status, (run.stdout, run.stderr)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and says in lines[0], run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def read_pty(fd: int, process: subprocess.Popen[bytes], until: float) -> str:
+    out = b""
+    while time.monotonic() < until:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                piece = os.read(fd, 65536)
+            except OSError:
+                break
+            if not piece:
+                break
+            out += piece
+        elif process.poll() is not None:
+            break
+    return out.decode(errors="replace")
+
+
+def test_the_live_bar_is_drawn_in_a_terminal_and_ctrl_c_detaches(
+    server: Server, tmp_path: Path,
+) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 400, model="crawl-model")
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchd", "submit", str(requests), "--wait"], cwd=tmp_path,
+        env=client_env(server, TERM="xterm-256color"), stdin=follower, stdout=follower,
+        stderr=follower)
+    os.close(follower)
+    try:
+        seen = read_pty(leader, process, time.monotonic() + 4)
+        assert "in_progress" in seen and "━" in seen and "tok/s" in seen, seen
+        assert "ETA" in seen
+        process.send_signal(signal.SIGINT)
+        seen += read_pty(leader, process, time.monotonic() + 10)
+        assert process.wait(10) == 130
+        assert "detached" in seen and "batchd watch batch_" in seen, seen
+        batch_id = seen.split("batchd watch ")[1].split()[0]
+        assert batchd(server, "batches", "cancel", batch_id, cwd=tmp_path).returncode == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(leader)
