@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench clean screenshots
 
 $(STAMP): pyproject.toml
 	@echo "Installing batchd into $(VENV): the first install compiles llama.cpp from source (about 8 minutes on 2 cores); later ones reuse pip's cache."
@@ -51,6 +51,10 @@ $(PG_INITDB):
 test: lint $(CHROMIUM) $(PG_INITDB)
 	$(VENV)/bin/pytest
 	BATCHD_TEST_BACKEND=postgres-s3 $(VENV)/bin/pytest tests/integration tests/e2e tests/faults
+
+# The console screenshots in docs/ (shown in the README) come from the browser tests.
+screenshots: $(STAMP) $(CHROMIUM)
+	BATCHD_SCREENSHOTS=docs $(VENV)/bin/pytest -q tests/browser/test_console.py
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py --workload short

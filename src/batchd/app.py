@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from batchd import __version__
-from batchd.api import admin, batches, chat, files, models
+from batchd.api import admin, batches, chat, console, files, models
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import BodyLimit, BodyTimeout, DocsContentPolicy, RateLimitHeaders
 from batchd.api.state import Services
@@ -104,6 +104,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     install_error_handlers(app)
     for module in (files, batches, models, chat, admin):
         app.include_router(module.router)
+    app.include_router(console.api)
+    app.include_router(console.pages)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)

@@ -51,3 +51,12 @@ def offline_page(browser: Browser) -> Iterator[OfflinePage]:
     context.route("**/*", only_local)
     yield offline
     context.close()
+
+
+@pytest.fixture
+def browser_page(browser: Browser) -> Iterator[Page]:
+    """A second, independent browser session (its own storage)."""
+    context = browser.new_context()
+    page = context.new_page()
+    yield page
+    context.close()

@@ -1,0 +1,632 @@
+// batchd's web console: a client of /v1 and /admin with the signed-in key, nothing more.
+// No framework and no build step. Every user-provided string reaches the page as text
+// (textContent via h()), never as markup.
+"use strict";
+
+const KEY = "batchd.key";
+const ACTIVE = ["validating", "in_progress", "finalizing", "cancelling"];
+const state = { session: null, timer: null, rates: new Map() };
+
+// --- DOM helpers -------------------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "text") el.textContent = value;
+    else el.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function view(...children) {
+  const main = document.getElementById("view");
+  main.replaceChildren(...children);
+  return main;
+}
+
+function when(seconds) {
+  return seconds ? new Date(seconds * 1000).toLocaleString() : "–";
+}
+
+function span(seconds) {
+  if (seconds === null || seconds === undefined || !isFinite(seconds)) return "–";
+  seconds = Math.max(0, Math.round(seconds));
+  const hours = Math.floor(seconds / 3600), minutes = Math.floor(seconds / 60) % 60;
+  const rest = seconds % 60;
+  return hours ? `${hours}h ${minutes}m` : minutes ? `${minutes}m ${rest}s` : `${rest}s`;
+}
+
+function bytes(n) {
+  if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(1)} GB`;
+  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MB`;
+  if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(1)} kB`;
+  return `${n} B`;
+}
+
+// `rows`: a list of <tr>, or one <tbody> that the caller fills (live views).
+function table(headers, rows, label) {
+  const body = rows instanceof HTMLTableSectionElement ? rows : h("tbody", {}, rows);
+  return h("div", { class: "scroll" },
+    h("table", { "aria-label": label },
+      h("thead", {}, h("tr", {}, headers.map((name) => h("th", { scope: "col" }, name)))),
+      body));
+}
+
+function alertBox(id) {
+  return h("p", { id, class: "error", role: "alert" });
+}
+
+// --- the API -----------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path, options = {}) {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY)}`,
+                    ...(options.headers || {}) };
+  let body = options.body;
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(options.json);
+  }
+  const response = await fetch(path, { method: options.method || "GET", headers, body });
+  if (response.status === 401 && path !== "/admin/session") {
+    signOut("Your key is no longer accepted (it may have been revoked). Sign in again.");
+    throw new ApiError(401, "signed out");
+  }
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error.message || message; } catch (e) { /* text */ }
+    throw new ApiError(response.status, message);
+  }
+  return options.raw ? response : response.json();
+}
+
+async function download(fileId, name) {
+  const response = await api(`/v1/files/${encodeURIComponent(fileId)}/content`, { raw: true });
+  const url = URL.createObjectURL(await response.blob());
+  const link = h("a", { href: url, download: name || `${fileId}.jsonl` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// --- signing in and out ------------------------------------------------------------------
+
+function signOut(message) {
+  sessionStorage.removeItem(KEY);
+  state.session = null;
+  showSignIn(message);
+}
+
+function showSignIn(message) {
+  stopPolling();
+  document.getElementById("top").hidden = true;
+  const error = alertBox("signin-error");
+  if (message) error.textContent = message;
+  const input = h("input", { id: "key", name: "key", type: "password", autocomplete: "off",
+                             required: true, "aria-describedby": "signin-help" });
+  const form = h("form", { class: "signin card", "aria-labelledby": "signin-title",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(KEY, input.value.trim());
+      try {
+        await start();
+      } catch (e) {
+        sessionStorage.removeItem(KEY);
+        error.textContent = e.status === 401
+          ? "That key was not accepted: it is wrong or has been revoked."
+          : `Could not sign in: ${e.message}`;
+        input.focus();
+      }
+    } },
+    h("h1", { id: "signin-title" }, "Sign in to batchd"),
+    h("label", { for: "key" }, "API key", input),
+    h("p", { id: "signin-help", class: "muted" },
+      "The key stays in this tab only (session storage) and is sent as a Bearer header."),
+    h("button", { class: "primary", type: "submit" }, "Sign in"), error);
+  view(form);
+  input.focus();
+}
+
+async function start() {
+  const session = await api("/admin/session");
+  state.session = session;
+  document.getElementById("top").hidden = false;
+  document.getElementById("who").textContent =
+    `${session.owner} · ${session.role} · ${session.tier}`;
+  document.querySelector('[data-tab="keys"]').hidden = session.role !== "admin";
+  route();
+}
+
+// --- routing and polling -----------------------------------------------------------------
+
+function stopPolling() {
+  if (state.timer) clearInterval(state.timer);
+  state.timer = null;
+}
+
+function poll(refresh, seconds = 2) {
+  stopPolling();
+  state.timer = setInterval(() => refresh().catch(() => {}), seconds * 1000);
+}
+
+function route() {
+  if (!state.session) return;
+  stopPolling();
+  const [tab, id, sub] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  for (const link of document.querySelectorAll("nav a")) {
+    if (link.dataset.tab === (tab === "batch" ? "batches" : tab || "batches")) {
+      link.setAttribute("aria-current", "page");
+    } else {
+      link.removeAttribute("aria-current");
+    }
+  }
+  const pages = { batches: batchesPage, batch: () => batchPage(id, sub), files: filesPage,
+                  keys: keysPage, models: modelsPage };
+  (pages[tab] || batchesPage)().catch((e) => {
+    if (e.status !== 401) view(h("h1", {}, "Something went wrong"), h("p", { role: "alert",
+      class: "error" }, e.message));
+  });
+  document.getElementById("view").focus();
+}
+
+// --- batches -----------------------------------------------------------------------------
+
+function counts(batch) {
+  const c = batch.request_counts || { total: 0, completed: 0, failed: 0 };
+  return { total: c.total, completed: c.completed, failed: c.failed,
+           done: c.completed + c.failed };
+}
+
+function progressOf(batch) {
+  const c = counts(batch);
+  const label = `${c.done} of ${c.total} requests finished (${c.failed} failed)`;
+  return h("span", { class: "row" },
+    h("progress", { max: c.total || 1, value: c.total ? c.done : 0, "aria-label": label }),
+    h("span", { class: "mono" }, `${c.done}/${c.total}`),
+    c.failed ? h("span", { class: "error" }, `${c.failed} failed`) : null);
+}
+
+function paceOf(batch) {
+  // Requests per second and time left, from the last two times this batch was seen.
+  const c = counts(batch);
+  const now = Date.now() / 1000;
+  const last = state.rates.get(batch.id);
+  let rate = last ? last.rate : null;
+  if (last && now > last.at && c.done >= last.done) {
+    const measured = (c.done - last.done) / (now - last.at);
+    rate = last.rate === null ? measured : 0.5 * last.rate + 0.5 * measured;
+  }
+  state.rates.set(batch.id, { at: now, done: c.done, rate });
+  if (!ACTIVE.includes(batch.status) || rate === null) return "–";
+  const left = rate > 0 ? (c.total - c.done) / rate : null;
+  return `${rate.toFixed(1)}/s · ETA ${left === null ? "–" : span(left)}`;
+}
+
+function elapsedOf(batch) {
+  const end = batch.completed_at || batch.failed_at || batch.expired_at || batch.cancelled_at;
+  return span((end || Date.now() / 1000) - batch.created_at);
+}
+
+function metadataText(metadata) {
+  return Object.entries(metadata || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+}
+
+function batchRow(batch) {
+  return h("tr", { "data-batch": batch.id },
+    h("td", {}, h("a", { href: `#/batch/${encodeURIComponent(batch.id)}`, class: "mono" },
+                  batch.id)),
+    h("td", { class: `status-${batch.status}` }, batch.status),
+    h("td", {}, progressOf(batch)),
+    h("td", {}, paceOf(batch)),
+    h("td", { class: "wrap" }, batch.model || "–"),
+    h("td", { class: "hide-narrow" }, when(batch.created_at)),
+    h("td", {}, elapsedOf(batch)),
+    h("td", { class: "wrap hide-narrow" }, metadataText(batch.metadata)));
+}
+
+async function batchesPage() {
+  const body = h("tbody");
+  const more = h("button", { type: "button", hidden: true }, "Load more");
+  let shown = [];
+  const render = () => body.replaceChildren(...shown.map(batchRow));
+  // `fresh`: the newest again, as many as are shown (live updates); otherwise the next page.
+  const load = async (fresh) => {
+    const last = shown.length ? shown[shown.length - 1].id : null;
+    const query = fresh ? `limit=${Math.min(100, Math.max(20, shown.length))}`
+                        : `limit=20&after=${encodeURIComponent(last)}`;
+    const page = await api(`/v1/batches?${query}`);
+    shown = fresh ? page.data : shown.concat(page.data);
+    more.hidden = !page.has_more;
+    render();
+  };
+  more.addEventListener("click", () => load(false));
+  view(h("h1", {}, "Batches"), await createBatchForm(() => load(true)),
+       table(["Batch", "Status", "Progress", "Rate · ETA", "Model", "Created", "Elapsed",
+              "Metadata"], body, "Batches, newest first"), more);
+  body.closest("table").querySelectorAll("th")[5].classList.add("hide-narrow");
+  body.closest("table").querySelectorAll("th")[7].classList.add("hide-narrow");
+  await load(true);
+  poll(async () => { if (shown.some((b) => ACTIVE.includes(b.status))) await load(true); });
+}
+
+async function createBatchForm(created) {
+  const files = await api("/v1/files?purpose=batch&limit=100");
+  const file = h("select", { id: "create-file", required: true },
+    files.data.length ? null : h("option", { value: "" }, "No batch files yet: upload one"),
+    files.data.map((f) => h("option", { value: f.id }, `${f.filename} (${f.id})`)));
+  const endpoint = h("select", { id: "create-endpoint" },
+    h("option", { value: "/v1/chat/completions" }, "/v1/chat/completions"));
+  const windowSelect = h("select", { id: "create-window" },
+    ["24h", "1h", "3h", "6h", "12h", "48h", "72h"].map((w) => h("option", { value: w }, w)));
+  const metadata = h("textarea", { id: "create-metadata", rows: 2,
+                                   placeholder: "key=value, one per line" });
+  const error = alertBox("create-error");
+  const form = h("form", { class: "row card", "aria-label": "Create a batch",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      error.textContent = "";
+      const pairs = {};
+      for (const line of metadata.value.split("\n").map((l) => l.trim()).filter(Boolean)) {
+        const at = line.indexOf("=");
+        if (at < 1) { error.textContent = `Metadata must be key=value: ${line}`; return; }
+        pairs[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+      }
+      try {
+        const batch = await api("/v1/batches", { method: "POST", json: {
+          input_file_id: file.value, endpoint: endpoint.value,
+          completion_window: windowSelect.value,
+          ...(Object.keys(pairs).length ? { metadata: pairs } : {}) } });
+        metadata.value = "";
+        await created(batch);
+      } catch (e) { error.textContent = e.message; }
+    } },
+    h("label", { for: "create-file" }, "Input file", file),
+    h("label", { for: "create-endpoint" }, "Endpoint", endpoint),
+    h("label", { for: "create-window" }, "Completion window", windowSelect),
+    h("label", { for: "create-metadata" }, "Metadata", metadata),
+    h("button", { class: "primary", type: "submit" }, "Create batch"), error);
+  return form;
+}
+
+async function batchPage(id, sub) {
+  let batch = await api(`/v1/batches/${encodeURIComponent(id)}`);
+  const summary = h("div");
+  const actions = h("div", { class: "row" });
+  const errors = h("div");
+  const render = () => {
+    const c = counts(batch);
+    const usage = batch.usage || {};
+    summary.replaceChildren(h("dl", { class: "facts" },
+      h("dt", {}, "Status"), h("dd", { id: "batch-status", class: `status-${batch.status}` },
+                               batch.status),
+      h("dt", {}, "Progress"), h("dd", {}, progressOf(batch)),
+      h("dt", {}, "Rate · ETA"), h("dd", {}, paceOf(batch)),
+      h("dt", {}, "Requests"), h("dd", {},
+        `${c.completed} completed, ${c.failed} failed, ${c.total} in all`),
+      h("dt", {}, "Tokens"), h("dd", {}, `${usage.input_tokens || 0} prompt ` +
+        `(${(usage.input_tokens_details || {}).cached_tokens || 0} cached), ` +
+        `${usage.output_tokens || 0} completion`),
+      h("dt", {}, "Model"), h("dd", {}, batch.model || "–"),
+      h("dt", {}, "Created"), h("dd", {}, when(batch.created_at)),
+      h("dt", {}, "Elapsed"), h("dd", {}, elapsedOf(batch)),
+      h("dt", {}, "Window"), h("dd", {}, `${batch.completion_window} (expires ` +
+        `${when(batch.expires_at)})`),
+      h("dt", {}, "Input file"), h("dd", { class: "mono" }, batch.input_file_id),
+      h("dt", {}, "Metadata"), h("dd", {}, metadataText(batch.metadata) || "–")));
+    actions.replaceChildren(...[
+      ACTIVE.includes(batch.status) && batch.status !== "cancelling"
+        ? h("button", { type: "button", class: "danger", onclick: async () => {
+            if (!confirm(`Cancel ${batch.id}? Finished results are kept.`)) return;
+            batch = await api(`/v1/batches/${encodeURIComponent(batch.id)}/cancel`,
+                              { method: "POST" });
+            render();
+          } }, "Cancel batch") : null,
+      batch.output_file_id ? h("button", { type: "button", onclick: () =>
+        download(batch.output_file_id, `${batch.id}_output.jsonl`) }, "Download output") : null,
+      batch.error_file_id ? h("button", { type: "button", onclick: () =>
+        download(batch.error_file_id, `${batch.id}_errors.jsonl`) }, "Download errors") : null,
+      h("a", { href: `#/batch/${encodeURIComponent(batch.id)}/results` }, "Results"),
+    ].filter(Boolean));
+    const listed = (batch.errors || {}).data || [];
+    errors.replaceChildren(listed.length ? h("section", { "aria-labelledby": "errors-title" },
+      h("h2", { id: "errors-title" }, "Errors in the input file"),
+      table(["Line", "Code", "Parameter", "Message"], listed.map((e) => h("tr", {},
+        h("td", { class: "mono" }, e.line ?? "–"), h("td", { class: "mono" }, e.code || "–"),
+        h("td", { class: "mono" }, e.param || "–"), h("td", { class: "wrap" }, e.message))),
+        "Errors in the input file")) : "");
+  };
+  render();
+  const parts = [h("p", {}, h("a", { href: "#/batches" }, "← Batches")),
+                 h("h1", { class: "mono" }, batch.id), summary, actions, errors];
+  if (sub === "results") parts.push(resultsSection(batch));
+  view(...parts);
+  poll(async () => {
+    if (!ACTIVE.includes(batch.status)) return;
+    batch = await api(`/v1/batches/${encodeURIComponent(batch.id)}`);
+    render();
+  });
+}
+
+function resultsSection(batch) {
+  const kind = h("select", { id: "results-kind" },
+    h("option", { value: "output" }, "Output"), h("option", { value: "errors" }, "Errors"));
+  const search = h("input", { id: "results-search", type: "search",
+                              placeholder: "custom_id" });
+  const body = h("tbody");
+  const status = h("p", { class: "muted", role: "status" });
+  const previous = h("button", { type: "button" }, "Previous");
+  const next = h("button", { type: "button" }, "Next");
+  let offset = 0;
+  const load = async () => {
+    const fileId = kind.value === "output" ? batch.output_file_id : batch.error_file_id;
+    body.replaceChildren();
+    previous.disabled = offset === 0;
+    next.disabled = true;
+    if (!fileId) { status.textContent = "No such file for this batch (yet)."; return; }
+    const query = new URLSearchParams({ offset, limit: 50 });
+    if (search.value.trim()) query.set("custom_id", search.value.trim());
+    const page = await api(`/admin/files/${encodeURIComponent(fileId)}/lines?${query}`);
+    body.replaceChildren(...page.data.map((line) => {
+      const response = line.response || {};
+      const content = ((((response.body || {}).choices || [])[0] || {}).message || {}).content;
+      const detail = content ?? (line.error ? `${line.error.code}: ${line.error.message}` :
+        ((response.body || {}).error || {}).message ?? JSON.stringify(line).slice(0, 300));
+      return h("tr", {}, h("td", { class: "mono" }, line.custom_id ?? "–"),
+               h("td", {}, response.status_code ?? "–"), h("td", { class: "wrap" }, detail));
+    }));
+    status.textContent = page.data.length
+      ? `Lines ${offset + 1}-${offset + page.data.length}` : "No lines match.";
+    next.disabled = !page.has_more;
+  };
+  previous.addEventListener("click", () => { offset = Math.max(0, offset - 50); load(); });
+  next.addEventListener("click", () => { offset += 50; load(); });
+  kind.addEventListener("change", () => { offset = 0; load(); });
+  const form = h("form", { class: "row", role: "search", onsubmit: (event) => {
+    event.preventDefault(); offset = 0; load(); } },
+    h("label", { for: "results-kind" }, "File", kind),
+    h("label", { for: "results-search" }, "Find a custom_id", search),
+    h("button", { type: "submit" }, "Find"));
+  load();
+  return h("section", { "aria-labelledby": "results-title" },
+    h("h2", { id: "results-title" }, "Results"), form, status,
+    table(["custom_id", "Status", "Reply or error"], body, "Result lines"),
+    h("div", { class: "row" }, previous, next));
+}
+
+// --- files -------------------------------------------------------------------------------
+
+async function filesPage() {
+  const limits = state.session.limits;
+  const body = h("tbody");
+  const more = h("button", { type: "button", hidden: true }, "Load more");
+  let after = null;
+  const fileRow = (f) => h("tr", { "data-file": f.id },
+    h("td", { class: "wrap" }, f.filename), h("td", { class: "mono hide-narrow" }, f.id),
+    h("td", {}, f.purpose), h("td", {}, bytes(f.bytes)),
+    h("td", { class: "hide-narrow" }, when(f.created_at)),
+    h("td", { class: "hide-narrow" }, when(f.expires_at)),
+    h("td", { class: "row" },
+      h("button", { type: "button", "aria-label": `Download ${f.filename}`,
+                    onclick: () => download(f.id, f.filename) }, "Download"),
+      h("button", { type: "button", class: "danger", "aria-label": `Delete ${f.filename}`,
+        onclick: async () => {
+          if (!confirm(`Delete ${f.filename}? This cannot be undone.`)) return;
+          await api(`/v1/files/${encodeURIComponent(f.id)}`, { method: "DELETE" });
+          await load(true);
+        } }, "Delete")));
+  const load = async (reset) => {
+    if (reset) { after = null; body.replaceChildren(); }
+    const page = await api(`/v1/files?limit=50&order=desc${after ? `&after=${after}` : ""}`);
+    body.append(...page.data.map(fileRow));
+    after = page.data.length ? page.data[page.data.length - 1].id : after;
+    more.hidden = !page.has_more;
+  };
+  more.addEventListener("click", () => load(false));
+  view(h("h1", {}, "Files"), uploadForm(limits, () => load(true)),
+       table(["Name", "ID", "Purpose", "Size", "Created", "Expires", ""], body, "Files"),
+       more);
+  for (const i of [1, 4, 5]) body.closest("table").querySelectorAll("th")[i]
+    .classList.add("hide-narrow");
+  await load(true);
+}
+
+function uploadForm(limits, uploaded) {
+  const input = h("input", { id: "upload-file", type: "file" });
+  const purpose = h("select", { id: "upload-purpose" },
+    ["batch", "user_data"].map((p) => h("option", { value: p }, p)));
+  const bar = h("progress", { id: "upload-progress", max: 1, value: 0, hidden: true,
+                              "aria-label": "Upload progress" });
+  const status = h("p", { role: "status", class: "muted" });
+  const error = alertBox("upload-error");
+  const zone = h("div", { class: "drop" },
+    h("p", {}, "Drop a file here, or pick one."),
+    h("p", { class: "muted", id: "upload-limits" },
+      `Largest upload ${bytes(limits.max_upload_bytes)}; batch input files up to ` +
+      `${bytes(limits.max_batch_file_bytes)} and ${limits.max_requests_per_batch} requests ` +
+      "(.jsonl)."));
+  const send = (file) => {
+    error.textContent = "";
+    const limit = purpose.value === "batch" ? limits.max_batch_file_bytes
+                                            : limits.max_upload_bytes;
+    if (file.size > limit) {
+      error.textContent = `${file.name} is ${bytes(file.size)}: over the ${bytes(limit)} limit.`;
+      return;
+    }
+    const form = new FormData();
+    form.append("purpose", purpose.value);
+    form.append("file", file);
+    const request = new XMLHttpRequest();  // fetch cannot report upload progress
+    request.open("POST", "/v1/files");
+    request.setRequestHeader("Authorization", `Bearer ${sessionStorage.getItem(KEY)}`);
+    bar.hidden = false;
+    bar.value = 0;
+    request.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) bar.value = event.loaded / event.total;
+    });
+    request.addEventListener("load", async () => {
+      bar.hidden = true;
+      if (request.status === 200) {
+        status.textContent = `Uploaded ${file.name}.`;
+        input.value = "";
+        await uploaded();
+      } else {
+        let message = `${request.status}`;
+        try { message = JSON.parse(request.responseText).error.message; } catch (e) { /**/ }
+        error.textContent = `Upload refused: ${message}`;
+      }
+    });
+    request.addEventListener("error", () => {
+      bar.hidden = true;
+      error.textContent = "Upload failed: the server could not be reached.";
+    });
+    status.textContent = `Uploading ${file.name}…`;
+    request.send(form);
+  };
+  zone.addEventListener("dragover", (event) => { event.preventDefault();
+                                                   zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    if (event.dataTransfer.files.length) send(event.dataTransfer.files[0]);
+  });
+  const form = h("form", { class: "card", "aria-label": "Upload a file", onsubmit: (event) => {
+      event.preventDefault();
+      if (input.files.length) send(input.files[0]);
+      else error.textContent = "Pick a file first.";
+    } },
+    zone,
+    h("div", { class: "row" },
+      h("label", { for: "upload-file" }, "File", input),
+      h("label", { for: "upload-purpose" }, "Purpose", purpose),
+      h("button", { class: "primary", type: "submit" }, "Upload")),
+    bar, status, error);
+  return form;
+}
+
+// --- API keys (admins) -------------------------------------------------------------------
+
+async function keysPage() {
+  if (state.session.role !== "admin") {
+    view(h("h1", {}, "API keys"), h("p", {}, "Only admin keys manage keys."));
+    return;
+  }
+  const body = h("tbody");
+  const load = async () => {
+    const keys = await api("/admin/keys");
+    body.replaceChildren(...keys.data.slice().reverse().map((k) => h("tr", { "data-key": k.id },
+      h("td", { class: "wrap" }, k.name), h("td", { class: "mono hide-narrow" }, k.id),
+      h("td", { class: "wrap" }, k.owner), h("td", {}, k.role), h("td", {}, k.tier),
+      h("td", { class: "mono hide-narrow" }, `${k.prefix}…`),
+      h("td", { class: "hide-narrow" }, when(k.created_at)),
+      h("td", {}, k.revoked_at ? `revoked ${when(k.revoked_at)}` : "active"),
+      h("td", {}, k.revoked_at ? null : h("button", { type: "button", class: "danger",
+        "aria-label": `Revoke ${k.name}`, onclick: async () => {
+          if (!confirm(`Revoke ${k.name}? It stops working at once.`)) return;
+          await api(`/admin/keys/${encodeURIComponent(k.id)}/revoke`, { method: "POST" });
+          await load();
+        } }, "Revoke")))));
+  };
+  const name = h("input", { id: "key-name", required: true, maxlength: 200 });
+  const owner = h("input", { id: "key-owner", maxlength: 200, placeholder: "same as name" });
+  const tier = h("input", { id: "key-tier", placeholder: "default tier" });
+  const role = h("select", { id: "key-role" }, h("option", { value: "user" }, "user"),
+                 h("option", { value: "admin" }, "admin"));
+  const secret = h("div", { id: "key-secret", role: "status" });
+  const error = alertBox("key-error");
+  const form = h("form", { class: "row card", "aria-label": "Create a key",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      error.textContent = "";
+      try {
+        const created = await api("/admin/keys", { method: "POST", json: {
+          name: name.value.trim(), role: role.value,
+          ...(owner.value.trim() ? { owner: owner.value.trim() } : {}),
+          ...(tier.value.trim() ? { tier: tier.value.trim() } : {}) } });
+        const value = h("code", { id: "key-secret-value" }, created.secret);
+        secret.replaceChildren(h("div", { class: "secret" },
+          h("p", {}, `Key for ${created.name} (owner ${created.owner}). Copy it now: it is ` +
+                     "shown only once."), value, " ",
+          h("button", { type: "button", onclick: async (e) => {
+            await navigator.clipboard.writeText(created.secret);
+            e.target.textContent = "Copied";
+          } }, "Copy")));
+        name.value = owner.value = tier.value = "";
+        await load();
+      } catch (e) { error.textContent = e.message; }
+    } },
+    h("label", { for: "key-name" }, "Name", name), h("label", { for: "key-owner" }, "Owner", owner),
+    h("label", { for: "key-tier" }, "Tier", tier), h("label", { for: "key-role" }, "Role", role),
+    h("button", { class: "primary", type: "submit" }, "Create key"), error);
+  view(h("h1", {}, "API keys"), form, secret,
+       table(["Name", "ID", "Owner", "Role", "Tier", "Prefix", "Created", "State", ""], body,
+             "API keys"));
+  for (const i of [1, 5, 6]) body.closest("table").querySelectorAll("th")[i]
+    .classList.add("hide-narrow");
+  await load();
+}
+
+// --- models and a chat box ---------------------------------------------------------------
+
+async function modelsPage() {
+  const models = state.session.models;
+  const choose = h("select", { id: "chat-model" },
+    models.map((m) => h("option", { value: m.id }, m.id)));
+  const message = h("textarea", { id: "chat-message", rows: 3, required: true });
+  const reply = h("div", { id: "chat-reply", class: "reply", "aria-live": "polite" });
+  const error = alertBox("chat-error");
+  const form = h("form", { class: "card", "aria-label": "Chat", onsubmit: async (event) => {
+      event.preventDefault();
+      error.textContent = "";
+      reply.textContent = "";
+      try {
+        const response = await api("/v1/chat/completions", { method: "POST", raw: true, json: {
+          model: choose.value, stream: true, max_tokens: 256,
+          messages: [{ role: "user", content: message.value }] } });
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = "";
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, { stream: true });
+          const events = buffer.split("\n\n");
+          buffer = events.pop();
+          for (const event of events) {
+            const data = event.replace(/^data: /, "").trim();
+            if (!data || data === "[DONE]") continue;
+            const delta = ((JSON.parse(data).choices || [])[0] || {}).delta || {};
+            if (delta.content) reply.append(delta.content);
+          }
+        }
+      } catch (e) { error.textContent = e.message; }
+    } },
+    h("div", { class: "row" }, h("label", { for: "chat-model" }, "Model", choose),
+      h("label", { for: "chat-message" }, "Message", message),
+      h("button", { class: "primary", type: "submit" }, "Send")), reply, error);
+  view(h("h1", {}, "Models"),
+       table(["Model", "Aliases", "Engine"], models.map((m) => h("tr", {},
+         h("td", { class: "mono" }, m.id), h("td", { class: "wrap" }, m.aliases.join(", ") || "–"),
+         h("td", {}, m.engine))), "Served models"),
+       h("h2", {}, "Try a model"), form);
+}
+
+// --- start -------------------------------------------------------------------------------
+
+window.addEventListener("hashchange", route);
+document.getElementById("signout").addEventListener("click", () => signOut("Signed out."));
+if (sessionStorage.getItem(KEY)) {
+  start().catch(() => signOut("Your key is no longer accepted. Sign in again."));
+} else {
+  showSignIn();
+}
