@@ -123,6 +123,14 @@ def test_upload_create_watch_and_download(
                    [batch_line(f"q{i}", f"question {i}") for i in range(12)])
     upload(page, source)
     expect(page.get_by_text("Largest upload")).to_be_visible()
+    # Dropping a file on the zone uploads it too.
+    page.evaluate("""() => {
+        const data = new DataTransfer();
+        data.items.add(new File(['{"custom_id": "d"}\\n'], "dropped.jsonl"));
+        document.querySelector(".drop").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+    }""")
+    expect(page.locator("tr[data-file]").filter(has_text="dropped.jsonl")).to_be_visible()
     page.screenshot(path=str(shots / "console-files.png"), full_page=True)
     batch_id = create_batch(page, "questions.jsonl", "project=demo")
     row = page.locator(f"tr[data-batch='{batch_id}']")
