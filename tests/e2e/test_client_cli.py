@@ -105,6 +105,29 @@ def test_cancel_and_download_by_command(server: Server, tmp_path: Path) -> None:
                       cwd=tmp_path)
     assert download.returncode == 0, download.stderr
     assert (tmp_path / "copy.jsonl").read_bytes() == requests.read_bytes()
+    # A batch that ends other than completed is exit status 1, in --json mode too.
+    watched = batchd(server, "watch", created["id"], "--json", "--no-download", cwd=tmp_path)
+    assert watched.returncode == 1 and json.loads(watched.stdout)["status"] == "cancelled"
+    # Downloading by the file's own name never replaces a local file without --force.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = batchd(server, "files", "download", created["input_file_id"], cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    assert (elsewhere / "in.jsonl").read_bytes() == requests.read_bytes()
+    refused = batchd(server, "files", "download", created["input_file_id"], cwd=elsewhere)
+    assert refused.returncode == 1 and "--force" in refused.stderr
+
+
+def test_names_that_look_like_markup_print_as_they_are(server: Server, tmp_path: Path) -> None:
+    odd = write_requests(tmp_path / "x[bold]z].jsonl", 2)
+    created = batchd(server, "submit", str(odd), "--metadata", "note=[/x] [red]", "--json",
+                     cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    listed = batchd(server, "files", "list", cwd=tmp_path)
+    assert listed.returncode == 0 and "x[bold]z].jsonl" in listed.stdout, listed.stderr
+    batch_id = json.loads(created.stdout)["id"]
+    shown = batchd(server, "batches", "get", batch_id, cwd=tmp_path)
+    assert shown.returncode == 0 and "[/x] [red]" in shown.stdout, shown.stderr
 
 
 @pytest.mark.parametrize(("args", "env", "status", "says"), [

@@ -23,8 +23,11 @@ async def test_result_lines_page_and_find_a_custom_id_for_their_owner_only(
     output = batch["output_file_id"]
     first = (await harness.client.get(f"/admin/files/{output}/lines?limit=5")).json()
     assert len(first["data"]) == 5 and first["has_more"]
-    rest = (await harness.client.get(f"/admin/files/{output}/lines?offset=5&limit=5")).json()
-    assert len(rest["data"]) == 2 and not rest["has_more"]
+    rest = (await harness.client.get(
+        f"/admin/files/{output}/lines?cursor={first['next_cursor']}&limit=5")).json()
+    assert len(rest["data"]) == 2 and not rest["has_more"] and rest["next_cursor"] is None
+    ids = [line["custom_id"] for line in first["data"] + rest["data"]]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(7))
     found = (await harness.client.get(f"/admin/files/{output}/lines?custom_id=r3")).json()
     assert [line["custom_id"] for line in found["data"]] == ["r3"]
     bob = await tenants.client("bob")

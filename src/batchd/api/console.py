@@ -75,14 +75,20 @@ async def session(request: Request, caller: Caller) -> Session:
 class LinePage(BaseModel):
     object: Literal["list"] = "list"
     data: list[dict[str, Any]]
-    offset: int
     has_more: bool
+    next_cursor: int | None  # pass as `cursor` for the next page
+
+
+# One request reads at most this much of a file: a search for a rare custom_id in a huge file
+# answers in pieces (has_more with a cursor) instead of holding a thread for the whole scan.
+_SCAN_BYTES = 64 * 1024 * 1024
 
 
 @api.get("/files/{file_id}/lines", response_model=LinePage)
 async def file_lines(
     request: Request, caller: Caller, file_id: str,
-    offset: int = Query(default=0, ge=0, description="Lines to skip."),
+    cursor: int = Query(default=0, ge=0, description="Where to resume: a previous page's "
+                                                    "next_cursor (0: the start)."),
     limit: int = Query(default=50, ge=1, le=500),
     custom_id: str | None = Query(default=None, max_length=512,
                                   description="Only lines with this custom_id."),
@@ -94,32 +100,36 @@ async def file_lines(
     if record.purpose not in ("batch_output", "batch"):
         raise NotFound(f"File {file_id} is not a JSONL file of requests or results.",
                        param="file_id")
+    if cursor >= record.bytes:
+        return LinePage(data=[], has_more=False, next_cursor=None)
 
-    def scan() -> tuple[list[dict[str, Any]], bool]:
+    def scan() -> LinePage:
         found: list[dict[str, Any]] = []
         needle = None if custom_id is None else orjson.dumps(custom_id)
-        seen = 0
-        for raw in svc.blobs.lines(record.blob_key):
+        position = cursor
+        for raw in svc.blobs.lines(record.blob_key, cursor):
+            if len(found) == limit or position - cursor > _SCAN_BYTES:
+                return LinePage(data=found, has_more=True, next_cursor=position)
+            position += len(raw)
             if needle is not None and needle not in raw:
                 continue
-            try:
-                value = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                value = {"unparsed": raw.decode("utf-8", "replace").rstrip("\n")}
-            if not isinstance(value, dict):
-                value = {"unparsed": raw.decode("utf-8", "replace").rstrip("\n")}
+            value = _parsed(raw)
             if custom_id is not None and value.get("custom_id") != custom_id:
                 continue
-            seen += 1
-            if seen <= offset:
-                continue
-            if len(found) == limit:
-                return found, True
             found.append(value)
-        return found, False
+        return LinePage(data=found, has_more=False, next_cursor=None)
 
-    data, more = await asyncio.to_thread(scan)
-    return LinePage(data=data, offset=offset, has_more=more)
+    return await asyncio.to_thread(scan)
+
+
+def _parsed(raw: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None
+    if isinstance(value, dict):
+        return value
+    return {"unparsed": raw.decode("utf-8", "replace").rstrip("\n")}
 
 
 @pages.get("/console")

@@ -26,9 +26,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from batchd.client.api import BatchdClient, ClientError, resolve
-from batchd.client.watch import TERMINAL, done_of, watch
+from batchd.client.watch import POLL_SECONDS, TERMINAL, done_of, poll_batch, watch
 
 BaseUrl = Annotated[str | None, typer.Option(
     "--base-url", envvar="OPENAI_BASE_URL", show_envvar=True,
@@ -48,12 +49,22 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+# Markup off: file names, metadata and messages come from the server and users, and must
+# print as they are ("[/x]" in a file name is text, not a style tag).
 def _err() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, markup=False)
+
+
+def _out() -> Console:
+    return Console(markup=False)
+
+
+def _row(table: Table, *values: object) -> None:
+    table.add_row(*(Text(str(value)) for value in values))
 
 
 def _fail(message: str, status: int = 1) -> NoReturn:
-    _err().print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    _err().print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
     raise typer.Exit(status)
 
 
@@ -64,6 +75,8 @@ def one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except ClientError as exc:
             _fail(exc.message)
+        except KeyboardInterrupt:
+            _fail("interrupted", status=130)
         except OSError as exc:  # a local file: not found, not writable
             _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
@@ -133,13 +146,13 @@ def submit(
         batch = client.create_batch(input_file_id=uploaded["id"], endpoint=endpoint,
                                     window=window, metadata=pairs)
         if not as_json:
-            console.print(f"created [bold]{batch['id']}[/bold] from {uploaded['id']} "
-                          f"({size:,} bytes)", highlight=False)
+            console.print(Text.assemble("created ", (batch["id"], "bold"),
+                                        f" from {uploaded['id']} ({size:,} bytes)"))
         if not wait:
             if as_json:
                 _print_json(batch)
             else:
-                console.print(f"watch it with: batchd watch {batch['id']}", highlight=False)
+                console.print(f"watch it with: batchd watch {batch['id']}")
             return
         _watch_and_fetch(client, batch["id"], console, output=output, errors=errors,
                          as_json=as_json)
@@ -164,28 +177,30 @@ def _watch_and_fetch(client: BatchdClient, batch_id: str, console: Console, *,
                      download: bool = True) -> None:
     try:
         if as_json:
-            batch = client.batch(batch_id)
+            batch = poll_batch(client, batch_id, patience=0)
             while batch["status"] not in TERMINAL:
-                time.sleep(1)
-                batch = client.batch(batch_id)
+                time.sleep(POLL_SECONDS)
+                batch = poll_batch(client, batch_id)
         else:
             batch = watch(client, batch_id, console)
     except KeyboardInterrupt:
         console.print(f"\ndetached; {batch_id} keeps running. Watch it again with: "
-                      f"batchd watch {batch_id}", highlight=False)
+                      f"batchd watch {batch_id}")
         raise typer.Exit(130) from None
     saved = _fetch(client, batch, console, output=output, errors=errors) if download else {}
     if as_json:
         _print_json({**batch, "downloaded": {k: str(v) for k, v in saved.items()}})
+        if batch["status"] != "completed":
+            raise typer.Exit(1)
         return
     completed, failed, total = done_of(batch)
     console.print(f"{batch_id} {batch['status']}: {completed} completed, {failed} failed of "
-                  f"{total}", highlight=False)
+                  f"{total}")
     for error in (batch.get("errors") or {}).get("data", [])[:10]:
         line = f"line {error['line']}: " if error.get("line") else ""
-        console.print(f"  {line}{error.get('message')} ({error.get('code')})", highlight=False)
+        console.print(f"  {line}{error.get('message')} ({error.get('code')})")
     for kind, path in saved.items():
-        console.print(f"{kind} → {path}", highlight=False)
+        console.print(f"{kind} → {path}")
     if batch["status"] != "completed":
         raise typer.Exit(1)
 
@@ -226,9 +241,9 @@ def results(
         _print_json({k: str(v) for k, v in saved.items()})
         return
     if not saved:
-        console.print(f"{batch_id} has no result files ({batch['status']})", highlight=False)
+        console.print(f"{batch_id} has no result files ({batch['status']})")
     for kind, path in saved.items():
-        console.print(f"{kind} → {path}", highlight=False)
+        console.print(f"{kind} → {path}")
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -250,12 +265,12 @@ def batches_list(
     table = Table("id", "status", "done / total", "failed", "created", "metadata")
     for batch in page["data"]:
         completed, failed, total = done_of(batch)
-        table.add_row(batch["id"], batch["status"], f"{completed + failed}/{total}",
+        _row(table, batch["id"], batch["status"], f"{completed + failed}/{total}",
                       str(failed), _when(batch.get("created_at")),
                       json.dumps(batch.get("metadata") or {}, ensure_ascii=False))
-    Console().print(table)
+    _out().print(table)
     if page.get("has_more"):
-        Console().print(f"more: --after {page['data'][-1]['id']}", highlight=False)
+        _out().print(f"more: --after {page['data'][-1]['id']}")
 
 
 @batches_app.command("get")
@@ -281,11 +296,11 @@ def batches_get(batch_id: str, as_json: AsJson = False, base_url: BaseUrl = None
             ("metadata", json.dumps(batch.get("metadata") or {}, ensure_ascii=False))]
     table = Table(show_header=False, box=None)
     for name, value in rows:
-        table.add_row(name, str(value))
-    Console().print(table)
+        _row(table, name, str(value))
+    _out().print(table)
     for error in (batch.get("errors") or {}).get("data", []):
         line = f"line {error['line']}: " if error.get("line") else ""
-        Console().print(f"  {line}{error.get('message')} ({error.get('code')})",
+        _out().print(f"  {line}{error.get('message')} ({error.get('code')})",
                         highlight=False)
 
 
@@ -299,7 +314,7 @@ def batches_cancel(batch_id: str, as_json: AsJson = False, base_url: BaseUrl = N
     if as_json:
         _print_json(batch)
     else:
-        Console().print(f"{batch['id']} {batch['status']}", highlight=False)
+        _out().print(f"{batch['id']} {batch['status']}")
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -321,9 +336,9 @@ def files_list(
         return
     table = Table("id", "name", "purpose", "bytes", "created", "expires")
     for file in page["data"]:
-        table.add_row(file["id"], file["filename"], file["purpose"], f"{file['bytes']:,}",
+        _row(table, file["id"], file["filename"], file["purpose"], f"{file['bytes']:,}",
                       _when(file.get("created_at")), _when(file.get("expires_at")))
-    Console().print(table)
+    _out().print(table)
 
 
 @files_app.command("get")
@@ -338,10 +353,10 @@ def files_get(file_id: str, as_json: AsJson = False, base_url: BaseUrl = None,
         return
     table = Table(show_header=False, box=None)
     for name in ("id", "filename", "purpose", "bytes", "status"):
-        table.add_row(name, str(file.get(name)))
-    table.add_row("created", _when(file.get("created_at")))
-    table.add_row("expires", _when(file.get("expires_at")))
-    Console().print(table)
+        _row(table, name, str(file.get(name)))
+    _row(table, "created", _when(file.get("created_at")))
+    _row(table, "expires", _when(file.get("expires_at")))
+    _out().print(table)
 
 
 @files_app.command("download")
@@ -350,16 +365,20 @@ def files_download(
     file_id: str,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Where to write it (default: the file's name).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing file of that name.")] = False,
     base_url: BaseUrl = None, api_key: ApiKey = None,
 ) -> None:
     """Download a file's content."""
     with _client(base_url, api_key) as client:
         meta = client.file(file_id)
         path = output or Path(Path(meta["filename"]).name or file_id)
+        if output is None and path.exists() and not force:
+            _fail(f"{path} exists: choose another name with -o, or replace it with --force")
         with _transfer_bar(_err()) as bar:
             task = bar.add_task(f"downloading {file_id}", total=meta.get("bytes"))
             size = client.download(file_id, path, progress=lambda n: bar.advance(task, n))
-    _err().print(f"{file_id} → {path} ({size:,} bytes)", highlight=False)
+    _err().print(f"{file_id} → {path} ({size:,} bytes)")
 
 
 @files_app.command("delete")
@@ -372,7 +391,7 @@ def files_delete(file_id: str, as_json: AsJson = False, base_url: BaseUrl = None
     if as_json:
         _print_json(deleted)
     else:
-        Console().print(f"deleted {file_id}", highlight=False)
+        _out().print(f"deleted {file_id}")
 
 
 def install(app: typer.Typer) -> None:

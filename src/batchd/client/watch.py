@@ -18,6 +18,23 @@ from rich.progress import (
 from batchd.client.api import BatchdClient, ClientError
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+POLL_SECONDS = 2.0  # a trial key may make 30 requests a minute
+
+
+def poll_batch(client: BatchdClient, batch_id: str, *, patience: float = 300.0) -> dict[str, Any]:
+    """The batch now, waiting out what passes: a rate limit (429), a server that is restarting
+    or briefly unavailable (503, a refused connection), with growing waits up to `patience`
+    seconds in all; anything else (a 404, a bad key) is raised at once."""
+    waited, wait = 0.0, 1.0
+    while True:
+        try:
+            return client.batch(batch_id)
+        except ClientError as exc:
+            if exc.status not in (None, 429, 503) or waited >= patience:
+                raise
+        time.sleep(wait)
+        waited += wait
+        wait = min(wait * 2, 15.0)
 
 
 def done_of(batch: dict[str, Any]) -> tuple[int, int, int]:
@@ -31,12 +48,12 @@ def output_tokens(batch: dict[str, Any]) -> int:
 
 
 def watch(client: BatchdClient, batch_id: str, console: Console, *,
-          poll_seconds: float = 1.0) -> dict[str, Any]:
+          poll_seconds: float = POLL_SECONDS) -> dict[str, Any]:
     """Show the batch's progress until it reaches a final status; returns it then.
 
     The bar counts finished requests (completed + failed) of the total; beside it: failures,
     generated tokens per second since watching began, elapsed time and the time left at the
-    current pace. A brief outage of the server (503) is waited out."""
+    current pace. Rate limits and a briefly unavailable server are waited out."""
     columns = (
         TextColumn("[bold]{task.fields[status]:<11}"),
         BarColumn(),
@@ -51,14 +68,10 @@ def watch(client: BatchdClient, batch_id: str, console: Console, *,
     first_tokens: int | None = None
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(batch_id, total=None, status="…", failed=0, rate="")
+        patience = 0.0  # the first look fails at once (a wrong id, URL or key)
         while True:
-            try:
-                batch = client.batch(batch_id)
-            except ClientError as exc:
-                if exc.status != 503:
-                    raise
-                time.sleep(poll_seconds)
-                continue
+            batch = poll_batch(client, batch_id, patience=patience)
+            patience = 300.0
             completed, failed, total = done_of(batch)
             tokens = output_tokens(batch)
             first_tokens = tokens if first_tokens is None else first_tokens

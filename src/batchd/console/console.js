@@ -5,7 +5,29 @@
 
 const KEY = "batchd.key";
 const ACTIVE = ["validating", "in_progress", "finalizing", "cancelling"];
-const state = { session: null, timer: null, rates: new Map() };
+// `gen` counts page changes: a page's pending work checks it after every await and stops
+// when the reader has moved on (so an old page never redraws over, or polls for, a new one).
+const state = { session: null, timer: null, gen: 0, rates: new Map() };
+
+class Stale extends Error {}
+
+function current(gen) {
+  if (gen !== state.gen) throw new Stale();
+}
+
+// A click handler whose failure is shown (in the page's alert line), never swallowed.
+function guard(action) {
+  return async (event) => {
+    const flash = document.getElementById("flash");
+    if (flash) flash.textContent = "";
+    try {
+      await action(event);
+    } catch (e) {
+      if (e instanceof Stale || e.status === 401) return;
+      if (flash) flash.textContent = e.message;
+    }
+  };
+}
 
 // --- DOM helpers -------------------------------------------------------------------------
 
@@ -26,7 +48,7 @@ function h(tag, attrs, ...children) {
 
 function view(...children) {
   const main = document.getElementById("view");
-  main.replaceChildren(...children);
+  main.replaceChildren(h("p", { id: "flash", class: "error", role: "alert" }), ...children);
   return main;
 }
 
@@ -104,6 +126,7 @@ async function download(fileId, name) {
 function signOut(message) {
   sessionStorage.removeItem(KEY);
   state.session = null;
+  state.gen += 1;
   showSignIn(message);
 }
 
@@ -133,7 +156,7 @@ function showSignIn(message) {
     h("p", { id: "signin-help", class: "muted" },
       "The key stays in this tab only (session storage) and is sent as a Bearer header."),
     h("button", { class: "primary", type: "submit" }, "Sign in"), error);
-  view(form);
+  document.getElementById("view").replaceChildren(form);
   input.focus();
 }
 
@@ -150,19 +173,40 @@ async function start() {
 // --- routing and polling -----------------------------------------------------------------
 
 function stopPolling() {
-  if (state.timer) clearInterval(state.timer);
+  if (state.timer) clearTimeout(state.timer);
   state.timer = null;
 }
 
-function poll(refresh, seconds = 2) {
+// Refresh every `seconds` while this page is shown; one refresh at a time (the next waits
+// for the last to finish). A failed refresh is said in the page and tried again.
+function poll(gen, refresh, seconds = 2) {
   stopPolling();
-  state.timer = setInterval(() => refresh().catch(() => {}), seconds * 1000);
+  const tick = async () => {
+    if (gen !== state.gen) return;
+    const flash = document.getElementById("flash");
+    try {
+      await refresh();
+      if (flash && flash.dataset.stale) { flash.textContent = ""; delete flash.dataset.stale; }
+    } catch (e) {
+      if (e instanceof Stale || e.status === 401) return;
+      if (flash) { flash.textContent = `Not up to date: ${e.message}`; flash.dataset.stale = "1"; }
+    }
+    if (gen === state.gen) state.timer = setTimeout(tick, seconds * 1000);
+  };
+  state.timer = setTimeout(tick, seconds * 1000);
 }
 
 function route() {
   if (!state.session) return;
   stopPolling();
-  const [tab, id, sub] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  const gen = ++state.gen;
+  let parts;
+  try {
+    parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  } catch (e) {
+    parts = ["batches"];  // a mangled address: start from the batches
+  }
+  const [tab, id, sub] = parts;
   for (const link of document.querySelectorAll("nav a")) {
     if (link.dataset.tab === (tab === "batch" ? "batches" : tab || "batches")) {
       link.setAttribute("aria-current", "page");
@@ -170,11 +214,12 @@ function route() {
       link.removeAttribute("aria-current");
     }
   }
-  const pages = { batches: batchesPage, batch: () => batchPage(id, sub), files: filesPage,
+  const pages = { batches: batchesPage, batch: (g) => batchPage(g, id, sub), files: filesPage,
                   keys: keysPage, models: modelsPage };
-  (pages[tab] || batchesPage)().catch((e) => {
-    if (e.status !== 401) view(h("h1", {}, "Something went wrong"), h("p", { role: "alert",
-      class: "error" }, e.message));
+  (pages[tab] || batchesPage)(gen).catch((e) => {
+    if (e instanceof Stale || e.status === 401 || gen !== state.gen) return;
+    view(h("h1", {}, "Something went wrong"), h("p", { role: "alert", class: "error" },
+                                                  e.message));
   });
   document.getElementById("view").focus();
 }
@@ -234,7 +279,7 @@ function batchRow(batch) {
     h("td", { class: "wrap hide-narrow" }, metadataText(batch.metadata)));
 }
 
-async function batchesPage() {
+async function batchesPage(gen) {
   const body = h("tbody");
   const more = h("button", { type: "button", hidden: true }, "Load more");
   let shown = [];
@@ -245,18 +290,21 @@ async function batchesPage() {
     const query = fresh ? `limit=${Math.min(100, Math.max(20, shown.length))}`
                         : `limit=20&after=${encodeURIComponent(last)}`;
     const page = await api(`/v1/batches?${query}`);
+    current(gen);
     shown = fresh ? page.data : shown.concat(page.data);
     more.hidden = !page.has_more;
     render();
   };
-  more.addEventListener("click", () => load(false));
-  view(h("h1", {}, "Batches"), await createBatchForm(() => load(true)),
+  more.addEventListener("click", guard(() => load(false)));
+  const form = await createBatchForm(() => load(true));
+  current(gen);
+  view(h("h1", {}, "Batches"), form,
        table(["Batch", "Status", "Progress", "Rate · ETA", "Model", "Created", "Elapsed",
               "Metadata"], body, "Batches, newest first"), more);
   body.closest("table").querySelectorAll("th")[5].classList.add("hide-narrow");
   body.closest("table").querySelectorAll("th")[7].classList.add("hide-narrow");
   await load(true);
-  poll(async () => { if (shown.some((b) => ACTIVE.includes(b.status))) await load(true); });
+  poll(gen, async () => { if (shown.some((b) => ACTIVE.includes(b.status))) await load(true); });
 }
 
 async function createBatchForm(created) {
@@ -298,8 +346,9 @@ async function createBatchForm(created) {
   return form;
 }
 
-async function batchPage(id, sub) {
+async function batchPage(gen, id, sub) {
   let batch = await api(`/v1/batches/${encodeURIComponent(id)}`);
+  current(gen);
   const summary = h("div");
   const actions = h("div", { class: "row" });
   const errors = h("div");
@@ -325,16 +374,18 @@ async function batchPage(id, sub) {
       h("dt", {}, "Metadata"), h("dd", {}, metadataText(batch.metadata) || "–")));
     actions.replaceChildren(...[
       ACTIVE.includes(batch.status) && batch.status !== "cancelling"
-        ? h("button", { type: "button", class: "danger", onclick: async () => {
+        ? h("button", { type: "button", class: "danger", onclick: guard(async () => {
             if (!confirm(`Cancel ${batch.id}? Finished results are kept.`)) return;
             batch = await api(`/v1/batches/${encodeURIComponent(batch.id)}/cancel`,
                               { method: "POST" });
             render();
-          } }, "Cancel batch") : null,
-      batch.output_file_id ? h("button", { type: "button", onclick: () =>
-        download(batch.output_file_id, `${batch.id}_output.jsonl`) }, "Download output") : null,
-      batch.error_file_id ? h("button", { type: "button", onclick: () =>
-        download(batch.error_file_id, `${batch.id}_errors.jsonl`) }, "Download errors") : null,
+          }) }, "Cancel batch") : null,
+      batch.output_file_id ? h("button", { type: "button", onclick: guard(() =>
+        download(batch.output_file_id, `${batch.id}_output.jsonl`)) }, "Download output")
+        : null,
+      batch.error_file_id ? h("button", { type: "button", onclick: guard(() =>
+        download(batch.error_file_id, `${batch.id}_errors.jsonl`)) }, "Download errors")
+        : null,
       h("a", { href: `#/batch/${encodeURIComponent(batch.id)}/results` }, "Results"),
     ].filter(Boolean));
     const listed = (batch.errors || {}).data || [];
@@ -348,16 +399,21 @@ async function batchPage(id, sub) {
   render();
   const parts = [h("p", {}, h("a", { href: "#/batches" }, "← Batches")),
                  h("h1", { class: "mono" }, batch.id), summary, actions, errors];
-  if (sub === "results") parts.push(resultsSection(batch));
+  const results = sub === "results" ? resultsSection(gen, () => batch) : null;
+  if (results) parts.push(results.section);
   view(...parts);
-  poll(async () => {
+  poll(gen, async () => {
     if (!ACTIVE.includes(batch.status)) return;
+    const before = batch;
     batch = await api(`/v1/batches/${encodeURIComponent(batch.id)}`);
+    current(gen);
     render();
+    if (results && (batch.output_file_id !== before.output_file_id ||
+                    batch.error_file_id !== before.error_file_id)) results.reload();
   });
 }
 
-function resultsSection(batch) {
+function resultsSection(gen, getBatch) {
   const kind = h("select", { id: "results-kind" },
     h("option", { value: "output" }, "Output"), h("option", { value: "errors" }, "Errors"));
   const search = h("input", { id: "results-search", type: "search",
@@ -366,16 +422,23 @@ function resultsSection(batch) {
   const status = h("p", { class: "muted", role: "status" });
   const previous = h("button", { type: "button" }, "Previous");
   const next = h("button", { type: "button" }, "Next");
-  let offset = 0;
+  // Pages are read with the server's cursors: `cursors` holds where each page began.
+  let cursors = [0], seen = 0, asked = 0, nextCursor = null;
   const load = async () => {
+    const request = ++asked;  // only the latest answer is shown
+    const batch = getBatch();
     const fileId = kind.value === "output" ? batch.output_file_id : batch.error_file_id;
-    body.replaceChildren();
-    previous.disabled = offset === 0;
+    previous.disabled = cursors.length < 2;
     next.disabled = true;
-    if (!fileId) { status.textContent = "No such file for this batch (yet)."; return; }
-    const query = new URLSearchParams({ offset, limit: 50 });
+    if (!fileId) {
+      body.replaceChildren();
+      status.textContent = "No such file for this batch (yet).";
+      return;
+    }
+    const query = new URLSearchParams({ cursor: cursors[cursors.length - 1], limit: 50 });
     if (search.value.trim()) query.set("custom_id", search.value.trim());
     const page = await api(`/admin/files/${encodeURIComponent(fileId)}/lines?${query}`);
+    if (request !== asked || gen !== state.gen) return;
     body.replaceChildren(...page.data.map((line) => {
       const response = line.response || {};
       const content = ((((response.body || {}).choices || [])[0] || {}).message || {}).content;
@@ -385,27 +448,42 @@ function resultsSection(batch) {
                h("td", {}, response.status_code ?? "–"), h("td", { class: "wrap" }, detail));
     }));
     status.textContent = page.data.length
-      ? `Lines ${offset + 1}-${offset + page.data.length}` : "No lines match.";
+      ? `Lines ${seen + 1}-${seen + page.data.length}`
+      : page.has_more ? "Still looking: press Next to search further." : "No lines match.";
+    nextCursor = page.next_cursor;
     next.disabled = !page.has_more;
+    next.dataset.count = String(page.data.length);
   };
-  previous.addEventListener("click", () => { offset = Math.max(0, offset - 50); load(); });
-  next.addEventListener("click", () => { offset += 50; load(); });
-  kind.addEventListener("change", () => { offset = 0; load(); });
+  const restart = () => { cursors = [0]; seen = 0; return load(); };
+  previous.addEventListener("click", guard(() => {
+    cursors.pop();
+    seen = Math.max(0, seen - 50);
+    return load();
+  }));
+  next.addEventListener("click", guard(() => {
+    seen += Number(next.dataset.count || 0);
+    cursors.push(nextCursor);
+    return load();
+  }));
+  kind.addEventListener("change", guard(restart));
   const form = h("form", { class: "row", role: "search", onsubmit: (event) => {
-    event.preventDefault(); offset = 0; load(); } },
+    event.preventDefault(); guard(restart)(); } },
     h("label", { for: "results-kind" }, "File", kind),
     h("label", { for: "results-search" }, "Find a custom_id", search),
     h("button", { type: "submit" }, "Find"));
-  load();
-  return h("section", { "aria-labelledby": "results-title" },
-    h("h2", { id: "results-title" }, "Results"), form, status,
-    table(["custom_id", "Status", "Reply or error"], body, "Result lines"),
-    h("div", { class: "row" }, previous, next));
+  guard(load)();
+  return {
+    reload: () => guard(restart)(),
+    section: h("section", { "aria-labelledby": "results-title" },
+      h("h2", { id: "results-title" }, "Results"), form, status,
+      table(["custom_id", "Status", "Reply or error"], body, "Result lines"),
+      h("div", { class: "row" }, previous, next)),
+  };
 }
 
 // --- files -------------------------------------------------------------------------------
 
-async function filesPage() {
+async function filesPage(gen) {
   const limits = state.session.limits;
   const body = h("tbody");
   const more = h("button", { type: "button", hidden: true }, "Load more");
@@ -417,21 +495,23 @@ async function filesPage() {
     h("td", { class: "hide-narrow" }, when(f.expires_at)),
     h("td", { class: "row" },
       h("button", { type: "button", "aria-label": `Download ${f.filename}`,
-                    onclick: () => download(f.id, f.filename) }, "Download"),
+                    onclick: guard(() => download(f.id, f.filename)) }, "Download"),
       h("button", { type: "button", class: "danger", "aria-label": `Delete ${f.filename}`,
-        onclick: async () => {
+        onclick: guard(async () => {
           if (!confirm(`Delete ${f.filename}? This cannot be undone.`)) return;
           await api(`/v1/files/${encodeURIComponent(f.id)}`, { method: "DELETE" });
           await load(true);
-        } }, "Delete")));
+        }) }, "Delete")));
   const load = async (reset) => {
-    if (reset) { after = null; body.replaceChildren(); }
+    if (reset) after = null;
     const page = await api(`/v1/files?limit=50&order=desc${after ? `&after=${after}` : ""}`);
+    current(gen);
+    if (reset) body.replaceChildren();
     body.append(...page.data.map(fileRow));
     after = page.data.length ? page.data[page.data.length - 1].id : after;
     more.hidden = !page.has_more;
   };
-  more.addEventListener("click", () => load(false));
+  more.addEventListener("click", guard(() => load(false)));
   view(h("h1", {}, "Files"), uploadForm(limits, () => load(true)),
        table(["Name", "ID", "Purpose", "Size", "Created", "Expires", ""], body, "Files"),
        more);
@@ -475,20 +555,27 @@ function uploadForm(limits, uploaded) {
     });
     request.addEventListener("load", async () => {
       bar.hidden = true;
-      if (request.status === 200) {
+      if (request.status >= 200 && request.status < 300) {
         status.textContent = `Uploaded ${file.name}.`;
         input.value = "";
         await uploaded();
       } else {
-        let message = `${request.status}`;
-        try { message = JSON.parse(request.responseText).error.message; } catch (e) { /**/ }
+        let message = `${request.status} ${request.statusText}`;
+        try {
+          message = JSON.parse(request.responseText).error.message || message;
+        } catch (e) { /* not JSON: keep the status */ }
         error.textContent = `Upload refused: ${message}`;
+        status.textContent = "";
       }
     });
-    request.addEventListener("error", () => {
-      bar.hidden = true;
-      error.textContent = "Upload failed: the server could not be reached.";
-    });
+    for (const [name, what] of [["error", "the server could not be reached"],
+                                ["abort", "it was interrupted"], ["timeout", "it took too long"]]) {
+      request.addEventListener(name, () => {
+        bar.hidden = true;
+        status.textContent = "";
+        error.textContent = `Upload failed: ${what}.`;
+      });
+    }
     status.textContent = `Uploading ${file.name}…`;
     request.send(form);
   };
@@ -516,7 +603,7 @@ function uploadForm(limits, uploaded) {
 
 // --- API keys (admins) -------------------------------------------------------------------
 
-async function keysPage() {
+async function keysPage(gen) {
   if (state.session.role !== "admin") {
     view(h("h1", {}, "API keys"), h("p", {}, "Only admin keys manage keys."));
     return;
@@ -524,6 +611,7 @@ async function keysPage() {
   const body = h("tbody");
   const load = async () => {
     const keys = await api("/admin/keys");
+    current(gen);
     body.replaceChildren(...keys.data.slice().reverse().map((k) => h("tr", { "data-key": k.id },
       h("td", { class: "wrap" }, k.name), h("td", { class: "mono hide-narrow" }, k.id),
       h("td", { class: "wrap" }, k.owner), h("td", {}, k.role), h("td", {}, k.tier),
@@ -531,11 +619,11 @@ async function keysPage() {
       h("td", { class: "hide-narrow" }, when(k.created_at)),
       h("td", {}, k.revoked_at ? `revoked ${when(k.revoked_at)}` : "active"),
       h("td", {}, k.revoked_at ? null : h("button", { type: "button", class: "danger",
-        "aria-label": `Revoke ${k.name}`, onclick: async () => {
+        "aria-label": `Revoke ${k.name}`, onclick: guard(async () => {
           if (!confirm(`Revoke ${k.name}? It stops working at once.`)) return;
           await api(`/admin/keys/${encodeURIComponent(k.id)}/revoke`, { method: "POST" });
           await load();
-        } }, "Revoke")))));
+        }) }, "Revoke")))));
   };
   const name = h("input", { id: "key-name", required: true, maxlength: 200 });
   const owner = h("input", { id: "key-owner", maxlength: 200, placeholder: "same as name" });
@@ -578,17 +666,34 @@ async function keysPage() {
 
 // --- models and a chat box ---------------------------------------------------------------
 
-async function modelsPage() {
+async function modelsPage(gen) {
+  current(gen);
   const models = state.session.models;
   const choose = h("select", { id: "chat-model" },
     models.map((m) => h("option", { value: m.id }, m.id)));
   const message = h("textarea", { id: "chat-message", rows: 3, required: true });
   const reply = h("div", { id: "chat-reply", class: "reply", "aria-live": "polite" });
   const error = alertBox("chat-error");
+  const send = h("button", { class: "primary", type: "submit" }, "Send");
   const form = h("form", { class: "card", "aria-label": "Chat", onsubmit: async (event) => {
       event.preventDefault();
       error.textContent = "";
       reply.textContent = "";
+      send.disabled = true;  // one reply at a time
+      // Server-sent events: blocks separated by a blank line; each `data:` line is one JSON
+      // chunk (or [DONE]); an error arrives in-band as {"error": {...}}.
+      const handle = (block) => {
+        for (const line of block.split("\n")) {
+          if (!line.startsWith("data:")) continue;
+          const data = line.slice(5).trim();
+          if (!data || data === "[DONE]") continue;
+          let chunk;
+          try { chunk = JSON.parse(data); } catch (e) { continue; }
+          if (chunk.error) { error.textContent = chunk.error.message || "The model failed."; }
+          const delta = ((chunk.choices || [])[0] || {}).delta || {};
+          if (delta.content) reply.append(delta.content);
+        }
+      };
       try {
         const response = await api("/v1/chat/completions", { method: "POST", raw: true, json: {
           model: choose.value, stream: true, max_tokens: 256,
@@ -598,22 +703,20 @@ async function modelsPage() {
         let buffer = "";
         for (;;) {
           const { done, value } = await reader.read();
+          buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+          const blocks = buffer.split(/\r?\n\r?\n/);
+          buffer = done ? "" : blocks.pop();
+          blocks.forEach(handle);
           if (done) break;
-          buffer += decoder.decode(value, { stream: true });
-          const events = buffer.split("\n\n");
-          buffer = events.pop();
-          for (const event of events) {
-            const data = event.replace(/^data: /, "").trim();
-            if (!data || data === "[DONE]") continue;
-            const delta = ((JSON.parse(data).choices || [])[0] || {}).delta || {};
-            if (delta.content) reply.append(delta.content);
-          }
         }
-      } catch (e) { error.textContent = e.message; }
+      } catch (e) {
+        if (e.status !== 401) error.textContent = e.message;
+      } finally {
+        send.disabled = false;
+      }
     } },
     h("div", { class: "row" }, h("label", { for: "chat-model" }, "Model", choose),
-      h("label", { for: "chat-message" }, "Message", message),
-      h("button", { class: "primary", type: "submit" }, "Send")), reply, error);
+      h("label", { for: "chat-message" }, "Message", message), send), reply, error);
   view(h("h1", {}, "Models"),
        table(["Model", "Aliases", "Engine"], models.map((m) => h("tr", {},
          h("td", { class: "mono" }, m.id), h("td", { class: "wrap" }, m.aliases.join(", ") || "–"),
@@ -626,7 +729,14 @@ async function modelsPage() {
 window.addEventListener("hashchange", route);
 document.getElementById("signout").addEventListener("click", () => signOut("Signed out."));
 if (sessionStorage.getItem(KEY)) {
-  start().catch(() => signOut("Your key is no longer accepted. Sign in again."));
+  start().catch((e) => {
+    if (e.status === 401) {
+      signOut("Your key is no longer accepted (it may have been revoked). Sign in again.");
+    } else {
+      view(h("h1", {}, "batchd is not answering"), h("p", { class: "error" }, e.message),
+           h("button", { type: "button", onclick: () => location.reload() }, "Try again"));
+    }
+  });
 } else {
   showSignIn();
 }
