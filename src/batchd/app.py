@@ -16,6 +16,7 @@ from batchd.api.middleware import BodyLimit, BodyTimeout, DocsContentPolicy, Rat
 from batchd.api.state import Services
 from batchd.backends import DatabaseClock, open_blob_store, preflight
 from batchd.batches.lifecycle import BatchService
+from batchd.batches.retry import BatchRetry
 from batchd.clock import Clock, SystemClock
 from batchd.engines.registry import ModelRegistry, load_registry
 from batchd.files import FileService
@@ -50,10 +51,12 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
     if registry is None:
         registry = load_registry(settings.models, created=int(clock.now()))
         await registry.start()
+    batches = BatchService(store=store, clock=clock)
     return Services(
         settings=settings, clock=clock, store=store, blobs=blobs, registry=registry,
         files=FileService(store=store, blobs=blobs, clock=clock, settings=settings),
-        batches=BatchService(store=store, clock=clock),
+        batches=batches,
+        retries=BatchRetry(store=store, blobs=blobs, batches=batches, clock=clock),
         keys=KeyService(store=store, clock=clock),
         tiers=load_tiers(settings.tiers), rate_limiter=RateLimiter(), auth_failures=RateLimiter(),
         realtime=InFlight(per_key=settings.realtime_choices_per_key),

@@ -1,4 +1,4 @@
-"""/v1/batches: create, list, retrieve, cancel."""
+"""/v1/batches: create, list, retrieve, cancel; and retry (a batchd extension)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,7 @@ async def create_batch(request: Request, caller: Caller, body: CreateBatchReques
     batch = await services(request).batches.create(
         owner=caller.owner, request=body, tier=caller.tier_name,
         max_concurrent=caller.tier.max_concurrent_batches)
-    worker = getattr(request.app.state, "worker", None)
-    if worker is not None:
-        worker.wake()
+    _wake_worker(request)
     return batch
 
 
@@ -46,7 +44,25 @@ async def retrieve_batch(request: Request, caller: Caller, batch_id: str) -> Bat
 @router.post("/{batch_id}/cancel", response_model=BatchObject)
 async def cancel_batch(request: Request, caller: Caller, batch_id: str) -> BatchObject:
     batch = await services(request).batches.cancel(owner=caller.scope, batch_id=batch_id)
+    _wake_worker(request)
+    return batch
+
+
+@router.post("/{batch_id}/retry", response_model=BatchObject)
+async def retry_batch(request: Request, caller: Caller, batch_id: str) -> BatchObject:
+    """**A batchd extension, not part of OpenAI's API.** Create a new batch from the lines of
+    a finished batch that failed, were cancelled or expired (same custom_ids and bodies),
+    with `metadata.retry_of` naming the original. It is validated and limited like any
+    new batch. 409 while the batch has not finished; 400 when nothing is left to retry."""
+    batch = await services(request).retries.retry(
+        scope=caller.scope, batch_id=batch_id, tier=caller.tier_name,
+        max_concurrent=caller.tier.max_concurrent_batches)
+    _wake_worker(request)
+    return batch
+
+
+def _wake_worker(request: Request) -> None:
+    """New or changed work: the embedded worker looks now instead of at its next poll."""
     worker = getattr(request.app.state, "worker", None)
     if worker is not None:
         worker.wake()
-    return batch

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from batchd.batches.lifecycle import BatchService
+from batchd.batches.retry import BatchRetry
 from batchd.clock import Clock
 from batchd.engines.registry import ModelRegistry
 from batchd.files import FileService
@@ -28,6 +29,7 @@ class Services:
     registry: ModelRegistry
     files: FileService
     batches: BatchService
+    retries: BatchRetry
     keys: KeyService
     tiers: TiersFile
     rate_limiter: RateLimiter  # requests per minute, per key

@@ -153,6 +153,10 @@ class BatchdClient:
     def cancel(self, batch_id: str) -> dict[str, Any]:
         return self._json("POST", f"/batches/{batch_id}/cancel")
 
+    def retry(self, batch_id: str) -> dict[str, Any]:
+        """A new batch of the lines that failed (a batchd extension)."""
+        return self._json("POST", f"/batches/{batch_id}/retry")
+
 
 def _raise_for_error(response: httpx.Response) -> None:
     if not response.is_error:

@@ -317,6 +317,21 @@ def batches_cancel(batch_id: str, as_json: AsJson = False, base_url: BaseUrl = N
         _out().print(f"{batch['id']} {batch['status']}")
 
 
+@batches_app.command("retry")
+@one_line_errors
+def batches_retry(batch_id: str, as_json: AsJson = False, base_url: BaseUrl = None,
+                  api_key: ApiKey = None) -> None:
+    """Create a new batch of a finished batch's lines that failed, were cancelled or
+    expired (a batchd extension)."""
+    with _client(base_url, api_key) as client:
+        batch = client.retry(batch_id)
+    if as_json:
+        _print_json(batch)
+    else:
+        _out().print(f"created {batch['id']} (retry of {batch_id}); watch it with: "
+                     f"batchd watch {batch['id']}")
+
+
 # --- files ---------------------------------------------------------------------------------
 
 
