@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,8 +11,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from batchd import __version__
+from batchd import __version__, metrics
 from batchd.api import admin, batches, chat, console, files, models
+from batchd.api import metrics as metrics_api
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import BodyLimit, BodyTimeout, DocsContentPolicy, RateLimitHeaders
 from batchd.api.state import Services
@@ -83,6 +86,20 @@ async def start_worker(svc: Services) -> tuple[Worker, WorkerIdentity]:
     return worker, identity
 
 
+@asynccontextmanager
+async def serving_metrics(svc: Services) -> AsyncIterator[None]:
+    """Keep the store-wide gauges fresh, and serve metrics on BATCHD_METRICS_PORT if set."""
+    refresher = asyncio.create_task(metrics.refresh_store_gauges(svc.store.queue_snapshot),
+                                    name="metrics:store-gauges")
+    try:
+        with metrics.serving_on_port(svc.settings.metrics_host, svc.settings.metrics_port):
+            yield
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None,
                registry: ModelRegistry | None = None) -> FastAPI:
     @asynccontextmanager
@@ -92,7 +109,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
         worker, identity = (await start_worker(svc)) if settings.embedded_worker else (None, None)
         app.state.worker = worker
         try:
-            yield
+            async with serving_metrics(svc):
+                yield
         finally:
             if worker is not None:
                 await worker.stop(settings.shutdown_grace_seconds)
@@ -109,11 +127,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
         app.include_router(module.router)
     app.include_router(console.api)
     app.include_router(console.pages)
+    app.include_router(metrics_api.router)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)
     app.add_middleware(DocsContentPolicy, paths=("/docs", "/redoc"))
+    app.add_middleware(metrics.HttpMetrics)  # outermost: counts every answer, errors too
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

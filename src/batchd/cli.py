@@ -193,7 +193,7 @@ def migrate(data_dir: DataDir = None) -> None:
 def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
     """Run a worker alone (no HTTP), sharing the database and object store with
     `batchd serve --no-worker` and other workers. Its --data-dir holds only its identity."""
-    from batchd.app import close_services, open_services, start_worker
+    from batchd.app import close_services, open_services, serving_metrics, start_worker
 
     settings = _settings(data_dir=data_dir, models=models)
     _checked(settings)
@@ -210,7 +210,8 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
         svc = await open_services(settings)
         worker, identity = await start_worker(svc)
         typer.echo(f"batchd worker {identity.id} running; Ctrl-C to stop")
-        await stop.wait()
+        async with serving_metrics(svc):
+            await stop.wait()
         await worker.stop(settings.shutdown_grace_seconds)
         identity.close()
         await close_services(svc)

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     request_retries: int = Field(default=1, ge=0, description="retries after a timeout/crash")
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve /metrics on this port too, without a "
+                                                  "key (API and worker processes)")
+    metrics_host: str = Field(default="127.0.0.1", description="bind address of metrics_port")
+
     log_level: str = "info"
 
     @property

@@ -14,6 +14,7 @@ from batchd.store.records import (
     BatchRecord,
     BatchStatus,
     ChunkProgress,
+    ChunkState,
     FileRecord,
     StopReason,
 )
@@ -253,3 +254,19 @@ class MetadataStore(WorkStore):
             if result.rowcount:
                 await self._notify_work(conn)
             return result.rowcount
+
+    async def queue_snapshot(self) -> dict[str, dict[str, int]]:
+        """Batches by status, and the requests of running batches not finished yet by model
+        (for the metrics' store-wide gauges)."""
+        b, c = t.batches.c, t.chunks.c
+        async with self._engine.connect() as conn:
+            statuses = (await conn.execute(
+                select(b.status, func.count()).group_by(b.status))).all()
+            pending = (await conn.execute(
+                select(c.model, func.sum(c.n_lines - c.done_ok - c.done_err))
+                .join(t.batches, b.id == c.batch_id)
+                .where(b.status == BatchStatus.IN_PROGRESS,
+                       c.state.not_in((ChunkState.DONE, ChunkState.FAILED)))
+                .group_by(c.model))).all()
+        return {"batches": {str(status): int(n) for status, n in statuses},
+                "pending": {model or "*": int(n or 0) for model, n in pending}}

@@ -135,6 +135,11 @@ class Capacity:
     def gate(self, model_id: str) -> ModelGate:
         return self.models[model_id].gate
 
+    def busy(self) -> dict[str, tuple[int, int]]:
+        """Per served model: requests in flight on its engine, and how many it can take."""
+        return {model: (slots.gate.in_flight, slots.gate.capacity())
+                for model, slots in self.models.items() if model != MIXED}
+
     def lanes(self, key: str) -> int:
         """Lanes a chunk of this model needs to fill its engine (the most it may take)."""
         ids = [key] if key != MIXED else [m for m in self.models if m != MIXED]

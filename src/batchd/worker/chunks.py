@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from batchd import metrics
 from batchd.backends import outage
 from batchd.batches import results
 from batchd.engines.base import EngineUnavailable
@@ -236,6 +237,7 @@ class ChunkRun:
         if self.lost:
             log.warning("lost the lease on chunk %s/%s; its unsaved results are dropped",
                         self.chunk.batch_id, self.chunk.chunk_no)
+            metrics.LEASES_LOST.inc()
             return
         stop = self.stop_batch.stop_reason if self.stop_batch else None
         unfinished = [cid for cid in todo_ids if cid not in self.finished]
@@ -408,6 +410,9 @@ class ChunkRun:
         if served is not None and outcome.ok:
             self.capacity.reachable(served)
         self.results.add(outcome)
+        metrics.finished(served or (model if isinstance(model, str) else None), ok=outcome.ok,
+                         prompt=outcome.input_tokens, cached=outcome.cached_tokens,
+                         completion=outcome.output_tokens)
         self.finished.add(custom_id)
         if (len(self.results.ok) + len(self.results.err) >= self.ctx.settings.checkpoint_results
                 and self._next < len(self.todo)):  # else the commit saves them: no extra part

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from batchd import metrics
 from batchd.backends import outage
 from batchd.files import FileService, blob_key
 from batchd.store.records import Chunk, Lease
@@ -50,6 +51,8 @@ class Worker:
             loops.append(("listen", self.ctx.store.listen_for_work(self.wake,
                                                                    self._stopping)))
         self._tasks = [asyncio.create_task(coro, name=f"worker:{name}") for name, coro in loops]
+        metrics.WORKER_STARTS.inc()
+        metrics.CALLBACKS.busy = self.capacity.busy
         for task in self._tasks:
             task.add_done_callback(self._on_loop_exit)
 
@@ -119,6 +122,11 @@ class Worker:
         if claim is None:
             return None
         chunk, lease = claim
+        if chunk.generation > 1:
+            metrics.CHUNKS_RECLAIMED.inc()
+        if chunk.in_flight:
+            metrics.CRASH_RECOVERIES.inc()
+        metrics.RUNNING_CHUNKS.inc()
         batch = await ctx.store.get_batch(chunk.batch_id, owner=None)
         served = ctx.registry.served_id(batch.model) if batch and batch.model else None
         key = served or MIXED
@@ -139,6 +147,7 @@ class Worker:
                            key=key).run(input_key)
         finally:
             self.capacity.models[key].chunks -= 1
+            metrics.RUNNING_CHUNKS.dec()
             self.wake()  # room for another chunk; the batch may be ready to assemble
 
     async def _poll(self, what: str, step: Callable[[], Awaitable[bool]], *,

@@ -1,0 +1,30 @@
+"""/metrics: the Prometheus text format, for admin keys (or on BATCHD_METRICS_PORT)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from batchd.api.auth import Admin
+from batchd.api.routing import AuthenticatedRoute
+from batchd.api.state import services
+from batchd.metrics import CALLBACKS, REGISTRY
+
+router = APIRouter(tags=["metrics"], route_class=AuthenticatedRoute)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request, admin: Admin) -> Response:
+    """This process's metrics in Prometheus' text format (a batchd extension; admin keys
+    only). `BATCHD_METRICS_PORT` serves the same without a key on a bind of its own."""
+    # A scrape sees the store as it is now (two aggregate queries); during an outage, the
+    # last snapshot and its age.
+    with contextlib.suppress(Exception):
+        CALLBACKS.snapshot = await asyncio.wait_for(
+            services(request).store.queue_snapshot(), 5)
+        CALLBACKS.snapshot_at = time.time()
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,177 @@
+"""Prometheus metrics (prometheus-client): what this process did, and how the shared queue
+stands.
+
+Counters and histograms count what *this process* did (its HTTP requests, the batch requests
+its worker finished); with several processes, Prometheus scrapes each and `sum()` adds them
+up. The store-wide gauges (batches by status, pending requests by model) are read from the
+database by every process that exposes metrics, so they are the same wherever you scrape
+them: use `max()` across processes, not `sum()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+HTTP_REQUESTS = Counter(
+    "batchd_http_requests", "HTTP requests answered, by route template and status.",
+    ["method", "route", "status"], registry=REGISTRY)
+HTTP_LATENCY = Histogram(
+    "batchd_http_request_duration_seconds", "Time to answer an HTTP request (to its first "
+    "byte for streamed answers).", ["method", "route"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+BATCH_REQUESTS = Counter(
+    "batchd_batch_requests", "Batch requests this process's worker finished, by model and "
+    "outcome (ok, error). A request run again after a crash counts again.",
+    ["model", "outcome"], registry=REGISTRY)
+TOKENS = Counter(
+    "batchd_tokens", "Tokens of the batch requests this process finished, by model and kind "
+    "(prompt, cached: prompt tokens served from the prefix cache, completion).",
+    ["model", "kind"], registry=REGISTRY)
+RUNNING_CHUNKS = Gauge("batchd_running_chunks", "Chunks this process's worker is running.",
+                       registry=REGISTRY)
+LEASES_LOST = Counter(
+    "batchd_leases_lost", "Chunks this worker stopped because another took them over (its "
+    "lease lapsed).", registry=REGISTRY)
+CHUNKS_RECLAIMED = Counter(
+    "batchd_chunks_reclaimed", "Chunks this worker claimed after an earlier run of them ended "
+    "without finishing (a lapsed lease, a dead or restarted worker).", registry=REGISTRY)
+CRASH_RECOVERIES = Counter(
+    "batchd_crash_recoveries", "Chunks whose previous run died with requests in flight (those "
+    "requests were charged and run again).", registry=REGISTRY)
+WORKER_STARTS = Counter("batchd_worker_starts", "Times a worker started in this process.",
+                        registry=REGISTRY)
+
+
+class _Callbacks(Collector):
+    """Gauges read at scrape time: engines' busy slots, and the store-wide snapshot."""
+
+    def __init__(self) -> None:
+        self.busy: Callable[[], dict[str, tuple[int, int]]] | None = None
+        self.snapshot: dict[str, dict[str, int]] = {}
+        self.snapshot_at = 0.0
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        busy = GaugeMetricFamily("batchd_engine_busy_slots", "Requests in flight on each "
+                                 "model's engine in this process.", labels=["model"])
+        slots = GaugeMetricFamily("batchd_engine_slots", "Requests each model's engine in this "
+                                  "process can take at once.", labels=["model"])
+        for model, (inside, size) in (self.busy() if self.busy else {}).items():
+            busy.add_metric([model], inside)
+            slots.add_metric([model], size)
+        yield busy
+        yield slots
+        statuses = GaugeMetricFamily("batchd_batches", "Batches by status (the whole store).",
+                                     labels=["status"])
+        for status, n in self.snapshot.get("batches", {}).items():
+            statuses.add_metric([status], n)
+        yield statuses
+        pending = GaugeMetricFamily("batchd_pending_requests", "Requests of running batches "
+                                    "not finished yet: the queue, by model (the whole store; "
+                                    "'*' for batches that name several).", labels=["model"])
+        for model, n in self.snapshot.get("pending", {}).items():
+            pending.add_metric([model], n)
+        yield pending
+        age = GaugeMetricFamily("batchd_store_snapshot_age_seconds", "How old the store-wide "
+                                "gauges are.")
+        age.add_metric([], time.time() - self.snapshot_at if self.snapshot_at else -1)
+        yield age
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+CALLBACKS = _Callbacks()
+REGISTRY.register(CALLBACKS)
+
+
+def finished(model: str | None, *, ok: bool, prompt: int, cached: int, completion: int) -> None:
+    name = model or "unknown"
+    BATCH_REQUESTS.labels(name, "ok" if ok else "error").inc()
+    for kind, n in (("prompt", prompt), ("cached", cached), ("completion", completion)):
+        if n:
+            TOKENS.labels(name, kind).inc(n)
+
+
+async def refresh_store_gauges(read: Callable[[], Any], *, every: float = 10.0) -> None:
+    """Keep the store-wide gauges fresh (runs as a task while the process serves metrics)."""
+    while True:
+        try:
+            CALLBACKS.snapshot = await read()
+            CALLBACKS.snapshot_at = time.time()
+        except Exception as exc:  # an outage: keep the last snapshot (its age says so)
+            log.debug("could not refresh the store gauges: %s", exc)
+        await asyncio.sleep(every)
+
+
+@contextlib.contextmanager
+def serving_on_port(host: str, port: int | None) -> Iterator[None]:
+    """Metrics on their own port (no key needed there: bind it where only Prometheus reaches)."""
+    if port is None:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+class HttpMetrics:
+    """Counts every HTTP request by its route template (`/v1/batches/{batch_id}`, never the
+    raw path, so ids do not multiply the series) and times it to the response's start."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                route = _route(scope)
+                HTTP_LATENCY.labels(scope["method"], route).observe(
+                    time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            HTTP_REQUESTS.labels(scope["method"], _route(scope), str(status)).inc()
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
