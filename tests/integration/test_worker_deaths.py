@@ -153,8 +153,8 @@ async def test_a_worker_whose_lease_was_taken_stops_at_once_and_records_nothing(
     await asyncio.sleep(0.1)
     assert len(calls) == 12  # ...and called the engine no more
     [chunk] = await ctx.store.list_chunks(batch_id)
-    generations = {key.split("-g")[1].split("-")[0] for part in chunk.parts
-                   for key in part.values() if key}
+    generations = {part[kind].split("-g")[1].split("-")[0] for part in chunk.parts
+                   for kind in ("ok", "err") if part.get(kind)}
     assert generations == {str(chunk.generation)}
     stray = [key for key in harness.stored_keys("batches/") if "-g1-" in key]
     assert stray == []  # the first owner (generation 1) wrote no part at all

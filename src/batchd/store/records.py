@@ -134,6 +134,11 @@ class ChunkPlan:
     n_lines: int  # request lines in the slice (blank lines are not requests)
 
 
+# One committed result part of a chunk (write-once blobs): {"ok": key | None, "err": key | None,
+# "n_ok": lines, "n_err": lines}. Parts written before the counts existed have only the keys.
+Part = dict[str, Any]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Chunk(_Record):
     batch_id: str
@@ -146,7 +151,7 @@ class Chunk(_Record):
     owner: str | None
     generation: int
     attempts: int
-    parts: list[dict[str, str | None]] = field(default_factory=list)
+    parts: list[Part] = field(default_factory=list)
     done_ok: int = 0
     done_err: int = 0
     done_input_tokens: int = 0

@@ -29,6 +29,7 @@ from batchd.store.records import (
     ChunkState,
     FileRecord,
     Lease,
+    Part,
     StopReason,
 )
 from batchd.store.sql import (
@@ -312,7 +313,7 @@ class WorkStore(SqlStore):
 
     @shielded
     async def checkpoint_chunk(
-        self, chunk: Chunk, lease: Lease, *, parts: list[dict[str, str | None]],
+        self, chunk: Chunk, lease: Lease, *, parts: list[Part],
         committed: ChunkProgress, now: float, lease_seconds: float, release: bool = False,
         crashed: dict[str, Any] | None = None,
     ) -> bool:
@@ -340,7 +341,7 @@ class WorkStore(SqlStore):
 
     @shielded
     async def commit_chunk(
-        self, chunk: Chunk, lease: Lease, *, parts: list[dict[str, str | None]],
+        self, chunk: Chunk, lease: Lease, *, parts: list[Part],
         committed: ChunkProgress, now: int,
     ) -> bool:
         """Mark the chunk done, fenced; the last chunk moves its batch to `finalizing`.

@@ -31,6 +31,7 @@ from batchd.store.records import (
     ChunkProgress,
     ChunkState,
     Lease,
+    Part,
     StopReason,
 )
 from batchd.worker import deaths
@@ -72,7 +73,7 @@ def prefix_key(request: Request) -> tuple[str, str]:
     return str(body.get("model")), content if isinstance(content, str) else ""
 
 
-def done_custom_ids(ctx: WorkerContext, parts: list[dict[str, str | None]]) -> set[str]:
+def done_custom_ids(ctx: WorkerContext, parts: list[Part]) -> set[str]:
     """The requests that committed parts already answer."""
     done: set[str] = set()
     for part in parts:
@@ -477,14 +478,14 @@ class ChunkRun:
             self.chunk, self.lease, progress=self.results.live, now=self.ctx.clock.now(),
             lease_seconds=self.ctx.settings.lease_seconds)
 
-    async def _write_part(self) -> tuple[dict[str, str | None] | None, ChunkProgress]:
+    async def _write_part(self) -> tuple[Part | None, ChunkProgress]:
         """Write the unsaved lines as a part; returns it and the totals it brings."""
         res = self.results
         if not res.ok and not res.err:
             return None, res.committed
         ok, err, pending = res.take()
         self._part_seq += 1
-        part: dict[str, str | None] = {"ok": None, "err": None}
+        part: Part = {"ok": None, "err": None, "n_ok": len(ok), "n_err": len(err)}
         try:
             for kind, lines in (("ok", ok), ("err", err)):
                 if lines:
@@ -524,7 +525,7 @@ class ChunkRun:
                 await self._drop(part)
 
     async def _through_outage(self, write: Callable[[], Awaitable[bool]], *,
-                              parts: list[dict[str, str | None]], done: bool = False) -> bool:
+                              parts: list[Part], done: bool = False) -> bool:
         """A fenced write of `parts`, tried again while the store is unreachable and the
         lease may still be ours (once it has lapsed, the fence refuses the write anyway, and
         another worker runs the chunk from its last checkpoint).
@@ -549,8 +550,9 @@ class ChunkRun:
             return (row is not None and row.generation == self.lease.generation
                     and row.parts == parts and (row.state is ChunkState.DONE or not done))
 
-    async def _drop(self, part: dict[str, str | None] | None) -> None:
-        for key in (part or {}).values():
+    async def _drop(self, part: Part | None) -> None:
+        for kind in ("ok", "err"):
+            key = (part or {}).get(kind)
             if key:
                 await asyncio.to_thread(self.ctx.blobs.delete, key)
 
