@@ -14,6 +14,7 @@ from fastapi_offline import FastAPIOffline
 from batchd import __version__, metrics
 from batchd.api import admin, batches, chat, console, files, models
 from batchd.api import metrics as metrics_api
+from batchd.api import webhooks as webhooks_api
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import BodyLimit, BodyTimeout, DocsContentPolicy, RateLimitHeaders
 from batchd.api.state import Services
@@ -128,6 +129,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.include_router(console.api)
     app.include_router(console.pages)
     app.include_router(metrics_api.router)
+    app.include_router(webhooks_api.router)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)

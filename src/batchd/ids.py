@@ -42,3 +42,15 @@ def chat_completion_id() -> str:
 
 def worker_id() -> str:
     return f"worker-{_token(12)}"
+
+
+def webhook_endpoint_id() -> str:
+    return f"whep_{_token()}"
+
+
+def event_id() -> str:
+    return f"evt_{_token()}"
+
+
+def delivery_id() -> str:
+    return f"whd_{_token()}"

@@ -12,7 +12,7 @@ from typing import Any
 _QUERY_SECRET = re.compile(
     r"(?i)([?&;](?:api[_-]?key|key|token|access[_-]?token|secret|password|auth|authorization)"
     r"=)[^&;\s\"']*")
-_KEY_LIKE = re.compile(r"\b((?:bd|sk)-)[A-Za-z0-9_\-]{8,}")
+_KEY_LIKE = re.compile(r"\b((?:bd|sk)-|whsec_)[A-Za-z0-9_\-+/=]{8,}")
 MASK = "[REDACTED]"
 
 

@@ -61,6 +61,10 @@ CHUNKS_RECLAIMED = Counter(
 CRASH_RECOVERIES = Counter(
     "batchd_crash_recoveries", "Chunks whose previous run died with requests in flight (those "
     "requests were charged and run again).", registry=REGISTRY)
+WEBHOOK_DELIVERIES = Counter(
+    "batchd_webhook_deliveries", "Webhook delivery attempts by this process, by outcome "
+    "(delivered, retry: failed and due again, failed: given up).", ["outcome"],
+    registry=REGISTRY)
 WORKER_STARTS = Counter("batchd_worker_starts", "Times a worker started in this process.",
                         registry=REGISTRY)
 

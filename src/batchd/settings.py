@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     request_retries: int = Field(default=1, ge=0, description="retries after a timeout/crash")
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
+    webhook_allowed_hosts: str | None = Field(
+        default=None, description="comma-separated hosts webhooks may call (*.example.com "
+                                  "for subdomains); default: any host")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="longest wait for a webhook receiver's answer")
+    webhook_first_retry_seconds: float = Field(
+        default=5.0, gt=0, description="first wait before a failed delivery is tried again "
+                                       "(later waits grow to ~a day in all)")
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="serve /metrics on this port too, without a "
                                                   "key (API and worker processes)")

@@ -194,3 +194,38 @@ class Lease:
 
     owner: str
     generation: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookEndpoint(_Record):
+    id: str
+    owner: str
+    url: str
+    events: list[str]
+    secret: str
+    created_at: int
+    disabled_at: int | None = None
+    disabled_reason: str | None = None
+    deleted_at: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookEvent(_Record):
+    id: str
+    owner: str
+    type: str
+    created_at: int
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookDelivery(_Record):
+    id: str
+    event_id: str
+    endpoint_id: str
+    state: str  # pending, delivered, failed
+    attempts: int
+    next_attempt_at: float
+    created_at: int
+    lease_until: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)

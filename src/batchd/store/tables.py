@@ -151,3 +151,46 @@ housekeeping = Table(
     Column("job", String(40), primary_key=True),
     Column("due_at", Float, nullable=False),
 )
+
+# Webhooks: endpoints per owner, events recorded in the transaction that changes a batch's
+# status (the outbox), and one delivery per (event, endpoint) with its attempts.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("secret", String(200), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("disabled_at", BigInteger),
+    Column("disabled_reason", Text),
+    Column("deleted_at", BigInteger),
+    Index("ix_webhook_endpoints_owner", "owner"),
+)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("type", String(40), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("data", JSON, nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("event_id", String(64), ForeignKey("webhook_events.id"), nullable=False),
+    Column("endpoint_id", String(64), ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("state", String(20), nullable=False),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_until", Float),  # a sender holds it until then
+    Column("created_at", BigInteger, nullable=False),
+    Column("history", JSON, nullable=False, default=list),  # [{"at", "status", "error"}]
+    Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    Index("ix_webhook_deliveries_endpoint", "endpoint_id", "created_at"),
+)

@@ -35,15 +35,15 @@ from batchd.store.records import (
 from batchd.store.sql import (
     ACTIVE,
     QuotaExceeded,
-    SqlStore,
     as_row,
     done_values,
     live_values,
     shielded,
 )
+from batchd.store.webhooks import WebhookStore
 
 
-class WorkStore(SqlStore):
+class WorkStore(WebhookStore):
     """Claims, heartbeats, checkpoints and commits, all fenced by lease generation."""
 
     # --- batch-level work: validation and assembly ----------------------------------------
@@ -178,14 +178,19 @@ class WorkStore(SqlStore):
         self, batch_id: str, lease: Lease, *, errors: list[dict[str, Any]], now: int
     ) -> bool:
         async with self._write() as conn:
-            result = await conn.execute(
+            owner = (await conn.execute(
                 update(t.batches)
                 .where(self._batch_fence(batch_id, lease),
                        t.batches.c.status == BatchStatus.VALIDATING)
                 .values(status=BatchStatus.FAILED, failed_at=now, errors=errors,
                         lease_owner=None, lease_expires_at=None)
-            )
-            return result.rowcount == 1
+                .returning(t.batches.c.owner)
+            )).scalar_one_or_none()
+            if owner is None:
+                return False
+            await self.record_event(conn, owner=owner, type_="batch.failed",
+                                    data={"id": batch_id}, now=now)
+            return True
 
     @shielded
     async def finish_batch(
@@ -201,7 +206,7 @@ class WorkStore(SqlStore):
             BatchStatus.EXPIRED: "expired_at", BatchStatus.FAILED: "failed_at",
         }[status]
         async with self._write() as conn:
-            result = await conn.execute(
+            owner = (await conn.execute(
                 update(t.batches)
                 .where(self._batch_fence(batch_id, lease), b.status.in_(ACTIVE))
                 .values(
@@ -213,9 +218,13 @@ class WorkStore(SqlStore):
                     cached_tokens=counts.cached_tokens,
                     lease_owner=None, lease_expires_at=None,
                 )
-            )
-            if result.rowcount != 1:
+                .returning(b.owner)
+            )).scalar_one_or_none()
+            if owner is None:
                 return False
+            # The notice commits with the status change (webhooks' outbox).
+            await self.record_event(conn, owner=owner, type_=f"batch.{status.value}",
+                                    data={"id": batch_id}, now=now)
             for record in (output_file, error_file):
                 if record is not None:
                     await conn.execute(t.files.insert().values(

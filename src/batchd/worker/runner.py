@@ -16,6 +16,7 @@ from batchd import metrics
 from batchd.backends import outage
 from batchd.files import FileService, blob_key
 from batchd.store.records import Chunk, Lease
+from batchd.webhooks.sender import WebhookSender
 from batchd.worker.batch_tasks import run_batch_task
 from batchd.worker.capacity import MIXED, Capacity
 from batchd.worker.chunks import ChunkRun, StartWindow
@@ -41,12 +42,15 @@ class Worker:
         self._outage_seen = 0.0  # when a step last met the outage (monotonic)
         self.files = FileService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
                                  settings=ctx.settings)
+        self.webhooks = WebhookSender(store=ctx.store, clock=ctx.clock, settings=ctx.settings)
 
     def start(self) -> None:
         """Start the loops as named tasks; `stop()` ends them."""
         loops = [("batch-tasks", self._poll("batch task", self.run_one_batch_task)),
                  ("housekeeping", self._housekeeping()),
-                 ("chunks", self._claim_chunks())]
+                 ("chunks", self._claim_chunks()),
+                 # Its own loop: a slow receiver never holds up batch work.
+                 ("webhooks", self._poll("webhook delivery", self.webhooks.step))]
         if self.ctx.store.postgres:  # other hosts' new work wakes this worker at once
             loops.append(("listen", self.ctx.store.listen_for_work(self.wake,
                                                                    self._stopping)))
@@ -71,6 +75,7 @@ class Worker:
         self._stopping.set()
         self.wake()
         if not self._tasks:
+            await self.webhooks.aclose()
             return
         _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
         for task in pending:
@@ -78,6 +83,7 @@ class Worker:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.webhooks.aclose()
 
     async def _claim_chunks(self) -> None:
         """Claim chunks while a model has room for one (worker/capacity.py); each runs as its
@@ -244,5 +250,6 @@ class Worker:
             await self.files.purge_deleted()
             progressed = await self.run_one_batch_task()
             progressed = await self.run_one_chunk() or progressed
+            progressed = await self.webhooks.step() or progressed
             if not progressed:
                 return
