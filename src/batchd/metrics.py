@@ -11,6 +11,7 @@ them: use `max()` across processes, not `sum()`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -69,13 +70,27 @@ WORKER_STARTS = Counter("batchd_worker_starts", "Times a worker started in this 
                         registry=REGISTRY)
 
 
+RATE_WINDOW = 30.0  # seconds over which batchd_engine_tokens_per_second is measured
+
+
 class _Callbacks(Collector):
-    """Gauges read at scrape time: engines' busy slots, and the store-wide snapshot."""
+    """Gauges read at scrape time: engines' busy slots and recent tokens/s, and the
+    store-wide snapshot."""
 
     def __init__(self) -> None:
         self.busy: Callable[[], dict[str, tuple[int, int]]] | None = None
         self.snapshot: dict[str, dict[str, int]] = {}
         self.snapshot_at = 0.0
+        self.generated: dict[str, collections.deque[tuple[float, int]]] = {}
+
+    def tokens_per_second(self) -> dict[str, float]:
+        now = time.monotonic()
+        rates = {}
+        for model, recent in self.generated.items():
+            while recent and recent[0][0] < now - RATE_WINDOW:
+                recent.popleft()
+            rates[model] = sum(n for _, n in recent) / RATE_WINDOW
+        return rates
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         busy = GaugeMetricFamily("batchd_engine_busy_slots", "Requests in flight on each "
@@ -87,6 +102,13 @@ class _Callbacks(Collector):
             slots.add_metric([model], size)
         yield busy
         yield slots
+        speed = GaugeMetricFamily("batchd_engine_tokens_per_second", "Completion tokens "
+                                  f"per second each model generated for batches in this "
+                                  f"process, over the last {RATE_WINDOW:g} s.",
+                                  labels=["model"])
+        for model, rate in self.tokens_per_second().items():
+            speed.add_metric([model], rate)
+        yield speed
         statuses = GaugeMetricFamily("batchd_batches", "Batches by status (the whole store).",
                                      labels=["status"])
         for status, n in self.snapshot.get("batches", {}).items():
@@ -117,6 +139,9 @@ def finished(model: str | None, *, ok: bool, prompt: int, cached: int, completio
     for kind, n in (("prompt", prompt), ("cached", cached), ("completion", completion)):
         if n:
             TOKENS.labels(name, kind).inc(n)
+    if completion:
+        CALLBACKS.generated.setdefault(name, collections.deque()).append(
+            (time.monotonic(), completion))
 
 
 async def refresh_store_gauges(read: Callable[[], Any], *, every: float = 10.0) -> None:

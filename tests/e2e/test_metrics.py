@@ -83,6 +83,7 @@ def test_metrics_count_requests_batches_and_tokens(server: Server, metrics_port:
     assert value(found, "batchd_batches", status="completed") == 1
     assert value(found, "batchd_worker_starts_total") == 1
     assert value(found, "batchd_engine_slots", model="instant-model") > 0
+    assert value(found, "batchd_engine_tokens_per_second", model="instant-model") > 0
     assert ("batchd_running_chunks", ()) in found
     # The same, without a key, on the metrics port.
     scraped = samples(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
