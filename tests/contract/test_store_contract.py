@@ -148,6 +148,23 @@ async def test_a_stale_lease_cannot_heartbeat_checkpoint_or_commit(stores: Store
                                         now=int(later))
 
 
+async def test_assembly_fences_out_a_worker_whose_lease_lapsed(stores: Stores) -> None:
+    store = await stores()
+    batch_id = await running_batch(store, chunks=1)
+    claim = await store.claim_chunk(worker="slow", now=NOW, lease_seconds=LEASE)
+    assert claim is not None
+    await store.request_cancel(batch_id, owner=None, now=int(NOW))
+    later = NOW + LEASE + 1  # the slow worker's lease lapsed; the batch is assembled
+    assembly = await store.claim_batch_task(worker="assembler", now=later, lease_seconds=LEASE)
+    assert assembly is not None and assembly[0].id == batch_id
+    late = [{"ok": "batches/x/parts/late", "err": None, "n_ok": 1, "n_err": 0}]
+    assert not await store.checkpoint_chunk(claim[0], claim[1], parts=late,
+                                            committed=ChunkProgress(n_ok=1), now=later,
+                                            lease_seconds=LEASE)
+    [chunk] = await store.list_chunks(batch_id)
+    assert chunk.parts == []
+
+
 async def test_racing_creates_cannot_pass_the_unfinished_batch_limit(stores: Stores) -> None:
     api_processes = [await stores() for _ in range(4)]
 

@@ -15,7 +15,8 @@ from tests.conftest import INSTANT_MODELS, batch_line
 from tests.e2e.conftest import free_port, start_server, stop_server
 from tests.webhook_receiver import receiving
 
-ENV = {"BATCHD_WEBHOOK_FIRST_RETRY_SECONDS": "0.5"}
+ENV = {"BATCHD_WEBHOOK_FIRST_RETRY_SECONDS": "0.5",
+       "BATCHD_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}  # the receiver is local
 
 
 def test_a_delivery_pending_at_kill_9_is_made_after_the_restart(tmp_path: Path) -> None:

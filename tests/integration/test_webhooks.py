@@ -9,9 +9,16 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from batchd.settings import Settings
 from batchd.webhooks.sender import BACKOFF
 from tests.conftest import Harness, Tenants, batch_line
 from tests.webhook_receiver import Receiver, receiving
+
+
+@pytest.fixture(autouse=True)
+def local_receivers_allowed(settings: Settings) -> None:
+    """The test receivers listen on 127.0.0.1, an address batchd refuses unless listed."""
+    settings.webhook_allowed_hosts = "127.0.0.1"
 
 
 @pytest.fixture
@@ -130,6 +137,11 @@ async def test_endpoints_are_checked_owned_and_rotated(harness: Harness,
         assert response.status_code == status, (url, response.text)
     alice, bob = await tenants.client("alice"), await tenants.client("bob")
     harness.settings.webhook_allowed_hosts = None
+    # No allow-list: public hosts only; addresses inside the network are refused.
+    for url in ("http://127.0.0.1:9/x", "http://169.254.169.254/latest", "http://[::1]/x",
+                "http://10.1.2.3/x", "http://localhost/x", "http://h:abc/x"):
+        response = await harness.client.post("/admin/webhooks", json={"url": url})
+        assert response.status_code == 400, (url, response.text)
     mine = (await alice.post("/admin/webhooks", json={"url": "https://x.example/h"})).json()
     assert mine["owner"] == "alice"
     assert (await bob.get(f"/admin/webhooks/{mine['id']}")).status_code == 404
@@ -149,3 +161,29 @@ async def test_a_test_event_reaches_the_endpoint(harness: Harness, receiver: Rec
     await harness.worker.drain()
     got = unwrap(receiver, str(endpoint["secret"]))
     assert got.type == "webhook.test"  # type: ignore[attr-defined]
+
+
+async def test_deliveries_waiting_when_an_endpoint_is_disabled_go_out_once_it_is_enabled(
+    harness: Harness, receiver: Receiver,
+) -> None:
+    receiver.status = 500
+    endpoint = await register(harness.client, receiver.url)
+    await harness.run_batch([batch_line("first")])
+    first_retry = harness.settings.webhook_first_retry_seconds
+    for n, factor in enumerate(BACKOFF):
+        if n == len(BACKOFF) - 1:  # a second event, late in the first one's retries
+            await harness.run_batch([batch_line("second")])
+        harness.clock.advance(factor * first_retry + 0.5)
+        await harness.worker.drain()
+    state = (await harness.client.get(f"/admin/webhooks/{endpoint['id']}")).json()
+    assert state["status"] == "disabled"
+    deliveries = (await harness.client.get(
+        f"/admin/webhooks/{endpoint['id']}/deliveries")).json()["data"]
+    assert sorted(d["state"] for d in deliveries) == ["failed", "pending"]
+    receiver.status = 200
+    await harness.client.post(f"/admin/webhooks/{endpoint['id']}/enable")
+    harness.clock.advance(10 * 3600)
+    await harness.worker.drain()
+    deliveries = (await harness.client.get(
+        f"/admin/webhooks/{endpoint['id']}/deliveries")).json()["data"]
+    assert sorted(d["state"] for d in deliveries) == ["delivered", "failed"]

@@ -56,9 +56,8 @@ async def retry_batch(request: Request, caller: Caller, batch_id: str) -> BatchO
     a finished batch that failed, were cancelled or expired (same custom_ids and bodies),
     with `metadata.retry_of` naming the original. It is validated and limited like any
     new batch. 409 while the batch has not finished; 400 when nothing is left to retry."""
-    batch = await services(request).retries.retry(
-        scope=caller.scope, batch_id=batch_id, tier=caller.tier_name,
-        max_concurrent=caller.tier.max_concurrent_batches)
+    svc = services(request)
+    batch = await svc.retries.retry(scope=caller.scope, batch_id=batch_id, tiers=svc.tiers)
     _wake_worker(request)
     return batch
 

@@ -21,6 +21,7 @@ from batchd.webhooks.targets import allowed_hosts, check_url
 router = APIRouter(prefix="/admin/webhooks", tags=["webhooks"],
                    route_class=AuthenticatedRoute)
 
+MAX_ENDPOINTS = 20  # per owner: each terminal batch writes one delivery per endpoint
 EVENT_TYPES = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled")
 EventType = Literal["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
 
@@ -100,7 +101,9 @@ async def create_endpoint(request: Request, caller: Caller,
     endpoint = WebhookEndpoint(id=ids.webhook_endpoint_id(), owner=body.owner or caller.owner,
                                url=url, events=list(body.events or EVENT_TYPES),
                                secret=new_secret(), created_at=int(svc.clock.now()))
-    await svc.store.insert_endpoint(endpoint)
+    if not await svc.store.insert_endpoint(endpoint, max_per_owner=MAX_ENDPOINTS):
+        raise InvalidRequest(f"An owner may have at most {MAX_ENDPOINTS} webhook endpoints; "
+                             "delete one first.", code="too_many_endpoints", param="url")
     return EndpointWithSecret(**EndpointObject.of(endpoint).model_dump(),
                               secret=endpoint.secret)
 

@@ -92,9 +92,8 @@ async def output_page(store: MetadataStore, blobs: BlobStore, batch: BatchRecord
         raise Conflict("The batch's output file was deleted; its results cannot be read "
                        "any more.", code="output_file_missing")
     if any("n_ok" not in part for chunk in chunks for part in chunk.parts):
-        if after.base or after.read:
-            raise Conflict("This batch finished before batchd counted result lines per part; "
-                           "read its output file instead.", code="cursor_unsupported")
+        raise Conflict("This batch finished before batchd counted result lines per part; "
+                       "read its output file instead.", code="cursor_unsupported")
     return await asyncio.to_thread(_from_output_file, blobs, output.blob_key, chunks, after,
                                    limit)
 
@@ -123,16 +122,21 @@ def _from_output_file(blobs: BlobStore, key: str, chunks: list[Chunk], after: Fr
     """The output file holds every chunk's ok-part lines in (chunk, part) order."""
     lines: list[bytes] = []
     frontier = Frontier(after.base, dict(after.read))
-    source = iter(blobs.lines(key))
+    offset = _first_unread_offset(chunks, frontier)
+    source = iter(blobs.lines(key, offset or 0))
     more = False
+    # Parts before the first unread one are behind `source` already (unless sizes are unknown).
+    skipping = offset is not None
     for chunk in chunks:
         start = frontier.done_with(chunk.chunk_no)
         for index, part in enumerate(chunk.parts):
             count = int(part.get("n_ok", 0) or 0) if part.get("ok") else 0
             if index < start:
-                for _ in range(count):
-                    next(source, None)  # read before: skip
+                if not skipping:
+                    for _ in range(count):
+                        next(source, None)  # read before: skip
                 continue
+            skipping = False
             if len(lines) >= limit:
                 more = True
                 break
@@ -142,3 +146,19 @@ def _from_output_file(blobs: BlobStore, key: str, chunks: list[Chunk], after: Fr
             break
     frontier.compact({c.chunk_no: len(c.parts) for c in chunks})
     return Page(lines=lines, after=frontier, more=more)
+
+
+def _first_unread_offset(chunks: list[Chunk], frontier: Frontier) -> int | None:
+    """Where in the output file the first part not yet read begins (None if a part before it
+    does not say its size): pages after the first do not reread the file from the start."""
+    offset = 0
+    for chunk in chunks:
+        start = frontier.done_with(chunk.chunk_no)
+        for index, part in enumerate(chunk.parts):
+            if index >= start:
+                return offset
+            if part.get("ok"):
+                if "b_ok" not in part:
+                    return None
+                offset += int(part["b_ok"])
+    return offset

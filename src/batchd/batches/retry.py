@@ -16,8 +16,9 @@ from batchd import ids
 from batchd.batches.lifecycle import MAX_METADATA_PAIRS, BatchService
 from batchd.batches.schemas import BatchObject, CreateBatchRequest
 from batchd.clock import Clock
-from batchd.errors import Conflict, InvalidRequest, NotFound
+from batchd.errors import BatchdError, Conflict, InvalidRequest, NotFound
 from batchd.files import BATCH_FILE_EXPIRY, blob_key
+from batchd.limits.tiers import TiersFile
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, BatchStatus, FileRecord
@@ -28,11 +29,14 @@ class BatchRetry:
                  clock: Clock) -> None:
         self.store, self.blobs, self.batches, self.clock = store, blobs, batches, clock
 
-    async def retry(self, *, scope: str | None, batch_id: str, tier: str | None,
-                    max_concurrent: int | None) -> BatchObject:
+    async def retry(self, *, scope: str | None, batch_id: str, tiers: TiersFile) -> BatchObject:
         original = await self.store.get_batch(batch_id, owner=scope)
         if original is None:
             raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+        # The new batch is the owner's, under the original's tier and its limits (an admin
+        # retrying it does not lend it the admin's).
+        tier = original.tier if original.tier in tiers.tiers else tiers.default_tier
+        max_concurrent = tiers.tiers[tier].max_concurrent_batches
         if not original.status.terminal:
             raise Conflict(f"Batch {batch_id} is still {original.status.value}; retry it once "
                            "it has finished (or cancel it first).", code="batch_not_finished")
@@ -59,11 +63,19 @@ class BatchRetry:
             raise InvalidRequest(_nothing_to_retry(original), code="nothing_to_retry",
                                  param="batch_id")
         now = int(self.clock.now())
-        await self.store.insert_file(FileRecord(
-            id=file_id, owner=original.owner, purpose="batch",
-            filename=f"{original.id}_retry.jsonl", bytes=size, created_at=now,
-            expires_at=now + BATCH_FILE_EXPIRY, status="processed", blob_key=key))
-        return await self._create(original, file_id, tier, max_concurrent)
+        try:
+            await self.store.insert_file(FileRecord(
+                id=file_id, owner=original.owner, purpose="batch",
+                filename=f"{original.id}_retry.jsonl", bytes=size, created_at=now,
+                expires_at=now + BATCH_FILE_EXPIRY, status="processed", blob_key=key))
+        except BaseException:
+            await asyncio.to_thread(self.blobs.delete, key)
+            raise
+        try:
+            return await self._create(original, file_id, tier, max_concurrent)
+        except BatchdError:  # refused (a limit): the file is of no use to anyone
+            await self.store.delete_file(file_id, owner=None, now=now)
+            raise
 
     async def _create(self, original: BatchRecord, input_file_id: str, tier: str | None,
                       max_concurrent: int | None) -> BatchObject:
@@ -72,16 +84,21 @@ class BatchRetry:
             request=CreateBatchRequest(
                 input_file_id=input_file_id, endpoint=original.endpoint,
                 completion_window=original.completion_window,
-                metadata=_metadata(original)))
+                metadata=_metadata(original),
+                output_expires_after=(
+                    {"anchor": "created_at", "seconds": original.output_expires_after}
+                    if original.output_expires_after else None)))
 
     def _write_input(self, errors_key: str, input_key: str, key: str) -> tuple[int, int]:
         """Copy the input lines whose custom_id is in the error file; (lines, bytes)."""
         failed = set()
         for raw in self.blobs.lines(errors_key):
             try:
-                failed.add(orjson.loads(raw)["custom_id"])
+                custom_id = orjson.loads(raw)["custom_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
+            if isinstance(custom_id, str):
+                failed.add(custom_id)
         lines = size = 0
         with self.blobs.writer(key) as out:
             for raw in self.blobs.lines(input_key):
@@ -91,7 +108,7 @@ class BatchRetry:
                     custom_id = orjson.loads(raw).get("custom_id")
                 except (orjson.JSONDecodeError, AttributeError):
                     continue
-                if custom_id in failed:
+                if isinstance(custom_id, str) and custom_id in failed:
                     failed.discard(custom_id)  # once, as in the original
                     line = raw if raw.endswith(b"\n") else raw + b"\n"
                     out.write(line)

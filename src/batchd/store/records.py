@@ -135,7 +135,8 @@ class ChunkPlan:
 
 
 # One committed result part of a chunk (write-once blobs): {"ok": key | None, "err": key | None,
-# "n_ok": lines, "n_err": lines}. Parts written before the counts existed have only the keys.
+# "n_ok": lines, "n_err": lines, "b_ok": bytes of the ok lines}. Parts written before the
+# counts existed have only the keys.
 Part = dict[str, Any]
 
 

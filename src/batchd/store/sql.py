@@ -103,11 +103,14 @@ class SqlStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.postgres = make_url(url).get_backend_name() == "postgresql"
+        # hide_parameters: an error's text never carries the statement's values (a signing
+        # secret, a key hash) into a log or traceback.
         if self.postgres:
             self._engine: AsyncEngine = create_async_engine(
-                url, pool_pre_ping=True, connect_args=_POSTGRES_CONNECT_ARGS)
+                url, pool_pre_ping=True, connect_args=_POSTGRES_CONNECT_ARGS,
+                hide_parameters=True)
         else:
-            self._engine = create_async_engine(url)
+            self._engine = create_async_engine(url, hide_parameters=True)
             event.listen(self._engine.sync_engine, "connect", _set_sqlite_pragmas)
         # SQLite allows one writer at a time. Writers of this process queue here instead of
         # spinning in SQLite's busy handler (which sleeps in steps of up to 100 ms); other
@@ -141,7 +144,7 @@ class SqlStore:
             # Its own engine: a migration of a big table may run for minutes, past the
             # command timeout that everyday statements have.
             engine = create_async_engine(
-                self.url, poolclass=NullPool,
+                self.url, poolclass=NullPool, hide_parameters=True,
                 connect_args={**_POSTGRES_CONNECT_ARGS, "command_timeout": None})
             try:
                 async with engine.begin() as conn:

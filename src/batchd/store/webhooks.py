@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batchd import ids
@@ -18,13 +18,29 @@ from batchd.store.records import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from batchd.store.sql import SqlStore, as_row, owned, shielded
 
 
+class _TooMany(Exception):
+    """Rolls the insert back: the owner has as many endpoints as allowed."""
+
+
 class WebhookStore(SqlStore):
     # --- endpoints ---------------------------------------------------------------------------
 
     @shielded
-    async def insert_endpoint(self, endpoint: WebhookEndpoint) -> None:
-        async with self._write() as conn:
-            await conn.execute(t.webhook_endpoints.insert().values(**as_row(endpoint)))
+    async def insert_endpoint(self, endpoint: WebhookEndpoint, *, max_per_owner: int) -> bool:
+        """Store it unless its owner already has `max_per_owner` endpoints (False then)."""
+        w = t.webhook_endpoints.c
+        try:
+            async with self._write() as conn:
+                await self._lock_owner(conn, endpoint.owner)
+                await conn.execute(t.webhook_endpoints.insert().values(**as_row(endpoint)))
+                count = (await conn.execute(
+                    select(func.count()).select_from(t.webhook_endpoints)
+                    .where(w.owner == endpoint.owner, w.deleted_at.is_(None)))).scalar_one()
+                if count > max_per_owner:
+                    raise _TooMany  # rolls the insert back
+        except _TooMany:
+            return False
+        return True
 
     async def list_endpoints(self, *, owner: str | None) -> list[WebhookEndpoint]:
         w = t.webhook_endpoints.c
@@ -93,10 +109,13 @@ class WebhookStore(SqlStore):
     async def claim_deliveries(
         self, *, now: float, lease_seconds: float, limit: int,
     ) -> list[tuple[WebhookDelivery, WebhookEvent, WebhookEndpoint]]:
-        """Lease due deliveries (pending and due, or held by a sender that vanished)."""
-        d = t.webhook_deliveries.c
+        """Lease due deliveries (pending and due, or held by a sender that vanished) of
+        enabled endpoints."""
+        d, w = t.webhook_deliveries.c, t.webhook_endpoints.c
+        # Deliveries to a disabled endpoint wait, pending, until it is enabled again.
+        enabled = select(w.id).where(w.id == d.endpoint_id, w.disabled_at.is_(None)).exists()
         due = (select(d.id)
-               .where(d.state == "pending", d.next_attempt_at <= now,
+               .where(d.state == "pending", d.next_attempt_at <= now, enabled,
                       or_(d.lease_until.is_(None), d.lease_until < now))
                .order_by(d.next_attempt_at).limit(limit)
                .with_for_update(skip_locked=True, of=t.webhook_deliveries))

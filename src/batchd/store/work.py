@@ -81,6 +81,15 @@ class WorkStore(WebhookStore):
                         lease_expires_at=now + lease_seconds)
                 .returning(*t.batches.c)
             )).mappings().first()
+            if row is not None and (row["status"] == BatchStatus.FINALIZING
+                                    or row["stop_reason"] is not None):
+                # Assembly is about to read the chunks: fence out any worker whose lease
+                # lapsed, so no part is added after they are read (it would be in no file).
+                await conn.execute(
+                    update(t.chunks)
+                    .where(ch.batch_id == row["id"], ch.state == ChunkState.LEASED)
+                    .values(generation=ch.generation + 1, owner=None,
+                            state=ChunkState.PENDING, lease_expires_at=None))
         if row is None:
             return None
         return BatchRecord.from_row(row), Lease(owner=worker, generation=row["lease_generation"])

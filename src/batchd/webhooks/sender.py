@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ipaddress
 import logging
 import time
 from typing import Any
@@ -50,8 +51,11 @@ def signed_headers(secret: str, event_id: str, timestamp: int, body: bytes) -> d
 class WebhookSender:
     def __init__(self, *, store: MetadataStore, clock: Clock, settings: Settings) -> None:
         self.store, self.clock, self.settings = store, clock, settings
-        self.allowed = allowed_hosts(settings.webhook_allowed_hosts)
         self._http: httpx.AsyncClient | None = None  # opened at the first delivery
+
+    @property
+    def allowed(self) -> tuple[str, ...] | None:
+        return allowed_hosts(self.settings.webhook_allowed_hosts)
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -104,19 +108,37 @@ class WebhookSender:
         host = urlsplit(endpoint.url).hostname or ""
         if not host_allowed(host, self.allowed):
             return None, f"host '{host}' is not on the allow-list"
+        if self.allowed is None:  # no allow-list: never an address inside the network
+            refused = await internal_address(host)
+            if refused:
+                return None, f"host '{host}' resolves to {refused}: not on the allow-list"
         body = event_body(event)
         # The receiver checks the timestamp against its own clock (replay protection): it
         # is the wall clock of the moment of sending, whatever clock schedules the attempts.
         sent_at = int(time.time())
+        limit = self.settings.webhook_timeout_seconds
         try:
-            response = await self._client().post(
-                endpoint.url, content=body,
-                headers=signed_headers(endpoint.secret, event.id, sent_at, body))
-        except httpx.TimeoutException:
-            return None, f"no answer within {self.settings.webhook_timeout_seconds:g} s"
+            # One deadline for the whole attempt (connect, send, answer): a receiver that
+            # trickles bytes cannot hold a delivery past it.
+            async with asyncio.timeout(limit), self._client().stream(
+                    "POST", endpoint.url, content=body,
+                    headers=signed_headers(endpoint.secret, event.id, sent_at, body)
+            ) as response:
+                read = 0
+                async for piece in response.aiter_raw():  # the body is not kept
+                    read += len(piece)
+                    if read > _MAX_ANSWER:
+                        break
+                status = response.status_code
+        except TimeoutError:
+            return None, f"no answer within {limit:g} s"
+        except httpx.InvalidURL as exc:
+            return None, f"invalid URL ({exc})"
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {str(exc)[:200] or 'connection failed'}"
-        status = response.status_code
+        except Exception as exc:  # never let one delivery stop the others
+            log.warning("webhook delivery %s failed: %r", event.id, exc)
+            return None, f"{type(exc).__name__}"
         if 200 <= status < 300:
             return status, None
         if 300 <= status < 400:
@@ -124,6 +146,23 @@ class WebhookSender:
         return status, f"HTTP {status}"
 
 
+_MAX_ANSWER = 64 * 1024  # of a receiver's answer, read and dropped
+
+
+async def internal_address(host: str) -> str | None:
+    """The first address of `host` that is loopback, private, link-local or otherwise not
+    public (None: all are public; a name that does not resolve is left to the request)."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError:
+        return None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not address.is_global:
+            return str(address)
+    return None
+
+
 def error_is_final(error: str | None) -> bool:
-    """Failures that retrying cannot fix (the URL's host is not allowed)."""
-    return bool(error) and "allow-list" in str(error)
+    """Failures that retrying cannot fix (a host that is not allowed, a URL that is not one)."""
+    return bool(error) and ("allow-list" in str(error) or str(error).startswith("invalid URL"))

@@ -1,9 +1,15 @@
-"""Which URLs batchd may call: http(s) only, and (when the operator sets an allow-list) only
-the hosts on it, so that a key cannot make batchd call addresses inside the network."""
+"""Which URLs batchd may call: http(s) only. With an allow-list (BATCHD_WEBHOOK_ALLOWED_HOSTS),
+only the hosts on it, which the operator trusts wherever they resolve. Without one, any
+public host: never loopback, private, link-local or reserved addresses (checked as a literal
+at registration, and as resolved at every delivery), so that a key cannot make batchd call
+addresses inside the network."""
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
+
+import httpx
 
 from batchd.errors import InvalidRequest
 
@@ -38,8 +44,29 @@ def check_url(url: str, allowed: tuple[str, ...] | None) -> str:
         raise InvalidRequest("Invalid 'url': credentials in the URL are not allowed (the "
                              "signature authenticates batchd).", code="invalid_value",
                              param="url")
+    try:
+        httpx.URL(url)  # what the sender will parse
+    except httpx.InvalidURL as exc:
+        raise InvalidRequest(f"Invalid 'url': {exc}.", code="invalid_value",
+                             param="url") from exc
     if not host_allowed(host, allowed):
         raise InvalidRequest(f"Invalid 'url': the host '{host}' is not on this server's "
                              "webhook allow-list (BATCHD_WEBHOOK_ALLOWED_HOSTS).",
                              code="host_not_allowed", param="url")
+    if allowed is None and _internal_literal(host):
+        raise InvalidRequest(f"Invalid 'url': '{host}' is an address inside the network; "
+                             "list it in BATCHD_WEBHOOK_ALLOWED_HOSTS to allow it.",
+                             code="host_not_allowed", param="url")
     return url
+
+
+def _internal_literal(host: str) -> bool:
+    """An IP literal or name that is plainly not public (names are checked again, resolved,
+    at each delivery)."""
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain") or host.lower(
+            ).endswith(".localhost"):
+        return True
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_global
+    except ValueError:
+        return False

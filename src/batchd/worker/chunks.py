@@ -485,7 +485,8 @@ class ChunkRun:
             return None, res.committed
         ok, err, pending = res.take()
         self._part_seq += 1
-        part: Part = {"ok": None, "err": None, "n_ok": len(ok), "n_err": len(err)}
+        part: Part = {"ok": None, "err": None, "n_ok": len(ok), "n_err": len(err),
+                      "b_ok": sum(map(len, ok))}
         try:
             for kind, lines in (("ok", ok), ("err", err)):
                 if lines:
