@@ -14,6 +14,7 @@ from fastapi_offline import FastAPIOffline
 from batchd import __version__, metrics
 from batchd.api import admin, batches, chat, console, files, models
 from batchd.api import metrics as metrics_api
+from batchd.api import uploads as uploads_api
 from batchd.api import webhooks as webhooks_api
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import BodyLimit, BodyTimeout, DocsContentPolicy, RateLimitHeaders
@@ -30,6 +31,7 @@ from batchd.limits.ratelimit import RateLimiter
 from batchd.limits.tiers import load_tiers
 from batchd.settings import Settings
 from batchd.store.metadata import MetadataStore
+from batchd.uploads import UploadService
 from batchd.worker.context import WorkerContext
 from batchd.worker.identity import WorkerIdentity
 from batchd.worker.runner import Worker
@@ -56,9 +58,12 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
         registry = load_registry(settings.models, created=int(clock.now()))
         await registry.start()
     batches = BatchService(store=store, clock=clock)
+    files = FileService(store=store, blobs=blobs, clock=clock, settings=settings)
     return Services(
         settings=settings, clock=clock, store=store, blobs=blobs, registry=registry,
-        files=FileService(store=store, blobs=blobs, clock=clock, settings=settings),
+        files=files,
+        uploads=UploadService(store=store, blobs=blobs, clock=clock, settings=settings,
+                              files=files),
         batches=batches,
         retries=BatchRetry(store=store, blobs=blobs, batches=batches, clock=clock),
         keys=KeyService(store=store, clock=clock),
@@ -130,6 +135,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.include_router(console.pages)
     app.include_router(metrics_api.router)
     app.include_router(webhooks_api.router)
+    app.include_router(uploads_api.router)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)

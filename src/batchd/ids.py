@@ -54,3 +54,11 @@ def event_id() -> str:
 
 def delivery_id() -> str:
     return f"whd_{_token()}"
+
+
+def upload_id() -> str:
+    return f"upload_{_token()}"
+
+
+def upload_part_id() -> str:
+    return f"part_{_token()}"

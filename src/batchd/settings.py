@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_requests_per_batch: int = Field(default=50_000, ge=1)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_batch_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_upload_total_bytes: int = Field(
+        default=8 * 1024 * 1024 * 1024, ge=1,
+        description="largest file sent in parts through /v1/uploads")
     max_listed_errors: int = Field(default=100, ge=1)
 
     chunk_lines: int = Field(default=256, ge=1, description="input lines per unit of work")

@@ -56,8 +56,10 @@ class StreamedUpload:
 
     def __init__(self, *, open_writer: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
                  limit_for: Callable[[str | None], int],
-                 too_large: Callable[[int], Exception], known_fields: tuple[str, ...]) -> None:
+                 too_large: Callable[[int], Exception], known_fields: tuple[str, ...],
+                 file_field: str = "file") -> None:
         self._open_writer = open_writer
+        self._file_field = file_field  # the part that holds the file's bytes
         self._known_fields = known_fields  # besides `file`: any other field is a 400
         self._limit_for = limit_for  # the size limit, given the purpose if already known
         self._too_large = too_large
@@ -79,7 +81,7 @@ class StreamedUpload:
         kind, options = parse_options_header(content_type or "")
         boundary = options.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
-            raise _missing("file")
+            raise _missing(self._file_field)
         parser = MultipartParser(boundary, {
             "on_part_begin": self._on_part_begin,
             "on_header_field": self._on_header_field,
@@ -96,11 +98,12 @@ class StreamedUpload:
                     parser.write(piece)
                 except ValueError as exc:  # python-multipart's parse errors are ValueErrors
                     raise InvalidRequest(f"Could not parse the multipart body: {exc}",
-                                         code="invalid_multipart", param="file") from exc
+                                         code="invalid_multipart",
+                                         param=self._file_field) from exc
                 await self._drain()
             parser.finalize()
             if not self._file_ended:
-                raise _missing("file")
+                raise _missing(self._file_field)
             await self._close(None)
         except BaseException as exc:
             await self._close(exc)
@@ -133,10 +136,11 @@ class StreamedUpload:
                 if b"filename" in options:
                     self._part.filename = options[b"filename"].decode("utf-8", "replace")
         field_name = self._part.name
-        if field_name == "file":
+        if field_name == self._file_field:
             if self._filename is not None:
                 self._errors.append(InvalidRequest(
-                    "Upload one file per request.", code="invalid_request", param="file"))
+                    "Upload one file per request.", code="invalid_request",
+                    param=self._file_field))
             self._part.is_file = True
             self._filename = self._part.filename or "upload"
         elif field_name not in self._known_fields:

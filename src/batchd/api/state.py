@@ -18,6 +18,7 @@ from batchd.limits.tiers import TiersFile
 from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
+from batchd.uploads import UploadService
 
 
 @dataclass(kw_only=True)
@@ -28,6 +29,7 @@ class Services:
     blobs: BlobStore
     registry: ModelRegistry
     files: FileService
+    uploads: UploadService
     batches: BatchService
     retries: BatchRetry
     keys: KeyService

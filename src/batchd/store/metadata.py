@@ -19,10 +19,11 @@ from batchd.store.records import (
     StopReason,
 )
 from batchd.store.sql import ACTIVE, ActiveBatchLimit, as_row, owned, shielded
+from batchd.store.uploads import UploadStore
 from batchd.store.work import WorkStore
 
 
-class MetadataStore(WorkStore):
+class MetadataStore(WorkStore, UploadStore):
     """Files, batches, chunks and keys, spoken about in domain verbs."""
 
     # --- keys -------------------------------------------------------------------------------

@@ -230,3 +230,26 @@ class WebhookDelivery(_Record):
     created_at: int
     lease_until: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadRecord(_Record):
+    id: str
+    owner: str
+    filename: str
+    purpose: str
+    mime_type: str
+    bytes: int
+    status: str
+    created_at: int
+    expires_at: int
+    file_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadPart(_Record):
+    id: str
+    upload_id: str
+    created_at: int
+    bytes: int
+    blob_key: str

@@ -194,3 +194,31 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
     Index("ix_webhook_deliveries_endpoint", "endpoint_id", "created_at"),
 )
+
+# Uploads API: a file sent in parts (each a blob, written as it arrives), joined on complete.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("purpose", String(40), nullable=False),
+    Column("mime_type", String(200), nullable=False),
+    Column("bytes", BigInteger, nullable=False),  # declared at creation
+    Column("status", String(20), nullable=False),  # pending, completed, cancelled, expired
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("file_id", String(64)),
+    Index("ix_uploads_status_expires", "status", "expires_at"),
+)
+
+upload_parts = Table(
+    "upload_parts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("upload_id", String(64), ForeignKey("uploads.id"), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("blob_key", Text, nullable=False),
+    Index("ix_upload_parts_upload", "upload_id"),
+)

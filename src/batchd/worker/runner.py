@@ -16,6 +16,7 @@ from batchd import metrics
 from batchd.backends import outage
 from batchd.files import FileService, blob_key
 from batchd.store.records import Chunk, Lease
+from batchd.uploads import UploadService
 from batchd.webhooks.sender import WebhookSender
 from batchd.worker.batch_tasks import run_batch_task
 from batchd.worker.capacity import MIXED, Capacity
@@ -43,6 +44,8 @@ class Worker:
         self.files = FileService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
                                  settings=ctx.settings)
         self.webhooks = WebhookSender(store=ctx.store, clock=ctx.clock, settings=ctx.settings)
+        self.uploads = UploadService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
+                                     settings=ctx.settings, files=self.files)
 
     def start(self) -> None:
         """Start the loops as named tasks; `stop()` ends them."""
@@ -222,6 +225,7 @@ class Worker:
         ctx = self.ctx
         expired = await ctx.store.mark_expired(now=int(ctx.clock.now()))
         await ctx.store.expire_files(now=int(ctx.clock.now()))
+        await self.uploads.expire()  # an hour old and not completed: parts removed
         return expired
 
     async def run_one_chunk(self) -> bool:
