@@ -47,10 +47,12 @@ $(PG_INITDB):
 
 # The whole suite on the embedded default (SQLite + the data dir, PostgreSQL and S3 for the
 # contract and scale-out tests), then the integration, end-to-end and fault suites once more
-# on PostgreSQL + S3 (a real PostgreSQL and SeaweedFS that the run starts and stops).
+# on PostgreSQL + S3 (a real PostgreSQL and SeaweedFS that the run starts and stops): all but
+# the tests that touch no store, and the random kill -9 test with 5 kill points instead of 10.
 test: lint $(CHROMIUM) $(PG_INITDB)
 	$(VENV)/bin/pytest
-	BATCHD_TEST_BACKEND=postgres-s3 $(VENV)/bin/pytest tests/integration tests/e2e tests/faults
+	BATCHD_TEST_BACKEND=postgres-s3 BATCHD_FAULT_KILLS=5 $(VENV)/bin/pytest -m "not backend_independent" \
+		tests/integration tests/e2e tests/faults
 
 # The console screenshots in docs/ (shown in the README) come from the browser tests.
 screenshots: $(STAMP) $(CHROMIUM)

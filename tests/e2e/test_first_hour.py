@@ -13,6 +13,10 @@ import pytest
 
 from tests.e2e.conftest import free_port
 
+# The default set-up (SQLite and the data dir) a newcomer gets: the same on every
+# backend, so run once.
+pytestmark = pytest.mark.backend_independent
+
 REPO = Path(__file__).resolve().parents[2]
 
 

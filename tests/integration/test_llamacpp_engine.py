@@ -12,6 +12,9 @@ from batchd.chat import ChatCompletionRequest
 from batchd.engines.base import Delta, EngineRequestError, Usage
 from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions, default_model_path
 
+# The engine alone: the same on every backend, so run once.
+pytestmark = pytest.mark.backend_independent
+
 
 def chat(content: str, **params: object) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate(

@@ -31,6 +31,9 @@ from batchd.settings import Settings
 from tests.conftest import Harness, batch_line
 from tests.e2e.conftest import free_port, start_llama_cpp_server
 
+# The upstream engine against a real server: the same on every backend, so run once.
+pytestmark = pytest.mark.backend_independent
+
 Maker = Callable[..., UpstreamEngine]
 
 
