@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -12,7 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from batchd.api.auth import Admin
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
+from batchd.backends import outage
 from batchd.metrics import CALLBACKS, REGISTRY
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["metrics"], route_class=AuthenticatedRoute)
 
@@ -23,8 +26,10 @@ async def metrics(request: Request, admin: Admin) -> Response:
     only). `BATCHD_METRICS_PORT` serves the same without a key on a bind of its own."""
     # A scrape sees the store as it is now (two aggregate queries); during an outage, the
     # last snapshot and its age.
-    with contextlib.suppress(Exception):
+    try:
         CALLBACKS.snapshot = await asyncio.wait_for(
             services(request).store.queue_snapshot(), 5)
         CALLBACKS.snapshot_at = time.time()
+    except Exception as exc:  # said by batchd_store_snapshot_age_seconds, and here
+        log.warning("metrics: the store-wide gauges are stale: %s", outage(exc) or repr(exc))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

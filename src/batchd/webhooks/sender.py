@@ -80,7 +80,7 @@ class WebhookSender:
     async def _deliver(self, delivery: WebhookDelivery, event: WebhookEvent,
                        endpoint: WebhookEndpoint) -> None:
         now = int(self.clock.now())
-        status, error = await self._attempt(event, endpoint)
+        status, error, final = await self._attempt(event, endpoint)
         delivered = status is not None and 200 <= status < 300
         attempt: dict[str, Any] = {"at": now, "status": status, "error": error}
         next_at: float | None = None
@@ -88,7 +88,7 @@ class WebhookSender:
         if not delivered:
             if endpoint.disabled_at is not None or endpoint.deleted_at is not None:
                 pass  # no more tries for an endpoint that was turned off
-            elif delivery.attempts + 1 <= len(BACKOFF) and not error_is_final(error):
+            elif delivery.attempts + 1 <= len(BACKOFF) and not final:
                 wait = BACKOFF[delivery.attempts] * self.settings.webhook_first_retry_seconds
                 next_at = self.clock.now() + wait
             else:
@@ -102,16 +102,18 @@ class WebhookSender:
                                         delivered=delivered, disable_reason=disable, now=now)
 
     async def _attempt(self, event: WebhookEvent,
-                       endpoint: WebhookEndpoint) -> tuple[int | None, str | None]:
+                       endpoint: WebhookEndpoint) -> tuple[int | None, str | None, bool]:
+        """(HTTP status, error, whether retrying cannot help: a host that is not allowed, a
+        URL that is not one)."""
         if endpoint.deleted_at is not None or endpoint.disabled_at is not None:
-            return None, "endpoint disabled"
+            return None, "endpoint disabled", False
         host = urlsplit(endpoint.url).hostname or ""
         if not host_allowed(host, self.allowed):
-            return None, f"host '{host}' is not on the allow-list"
+            return None, f"host '{host}' is not on the allow-list", True
         if self.allowed is None:  # no allow-list: never an address inside the network
             refused = await internal_address(host)
             if refused:
-                return None, f"host '{host}' resolves to {refused}: not on the allow-list"
+                return None, f"host '{host}' resolves to {refused}: not on the allow-list", True
         body = event_body(event)
         # The receiver checks the timestamp against its own clock (replay protection): it
         # is the wall clock of the moment of sending, whatever clock schedules the attempts.
@@ -131,19 +133,19 @@ class WebhookSender:
                         break
                 status = response.status_code
         except TimeoutError:
-            return None, f"no answer within {limit:g} s"
+            return None, f"no answer within {limit:g} s", False
         except httpx.InvalidURL as exc:
-            return None, f"invalid URL ({exc})"
+            return None, f"invalid URL ({exc})", True
         except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {str(exc)[:200] or 'connection failed'}"
+            return None, f"{type(exc).__name__}: {str(exc)[:200] or 'connection failed'}", False
         except Exception as exc:  # never let one delivery stop the others
             log.warning("webhook delivery %s failed: %r", event.id, exc)
-            return None, f"{type(exc).__name__}"
+            return None, f"{type(exc).__name__}", False
         if 200 <= status < 300:
-            return status, None
+            return status, None, False
         if 300 <= status < 400:
-            return status, f"HTTP {status}: redirects are not followed"
-        return status, f"HTTP {status}"
+            return status, f"HTTP {status}: redirects are not followed", False
+        return status, f"HTTP {status}", False
 
 
 _MAX_ANSWER = 64 * 1024  # of a receiver's answer, read and dropped
@@ -161,8 +163,3 @@ async def internal_address(host: str) -> str | None:
         if not address.is_global:
             return str(address)
     return None
-
-
-def error_is_final(error: str | None) -> bool:
-    """Failures that retrying cannot fix (a host that is not allowed, a URL that is not one)."""
-    return bool(error) and ("allow-list" in str(error) or str(error).startswith("invalid URL"))
