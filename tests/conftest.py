@@ -31,6 +31,13 @@ models:
   - id: slow-model
     engine: instant
     delay_seconds: 0.05
+  - id: embed-model
+    engine: instant
+    serves: [embeddings]
+    embedding_dimensions: 8
+  - id: both-model
+    engine: instant
+    serves: [chat, embeddings]
 """
 
 

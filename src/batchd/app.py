@@ -12,7 +12,17 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from batchd import __version__, metrics
-from batchd.api import admin, batches, chat, console, files, models
+from batchd.api import (
+    admin,
+    batches,
+    chat,
+    completions,
+    console,
+    embeddings,
+    files,
+    models,
+    responses,
+)
 from batchd.api import metrics as metrics_api
 from batchd.api import uploads as uploads_api
 from batchd.api import webhooks as webhooks_api
@@ -129,7 +139,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app = FastAPIOffline(title="batchd", version=__version__, lifespan=lifespan,
                          description="A self-hosted, OpenAI-compatible Batch API for open LLMs.")
     install_error_handlers(app)
-    for module in (files, batches, models, chat, admin):
+    for module in (files, batches, models, chat, responses, embeddings, completions, admin):
         app.include_router(module.router)
     app.include_router(console.api)
     app.include_router(console.pages)

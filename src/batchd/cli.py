@@ -302,7 +302,8 @@ def models_command(models: ModelsOpt = None) -> None:
         _fail(exc.problems)
     for entry in registry.config.models:
         aliases = f"  (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
-        typer.echo(f"{entry.id}  engine={entry.engine}{aliases}")
+        serves = ",".join(entry.serves)
+        typer.echo(f"{entry.id}  engine={entry.engine}  serves={serves}{aliases}")
 
 
 def main() -> None:

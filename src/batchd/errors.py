@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+# The names pydantic gives the members of a union in an error's location (`input.str`,
+# `prompt.list[int]`): they are not parameters and are left out of `param`.
+_UNION_MEMBER = re.compile(r"(str|int|float|bool|none|[a-z-]+\[.*\])")
 
 
 def param_path(loc: Sequence[object]) -> str | None:
@@ -12,6 +17,8 @@ def param_path(loc: Sequence[object]) -> str | None:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif _UNION_MEMBER.fullmatch(str(part)):
+            continue
         else:
             out += f".{part}" if out else str(part)
     return out or None

@@ -40,6 +40,18 @@ def chat_completion_id() -> str:
     return f"chatcmpl-{_serial()}"
 
 
+def text_completion_id() -> str:
+    return f"cmpl-{_serial()}"
+
+
+def response_id() -> str:
+    return f"resp_{_serial()}"
+
+
+def output_message_id() -> str:
+    return f"msg_{_serial()}"
+
+
 def worker_id() -> str:
     return f"worker-{_token(12)}"
 

@@ -77,3 +77,5 @@ def test_no_request_gets_a_server_error(api_schema: schemathesis.BaseSchema) -> 
         no_server_error()
         checked.append(operation.label)
     assert len(checked) >= 12, checked
+    assert {"POST /v1/responses", "POST /v1/embeddings", "POST /v1/completions",
+            "POST /v1/chat/completions", "POST /v1/uploads"} <= set(checked), checked

@@ -10,7 +10,7 @@ from tests.conftest import ENDPOINT, Harness, batch_line
     [
         ({"completion_window": "2h"}, "completion_window", "invalid_value"),
         ({"endpoint": "/v1/bogus"}, "endpoint", "invalid_value"),
-        ({"endpoint": "/v1/embeddings"}, "endpoint", "invalid_value"),
+        ({"endpoint": "/v1/moderations"}, "endpoint", "invalid_value"),
         ({"metadata": {"k": 3}}, "metadata.k", "invalid_type"),
         ({"metadata": {"k": "v" * 513}}, "metadata.k", "invalid_value"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_value"),

@@ -9,7 +9,8 @@ async def test_models_list_ids_and_aliases(harness: Harness) -> None:
     listed = (await harness.client.get("/v1/models")).json()
     assert listed["object"] == "list"
     ids = [m["id"] for m in listed["data"]]
-    assert ids == ["instant-model", "org/instant-alias", "org/second-alias", "slow-model"]
+    assert ids == ["instant-model", "org/instant-alias", "org/second-alias", "slow-model",
+                   "embed-model", "both-model"]
     assert all(m["object"] == "model" and "created" in m and m["owned_by"]
                for m in listed["data"])
 

@@ -214,3 +214,16 @@ async def test_a_batch_runs_on_an_upstream_server(harness: Harness) -> None:
     assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 3
     lines = await harness.lines_of(batch["output_file_id"])
     assert {line["response"]["body"]["model"] for line in lines} == {"remote-smol"}
+
+
+async def test_text_completions_are_forwarded_to_a_real_server(make_engine: Maker,
+                                                               llama_server: str) -> None:
+    from batchd.completions import CompletionRequest
+
+    engine = make_engine(llama_server)
+    request = CompletionRequest.model_validate(
+        {"model": "up", "prompt": "The capital of France is", "max_tokens": 5,
+         "temperature": 0})
+    result = await engine.complete(request)
+    assert result.choices[0].text and result.completion_tokens == 5
+    assert result.prompt_tokens > 0

@@ -2,34 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
 
 from batchd import ids
 from batchd.api.auth import Caller
+from batchd.api.realtime import HeldStream, engine_for, run_now
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
-from batchd.chat import (
-    SYSTEM_FINGERPRINT,
-    ChatCompletionRequest,
-    choice_object,
-    completion_object,
-    usage_object,
-)
+from batchd.chat import SYSTEM_FINGERPRINT, ChatCompletionRequest, usage_object
 from batchd.engines.base import Delta, Engine, Usage
-from batchd.errors import BatchdError, NotFound, ServerError
+from batchd.errors import BatchdError, ServerError
+from batchd.operations import CHAT
 
 router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=AuthenticatedRoute)
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -37,65 +28,14 @@ log = logging.getLogger(__name__)
 async def chat_completions(
     request: Request, caller: Caller, body: ChatCompletionRequest
 ) -> dict[str, Any] | StreamingResponse:
+    if not body.stream:
+        return await run_now(request, caller, CHAT, body, slots=body.n)
     svc = services(request)
-    if body.model not in svc.registry:
-        raise NotFound(f"The model '{body.model}' does not exist or you do not have access "
-                       "to it.", code="model_not_found", param="model")
-    engine = svc.registry.engine_for(body.model)
-    created = int(svc.clock.now())
-    if body.stream:
-        # Held until the last byte is sent; Starlette cancels the stream on disconnect.
-        release = svc.realtime.acquire(caller.key_id, body.n)
-        return _HeldStream(_sse(engine, body, created), release=release,
-                           media_type="text/event-stream", headers={"cache-control": "no-cache"})
-    with svc.realtime.hold(caller.key_id, body.n):
-        result = await _unless_disconnected(request, engine.chat(body))
-    return completion_object(
-        model=body.model, created=created,
-        choices=[choice_object(index=i, text=c.text, finish_reason=c.finish_reason,
-                               logprobs=c.logprobs) for i, c in enumerate(result.choices)],
-        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-        cached_tokens=result.cached_tokens,
-    )
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """`work`'s result; if the client goes away first, `work` is cancelled (an abandoned
-    generation would otherwise hold engine slots other callers are waiting for)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise ClientDisconnect()
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read: nothing else arrives)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-class _HeldStream(StreamingResponse):
-    """A stream that gives back what its caller held once it ends, however it ends."""
-
-    def __init__(self, content: AsyncIterator[bytes], *, release: Callable[[], None],
-                 media_type: str, headers: dict[str, str]) -> None:
-        super().__init__(content, media_type=media_type, headers=headers)
-        self._release = release
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._release()
+    engine = engine_for(svc.registry, body.model, CHAT)
+    # Held until the last byte is sent; Starlette cancels the stream on disconnect.
+    release = svc.realtime.acquire(caller.key_id, body.n)
+    return HeldStream(_sse(engine, body, int(svc.clock.now())), release=release,
+                      media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 async def _sse(engine: Engine, body: ChatCompletionRequest, created: int) -> AsyncIterator[bytes]:

@@ -43,6 +43,7 @@ class SessionModel(BaseModel):
     id: str
     aliases: list[str]
     engine: str
+    serves: list[str]  # chat, embeddings
 
 
 class Session(BaseModel):
@@ -68,7 +69,8 @@ async def session(request: Request, caller: Caller) -> Session:
         owner=caller.owner, role=caller.role, tier=caller.tier_name,
         limits=SessionLimits(max_upload_bytes=upload, max_batch_file_bytes=batch_file,
                              max_requests_per_batch=requests),
-        models=[SessionModel(id=m.id, aliases=list(m.aliases), engine=m.engine)
+        models=[SessionModel(id=m.id, aliases=list(m.aliases), engine=m.engine,
+                            serves=list(m.serves))
                 for m in svc.registry.config.models])
 
 

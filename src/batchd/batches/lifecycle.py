@@ -8,12 +8,13 @@ from batchd import ids
 from batchd.batches.schemas import BatchObject, CreateBatchRequest
 from batchd.clock import Clock
 from batchd.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
+from batchd.operations import OPERATIONS
 from batchd.settings import COMPLETION_WINDOWS
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, BatchStatus
 from batchd.store.sql import ActiveBatchLimit
 
-SUPPORTED_ENDPOINTS = ("/v1/chat/completions",)
+SUPPORTED_ENDPOINTS = tuple(OPERATIONS)
 KNOWN_ENDPOINTS = (
     "/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions",
     "/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos",

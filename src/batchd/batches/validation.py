@@ -12,40 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
-from batchd.chat import ChatCompletionRequest
+from batchd.operations import OPERATIONS, endpoints_for
 from batchd.store.records import ChunkPlan
 
 REQUIRED_KEYS = ("custom_id", "method", "url", "body")
 UTF8_BOM = b"\xef\xbb\xbf"
-# For quotas: output tokens assumed for a request that sets no maximum.
-DEFAULT_OUTPUT_TOKENS = 1024
-
-
-def estimate_prompt_tokens(messages: object) -> int:
-    """A tokenizer-free estimate (about 4 characters a token, plus a few per message), the
-    same for every model, used only for enqueued-token quotas."""
-    if not isinstance(messages, list):
-        return 0
-    total = 0
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        total += 4 + len(str(content or "")) // 4
-    return total
-
-
-def _output_tokens(body: dict[str, Any]) -> int:
-    """The most output tokens the line may take, read through the model that runs it (so a
-    `"max_tokens": "4900000"` is never counted as one thing and run as another). A body that
-    model refuses will not run: it fails alone, with its 400, and costs no output tokens."""
-    try:
-        request = ChatCompletionRequest.model_validate(body)
-    except ValidationError:
-        return 0
-    return request.output_limit or DEFAULT_OUTPUT_TOKENS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,14 +47,18 @@ class ValidationOutcome:
 
 class InputValidator:
     """Feed it the file's lines in order; `finish()` says whether the batch may run.
-    `served_model` maps a requested name to the id of the model serving it (None: unknown)."""
+    `served_model` maps a requested name to the id of the model serving it (None: unknown);
+    `capabilities` to what that model is for (chat, embeddings)."""
 
     def __init__(
-        self, *, endpoint: str, served_model: Callable[[str], str | None], max_requests: int,
-        chunk_lines: int, max_listed_errors: int,
+        self, *, endpoint: str, served_model: Callable[[str], str | None],
+        capabilities: Callable[[str], frozenset[str]] = lambda _: frozenset({"chat"}),
+        max_requests: int, chunk_lines: int, max_listed_errors: int,
     ) -> None:
         self.endpoint = endpoint
+        self.operation = OPERATIONS[endpoint]
         self.served_model = served_model
+        self.capabilities = capabilities
         self._tokens: dict[str, int] = {}
         self.max_requests = max_requests
         self.chunk_lines = chunk_lines
@@ -176,12 +152,20 @@ class InputValidator:
             return LineError(code="model_not_found", param="body.model", line=line,
                              message=f"The provided model '{model}' is not supported by the "
                                      "Batch API.")
-        if body.get("messages") is None:
-            return LineError(code="invalid_request", param="body.messages", line=line,
-                             message="Messages parameter is required.")
+        operation = self.operation
+        serves = self.capabilities(model)
+        if operation.capability not in serves:
+            return LineError(code="model_not_found", param="body.model", line=line,
+                             message=f"The model '{model}' does not serve "
+                                     f"{operation.endpoint}; it serves "
+                                     f"{', '.join(endpoints_for(serves))}.")
+        required = operation.required
+        if body.get(required) is None:
+            return LineError(code="invalid_request", param=f"body.{required}", line=line,
+                             message=f"{required.capitalize()} parameter is required.")
         if body.get("stream") is True:
             return LineError(code="streaming_unsupported", param="body.stream", line=line,
-                             message="Chat Completions: Streaming is not supported in the "
+                             message=f"{operation.title}: Streaming is not supported in the "
                                      "Batch API.")
         digest = hashlib.blake2b(custom_id.encode(), digest_size=16).digest()
         if digest in self._seen:
@@ -190,8 +174,7 @@ class InputValidator:
                                      "each request in a batch needs a unique custom_id.")
         self._seen.add(digest)
         self._models.add(model)
-        self._tokens[served] = (self._tokens.get(served, 0)
-                                + estimate_prompt_tokens(body["messages"]) + _output_tokens(body))
+        self._tokens[served] = self._tokens.get(served, 0) + operation.estimate(body)
         return None
 
     def finish(self) -> ValidationOutcome:

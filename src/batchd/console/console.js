@@ -313,7 +313,8 @@ async function createBatchForm(created) {
     files.data.length ? null : h("option", { value: "" }, "No batch files yet: upload one"),
     files.data.map((f) => h("option", { value: f.id }, `${f.filename} (${f.id})`)));
   const endpoint = h("select", { id: "create-endpoint" },
-    h("option", { value: "/v1/chat/completions" }, "/v1/chat/completions"));
+    ["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions"].map(
+      (e) => h("option", { value: e }, e)));
   const windowSelect = h("select", { id: "create-window" },
     ["24h", "1h", "3h", "6h", "12h", "48h", "72h"].map((w) => h("option", { value: w }, w)));
   const metadata = h("textarea", { id: "create-metadata", rows: 2,
@@ -670,7 +671,8 @@ async function modelsPage(gen) {
   current(gen);
   const models = state.session.models;
   const choose = h("select", { id: "chat-model" },
-    models.map((m) => h("option", { value: m.id }, m.id)));
+    models.filter((m) => m.serves.includes("chat")).map(
+      (m) => h("option", { value: m.id }, m.id)));
   const message = h("textarea", { id: "chat-message", rows: 3, required: true });
   const reply = h("div", { id: "chat-reply", class: "reply", "aria-live": "polite" });
   const error = alertBox("chat-error");
@@ -718,9 +720,9 @@ async function modelsPage(gen) {
     h("div", { class: "row" }, h("label", { for: "chat-model" }, "Model", choose),
       h("label", { for: "chat-message" }, "Message", message), send), reply, error);
   view(h("h1", {}, "Models"),
-       table(["Model", "Aliases", "Engine"], models.map((m) => h("tr", {},
+       table(["Model", "Aliases", "Engine", "Serves"], models.map((m) => h("tr", {},
          h("td", { class: "mono" }, m.id), h("td", { class: "wrap" }, m.aliases.join(", ") || "–"),
-         h("td", {}, m.engine))), "Served models"),
+         h("td", {}, m.engine), h("td", {}, m.serves.join(", ")))), "Served models"),
        h("h2", {}, "Try a model"), form);
 }
 

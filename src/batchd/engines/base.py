@@ -1,14 +1,19 @@
-"""The engine protocol: one chat request in, one result (or a stream of deltas) out."""
+"""The engine protocol: one request in (a chat, a text completion or inputs to embed), one
+result (or, for chat, a stream of deltas) out."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batchd.chat import ChatCompletionRequest
 from batchd.errors import InvalidRequest, ServerError
+
+if TYPE_CHECKING:
+    from batchd.completions import CompletionRequest
+    from batchd.embeddings import EmbeddingInputs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +52,28 @@ class Usage:
 StreamEvent = Delta | Usage
 
 
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """How to generate, whatever the endpoint asked in its own words."""
+
+    n: int = 1
+    max_tokens: int | None = None
+    max_tokens_param: str = "max_tokens"  # the request's name for it, for error messages
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stops: tuple[str, ...] = ()
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    top_logprobs: int | None = None  # None: no log probabilities; else how many alternatives
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingResult:
+    vectors: list[list[float]]  # one per input, in input order, each of unit length
+    prompt_tokens: int
+
+
 class Priority(enum.IntEnum):
     """Who waits: real-time requests are admitted before batch work."""
 
@@ -62,6 +89,17 @@ class Engine(Protocol):
 
     def chat_stream(self, request: ChatCompletionRequest, *,
                     priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]: ...
+
+    async def complete(self, request: CompletionRequest, *,
+                       priority: Priority = Priority.REALTIME) -> ChatResult:
+        """A legacy text completion of `request.prompt` (one prompt: a string or token ids),
+        no chat template; choices' logprobs in the completions format."""
+        ...
+
+    async def embed(self, inputs: EmbeddingInputs, *,
+                    priority: Priority = Priority.REALTIME) -> EmbeddingResult:
+        """One vector per input (texts or token ids)."""
+        ...
 
     async def aclose(self) -> None: ...
 

@@ -4,6 +4,7 @@ benchmarks only — it runs no model and is never the default."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -11,15 +12,27 @@ from collections.abc import AsyncIterator
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchd.chat import ChatCompletionRequest
+from batchd.completions import CompletionRequest
+from batchd.embeddings import EmbeddingInputs, normalized
 from batchd.engines.base import (
     ChatResult,
     Choice,
     Delta,
+    EmbeddingResult,
     EngineFailure,
+    EngineRequestError,
     Priority,
+    Sampling,
     StreamEvent,
     Usage,
 )
+
+
+def _vector(text: str, dims: int) -> list[float]:
+    digest = b""
+    while len(digest) < dims:
+        digest += hashlib.blake2b(text.encode() + len(digest).to_bytes(4, "big")).digest()
+    return normalized([b / 127.5 - 1.0 for b in digest[:dims]])
 
 
 class InstantOptions(BaseModel):
@@ -36,6 +49,8 @@ class InstantOptions(BaseModel):
     crash_marker: str | None = None
     """A request whose last message contains this text kills the whole process at once
     (SIGKILL), as a request that crashes a native engine would (fault tests)."""
+    embedding_dimensions: int = Field(default=8, ge=1, le=4096)
+    """Length of the (hash-derived) vectors it returns for embeddings."""
 
 
 class InstantEngine:
@@ -44,36 +59,40 @@ class InstantEngine:
     def __init__(self, options: InstantOptions | None = None) -> None:
         self.options = options or InstantOptions()
 
-    def _answer(self, request: ChatCompletionRequest, last: str, index: int) -> Choice:
+    def _answer(self, sampling: Sampling, last: str, index: int) -> Choice:
         if self.options.fail_marker and self.options.fail_marker in last:
             raise EngineFailure("The instant engine was told to fail on this request.")
         words = ["echo:", *last.split()]
         if index:
             words.append(f"#{index}")
-        limit = request.output_limit
+        limit = sampling.max_tokens
         finish = "stop"
         if limit is not None and len(words) > limit:
             words, finish = words[:limit], "length"
         text = " ".join(words)
-        for stop in request.stop_list:
+        for stop in sampling.stops:
             if stop and stop in text:
                 text, finish = text[: text.index(stop)], "stop"
         return Choice(text=text, finish_reason=finish)
 
+    async def _misbehave(self, text: str) -> None:
+        """Hang, crash or pause as the options say for a request with this text."""
+        marker = self.options.hang_marker
+        if marker and marker in text:
+            await asyncio.Event().wait()
+        crash = self.options.crash_marker
+        if crash and crash in text:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.options.delay_seconds:
+            await asyncio.sleep(self.options.delay_seconds)
 
     async def chat(self, request: ChatCompletionRequest, *,
                    priority: Priority = Priority.REALTIME) -> ChatResult:
         messages = request.plain_messages()
         last = str(messages[-1]["content"])
-        marker = self.options.hang_marker
-        if marker and marker in last:
-            await asyncio.Event().wait()
-        crash = self.options.crash_marker
-        if crash and crash in last:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if self.options.delay_seconds:
-            await asyncio.sleep(self.options.delay_seconds)
-        choices = [self._answer(request, last, i) for i in range(request.n)]
+        await self._misbehave(last)
+        sampling = request.sampling()
+        choices = [self._answer(sampling, last, i) for i in range(request.n)]
         return ChatResult(
             choices=choices,
             prompt_tokens=sum(3 + len(str(m["content"]).split()) for m in messages),
@@ -90,6 +109,32 @@ class InstantEngine:
                 yield Delta(index=index, text=word if n == 0 else " " + word,
                             finish_reason=choice.finish_reason if last else None)
         yield Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+
+    async def complete(self, request: CompletionRequest, *,
+                       priority: Priority = Priority.REALTIME) -> ChatResult:
+        prompt = request.single
+        text = prompt if isinstance(prompt, str) else " ".join(f"t{t}" for t in prompt)
+        await self._misbehave(text)
+        sampling = request.sampling()
+        choices = [self._answer(sampling, text, i) for i in range(request.n)]
+        return ChatResult(choices=choices, prompt_tokens=len(text.split()),
+                          completion_tokens=sum(len(c.text.split()) for c in choices))
+
+    async def embed(self, inputs: EmbeddingInputs, *,
+                    priority: Priority = Priority.REALTIME) -> EmbeddingResult:
+        """Deterministic unit vectors of `embedding_dimensions` from each input's hash."""
+        items: list[str] = (inputs.texts if inputs.texts is not None
+                            else [" ".join(f"t{t}" for t in ids) for ids in inputs.tokens or []])
+        dims = self.options.embedding_dimensions
+        if inputs.dimensions is not None and inputs.dimensions > dims:
+            raise EngineRequestError(
+                f"This model's embeddings have {dims} dimensions; 'dimensions' must be at "
+                f"most that.", code="invalid_value", param="dimensions")
+        for text in items:
+            await self._misbehave(text)
+        vectors = [_vector(text, dims) for text in items]
+        return EmbeddingResult(vectors=vectors,
+                               prompt_tokens=sum(len(t.split()) for t in items))
 
     async def aclose(self) -> None:
         return None

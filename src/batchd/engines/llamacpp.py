@@ -19,21 +19,26 @@ import random
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from batchd.chat import ChatCompletionRequest
+from batchd.completions import CompletionRequest
+from batchd.embeddings import EmbeddingInputs
 from batchd.engines.base import (
     ChatResult,
     Choice,
     Delta,
+    EmbeddingResult,
     EngineFailure,
     EngineRequestError,
     Priority,
+    Sampling,
     StreamEvent,
     Usage,
 )
+from batchd.engines.llamacpp_embedder import Embedder
 from batchd.engines.llamacpp_scheduler import Finish, Scheduler, Sequence
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -78,6 +83,15 @@ class LlamaCppOptions(BaseModel):
     """Layers to offload to a GPU build of llama.cpp (-1: all)."""
     prefix_cache: int = Field(default=2, ge=0, le=16)
     """Recent prompts kept for shared-prefix reuse (0: off)."""
+    pooling: Literal["mean", "cls", "last"] | None = None
+    """Embeddings: how token vectors become one vector; default: as the GGUF declares
+    (chat models declare none, so they need this set to serve embeddings)."""
+    embedding_batch_tokens: int = Field(default=2048, ge=64)
+    """Embeddings: tokens decoded in one step (many inputs together); also the longest
+    input."""
+    matryoshka: bool = False
+    """Embeddings: the model was trained so that its vectors may be shortened, which
+    allows the request's `dimensions`."""
     prefix_min_tokens: int = Field(default=8, ge=1)
     """Shortest common prefix worth reusing. Short chats share little more than the chat
     template and a one-line system prompt (19 of 31 tokens in bench/throughput.py's short
@@ -109,14 +123,26 @@ def _close_devnull_at_exit() -> None:
 
 
 class LlamaCppEngine:
-    def __init__(self, options: LlamaCppOptions) -> None:
+    def __init__(self, options: LlamaCppOptions, *,
+                 serves: frozenset[str] = frozenset({"chat"})) -> None:
+        """Loads what `serves` needs: a generating context for chat, an embedding context
+        for embeddings (or both, sharing nothing but the file)."""
+        _close_devnull_at_exit()
+        self.options = options
+        self.n_ctx = options.n_ctx
+        path = options.model_path or default_model_path()
+        self._embedder: Embedder | None = None
+        self._scheduler: Scheduler | None = None
+        if "embeddings" in serves:
+            self._embedder = Embedder(path, options)
+        if "chat" in serves:
+            self._load_generator(path)
+
+    def _load_generator(self, path: Path) -> None:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        _close_devnull_at_exit()
-
-        self.options = options
-        path = options.model_path or default_model_path()
+        options = self.options
         # This Llama object loads the weights and tokenizes; its own small context is unused.
         self._llama: Any = Llama(model_path=str(path), n_ctx=256, n_batch=32,
                                  n_gpu_layers=options.n_gpu_layers, verbose=False)
@@ -131,7 +157,6 @@ class LlamaCppEngine:
             bos_token=model.token_get_text(bos) if bos != -1 else "")
         self._n_vocab: int = self._llama.n_vocab()
         self._scheduler = Scheduler(self._llama, options)
-        self.n_ctx = options.n_ctx
 
     # --- request → sequences ----------------------------------------------------------------
 
@@ -143,13 +168,29 @@ class LlamaCppEngine:
                                      f"{exc}", code="invalid_value", param="messages") from exc
         tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=True,
                                                  special=True)
+        return self._fits(tokens, "messages")
+
+    def _raw_prompt(self, prompt: str | list[int]) -> list[int]:
+        """A completions prompt as it is: no chat template, special tokens as plain text."""
+        if isinstance(prompt, list):
+            if max(prompt) >= self._n_vocab:
+                raise EngineRequestError(f"Invalid 'prompt': token ids must be below the "
+                                         f"model's vocabulary size ({self._n_vocab}).",
+                                         code="invalid_value", param="prompt")
+            return self._fits(list(prompt), "prompt")
+        tokens: list[int] = self._llama.tokenize(prompt.encode("utf-8"), add_bos=True,
+                                                 special=False)
+        return self._fits(tokens, "prompt")
+
+    def _fits(self, tokens: list[int], param: str) -> list[int]:
         if len(tokens) >= self.n_ctx:
+            what = "messages" if param == "messages" else "prompt"
             raise EngineRequestError(
-                f"This model's maximum context length is {self.n_ctx} tokens; the messages "
-                f"are {len(tokens)} tokens.", code="context_length_exceeded", param="messages")
+                f"This model's maximum context length is {self.n_ctx} tokens; the {what} "
+                f"are {len(tokens)} tokens.", code="context_length_exceeded", param=param)
         return tokens
 
-    def _sampler(self, request: ChatCompletionRequest, seed: int) -> Any:
+    def _sampler(self, request: Sampling, seed: int) -> Any:
         import llama_cpp as lib
 
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
@@ -175,39 +216,67 @@ class LlamaCppEngine:
                 "response_format other than 'text' is not supported by the llamacpp engine.",
                 code="unsupported_parameter", param="response_format")
 
-    def _sequences(self, request: ChatCompletionRequest, priority: Priority,
-                   emit: Callable[[Delta], None],
+    def _generator(self) -> Scheduler:
+        if self._scheduler is None:  # the registry routes only what a model serves
+            raise EngineRequestError("This model does not generate text.",
+                                     code="model_not_found", param="model")
+        return self._scheduler
+
+    def _sequences(self, prompt: Callable[[], list[int]], sampling: Sampling,
+                   priority: Priority, emit: Callable[[Delta], None],
                    done: Callable[[Sequence, BaseException | None], None],
                    cancelled: threading.Event) -> list[Sequence]:
-        self._check(request)
-        limit = request.output_limit
+        self._generator()
+        limit = sampling.max_tokens
         if limit is not None and limit > self.n_ctx:
-            param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+            param = sampling.max_tokens_param
             raise EngineRequestError(
                 f"{param} is too large: {limit}. This model's context holds at most "
                 f"{self.n_ctx} tokens, prompt and completion together.",
                 code="invalid_value", param=param)
-        prompt = self._prompt(request)
-        room = self.n_ctx - len(prompt)
-        max_new = min(request.output_limit or room, room)
-        base = request.seed if request.seed is not None else random.randrange(2**31)
-        top = None
-        if request.logprobs:
-            top = request.top_logprobs or 0
-        return [Sequence(prompt=prompt, sampler=self._sampler(request, (base + i) % 2**31),
-                          max_new=max_new, stops=request.stop_list, priority=int(priority),
-                          index=i, emit=emit, done=done, cancelled=cancelled, logprobs=top)
-                for i in range(request.n)]
+        tokens = prompt()
+        room = self.n_ctx - len(tokens)
+        max_new = min(room if limit is None else limit, room)
+        base = sampling.seed if sampling.seed is not None else random.randrange(2**31)
+        return [Sequence(prompt=tokens, sampler=self._sampler(sampling, (base + i) % 2**31),
+                          max_new=max_new, stops=list(sampling.stops), priority=int(priority),
+                          index=i, emit=emit, done=done, cancelled=cancelled,
+                          logprobs=sampling.top_logprobs)
+                for i in range(sampling.n)]
 
     # --- the async face ---------------------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest, *,
                    priority: Priority = Priority.REALTIME) -> ChatResult:
+        self._check(request)
+        return await self._generate(lambda: self._prompt(request), request.sampling(),
+                                    priority)
+
+    async def complete(self, request: CompletionRequest, *,
+                       priority: Priority = Priority.REALTIME) -> ChatResult:
+        self._generator()
+        if request.max_tokens == 0:  # nothing to generate: only the prompt is counted
+            tokens = self._raw_prompt(request.single)
+            return ChatResult(choices=[Choice(text="", finish_reason="length")] * request.n,
+                              prompt_tokens=len(tokens), completion_tokens=0)
+        return await self._generate(lambda: self._raw_prompt(request.single),
+                                    request.sampling(), priority)
+
+    async def embed(self, inputs: EmbeddingInputs, *,
+                    priority: Priority = Priority.REALTIME) -> EmbeddingResult:
+        if self._embedder is None:  # the registry routes only what a model serves
+            raise EngineRequestError("This model does not serve embeddings.",
+                                     code="model_not_found", param="model")
+        return await self._embedder.embed(inputs, priority=priority)
+
+    async def _generate(self, prompt: Callable[[], list[int]], sampling: Sampling,
+                        priority: Priority) -> ChatResult:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         cancelled = threading.Event()
-        remaining = request.n
+        remaining = sampling.n
         failure: list[BaseException] = []
+        scheduler = self._generator()
 
         def done(seq: Sequence, error: BaseException | None) -> None:
             def settle() -> None:
@@ -219,9 +288,9 @@ class LlamaCppEngine:
                     future.set_result(None)
             _post(loop, settle)
 
-        seqs = self._sequences(request, priority, lambda delta: None, done, cancelled)
+        seqs = self._sequences(prompt, sampling, priority, lambda delta: None, done, cancelled)
         for seq in seqs:
-            self._scheduler.submit(seq)
+            scheduler.submit(seq)
         try:
             await future
         except asyncio.CancelledError:
@@ -251,9 +320,12 @@ class LlamaCppEngine:
         def done(seq: Sequence, error: BaseException | None) -> None:
             _post(loop, queue.put_nowait, error)
 
-        seqs = self._sequences(request, priority, emit, done, cancelled)
+        self._check(request)
+        scheduler = self._generator()
+        seqs = self._sequences(lambda: self._prompt(request), request.sampling(), priority,
+                               emit, done, cancelled)
         for seq in seqs:
-            self._scheduler.submit(seq)
+            scheduler.submit(seq)
         try:
             while remaining:
                 event = await queue.get()
@@ -278,8 +350,11 @@ class LlamaCppEngine:
         return self.capacity()
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._scheduler.stop)
-        await asyncio.to_thread(self._llama.close)
+        if self._scheduler is not None:
+            await asyncio.to_thread(self._scheduler.stop)
+            await asyncio.to_thread(self._llama.close)
+        if self._embedder is not None:
+            await asyncio.to_thread(self._embedder.close)
 
 
 def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:

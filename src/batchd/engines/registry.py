@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchd.config_problems import ConfigError, key_problems, read_yaml
 from batchd.engines.base import Engine
+from batchd.operations import Capability
 
 log = logging.getLogger(__name__)
 
@@ -25,27 +26,29 @@ class EngineKind:
     """An engine's options model and how to build it from validated options and a model id."""
 
     options: type[BaseModel]
-    build: Callable[[Any, str], Engine]
+    build: Callable[[Any, str, frozenset[str]], Engine]  # (options, model id, serves)
 
 
 # Each engine module is imported only when a model uses it (llama_cpp is heavy).
 def _instant() -> EngineKind:
     from batchd.engines.instant import InstantEngine, InstantOptions
 
-    return EngineKind(InstantOptions, lambda options, _id: InstantEngine(options))
+    return EngineKind(InstantOptions, lambda options, _id, _serves: InstantEngine(options))
 
 
 def _llamacpp() -> EngineKind:
     from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
 
-    return EngineKind(LlamaCppOptions, lambda options, _id: LlamaCppEngine(options))
+    return EngineKind(LlamaCppOptions,
+                      lambda options, _id, serves: LlamaCppEngine(options, serves=serves))
 
 
 def _upstream() -> EngineKind:
     from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 
     return EngineKind(UpstreamOptions,
-                      lambda options, model_id: UpstreamEngine(options, model_id=model_id))
+                      lambda options, model_id, _serves: UpstreamEngine(options,
+                                                                        model_id=model_id))
 
 
 ENGINES: dict[str, Callable[[], EngineKind]] = {
@@ -63,6 +66,14 @@ class ModelConfig(BaseModel):
     engine: str
     aliases: list[str] = Field(default_factory=list)
     owned_by: str = "batchd"
+    serves: list[Capability] = Field(default_factory=lambda: list[Capability](["chat"]),
+                                     min_length=1)
+    """What the model is for: `chat` (/v1/chat/completions, /v1/responses, /v1/completions),
+    `embeddings` (/v1/embeddings), or both."""
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(self.serves)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -171,7 +182,14 @@ class ModelRegistry:
             self._engines[entry.id] = await asyncio.to_thread(self._build, entry.id)
 
     def _build(self, model_id: str) -> Engine:
-        return self._kinds[model_id].build(self._options[model_id], model_id)
+        entry = self._by_name[model_id]
+        return self._kinds[model_id].build(self._options[model_id], model_id,
+                                           entry.capabilities)
+
+    def capabilities(self, name: str) -> frozenset[str]:
+        """What the model called `name` (an id or an alias) is for; empty if unknown."""
+        entry = self._by_name.get(name)
+        return entry.capabilities if entry is not None else frozenset()
 
     def engine_for(self, name: str) -> Engine:
         entry = self._by_name[name]

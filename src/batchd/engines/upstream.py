@@ -19,18 +19,21 @@ import os
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchd.chat import ChatCompletionRequest
+from batchd.completions import CompletionRequest
+from batchd.embeddings import EmbeddingInputs
 from batchd.engines.base import (
     ChatResult,
     Choice,
     Delta,
+    EmbeddingResult,
     EngineFailure,
     EngineRequestError,
     EngineUnavailable,
@@ -40,6 +43,7 @@ from batchd.engines.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -321,19 +325,19 @@ class UpstreamEngine:
         failure.status_code = response.status_code
         raise failure
 
-    async def chat(self, request: ChatCompletionRequest, *,
-                   priority: Priority = Priority.REALTIME) -> ChatResult:
-        payload = self._payload(request, stream=False)
+    async def _call(self, path: str, payload: dict[str, Any],
+                    read: Callable[[dict[str, Any]], T], tokens: Callable[[T], int]) -> T:
+        """POST `payload` to `path` of a target with room, retrying overloads and outages on
+        other targets with backoff; `read` turns the answer into the result."""
         target: Target | None = None
         failure = _Retry("no attempt")
         for attempt in range(self.options.max_retries + 1):
             target, sent = await self._admit(avoid=target)
             try:
                 async with self.clients.one() as client:
-                    response = await client.post(f"{target.base_url}/chat/completions",
-                                                 json=payload)
+                    response = await client.post(f"{target.base_url}{path}", json=payload)
                 self._check(response)
-                result = _result(response.json())
+                result = read(response.json())
             except _Retry as retry:
                 failure = retry
             except (httpx.TransportError, httpx.TimeoutException) as exc:
@@ -342,7 +346,7 @@ class UpstreamEngine:
                 await self._release(target, sent, ok=False)
                 raise
             else:
-                await self._release(target, sent, ok=True, tokens=result.completion_tokens)
+                await self._release(target, sent, ok=True, tokens=tokens(result))
                 return result
             await self._release(target, sent, ok=False, overloaded=True)
             log.warning("upstream %s: %s (attempt %d)", target.base_url, failure, attempt + 1)
@@ -353,6 +357,29 @@ class UpstreamEngine:
         if failure.unavailable:  # the request waits for the server to come back
             raise EngineUnavailable(message, code="upstream_unavailable")
         raise EngineFailure(message, code="upstream_error")
+
+    async def chat(self, request: ChatCompletionRequest, *,
+                   priority: Priority = Priority.REALTIME) -> ChatResult:
+        return await self._call("/chat/completions", self._payload(request, stream=False),
+                                _result, lambda r: r.completion_tokens)
+
+    async def complete(self, request: CompletionRequest, *,
+                       priority: Priority = Priority.REALTIME) -> ChatResult:
+        payload = request.model_dump(exclude_none=True)
+        payload["model"] = self.model
+        return await self._call("/completions", payload, _completion_result,
+                                lambda r: r.completion_tokens)
+
+    async def embed(self, inputs: EmbeddingInputs, *,
+                    priority: Priority = Priority.REALTIME) -> EmbeddingResult:
+        payload: dict[str, Any] = {
+            "model": self.model, "encoding_format": "float",
+            "input": inputs.texts if inputs.texts is not None else inputs.tokens}
+        if inputs.dimensions is not None:
+            payload["dimensions"] = inputs.dimensions
+        return await self._call("/embeddings", payload,
+                                lambda body: _embedding_result(body, inputs.count),
+                                lambda r: 0)
 
     async def chat_stream(self, request: ChatCompletionRequest, *,
                           priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
@@ -420,4 +447,30 @@ def _result(body: dict[str, Any]) -> ChatResult:
                           cached_tokens=cached)
     except (KeyError, TypeError, AttributeError) as exc:
         raise EngineFailure(f"The upstream server sent a malformed completion: {exc!r}",
+                            code="upstream_error") from exc
+
+
+def _completion_result(body: dict[str, Any]) -> ChatResult:
+    try:
+        choices = [Choice(text=c.get("text") or "", finish_reason=c.get("finish_reason") or "stop",
+                          logprobs=c.get("logprobs"))
+                   for c in sorted(body["choices"], key=lambda c: c.get("index", 0))]
+        usage = body.get("usage") or {}
+        return ChatResult(choices=choices, prompt_tokens=usage.get("prompt_tokens", 0),
+                          completion_tokens=usage.get("completion_tokens", 0))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise EngineFailure(f"The upstream server sent a malformed completion: {exc!r}",
+                            code="upstream_error") from exc
+
+
+def _embedding_result(body: dict[str, Any], count: int) -> EmbeddingResult:
+    try:
+        data = sorted(body["data"], key=lambda d: d.get("index", 0))
+        vectors = [[float(x) for x in item["embedding"]] for item in data]
+        if len(vectors) != count:
+            raise ValueError(f"{len(vectors)} embeddings for {count} inputs")
+        usage = body.get("usage") or {}
+        return EmbeddingResult(vectors=vectors, prompt_tokens=usage.get("prompt_tokens", 0))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise EngineFailure(f"The upstream server sent malformed embeddings: {exc!r}",
                             code="upstream_error") from exc

@@ -115,6 +115,7 @@ async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
     else:
         validator = InputValidator(
             endpoint=batch.endpoint, served_model=ctx.registry.served_id,
+            capabilities=ctx.registry.capabilities,
             max_requests=_max_requests(ctx, tier), chunk_lines=settings.chunk_lines,
             max_listed_errors=settings.max_listed_errors,
         )

@@ -24,6 +24,7 @@ from batchd import metrics
 from batchd.backends import outage
 from batchd.batches import results
 from batchd.engines.base import EngineUnavailable
+from batchd.operations import CHAT, OPERATIONS
 from batchd.store.blobs import BlobMissing
 from batchd.store.records import (
     BatchRecord,
@@ -154,8 +155,10 @@ class ChunkRun:
 
     def __init__(self, ctx: WorkerContext, chunk: Chunk, lease: Lease, *, gate: RequestGate,
                  capacity: Capacity, lanes: int, stopping: asyncio.Event,
-                 window: StartWindow | None = None, key: str | None = None) -> None:
+                 window: StartWindow | None = None, key: str | None = None,
+                 endpoint: str = CHAT.endpoint) -> None:
         self.ctx = ctx
+        self.operation = OPERATIONS[endpoint]
         self.chunk = chunk
         self.lease = lease
         self.gate = gate
@@ -372,7 +375,8 @@ class ChunkRun:
         try:
             with self.gate.inside() if door else contextlib.nullcontext():
                 return await run_request(
-                    custom_id=request[0], body=request[1], registry=ctx.registry,
+                    custom_id=request[0], body=request[1], operation=self.operation,
+                    registry=ctx.registry,
                     clock=ctx.clock, guard=guard, retries=ctx.settings.request_retries)
         finally:
             if gate is not None:

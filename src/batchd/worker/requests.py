@@ -9,11 +9,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from batchd.batches import results
-from batchd.chat import ChatCompletionRequest, choice_object, completion_object
 from batchd.clock import Clock
-from batchd.engines.base import EngineRequestError, EngineUnavailable, Priority
+from batchd.engines.base import EngineUnavailable, Priority
 from batchd.engines.registry import ModelRegistry
-from batchd.errors import BatchdError, invalid_request_of
+from batchd.errors import BatchdError, InvalidRequest, invalid_request_of
+from batchd.operations import CHAT, Operation
 from batchd.worker.watchdog import Guard
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Outcome:
 
 async def run_request(
     *, custom_id: str, body: dict[str, Any], registry: ModelRegistry, clock: Clock,
-    guard: Guard, retries: int = 1,
+    guard: Guard, retries: int = 1, operation: Operation = CHAT,
 ) -> Outcome:
     """Never raises for a bad request or a failing engine: every failure is a line, except
     `EngineUnavailable` (the engine cannot be reached: the request did not fail, it waits).
@@ -46,20 +46,24 @@ async def run_request(
     if not isinstance(model, str) or model not in registry:
         return http_error(404, f"The model '{model}' does not exist or is no longer served.",
                           code="model_not_found", param="model")
+    if operation.capability not in registry.capabilities(model):
+        return http_error(400, f"The model '{model}' does not serve {operation.endpoint}.",
+                          code="model_not_found", param="model")
     try:
-        request = ChatCompletionRequest.model_validate(body)
+        request = operation.parse(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         invalid = invalid_request_of(first, first["loc"])
         return http_error(400, invalid.message, code=invalid.code, param=invalid.param)
-    if request.stream:
+    if getattr(request, "stream", None):
         return http_error(400, "Streaming is not supported in the Batch API.",
                           code="streaming_unsupported", param="stream")
     for attempt in range(1, retries + 2):
         engine = registry.engine_for(model)
         try:
             async with guard:
-                result = await engine.chat(request, priority=Priority.BATCH)
+                produced = await operation.run(engine, request, int(clock.now()),
+                                               Priority.BATCH)
             break
         except TimeoutError:
             await registry.restart(model, engine)  # a hung engine serves nobody else
@@ -68,7 +72,7 @@ async def run_request(
                     custom_id, code="request_timeout",
                     message=f"The request did not finish within {guard.timeout:g} seconds "
                             f"({attempt} attempts)."))
-        except EngineRequestError as exc:
+        except InvalidRequest as exc:  # the engine's refusal, or the body's own mistake
             return http_error(exc.status_code, exc.message, code=exc.code, param=exc.param)
         except EngineUnavailable:
             raise  # not this request's fault: it waits for the engine (worker/capacity.py)
@@ -78,13 +82,6 @@ async def run_request(
                 status = exc.status_code if isinstance(exc, BatchdError) else 500
                 return http_error(status, f"The engine failed on this request: {exc}",
                                   error_type="server_error", code="engine_error")
-    body_out = completion_object(
-        model=model, created=int(clock.now()),
-        choices=[choice_object(index=i, text=c.text, finish_reason=c.finish_reason,
-                               logprobs=c.logprobs) for i, c in enumerate(result.choices)],
-        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-        cached_tokens=result.cached_tokens,
-    )
-    return Outcome(ok=True, line=results.success_line(custom_id, body_out),
-                   input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens,
-                   cached_tokens=result.cached_tokens)
+    return Outcome(ok=True, line=results.success_line(custom_id, produced.body),
+                   input_tokens=produced.input_tokens, output_tokens=produced.output_tokens,
+                   cached_tokens=produced.cached_tokens)

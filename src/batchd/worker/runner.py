@@ -153,7 +153,7 @@ class Worker:
             window = self._windows.setdefault(key, StartWindow(lanes))
             await ChunkRun(ctx, chunk, lease, gate=self._gate, capacity=self.capacity,
                            lanes=lanes, stopping=self._stopping, window=window,
-                           key=key).run(input_key)
+                           key=key, endpoint=batch.endpoint).run(input_key)
         finally:
             self.capacity.models[key].chunks -= 1
             metrics.RUNNING_CHUNKS.dec()

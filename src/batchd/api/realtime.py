@@ -1,0 +1,96 @@
+"""What every real-time generation endpoint shares: finding the engine that serves the
+requested model for this endpoint, counting the caller's requests in flight, and giving up
+the work when the client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
+
+from batchd.api.auth import Principal
+from batchd.api.state import services
+from batchd.engines.base import Engine, Priority
+from batchd.engines.registry import ModelRegistry
+from batchd.errors import InvalidRequest, NotFound
+from batchd.operations import Operation, endpoints_for
+
+T = TypeVar("T")
+
+
+def engine_for(registry: ModelRegistry, model: str, operation: Operation) -> Engine:
+    """The engine serving `model` for `operation`'s endpoint; a 404 for an unknown model, a
+    400 naming the endpoint for a model of another kind."""
+    entry = registry.lookup(model)
+    if entry is None:
+        raise NotFound(f"The model '{model}' does not exist or you do not have access "
+                       "to it.", code="model_not_found", param="model")
+    if operation.capability not in entry.capabilities:
+        raise InvalidRequest(wrong_kind_message(model, operation, entry.capabilities),
+                             code="model_not_found", param="model")
+    return registry.engine_for(model)
+
+
+def wrong_kind_message(model: str, operation: Operation, capabilities: frozenset[str]) -> str:
+    return (f"The model '{model}' does not serve {operation.endpoint} (it is not "
+            f"{'an embeddings' if operation.capability == 'embeddings' else 'a chat'} model); "
+            f"it serves {', '.join(endpoints_for(capabilities))}.")
+
+
+async def run_now(request: Request, caller: Principal, operation: Operation, body: Any, *,
+                  slots: int = 1) -> dict[str, Any]:
+    """Run one real-time request of `operation` and return its response object."""
+    svc = services(request)
+    engine = engine_for(svc.registry, body.model, operation)
+    created = int(svc.clock.now())
+    with svc.realtime.hold(caller.key_id, slots):
+        produced = await unless_disconnected(
+            request, operation.run(engine, body, created, Priority.REALTIME))
+    return produced.body
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; if the client goes away first, `work` is cancelled (an abandoned
+    generation would otherwise hold engine slots other callers are waiting for)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class HeldStream(StreamingResponse):
+    """A stream that gives back what its caller held once it ends, however it ends."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, release: Callable[[], None],
+                 media_type: str, headers: dict[str, str]) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+

@@ -1,0 +1,211 @@
+"""The OpenAI Responses wire format (`/v1/responses`, text only): the request, its translation
+into a chat request for the engines, the response object and its streamed events."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator
+
+from batchd import ids
+from batchd.chat import (
+    NOT_SET,
+    ChatCompletionRequest,
+    OpenAIBaseModel,
+    StrictFloat,
+    refuse_unsupported,
+)
+from batchd.errors import InvalidRequest
+
+ROLES = ("user", "assistant", "system", "developer")
+# The content part types a text message may hold, by the role that sends them.
+TEXT_PARTS = {"input_text", "output_text", "text"}
+MIN_OUTPUT_TOKENS = 16  # OpenAI refuses a smaller max_output_tokens
+# Values of otherwise refused parameters that ask for nothing batchd does not do.
+ACCEPTED: dict[str, tuple[object, ...]] = {
+    "tool_choice": (None, "none", "auto"), "background": (None, False),
+    "top_logprobs": (None, 0)}
+
+
+class ResponsesRequest(OpenAIBaseModel):
+    model: StrictStr
+    input: StrictStr | list[Any]
+    instructions: StrictStr | None = None
+    max_output_tokens: StrictInt | None = Field(default=None, ge=MIN_OUTPUT_TOKENS)
+    temperature: StrictFloat | None = Field(default=None, ge=0, le=2)
+    top_p: StrictFloat | None = Field(default=None, gt=0, le=1)
+    stream: StrictBool | None = False
+    metadata: dict[str, Any] | None = None
+    store: StrictBool | None = None
+    user: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
+    prompt_cache_key: StrictStr | None = None
+    service_tier: StrictStr | None = None
+    parallel_tool_calls: StrictBool | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    text: dict[str, Any] | None = None
+    # What batchd does not do: refused by name (a 400 naming the parameter), never ignored.
+    tools: Any = None
+    tool_choice: Any = None
+    previous_response_id: Any = None
+    background: Any = None
+    conversation: Any = None
+    prompt: Any = None
+    reasoning: Any = None
+    include: Any = None
+    top_logprobs: Any = None
+    max_tool_calls: Any = None
+    stream_options: Any = None
+
+    @field_validator("tools", "previous_response_id", "conversation", "prompt", "reasoning",
+                     "include", "max_tool_calls", "stream_options", "tool_choice",
+                     "background", "top_logprobs")
+    @classmethod
+    def _unsupported(cls, value: object, info: ValidationInfo) -> object:
+        return refuse_unsupported(value, ACCEPTED.get(info.field_name or "", NOT_SET))
+
+    def messages(self) -> list[dict[str, Any]]:
+        """`instructions` and `input` as chat messages; anything but text is refused, naming
+        where it is."""
+        out: list[dict[str, Any]] = []
+        if self.instructions:
+            # "system", not "developer": every chat template knows it.
+            out.append({"role": "system", "content": self.instructions})
+        if isinstance(self.input, str):
+            if not self.input and not out:
+                raise InvalidRequest("Invalid 'input': it must not be empty.",
+                                     code="invalid_value", param="input")
+            out.append({"role": "user", "content": self.input})
+            return out
+        if not self.input:
+            raise InvalidRequest("Invalid 'input': it must not be an empty list.",
+                                 code="invalid_value", param="input")
+        for i, item in enumerate(self.input):
+            out.append(_message(item, f"input[{i}]"))
+        return out
+
+    def check(self) -> None:
+        """Refuse, by name, what is valid JSON but not something batchd can honour."""
+        fmt = (self.text or {}).get("format")
+        if fmt not in (None, {"type": "text"}):
+            raise InvalidRequest("Only the 'text' output format is supported by batchd.",
+                                 code="unsupported_parameter", param="text.format")
+        if self.metadata is not None:
+            from batchd.batches.lifecycle import check_metadata
+
+            check_metadata(self.metadata)
+
+    def chat(self) -> ChatCompletionRequest:
+        """The chat request the engine runs for it."""
+        self.check()
+        return ChatCompletionRequest.model_validate({
+            "model": self.model, "messages": self.messages(),
+            "max_completion_tokens": self.max_output_tokens,
+            "temperature": self.temperature, "top_p": self.top_p,
+        })
+
+
+def _message(item: Any, where: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"Invalid '{where}': expected an input message object.",
+                             code="invalid_type", param=where)
+    kind = item.get("type", "message")
+    if kind != "message":
+        raise InvalidRequest(f"Invalid '{where}.type': input items of type {kind!r} are not "
+                             "supported by batchd (only text messages are).",
+                             code="unsupported_parameter", param=f"{where}.type")
+    role = item.get("role")
+    if role not in ROLES:
+        raise InvalidRequest(f"Invalid value: {role!r}. Supported values are: "
+                             f"{', '.join(repr(r) for r in ROLES)}.",
+                             code="invalid_value", param=f"{where}.role")
+    role = "system" if role == "developer" else role  # as chat templates know it
+    content = item.get("content")
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    if not isinstance(content, list):
+        raise InvalidRequest(f"Invalid '{where}.content': expected a string or a list of "
+                             "content parts.", code="invalid_type", param=f"{where}.content")
+    texts = []
+    for j, part in enumerate(content):
+        at = f"{where}.content[{j}]"
+        part_type = part.get("type") if isinstance(part, dict) else None
+        if part_type not in TEXT_PARTS:
+            raise InvalidRequest(f"Invalid '{at}.type': content of type {part_type!r} is not "
+                                 "supported by batchd (only text is).",
+                                 code="unsupported_parameter", param=f"{at}.type")
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InvalidRequest(f"Invalid '{at}.text': expected a string.",
+                                 code="invalid_type", param=f"{at}.text")
+        texts.append(text)
+    return {"role": role, "content": "".join(texts)}
+
+
+def usage_object(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def output_message(*, item_id: str, text: str, status: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
+            "content": [output_text(text)] if status != "in_progress" else []}
+
+
+def output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def response_object(
+    request: ResponsesRequest, *, response_id: str, created: int, status: str,
+    output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
+    completed_at: int | None = None, error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A `response` object. `status` is in_progress, completed, incomplete (the output hit
+    max_output_tokens) or failed."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "completed_at": completed_at,
+        "background": False,
+        "error": error,
+        "incomplete_details": ({"reason": "max_output_tokens"} if status == "incomplete"
+                               else None),
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "max_tool_calls": None,
+        "model": request.model,
+        "output": output,
+        "parallel_tool_calls": (True if request.parallel_tool_calls is None
+                                else request.parallel_tool_calls),
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "service_tier": "default",
+        "store": False,  # batchd keeps no responses to retrieve later
+        "temperature": 1.0 if request.temperature is None else request.temperature,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": request.tool_choice or "auto",
+        "tools": [],
+        "top_logprobs": 0,
+        "top_p": 1.0 if request.top_p is None else request.top_p,
+        "truncation": request.truncation or "disabled",
+        "usage": usage,
+        "user": request.user,
+        "metadata": request.metadata or {},
+    }
+
+
+def finished_status(finish_reason: str) -> str:
+    return "incomplete" if finish_reason == "length" else "completed"
+
+
+def new_ids() -> tuple[str, str]:
+    """(response id, output message id)."""
+    return ids.response_id(), ids.output_message_id()
