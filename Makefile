@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(PY) bench/throughput.py --workload short
 	$(PY) bench/throughput.py --workload shared
 	$(PY) bench/latency.py
+	$(PY) bench/embeddings.py
 	$(PY) bench/control_plane.py
 	$(PY) bench/fairness.py
 	$(PY) bench/upstream.py --llama

@@ -24,13 +24,13 @@ def memory_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def run_batch(client: OpenAI, path: Path, *, window: str = "24h",
-              poll_seconds: float = 0.2) -> tuple[Batch, float]:
+def run_batch(client: OpenAI, path: Path, *, window: str = "24h", poll_seconds: float = 0.2,
+              endpoint: str = "/v1/chat/completions") -> tuple[Batch, float]:
     """Upload `path`, create a batch, wait for it to end; returns it and the seconds taken."""
     started = time.perf_counter()
     with path.open("rb") as file:
         uploaded = client.files.create(file=file, purpose="batch")
-    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint=endpoint,  # type: ignore[arg-type]
                                   completion_window=window)  # type: ignore[arg-type]
     while batch.status not in ("completed", "failed", "cancelled", "expired"):
         time.sleep(poll_seconds)

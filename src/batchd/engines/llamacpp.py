@@ -86,9 +86,12 @@ class LlamaCppOptions(BaseModel):
     pooling: Literal["mean", "cls", "last"] | None = None
     """Embeddings: how token vectors become one vector; default: as the GGUF declares
     (chat models declare none, so they need this set to serve embeddings)."""
-    embedding_batch_tokens: int = Field(default=2048, ge=64)
-    """Embeddings: tokens decoded in one step (many inputs together); also the longest
-    input."""
+    embedding_max_tokens: int = Field(default=2048, ge=64)
+    """Embeddings: the longest input, in tokens."""
+    embedding_step_tokens: int = Field(default=256, ge=16)
+    """Embeddings: tokens decoded in one step, many inputs together (a longer input goes
+    alone). On CPUs small steps are fastest (256 beat 512-2048 by 10-30% in
+    bench/embeddings.py); GPUs want larger ones."""
     matryoshka: bool = False
     """Embeddings: the model was trained so that its vectors may be shortened, which
     allows the request's `dimensions`."""

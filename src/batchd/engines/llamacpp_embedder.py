@@ -2,10 +2,11 @@
 
 One thread owns a llama.cpp context made for embeddings. Requests put their inputs (token
 lists) in a queue, real-time ones ahead of batch work; each step the thread packs as many
-waiting inputs as fit (up to `embedding_batch_tokens` tokens and the context's sequence
-limit) into one `llama_decode`, reads each sequence's pooled vector, and hands every request
-its vectors once all of its inputs are done. Concurrent requests (a batch's lanes) thereby
-share steps instead of decoding one short input at a time.
+waiting inputs as fit (up to `embedding_step_tokens` tokens and the context's sequence
+limit; a longer input goes alone) into one `llama_decode`, reads each sequence's pooled
+vector, and hands every request its vectors once all of its inputs are done. Concurrent
+requests (a batch's lanes) thereby share steps instead of decoding one short input at a
+time.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Embedder:
     def __init__(self, path: Path, options: LlamaCppOptions) -> None:
         from llama_cpp import Llama
 
-        tokens = options.embedding_batch_tokens
+        tokens = options.embedding_max_tokens
         threads = options.n_threads or os.cpu_count() or 1
         pooling = POOLING[options.pooling] if options.pooling else POOLING_UNSPECIFIED
         self._llama: Any = Llama(
@@ -63,6 +64,7 @@ class Embedder:
 
         self._lib = lib
         self.max_tokens = tokens
+        self.step_tokens = min(options.embedding_step_tokens, tokens)
         self.max_seqs = int(self._llama.context_params.n_seq_max)
         self.n_embd: int = self._llama.n_embd()
         self.n_vocab: int = self._llama.n_vocab()
@@ -149,7 +151,7 @@ class Embedder:
                         queue.popleft()
                         continue
                     size = len(job.inputs[i])
-                    if used + size > self.max_tokens:
+                    if step and used + size > self.step_tokens:
                         break
                     step.append(queue.popleft())
                     used += size
