@@ -35,6 +35,11 @@ class CompletionRequest(GenerationParams):
     logit_bias: Any = None
     stream_options: Any = None
 
+    @field_validator("max_tokens")
+    @classmethod
+    def _default_length(cls, value: int | None) -> int:
+        return DEFAULT_MAX_TOKENS if value is None else value  # an explicit null too
+
     @field_validator("suffix", "logit_bias", "stream_options")
     @classmethod
     def _unsupported(cls, value: object) -> object:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from batchd.chat import ChatCompletionRequest, choice_object, completion_object
 from batchd.completions import (
     CompletionRequest,
+    Prompt,
     completion_choice,
     legacy_logprobs,
     text_completion_object,
@@ -23,6 +24,7 @@ from batchd.engines.base import ChatResult, Engine, Priority
 from batchd.responses import (
     ResponsesRequest,
     finished_status,
+    in_responses_terms,
     new_ids,
     output_message,
     response_object,
@@ -33,6 +35,7 @@ Capability = Literal["chat", "embeddings"]
 CAPABILITIES: tuple[Capability, ...] = ("chat", "embeddings")
 # For quotas: output tokens assumed for a request that sets no maximum.
 DEFAULT_OUTPUT_TOKENS = 1024
+PROMPTS_AT_ONCE = 8  # of one /v1/completions request, in the engine at once
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,17 +78,23 @@ class Operation:
 
 
 def _text_tokens(value: object) -> int:
-    """A tokenizer-free estimate: about 4 characters a token (token-id lists count as they
-    are), the same for every model; used only for enqueued-token quotas."""
-    if isinstance(value, str):
-        return len(value) // 4 + 1
-    if isinstance(value, list):
-        if value and all(isinstance(v, int) for v in value):
-            return len(value)
-        return sum(_text_tokens(v) for v in value)
-    if isinstance(value, dict):
-        return _text_tokens(value.get("content") if "content" in value else value.get("text"))
-    return 0
+    """A tokenizer-free estimate: about 4 characters a token (token ids count one each), the
+    same for every model; used only for enqueued-token quotas. Nesting of any depth is walked
+    without recursion (a line may nest lists a thousand deep)."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) // 4 + 1
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            total += 1
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.append(item.get("content") if "content" in item else item.get("text"))
+    return total
 
 
 def estimate_prompt_tokens(messages: object) -> int:
@@ -134,10 +143,20 @@ async def _run_chat(engine: Engine, request: ChatCompletionRequest, created: int
 async def _run_completions(engine: Engine, request: CompletionRequest, created: int,
                            priority: Priority) -> Produced:
     prompts = request.check()
-    async with asyncio.TaskGroup() as group:  # one failure cancels the other prompts
-        tasks = [group.create_task(engine.complete(request.one(p), priority=priority))
-                 for p in prompts]
-    results: list[ChatResult] = [task.result() for task in tasks]
+    # A few prompts at a time: a request of 2,048 prompts must not put them all ahead of
+    # everyone else's requests in the engine's queue.
+    room = asyncio.Semaphore(PROMPTS_AT_ONCE)
+
+    async def one(prompt: Prompt) -> ChatResult:
+        async with room:
+            return await engine.complete(request.one(prompt), priority=priority)
+
+    tasks = [asyncio.ensure_future(one(p)) for p in prompts]
+    try:  # the first failure is the request's, unchanged (a 400 stays a 400)
+        results: list[ChatResult] = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
     choices = []
     for p, (prompt, result) in enumerate(zip(prompts, results, strict=True)):
         echoed = prompt if request.echo and isinstance(prompt, str) else ""
@@ -162,7 +181,8 @@ async def _run_completions(engine: Engine, request: CompletionRequest, created: 
 
 async def _run_responses(engine: Engine, request: ResponsesRequest, created: int,
                          priority: Priority) -> Produced:
-    result = await engine.chat(request.chat(), priority=priority)
+    with in_responses_terms():
+        result = await engine.chat(request.chat(), priority=priority)
     choice = result.choices[0]
     status = finished_status(choice.finish_reason)
     response_id, message_id = new_ids()

@@ -3,7 +3,9 @@ into a chat request for the engines, the response object and its streamed events
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator
 
@@ -15,7 +17,7 @@ from batchd.chat import (
     StrictFloat,
     refuse_unsupported,
 )
-from batchd.errors import InvalidRequest
+from batchd.errors import BatchdError, InvalidRequest
 
 ROLES = ("user", "assistant", "system", "developer")
 # The content part types a text message may hold, by the role that sends them.
@@ -24,7 +26,8 @@ MIN_OUTPUT_TOKENS = 16  # OpenAI refuses a smaller max_output_tokens
 # Values of otherwise refused parameters that ask for nothing batchd does not do.
 ACCEPTED: dict[str, tuple[object, ...]] = {
     "tool_choice": (None, "none", "auto"), "background": (None, False),
-    "top_logprobs": (None, 0)}
+    "top_logprobs": (None, 0), "store": (None, False), "truncation": (None, "disabled"),
+    "service_tier": (None, "auto", "default")}
 
 
 class ResponsesRequest(OpenAIBaseModel):
@@ -36,13 +39,10 @@ class ResponsesRequest(OpenAIBaseModel):
     top_p: StrictFloat | None = Field(default=None, gt=0, le=1)
     stream: StrictBool | None = False
     metadata: dict[str, Any] | None = None
-    store: StrictBool | None = None
     user: StrictStr | None = None
     safety_identifier: StrictStr | None = None
     prompt_cache_key: StrictStr | None = None
-    service_tier: StrictStr | None = None
     parallel_tool_calls: StrictBool | None = None
-    truncation: Literal["auto", "disabled"] | None = None
     text: dict[str, Any] | None = None
     # What batchd does not do: refused by name (a 400 naming the parameter), never ignored.
     tools: Any = None
@@ -56,10 +56,20 @@ class ResponsesRequest(OpenAIBaseModel):
     top_logprobs: Any = None
     max_tool_calls: Any = None
     stream_options: Any = None
+    store: Any = None  # batchd keeps no responses to retrieve later
+    truncation: Any = None  # an input too long for the model is a 400, never cut
+    service_tier: Any = None
+    context_management: Any = None
+    moderation: Any = None
+    prompt_cache_retention: Any = None
+    prompt_cache_options: Any = None
+    background_options: Any = None
 
     @field_validator("tools", "previous_response_id", "conversation", "prompt", "reasoning",
                      "include", "max_tool_calls", "stream_options", "tool_choice",
-                     "background", "top_logprobs")
+                     "background", "top_logprobs", "store", "truncation", "service_tier",
+                     "context_management", "moderation", "prompt_cache_retention",
+                     "prompt_cache_options", "background_options")
     @classmethod
     def _unsupported(cls, value: object, info: ValidationInfo) -> object:
         return refuse_unsupported(value, ACCEPTED.get(info.field_name or "", NOT_SET))
@@ -86,10 +96,19 @@ class ResponsesRequest(OpenAIBaseModel):
 
     def check(self) -> None:
         """Refuse, by name, what is valid JSON but not something batchd can honour."""
-        fmt = (self.text or {}).get("format")
+        text = dict(self.text or {})
+        fmt = text.pop("format", None)
         if fmt not in (None, {"type": "text"}):
             raise InvalidRequest("Only the 'text' output format is supported by batchd.",
                                  code="unsupported_parameter", param="text.format")
+        if text.pop("verbosity", None) not in (None, "medium"):
+            raise InvalidRequest("Unsupported parameter: 'text.verbosity' is not supported by "
+                                 "batchd yet.", code="unsupported_parameter",
+                                 param="text.verbosity")
+        for key in text:
+            raise InvalidRequest(f"Unsupported parameter: 'text.{key}' is not supported by "
+                                 "batchd yet.", code="unsupported_parameter",
+                                 param=f"text.{key}")
         if self.metadata is not None:
             from batchd.batches.lifecycle import check_metadata
 
@@ -140,6 +159,35 @@ def _message(item: Any, where: str) -> dict[str, Any]:
                                  code="invalid_type", param=f"{at}.text")
         texts.append(text)
     return {"role": role, "content": "".join(texts)}
+
+
+# The chat parameters a Responses request becomes, by the names its caller used.
+RESPONSES_NAMES = {"max_completion_tokens": "max_output_tokens", "max_tokens":
+                   "max_output_tokens", "messages": "input"}
+
+
+@contextlib.contextmanager
+def in_responses_terms() -> Iterator[None]:
+    """An engine's refusal of the chat request a Responses request became, naming the
+    parameter the caller sent (`max_output_tokens`, not `max_completion_tokens`)."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        if exc.param in RESPONSES_NAMES:
+            renamed = RESPONSES_NAMES[exc.param]
+            exc.message = exc.message.replace(exc.param, renamed)
+            exc.param = renamed
+        raise
+
+
+def error_object(exc: BaseException) -> dict[str, Any]:
+    """A failed response's `error`: its code is one of the few OpenAI defines."""
+    if isinstance(exc, InvalidRequest):
+        return {"code": "invalid_prompt", "message": exc.message}
+    if isinstance(exc, BatchdError):
+        return {"code": "server_error", "message": exc.message}
+    return {"code": "server_error",
+            "message": "The server had an error while processing your request."}
 
 
 def usage_object(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, Any]:
@@ -195,7 +243,7 @@ def response_object(
         "tools": [],
         "top_logprobs": 0,
         "top_p": 1.0 if request.top_p is None else request.top_p,
-        "truncation": request.truncation or "disabled",
+        "truncation": "disabled",
         "usage": usage,
         "user": request.user,
         "metadata": request.metadata or {},

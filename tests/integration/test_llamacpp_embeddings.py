@@ -13,6 +13,7 @@ from batchd.completions import CompletionRequest
 from batchd.embeddings import EmbeddingInputs
 from batchd.engines.base import EngineFailure, EngineRequestError, Priority
 from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
+from batchd.operations import COMPLETIONS, RESPONSES
 
 pytestmark = pytest.mark.backend_independent
 
@@ -103,3 +104,31 @@ async def test_text_completions_run_the_raw_prompt(engine: LlamaCppEngine) -> No
     with pytest.raises(EngineRequestError) as vocab:
         await engine.complete(request.model_copy(update={"prompt": [10**7]}))
     assert vocab.value.param == "prompt"
+
+
+async def test_engine_refusals_keep_their_400_and_their_callers_names(
+        engine: LlamaCppEngine) -> None:
+    several = COMPLETIONS.parse({"model": "m", "prompt": [[5, 6], [10**7]], "max_tokens": 2})
+    with pytest.raises(EngineRequestError) as vocab:  # not an ExceptionGroup, not a 500
+        await COMPLETIONS.run(engine, several, 0, Priority.REALTIME)
+    assert vocab.value.param == "prompt"
+    long = RESPONSES.parse({"model": "m", "input": "hi", "max_output_tokens": 100_000})
+    with pytest.raises(EngineRequestError) as limit:
+        await RESPONSES.run(engine, long, 0, Priority.REALTIME)
+    assert limit.value.param == "max_output_tokens" and "max_output_tokens" in limit.value.message
+    huge = RESPONSES.parse({"model": "m", "input": "word " * 600})
+    with pytest.raises(EngineRequestError) as context:
+        await RESPONSES.run(engine, huge, 0, Priority.REALTIME)
+    assert context.value.param == "input"
+
+
+async def test_closing_the_embedder_fails_what_waits_instead_of_hanging() -> None:
+    engine = LlamaCppEngine(LlamaCppOptions(pooling="mean", embedding_step_tokens=16),
+                            serves=frozenset({"embeddings"}))
+    calls = [asyncio.ensure_future(engine.embed(EmbeddingInputs(texts=[f"text {i} " * 4])))
+             for i in range(40)]
+    await asyncio.sleep(0.05)
+    await engine.aclose()
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert failed and all(isinstance(o, EngineFailure) for o in failed)

@@ -84,6 +84,11 @@ async def test_a_response_from_messages_with_text_parts_and_a_token_limit(
     ({"max_output_tokens": 15}, "max_output_tokens"),
     ({"temperature": 3}, "temperature"),
     ({"metadata": {"k": 5}}, "metadata.k"),
+    ({"store": True}, "store"),
+    ({"truncation": "auto"}, "truncation"),
+    ({"service_tier": "flex"}, "service_tier"),
+    ({"text": {"verbosity": "low"}}, "text.verbosity"),
+    ({"context_management": [{"type": "compaction"}]}, "context_management"),
 ])
 async def test_what_responses_cannot_do_is_a_400_naming_it(
         harness: Harness, extra: dict[str, Any], param: str) -> None:
@@ -149,6 +154,9 @@ async def test_text_completion_defaults_token_prompts_and_stops(harness: Harness
     tokens = (await harness.client.post("/v1/completions", json={
         "model": "instant-model", "prompt": [[5, 6], [7]], "stop": "t6"})).json()
     assert [c["text"] for c in tokens["choices"]] == ["echo: t5 ", "echo: t7"]
+    null = (await harness.client.post("/v1/completions", json={
+        "model": "instant-model", "prompt": words, "max_tokens": None})).json()
+    assert null["usage"]["completion_tokens"] == 16  # an explicit null is the default too
 
 
 @pytest.mark.parametrize(("extra", "param"), [

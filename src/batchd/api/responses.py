@@ -20,7 +20,9 @@ from batchd.errors import BatchdError
 from batchd.operations import RESPONSES
 from batchd.responses import (
     ResponsesRequest,
+    error_object,
     finished_status,
+    in_responses_terms,
     new_ids,
     output_message,
     output_text,
@@ -72,23 +74,21 @@ async def _events(engine: Engine, body: ResponsesRequest, chat: ChatCompletionRe
     pieces: list[str] = []
     finish, usage = "stop", Usage(prompt_tokens=0, completion_tokens=0)
     try:
-        async for step in engine.chat_stream(chat):
-            if isinstance(step, Delta):
-                if step.text:
-                    pieces.append(step.text)
-                    yield event("response.output_text.delta", **where, content_index=0,
-                                delta=step.text, logprobs=[])
-                if step.finish_reason:
-                    finish = step.finish_reason
-            else:
-                usage = step
+        with in_responses_terms():
+            async for step in engine.chat_stream(chat):
+                if isinstance(step, Delta):
+                    if step.text:
+                        pieces.append(step.text)
+                        yield event("response.output_text.delta", **where, content_index=0,
+                                    delta=step.text, logprobs=[])
+                    if step.finish_reason:
+                        finish = step.finish_reason
+                else:
+                    usage = step
     except Exception as exc:  # headers are sent: the failure is the stream's last event
-        if isinstance(exc, BatchdError):
-            error = {"code": exc.code or "server_error", "message": exc.message}
-        else:
+        if not isinstance(exc, BatchdError):
             log.exception("a streamed response failed")
-            error = {"code": "server_error",
-                     "message": "The server had an error while processing your request."}
+        error = error_object(exc)
         yield event("response.failed", response=response(
             "failed", [output_message(item_id=item_id, text="".join(pieces),
                                       status="incomplete")], error=error))

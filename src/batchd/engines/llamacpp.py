@@ -186,6 +186,9 @@ class LlamaCppEngine:
         return self._fits(tokens, "prompt")
 
     def _fits(self, tokens: list[int], param: str) -> list[int]:
+        if not tokens:  # a model that adds no BOS token: nothing to continue from
+            raise EngineRequestError(f"Invalid '{param}': it is empty (no tokens).",
+                                     code="invalid_value", param=param)
         if len(tokens) >= self.n_ctx:
             what = "messages" if param == "messages" else "prompt"
             raise EngineRequestError(

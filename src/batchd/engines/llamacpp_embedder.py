@@ -93,6 +93,9 @@ class Embedder:
             lists = [self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)
                      for text in inputs.texts or []]
         for i, ids in enumerate(lists):
+            if not ids:  # a model that adds no BOS token, given only whitespace
+                raise EngineRequestError(f"Invalid 'input[{i}]': it has no tokens.",
+                                         code="invalid_value", param=f"input[{i}]")
             if len(ids) > self.max_tokens:
                 raise EngineRequestError(
                     f"This model's maximum input length is {self.max_tokens} tokens; "
@@ -127,11 +130,19 @@ class Embedder:
         return EmbeddingResult(vectors=vectors, prompt_tokens=sum(len(ids) for ids in lists))
 
     def close(self) -> None:
+        """Stop after the step in progress; every request still waiting fails (a restarted
+        engine's callers retry on the new one), none is left waiting forever."""
         with self._wake:
             self._stopping = True
+            queued = [job for queue in self._waiting.values() for job, _ in queue]
+            for queue in self._waiting.values():
+                queue.clear()
             self._wake.notify()
-        self._thread.join()
-        self._llama.close()
+        for job in queued:
+            _settle(job, EngineFailure("The engine was shut down."))
+        self._thread.join(timeout=60)
+        if not self._thread.is_alive():
+            self._llama.close()
 
     # --- the decoding thread ----------------------------------------------------------------
 

@@ -367,6 +367,7 @@ class UpstreamEngine:
                        priority: Priority = Priority.REALTIME) -> ChatResult:
         payload = request.model_dump(exclude_none=True)
         payload["model"] = self.model
+        payload.pop("echo", None)  # the endpoint adds the prompt itself, once
         return await self._call("/completions", payload, _completion_result,
                                 lambda r: r.completion_tokens)
 
