@@ -59,8 +59,9 @@ screenshots: $(STAMP) $(CHROMIUM)
 	BATCHD_SCREENSHOTS=docs $(VENV)/bin/pytest -q tests/browser/test_console.py
 
 bench: $(STAMP)
-	$(PY) bench/throughput.py --workload short
-	$(PY) bench/throughput.py --workload shared
+	$(PY) bench/throughput.py --workload short --rounds 3
+	$(PY) bench/throughput.py --workload shared --rounds 3
+	$(PY) bench/decode_ceiling.py
 	$(PY) bench/latency.py
 	$(PY) bench/embeddings.py
 	$(PY) bench/control_plane.py

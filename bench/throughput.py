@@ -3,11 +3,12 @@
 1. the naive loop: llama-cpp-python's `create_chat_completion`, one request after another;
 2. batchd's llama.cpp engine driven directly (continuous batching, prefix reuse);
 3. batchd end to end: upload → batch → completed, through the real server;
-4. with LLAMA_SERVER=/path/to/llama-server, that server at concurrency 8 too.
+4. with LLAMA_SERVER=/path/to/llama-server, that server with --parallel N for N in 4, 8, 16
+   and 32 (each sent N requests at a time), the best N reported.
 
 Prints generated tokens/s and requests/s for each, and the ratios.
 
-    .venv/bin/python bench/throughput.py --workload short|shared [--requests 64]
+    .venv/bin/python bench/throughput.py --workload short|shared [--requests 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,9 +57,12 @@ class Figures:
     tokens: int
     requests: int
 
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
     def line(self, baseline: Figures | None) -> str:
-        ratio = f"  {self.tokens / self.seconds / (baseline.tokens / baseline.seconds):.2f}x" \
-            if baseline else ""
+        ratio = f"  {self.rate / baseline.rate:.2f}x" if baseline else ""
         return (f"{self.name:<34} {self.tokens / self.seconds:7.1f} gen tok/s "
                 f"{self.requests / self.seconds:6.2f} req/s ({self.tokens} tokens, "
                 f"{self.seconds:.1f} s){ratio}")
@@ -141,10 +146,10 @@ def batchd_end_to_end(chats: list[list[dict[str, str]]], parallel: int) -> Figur
                            batch.usage.output_tokens, len(chats))
 
 
-def llama_server(binary: str, chats: list[list[dict[str, str]]]) -> Figures:
+def llama_server(binary: str, chats: list[list[dict[str, str]]], slots: int) -> Figures:
     port = free_port()
     process = subprocess.Popen([binary, "-m", str(default_model_path()), "--port", str(port),
-                                "--parallel", "8", "-c", str(2048 * 8),
+                                "--parallel", str(slots), "-c", str(2048 * slots),
                                 "--threads", str(THREADS), "--threads-batch", str(THREADS)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -152,7 +157,7 @@ def llama_server(binary: str, chats: list[list[dict[str, str]]]) -> Figures:
         wait_for_http(f"{base}/health", process=process)
 
         async def run() -> Figures:
-            gate = asyncio.Semaphore(8)
+            gate = asyncio.Semaphore(slots)
             async with httpx.AsyncClient(base_url=base, timeout=600) as client:
                 await client.post("/v1/chat/completions",
                                   json={"messages": WARM_UP, "max_tokens": 8})
@@ -164,7 +169,7 @@ def llama_server(binary: str, chats: list[list[dict[str, str]]]) -> Figures:
                         return int(r.json()["usage"]["completion_tokens"])
                 started = time.perf_counter()
                 tokens = sum(await asyncio.gather(*(one(m) for m in chats)))
-                return Figures("llama-server --parallel 8 (conc. 8)",
+                return Figures(f"llama-server --parallel {slots} (conc. {slots})",
                                time.perf_counter() - started, tokens, len(chats))
 
         return asyncio.run(run())
@@ -184,6 +189,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=16)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     chats = workload(args.workload, args.requests, args.seed)
     print(f"workload {args.workload}: {args.requests} chats, {MAX_TOKENS} max tokens, "
@@ -192,17 +198,38 @@ def main() -> None:
     # Each in-process measurement runs in a process of its own that then exits: llama.cpp's
     # OpenMP worker threads outlive a closed model and keep spinning, which slowed every later
     # measurement on this 2-core machine by about a quarter.
-    naive = isolated(naive_loop, chats)
-    print(naive.line(None), flush=True)
-    direct = isolated(engine_direct, chats, args.parallel)
-    print(direct.line(naive), flush=True)
-    e2e = batchd_end_to_end(chats, args.parallel)
-    print(e2e.line(naive), flush=True)
-    print(f"engine utilisation (end to end ÷ direct): "
-          f"{(e2e.tokens / e2e.seconds) / (direct.tokens / direct.seconds):.2f}")
+    # The naive loop decodes one token a step, bound by memory bandwidth, which on a shared VM
+    # drifts by up to a fifth within minutes; batched steps are bound by arithmetic and hold
+    # steady. With --rounds N the contenders run alternately N times and the median ratio of
+    # each round (measured minutes apart at most) is reported.
+    ratios: dict[str, list[float]] = {"engine direct": [], "end to end": []}
+    for round_no in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"round {round_no}:")
+        naive = isolated(naive_loop, chats)
+        print(naive.line(None), flush=True)
+        direct = isolated(engine_direct, chats, args.parallel)
+        print(direct.line(naive), flush=True)
+        e2e = batchd_end_to_end(chats, args.parallel)
+        print(e2e.line(naive), flush=True)
+        print(f"engine utilisation (end to end ÷ direct): "
+              f"{(e2e.tokens / e2e.seconds) / (direct.tokens / direct.seconds):.2f}")
+        ratios["engine direct"].append(direct.rate / naive.rate)
+        ratios["end to end"].append(e2e.rate / naive.rate)
+    if args.rounds > 1:
+        for name, values in ratios.items():
+            print(f"batchd {name} ÷ naive loop, median of {args.rounds} rounds: "
+                  f"{statistics.median(values):.2f}x (each: "
+                  f"{', '.join(f'{v:.2f}' for v in values)})")
     binary = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
     if binary:
-        print(llama_server(binary, chats).line(naive))
+        runs = []
+        for slots in (4, 8, 16, 32):
+            runs.append(llama_server(binary, chats, slots))
+            print(runs[-1].line(naive), flush=True)
+        best = max(runs, key=lambda f: f.tokens / f.seconds)
+        print(f"batchd end to end ÷ best llama-server ({best.name.split(' (')[0]}): "
+              f"{(e2e.tokens / e2e.seconds) / (best.tokens / best.seconds):.2f}")
     else:
         print("llama-server: not run (set LLAMA_SERVER to a llama-server binary)")
 
