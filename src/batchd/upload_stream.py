@@ -21,6 +21,7 @@ from typing import BinaryIO
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from batchd.errors import InvalidRequest
+from batchd.shielding import finish_even_if_cancelled
 
 _FLUSH = 1024 * 1024
 _MAX_FIELD = 64 * 1024
@@ -200,5 +201,5 @@ class StreamedUpload:
             await asyncio.to_thread(writer.__exit__, None, None, None)  # fsync + rename
         else:  # aborts the write (on S3 a request: off the loop, finished even if cancelled)
             with contextlib.suppress(BaseException):
-                await asyncio.shield(asyncio.to_thread(
+                await finish_even_if_cancelled(asyncio.to_thread(
                     writer.__exit__, type(error), error, error.__traceback__))

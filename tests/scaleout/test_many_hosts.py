@@ -169,5 +169,10 @@ def run_the_batch(cluster: Cluster, client: httpx.Client) -> None:
     ids = [json.loads(line)["custom_id"] for line in output]
     assert len(ids) == REQUESTS and set(ids) == {f"req-{n}" for n in range(REQUESTS)}
     assert batch["error_file_id"] is None
-    # The partitioned host found its leases taken when it came back (its writes refused).
-    assert "lost the lease" in (cluster.root / "w2.log").read_text()
+    # The partitioned host noticed when it came back: either w3 had taken its chunks over
+    # (its writes refused: "lost the lease"), or nobody had yet and it claimed them again as
+    # a dead worker's, charging and re-running what it had in flight. Exactly once either way
+    # (checked above); which one happens is a matter of timing.
+    w2_log = (cluster.root / "w2.log").read_text()
+    assert "lost the lease" in w2_log or "they run again first" in w2_log, w2_log
+    assert "never retrieved" not in w2_log

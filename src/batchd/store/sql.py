@@ -27,6 +27,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
+from batchd.shielding import finish_even_if_cancelled
 from batchd.store.records import (
     BatchStatus,
     ChunkProgress,
@@ -49,7 +50,7 @@ def shielded(verb: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(verb)
     async def shielded(*args: P.args, **kwargs: P.kwargs) -> R:
-        return await asyncio.shield(verb(*args, **kwargs))
+        return await finish_even_if_cancelled(verb(*args, **kwargs))
 
     return shielded
 

@@ -25,6 +25,7 @@ from batchd.backends import outage
 from batchd.batches import results
 from batchd.engines.base import EngineUnavailable
 from batchd.operations import CHAT, OPERATIONS
+from batchd.shielding import finish_even_if_cancelled
 from batchd.store.blobs import BlobMissing
 from batchd.store.records import (
     BatchRecord,
@@ -221,7 +222,7 @@ class ChunkRun:
             body.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await body
-            await asyncio.shield(self._checkpoint(release=True))
+            await finish_even_if_cancelled(self._checkpoint(release=True))
             raise
         finally:
             for helper in helpers:
@@ -444,7 +445,7 @@ class ChunkRun:
                 # Shielded: if the chunk finishes meanwhile and this task is cancelled, the
                 # checkpoint still completes, so its part is not lost between two flushes.
                 try:
-                    saved = await asyncio.shield(self._checkpoint(release=False))
+                    saved = await finish_even_if_cancelled(self._checkpoint(release=False))
                 except Exception as exc:  # the store, for a moment: the lines wait
                     log.warning("chunk %s/%s: checkpoint failed (%s); trying again",
                                 self.chunk.batch_id, self.chunk.chunk_no,
