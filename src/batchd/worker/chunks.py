@@ -67,12 +67,28 @@ def read_requests(ctx: WorkerContext, input_key: str, chunk: Chunk) -> list[Requ
 
 
 def prefix_key(request: Request) -> tuple[str, str]:
-    """(model, first message text): what decides whether two prompts share a prefix."""
+    """(model, how its prompt begins): what decides whether two prompts share a prefix. For
+    chat, the first message; for responses, the instructions (or the first input); for text
+    completions, the prompt's first characters (few-shot prompts share their examples)."""
     body = request[1]
-    messages = body.get("messages")
-    first = messages[0] if isinstance(messages, list) and messages else None
-    content = first.get("content") if isinstance(first, dict) else None
-    return str(body.get("model")), content if isinstance(content, str) else ""
+    if "messages" in body:
+        lead = _first_text(body.get("messages"))
+    elif "instructions" in body or "input" in body:
+        lead = body.get("instructions") or _first_text(body.get("input"))
+    else:
+        prompt = body.get("prompt")
+        lead = prompt[:PROMPT_LEAD] if isinstance(prompt, str) else ""
+    return str(body.get("model")), lead if isinstance(lead, str) else ""
+
+
+PROMPT_LEAD = 256  # characters of a text-completion prompt that group it
+
+
+def _first_text(items: object) -> object:
+    if isinstance(items, str):
+        return items
+    first = items[0] if isinstance(items, list) and items else None
+    return first.get("content") if isinstance(first, dict) else None
 
 
 def done_custom_ids(ctx: WorkerContext, parts: list[Part]) -> set[str]:
