@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from batchd import ids
-from batchd.chat import NOT_SET, SYSTEM_FINGERPRINT, GenerationParams, refuse_unsupported
+from batchd.chat import (
+    NOT_SET,
+    SYSTEM_FINGERPRINT,
+    GenerationParams,
+    StreamOptions,
+    refuse_unsupported,
+)
 from batchd.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -31,16 +37,16 @@ class CompletionRequest(GenerationParams):
     stream: StrictBool | None = False
     user: StrictStr | None = None
     # Refused by name, never silently ignored.
+    stream_options: StreamOptions | None = None
     suffix: Any = None
     logit_bias: Any = None
-    stream_options: Any = None
 
     @field_validator("max_tokens")
     @classmethod
     def _default_length(cls, value: int | None) -> int:
         return DEFAULT_MAX_TOKENS if value is None else value  # an explicit null too
 
-    @field_validator("suffix", "logit_bias", "stream_options")
+    @field_validator("suffix", "logit_bias")
     @classmethod
     def _unsupported(cls, value: object) -> object:
         return refuse_unsupported(value, (*NOT_SET, ""))
@@ -70,10 +76,9 @@ class CompletionRequest(GenerationParams):
 
     def check(self) -> list[Prompt]:
         """The prompts, once the options batchd cannot honour are refused by name."""
-        if self.stream:
-            raise InvalidRequest("Streaming is not supported on /v1/completions by batchd; "
-                                 "stream with /v1/chat/completions or /v1/responses.",
-                                 code="unsupported_parameter", param="stream")
+        if self.stream and self.logprobs is not None:
+            raise InvalidRequest("logprobs are not streamed by batchd: ask without stream.",
+                                 code="unsupported_parameter", param="logprobs")
         if self.best_of is not None and self.best_of != self.n:
             raise InvalidRequest("best_of other than n is not supported by batchd: every "
                                  "generated choice is returned.",
@@ -119,7 +124,7 @@ def legacy_logprobs(content: list[dict[str, Any]], *, offset: int) -> dict[str, 
             "text_offset": offsets}
 
 
-def completion_choice(*, index: int, text: str, finish_reason: str,
+def completion_choice(*, index: int, text: str, finish_reason: str | None,
                       logprobs: dict[str, Any] | None) -> dict[str, Any]:
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
@@ -133,11 +138,16 @@ def text_completion_object(*, model: str, created: int, choices: list[dict[str, 
         "created": created,
         "model": model,
         "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens},
-        },
+        "usage": usage_object(prompt_tokens, completion_tokens, cached_tokens),
         "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+
+def usage_object(prompt_tokens: int, completion_tokens: int,
+                 cached_tokens: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }

@@ -58,6 +58,13 @@ def test_text_completions_with_the_sdk(client: OpenAI) -> None:
     assert "".join(first.logprobs.tokens or []) == first.text
     assert all(len(top) <= 2 for top in first.logprobs.top_logprobs or [])
     assert completion.usage is not None and completion.usage.completion_tokens <= 12
+    streamed = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=6,
+                                         temperature=0, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(streamed)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == completion.choices[0].text
+    assert chunks[-1].usage is not None and 0 < chunks[-1].usage.completion_tokens <= 6
 
 
 def test_embeddings_with_the_sdk(client: OpenAI) -> None:

@@ -161,7 +161,7 @@ async def test_text_completion_defaults_token_prompts_and_stops(harness: Harness
 
 @pytest.mark.parametrize(("extra", "param"), [
     ({"suffix": "end"}, "suffix"),
-    ({"stream": True}, "stream"),
+    ({"stream": True, "logprobs": 1}, "logprobs"),
     ({"best_of": 3}, "best_of"),
     ({"echo": True, "logprobs": 2}, "echo"),
     ({"logprobs": 9}, "logprobs"),
@@ -175,6 +175,40 @@ async def test_what_completions_cannot_do_is_a_400_naming_it(
     body = {"model": "instant-model", "prompt": "hi", **extra}
     error = error_of(await harness.client.post("/v1/completions", json=body))
     assert error["param"] == param
+
+
+async def test_streamed_text_completions_as_openai_sends_them(harness: Harness) -> None:
+    response = await harness.client.post("/v1/completions", json={
+        "model": "instant-model", "prompt": ["a b", "c d e"], "n": 2, "max_tokens": 3,
+        "echo": True, "stream": True, "stream_options": {"include_usage": True}})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [block.removeprefix("data: ") for block in response.text.strip().split("\n\n")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    texts: dict[int, str] = {}
+    finishes: dict[int, str] = {}
+    for c in chunks:
+        for choice in c["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+            if choice["finish_reason"]:
+                finishes[choice["index"]] = choice["finish_reason"]
+    whole = (await harness.client.post("/v1/completions", json={
+        "model": "instant-model", "prompt": ["a b", "c d e"], "n": 2, "max_tokens": 3,
+        "echo": True})).json()
+    assert texts == {c["index"]: c["text"] for c in whole["choices"]}
+    assert finishes == {c["index"]: c["finish_reason"] for c in whole["choices"]}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+
+
+async def test_a_failing_streamed_completion_ends_with_an_error_event(
+        harness: Harness) -> None:
+    response = await harness.client.post("/v1/completions", json={
+        "model": "instant-model", "prompt": ["fine", "FAIL-ME"], "stream": True})
+    events = [block.removeprefix("data: ") for block in response.text.strip().split("\n\n")]
+    assert events[-1] == "[DONE]" and "error" in json.loads(events[-2])
 
 
 # --- /v1/embeddings -----------------------------------------------------------------------
@@ -356,3 +390,6 @@ async def test_the_sdks_stream_helper_assembles_the_final_response(harness: Harn
     assert [len(d.embedding) for d in embedded.data] == [8, 8]  # base64, decoded by the SDK
     completion = await client.completions.create(model="instant-model", prompt="p q")
     assert completion.choices[0].text == "echo: p q"
+    pieces = [c.choices[0].text async for c in await client.completions.create(
+        model="instant-model", prompt="r s", stream=True)]
+    assert "".join(pieces) == "echo: r s"

@@ -227,3 +227,6 @@ async def test_text_completions_are_forwarded_to_a_real_server(make_engine: Make
     result = await engine.complete(request)
     assert result.choices[0].text and result.completion_tokens == 5
     assert result.prompt_tokens > 0
+    events = [e async for e in engine.complete_stream(request)]
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == result.choices[0].text
+    assert isinstance(events[-1], Usage) and events[-1].completion_tokens > 0

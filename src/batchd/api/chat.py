@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,16 +11,14 @@ from fastapi.responses import StreamingResponse
 
 from batchd import ids
 from batchd.api.auth import Caller
-from batchd.api.realtime import HeldStream, engine_for, run_now
+from batchd.api.realtime import HeldStream, engine_for, run_now, stream_error
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.chat import SYSTEM_FINGERPRINT, ChatCompletionRequest, usage_object
 from batchd.engines.base import Delta, Engine, Usage
-from batchd.errors import BatchdError, ServerError
 from batchd.operations import CHAT
 
 router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=AuthenticatedRoute)
-log = logging.getLogger(__name__)
 
 
 @router.post("/completions", response_model=None)
@@ -63,11 +60,6 @@ async def _sse(engine: Engine, body: ChatCompletionRequest, created: int) -> Asy
             elif isinstance(event, Usage) and include_usage:
                 yield chunk([], usage_object(event.prompt_tokens, event.completion_tokens,
                                              event.cached_tokens))
-    except BatchdError as exc:  # headers are sent: report in-band, as OpenAI does
-        yield b"data: " + orjson.dumps(exc.envelope()) + b"\n\n"
-    except Exception:  # an internal failure's text is the log's, not the client's
-        log.exception("a streamed chat completion failed")
-        error = ServerError("The server had an error while processing your request.",
-                            code="internal_error")
-        yield b"data: " + orjson.dumps(error.envelope()) + b"\n\n"
+    except Exception as exc:  # headers are sent: the error is the stream's last event
+        yield stream_error(exc, "chat completion")
     yield b"data: [DONE]\n\n"

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
@@ -18,10 +20,11 @@ from batchd.api.auth import Principal
 from batchd.api.state import services
 from batchd.engines.base import Engine, Priority
 from batchd.engines.registry import ModelRegistry
-from batchd.errors import InvalidRequest, NotFound
+from batchd.errors import BatchdError, InvalidRequest, NotFound, ServerError
 from batchd.operations import Operation, endpoints_for
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def engine_for(registry: ModelRegistry, model: str, operation: Operation) -> Engine:
@@ -41,6 +44,17 @@ def wrong_kind_message(model: str, operation: Operation, capabilities: frozenset
     return (f"The model '{model}' does not serve {operation.endpoint} (it is not "
             f"{'an embeddings' if operation.capability == 'embeddings' else 'a chat'} model); "
             f"it serves {', '.join(endpoints_for(capabilities))}.")
+
+
+def stream_error(exc: Exception, what: str) -> bytes:
+    """A failure after a stream's headers went out, reported in-band as OpenAI does: a data
+    event holding the error envelope. An internal failure's text is the log's, not the
+    client's."""
+    if not isinstance(exc, BatchdError):
+        log.error("a streamed %s failed", what, exc_info=exc)
+        exc = ServerError("The server had an error while processing your request.",
+                          code="internal_error")
+    return b"data: " + orjson.dumps(exc.envelope()) + b"\n\n"
 
 
 async def run_now(request: Request, caller: Principal, operation: Operation, body: Any, *,

@@ -96,6 +96,11 @@ class Engine(Protocol):
         no chat template; choices' logprobs in the completions format."""
         ...
 
+    def complete_stream(self, request: CompletionRequest, *,
+                        priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
+        """`complete`, as it is generated."""
+        ...
+
     async def embed(self, inputs: EmbeddingInputs, *,
                     priority: Priority = Priority.REALTIME) -> EmbeddingResult:
         """One vector per input (texts or token ids)."""

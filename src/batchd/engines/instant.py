@@ -28,6 +28,17 @@ from batchd.engines.base import (
 )
 
 
+async def _as_stream(result: ChatResult) -> AsyncIterator[StreamEvent]:
+    """A finished result as a stream: word by word, then the usage."""
+    for index, choice in enumerate(result.choices):
+        words = choice.text.split(" ")
+        for n, word in enumerate(words):
+            last = n == len(words) - 1
+            yield Delta(index=index, text=word if n == 0 else " " + word,
+                        finish_reason=choice.finish_reason if last else None)
+    yield Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+
+
 def _vector(text: str, dims: int) -> list[float]:
     digest = b""
     while len(digest) < dims:
@@ -101,14 +112,14 @@ class InstantEngine:
 
     async def chat_stream(self, request: ChatCompletionRequest, *,
                           priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
-        result = await self.chat(request)
-        for index, choice in enumerate(result.choices):
-            words = choice.text.split(" ")
-            for n, word in enumerate(words):
-                last = n == len(words) - 1
-                yield Delta(index=index, text=word if n == 0 else " " + word,
-                            finish_reason=choice.finish_reason if last else None)
-        yield Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+        async for event in _as_stream(await self.chat(request)):
+            yield event
+
+    async def complete_stream(self, request: CompletionRequest, *,
+                              priority: Priority = Priority.REALTIME
+                              ) -> AsyncIterator[StreamEvent]:
+        async for event in _as_stream(await self.complete(request)):
+            yield event
 
     async def complete(self, request: CompletionRequest, *,
                        priority: Priority = Priority.REALTIME) -> ChatResult:

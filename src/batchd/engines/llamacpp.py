@@ -313,12 +313,23 @@ class LlamaCppEngine:
             cached_tokens=seqs[0].reused,
         )
 
-    async def chat_stream(self, request: ChatCompletionRequest, *,
-                          priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
+    def chat_stream(self, request: ChatCompletionRequest, *,
+                    priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
+        self._check(request)
+        return self._generate_stream(lambda: self._prompt(request), request.sampling(),
+                                     priority)
+
+    def complete_stream(self, request: CompletionRequest, *,
+                        priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
+        return self._generate_stream(lambda: self._raw_prompt(request.single),
+                                     request.sampling(), priority)
+
+    async def _generate_stream(self, prompt: Callable[[], list[int]], sampling: Sampling,
+                               priority: Priority) -> AsyncIterator[StreamEvent]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
         cancelled = threading.Event()
-        remaining = request.n
+        remaining = sampling.n
 
         def emit(delta: Delta) -> None:
             _post(loop, queue.put_nowait, delta)
@@ -326,10 +337,8 @@ class LlamaCppEngine:
         def done(seq: Sequence, error: BaseException | None) -> None:
             _post(loop, queue.put_nowait, error)
 
-        self._check(request)
         scheduler = self._generator()
-        seqs = self._sequences(lambda: self._prompt(request), request.sampling(), priority,
-                               emit, done, cancelled)
+        seqs = self._sequences(prompt, sampling, priority, emit, done, cancelled)
         for seq in seqs:
             scheduler.submit(seq)
         try:

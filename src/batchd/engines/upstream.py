@@ -382,15 +382,28 @@ class UpstreamEngine:
                                 lambda body: _embedding_result(body, inputs.count),
                                 lambda r: 0)
 
-    async def chat_stream(self, request: ChatCompletionRequest, *,
-                          priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
-        payload = self._payload(request, stream=True)
+    def chat_stream(self, request: ChatCompletionRequest, *,
+                    priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
+        return self._stream("/chat/completions", self._payload(request, stream=True),
+                            lambda choice: (choice.get("delta") or {}).get("content") or "")
+
+    def complete_stream(self, request: CompletionRequest, *,
+                        priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
+        payload = request.model_dump(exclude_none=True)
+        payload.pop("echo", None)  # the endpoint adds the prompt itself, once
+        payload.update(model=self.model, stream=True, stream_options={"include_usage": True})
+        return self._stream("/completions", payload, lambda choice: choice.get("text") or "")
+
+    async def _stream(self, path: str, payload: dict[str, Any],
+                      text_of: Callable[[dict[str, Any]], str]) -> AsyncIterator[StreamEvent]:
+        """POST `payload` to `path` with streaming, as deltas (`text_of` a choice) and the
+        usage last."""
         target, sent = await self._admit(avoid=None)
         overloaded, pieces = False, 0
         usage: Usage | None = None
         try:
             async with self.clients.one() as client, client.stream(
-                    "POST", f"{target.base_url}/chat/completions", json=payload) as response:
+                    "POST", f"{target.base_url}{path}", json=payload) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     overloaded = response.status_code in RETRYABLE
@@ -407,7 +420,7 @@ class UpstreamEngine:
                                       completion_tokens=chunk["usage"].get(
                                           "completion_tokens", 0))
                     for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content") or ""
+                        text = text_of(choice)
                         pieces += bool(text)
                         if text or choice.get("finish_reason"):
                             yield Delta(index=choice.get("index", 0), text=text,
