@@ -16,6 +16,7 @@ from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.chat import SYSTEM_FINGERPRINT, ChatCompletionRequest, usage_object
 from batchd.engines.base import Delta, Engine, Usage
+from batchd.errors import InvalidRequest
 from batchd.operations import CHAT
 
 router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=AuthenticatedRoute)
@@ -27,6 +28,9 @@ async def chat_completions(
 ) -> dict[str, Any] | StreamingResponse:
     if not body.stream:
         return await run_now(request, caller, CHAT, body, slots=body.n)
+    if body.logprobs:
+        raise InvalidRequest("logprobs are not streamed by batchd: ask without stream.",
+                             code="unsupported_parameter", param="logprobs")
     svc = services(request)
     engine = engine_for(svc.registry, body.model, CHAT)
     # Held until the last byte is sent; Starlette cancels the stream on disconnect.
