@@ -138,3 +138,14 @@ async def test_the_upstream_engine_forwards_embeddings_to_an_openai_compatible_s
         assert refused.value.param == "dimensions"
     finally:
         await engine.aclose()
+
+
+def test_a_stream_the_engine_refuses_at_once_is_an_http_error(client: OpenAI) -> None:
+    too_long = "word " * 5000  # over the 4,096-token context of models.yaml's entry
+    with pytest.raises(openai.BadRequestError) as chat:
+        client.chat.completions.create(model=MODEL, stream=True,
+                                       messages=[{"role": "user", "content": too_long}])
+    assert chat.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as response:
+        client.responses.create(model=MODEL, input=too_long, stream=True)
+    assert response.value.body["param"] == "input"  # type: ignore[index]

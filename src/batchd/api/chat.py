@@ -11,11 +11,17 @@ from fastapi.responses import StreamingResponse
 
 from batchd import ids
 from batchd.api.auth import Caller
-from batchd.api.realtime import HeldStream, engine_for, run_now, stream_error
+from batchd.api.realtime import (
+    HeldStream,
+    engine_for,
+    first_then_rest,
+    run_now,
+    stream_error,
+)
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.chat import SYSTEM_FINGERPRINT, ChatCompletionRequest, usage_object
-from batchd.engines.base import Delta, Engine, Usage
+from batchd.engines.base import Delta, StreamEvent, Usage
 from batchd.errors import InvalidRequest
 from batchd.operations import CHAT
 
@@ -35,11 +41,17 @@ async def chat_completions(
     engine = engine_for(svc.registry, body.model, CHAT)
     # Held until the last byte is sent; Starlette cancels the stream on disconnect.
     release = svc.realtime.acquire(caller.key_id, body.n)
-    return HeldStream(_sse(engine, body, int(svc.clock.now())), release=release,
+    try:
+        events = await first_then_rest(request, engine.chat_stream(body))
+    except BaseException:
+        release()
+        raise
+    return HeldStream(_sse(events, body, int(svc.clock.now())), release=release,
                       media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
-async def _sse(engine: Engine, body: ChatCompletionRequest, created: int) -> AsyncIterator[bytes]:
+async def _sse(events: AsyncIterator[StreamEvent], body: ChatCompletionRequest,
+               created: int) -> AsyncIterator[bytes]:
     completion_id = ids.chat_completion_id()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -56,7 +68,7 @@ async def _sse(engine: Engine, body: ChatCompletionRequest, created: int) -> Asy
         yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
                       "logprobs": None, "finish_reason": None}])
     try:
-        async for event in engine.chat_stream(body):
+        async for event in events:
             if isinstance(event, Delta):
                 delta = {"content": event.text} if event.text else {}
                 yield chunk([{"index": event.index, "delta": delta, "logprobs": None,

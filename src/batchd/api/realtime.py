@@ -46,6 +46,23 @@ def wrong_kind_message(model: str, operation: Operation, capabilities: frozenset
             f"it serves {', '.join(endpoints_for(capabilities))}.")
 
 
+async def first_then_rest(request: Request, events: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`events`, once its first item has come. A failure before it (a prompt too long for the
+    model, a parameter the engine refuses) is raised here, before any header is sent, so it
+    is an HTTP error with its status and not a stream's last event."""
+    try:
+        first = await unless_disconnected(request, anext(events))
+    except StopAsyncIteration:
+        return events
+
+    async def chained() -> AsyncIterator[T]:
+        yield first
+        async for item in events:
+            yield item
+
+    return chained()
+
+
 def stream_error(exc: Exception, what: str) -> bytes:
     """A failure after a stream's headers went out, reported in-band as OpenAI does: a data
     event holding the error envelope. An internal failure's text is the log's, not the

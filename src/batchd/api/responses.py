@@ -11,11 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from batchd.api.auth import Caller
-from batchd.api.realtime import HeldStream, engine_for, run_now
+from batchd.api.realtime import HeldStream, engine_for, first_then_rest, run_now
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
-from batchd.chat import ChatCompletionRequest
-from batchd.engines.base import Delta, Engine, Usage
+from batchd.engines.base import Delta, StreamEvent, Usage
 from batchd.errors import BatchdError
 from batchd.operations import RESPONSES
 from batchd.responses import (
@@ -43,11 +42,17 @@ async def create_response(request: Request, caller: Caller,
     svc = services(request)
     engine = engine_for(svc.registry, body.model, RESPONSES)
     release = svc.realtime.acquire(caller.key_id, 1)  # held until the stream ends
-    return HeldStream(_events(engine, body, chat, int(svc.clock.now())), release=release,
+    try:
+        with in_responses_terms():
+            steps = await first_then_rest(request, engine.chat_stream(chat))
+    except BaseException:
+        release()
+        raise
+    return HeldStream(_events(steps, body, int(svc.clock.now())), release=release,
                       media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
-async def _events(engine: Engine, body: ResponsesRequest, chat: ChatCompletionRequest,
+async def _events(steps: AsyncIterator[StreamEvent], body: ResponsesRequest,
                   created: int) -> AsyncIterator[bytes]:
     """The event sequence OpenAI sends for one text message, which the SDK's stream
     helpers assemble: created, in_progress, the item and its part opened, text deltas, the
@@ -75,7 +80,7 @@ async def _events(engine: Engine, body: ResponsesRequest, chat: ChatCompletionRe
     finish, usage = "stop", Usage(prompt_tokens=0, completion_tokens=0)
     try:
         with in_responses_terms():
-            async for step in engine.chat_stream(chat):
+            async for step in steps:
                 if isinstance(step, Delta):
                     if step.text:
                         pieces.append(step.text)
