@@ -61,6 +61,11 @@ def test_every_documented_sampling_parameter_in_real_time(client: OpenAI, name: 
     chunks = list(stream)
     assert not any(getattr(c, "error", None) for c in chunks)
     assert chunks[-1].choices[-1].finish_reason in ("stop", "length")
+    if name == "logprobs":  # streamed too, each token once, as the whole reply has them
+        streamed = [t for c in chunks for ch in c.choices if ch.logprobs and ch.logprobs.content
+                    for t in ch.logprobs.content]
+        assert 0 < len(streamed) <= params["max_tokens"]
+        assert all(len(t.top_logprobs) == 2 for t in streamed)
 
 
 def test_every_documented_sampling_parameter_in_a_batch(client: OpenAI, tmp_path: Path) -> None:

@@ -69,9 +69,3 @@ async def test_unknown_route_is_an_envelope_404(harness: Harness) -> None:
     assert response.status_code == 404
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
-
-async def test_streamed_chat_refuses_logprobs_rather_than_dropping_them(harness: Harness) -> None:
-    response = await harness.client.post("/v1/chat/completions", json={
-        "model": "instant-model", "messages": [{"role": "user", "content": "x"}],
-        "stream": True, "logprobs": True})
-    assert response.status_code == 400 and response.json()["error"]["param"] == "logprobs"

@@ -373,13 +373,14 @@ async def test_chat_requests_openai_would_refuse(harness: Harness) -> None:
 async def test_a_stream_that_breaks_inside_reports_no_internal_text(
     harness: Harness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from batchd.engines.base import Delta
     from batchd.engines.instant import InstantEngine
 
-    async def broken(*_args: object, **_kwargs: object) -> AsyncIterator[object]:
+    async def broken_later(*_args: object, **_kwargs: object) -> AsyncIterator[object]:
+        yield Delta(index=0, text="partial")
         raise RuntimeError("this function takes at least 5 arguments (4 given)")
-        yield  # pragma: no cover
 
-    monkeypatch.setattr(InstantEngine, "chat_stream", broken)
+    monkeypatch.setattr(InstantEngine, "chat_stream", broken_later)
     response = await harness.client.post(ENDPOINT, json={
         "model": "instant-model", "messages": [{"role": "user", "content": "x"}],
         "stream": True})
@@ -387,3 +388,4 @@ async def test_a_stream_that_breaks_inside_reports_no_internal_text(
     error = json.loads(events[-2])["error"]
     assert error["code"] == "internal_error" and "arguments" not in error["message"]
     assert events[-1] == "[DONE]"
+

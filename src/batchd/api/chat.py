@@ -22,7 +22,6 @@ from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.chat import SYSTEM_FINGERPRINT, ChatCompletionRequest, usage_object
 from batchd.engines.base import Delta, StreamEvent, Usage
-from batchd.errors import InvalidRequest
 from batchd.operations import CHAT
 
 router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=AuthenticatedRoute)
@@ -34,9 +33,6 @@ async def chat_completions(
 ) -> dict[str, Any] | StreamingResponse:
     if not body.stream:
         return await run_now(request, caller, CHAT, body, slots=body.n)
-    if body.logprobs:
-        raise InvalidRequest("logprobs are not streamed by batchd: ask without stream.",
-                             code="unsupported_parameter", param="logprobs")
     svc = services(request)
     engine = engine_for(svc.registry, body.model, CHAT)
     # Held until the last byte is sent; Starlette cancels the stream on disconnect.
@@ -71,7 +67,9 @@ async def _sse(events: AsyncIterator[StreamEvent], body: ChatCompletionRequest,
         async for event in events:
             if isinstance(event, Delta):
                 delta = {"content": event.text} if event.text else {}
-                yield chunk([{"index": event.index, "delta": delta, "logprobs": None,
+                logprobs = ({"content": event.logprobs, "refusal": None}
+                            if event.logprobs is not None else None)
+                yield chunk([{"index": event.index, "delta": delta, "logprobs": logprobs,
                               "finish_reason": event.finish_reason}])
             elif isinstance(event, Usage) and include_usage:
                 yield chunk([], usage_object(event.prompt_tokens, event.completion_tokens,

@@ -38,6 +38,7 @@ class Delta:
     index: int
     text: str
     finish_reason: str | None = None
+    logprobs: list[dict[str, Any]] | None = None  # chat format, for the tokens since the last
 
 
 @dataclass(frozen=True, kw_only=True)

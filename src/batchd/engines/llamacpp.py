@@ -348,7 +348,7 @@ class LlamaCppEngine:
                     remaining -= 1
                 elif isinstance(event, BaseException):
                     raise event
-                elif event.text or event.finish_reason:
+                elif event.text or event.finish_reason or event.logprobs:
                     yield event
             yield Usage(prompt_tokens=len(seqs[0].prompt),
                         completion_tokens=sum(_output_tokens(s) for s in seqs),

@@ -59,6 +59,7 @@ class Sequence:
     lender: PrefixEntry | None = None  # the cached prefix whose KV cells it shares
     cost: int = 0  # KV cells reserved for it (shared prefix cells are the lender's)
     token_logprobs: list[dict[str, Any]] = field(default_factory=list)
+    logprobs_sent: int = 0  # of token_logprobs, already streamed
 
     @property
     def prefilled(self) -> bool:
@@ -348,8 +349,13 @@ class Scheduler:
         hold = 0 if final or not seq.stops else max(len(s) for s in seq.stops) - 1
         upto = max(seq.emitted, len(seq.text) - hold)
         if upto > seq.emitted or final:
+            logprobs = None
+            if seq.logprobs is not None:  # the tokens not yet sent, with their text
+                logprobs = seq.token_logprobs[seq.logprobs_sent:]
+                seq.logprobs_sent = len(seq.token_logprobs)
             seq.emit(Delta(index=seq.index, text=seq.text[seq.emitted:upto],
-                           finish_reason=seq.finish.value if final and seq.finish else None))
+                           finish_reason=seq.finish.value if final and seq.finish else None,
+                           logprobs=logprobs))
             seq.emitted = upto
 
 

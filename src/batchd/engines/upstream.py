@@ -422,9 +422,12 @@ class UpstreamEngine:
                     for choice in chunk.get("choices") or []:
                         text = text_of(choice)
                         pieces += bool(text)
-                        if text or choice.get("finish_reason"):
+                        logprobs = choice.get("logprobs")
+                        tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+                        if text or choice.get("finish_reason") or tokens:
                             yield Delta(index=choice.get("index", 0), text=text,
-                                        finish_reason=choice.get("finish_reason"))
+                                        finish_reason=choice.get("finish_reason"),
+                                        logprobs=tokens if isinstance(tokens, list) else None)
         except _Retry as retry:
             raise EngineFailure(f"The upstream server is overloaded: {retry}",
                                 code="upstream_error") from retry
