@@ -68,6 +68,13 @@ class Operation:
         """The validated request (pydantic's ValidationError for a bad body)."""
         return self.request_type.model_validate(body)
 
+    def wrong_kind(self, model: str, capabilities: frozenset[str]) -> str:
+        """Why `model`, which serves `capabilities`, cannot answer this endpoint."""
+        kind = "an embeddings" if self.capability == "embeddings" else "a chat"
+        serves = ", ".join(endpoints_for(capabilities)) or "nothing"
+        return (f"The model '{model}' does not serve {self.endpoint} (it is not {kind} "
+                f"model); it serves {serves}.")
+
     def estimate(self, body: dict[str, Any]) -> int:
         """For enqueued-token quotas: what `cost` says, read through the model that runs it."""
         try:

@@ -230,3 +230,6 @@ async def test_text_completions_are_forwarded_to_a_real_server(make_engine: Make
     events = [e async for e in engine.complete_stream(request)]
     assert "".join(e.text for e in events if isinstance(e, Delta)) == result.choices[0].text
     assert isinstance(events[-1], Usage) and events[-1].completion_tokens > 0
+    # echo is the endpoint's to add: the upstream server must not echo the prompt as well.
+    echoed = await engine.complete(request.model_copy(update={"echo": True}))
+    assert echoed.choices[0].text == result.choices[0].text

@@ -21,7 +21,7 @@ from batchd.api.state import services
 from batchd.engines.base import Engine, Priority
 from batchd.engines.registry import ModelRegistry
 from batchd.errors import BatchdError, InvalidRequest, NotFound, ServerError
-from batchd.operations import Operation, endpoints_for
+from batchd.operations import Operation
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -35,15 +35,9 @@ def engine_for(registry: ModelRegistry, model: str, operation: Operation) -> Eng
         raise NotFound(f"The model '{model}' does not exist or you do not have access "
                        "to it.", code="model_not_found", param="model")
     if operation.capability not in entry.capabilities:
-        raise InvalidRequest(wrong_kind_message(model, operation, entry.capabilities),
+        raise InvalidRequest(operation.wrong_kind(model, entry.capabilities),
                              code="model_not_found", param="model")
     return registry.engine_for(model)
-
-
-def wrong_kind_message(model: str, operation: Operation, capabilities: frozenset[str]) -> str:
-    return (f"The model '{model}' does not serve {operation.endpoint} (it is not "
-            f"{'an embeddings' if operation.capability == 'embeddings' else 'a chat'} model); "
-            f"it serves {', '.join(endpoints_for(capabilities))}.")
 
 
 async def first_then_rest(request: Request, events: AsyncIterator[T]) -> AsyncIterator[T]:

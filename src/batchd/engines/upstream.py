@@ -365,10 +365,8 @@ class UpstreamEngine:
 
     async def complete(self, request: CompletionRequest, *,
                        priority: Priority = Priority.REALTIME) -> ChatResult:
-        payload = request.model_dump(exclude_none=True)
-        payload["model"] = self.model
-        payload.pop("echo", None)  # the endpoint adds the prompt itself, once
-        return await self._call("/completions", payload, _completion_result,
+        return await self._call("/completions", self._completion_payload(request),
+                                _completion_result,
                                 lambda r: r.completion_tokens)
 
     async def embed(self, inputs: EmbeddingInputs, *,
@@ -389,10 +387,15 @@ class UpstreamEngine:
 
     def complete_stream(self, request: CompletionRequest, *,
                         priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
-        payload = request.model_dump(exclude_none=True)
-        payload.pop("echo", None)  # the endpoint adds the prompt itself, once
-        payload.update(model=self.model, stream=True, stream_options={"include_usage": True})
+        payload = self._completion_payload(request)
+        payload.update(stream=True, stream_options={"include_usage": True})
         return self._stream("/completions", payload, lambda choice: choice.get("text") or "")
+
+    def _completion_payload(self, request: CompletionRequest) -> dict[str, Any]:
+        payload = request.model_dump(exclude_none=True)
+        payload["model"] = self.model
+        payload.pop("echo", None)  # the endpoint adds the prompt itself, once
+        return payload
 
     async def _stream(self, path: str, payload: dict[str, Any],
                       text_of: Callable[[dict[str, Any]], str]) -> AsyncIterator[StreamEvent]:

@@ -46,9 +46,10 @@ async def run_request(
     if not isinstance(model, str) or model not in registry:
         return http_error(404, f"The model '{model}' does not exist or is no longer served.",
                           code="model_not_found", param="model")
-    if operation.capability not in registry.capabilities(model):
-        return http_error(400, f"The model '{model}' does not serve {operation.endpoint}.",
-                          code="model_not_found", param="model")
+    serves = registry.capabilities(model)
+    if operation.capability not in serves:
+        return http_error(400, operation.wrong_kind(model, serves), code="model_not_found",
+                          param="model")
     try:
         request = operation.parse(body)
     except ValidationError as exc:
