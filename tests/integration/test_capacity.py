@@ -82,10 +82,20 @@ async def _until_done(client: httpx.AsyncClient, batch_id: str,
     raise AssertionError(f"{batch_id} did not finish: {await _status(client, batch_id)}")
 
 
+async def _until_running(client: httpx.AsyncClient, batch_id: str, timeout: float = 20) -> None:
+    """Waits for validation to end: a slow host may take longer than any fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while (await _status(client, batch_id))["status"] != "in_progress":
+        assert time.monotonic() < deadline, await _status(client, batch_id)
+        await asyncio.sleep(0.02)
+
+
 async def test_a_stalled_model_does_not_hold_up_a_healthy_one(running: Harness) -> None:
     client = running.client
     hung = [await _submit(client, [batch_line(f"h{b}-{i}", "HANGME", model="stalled")
                                    for i in range(3)]) for b in range(3)]
+    for batch_id in hung:
+        await _until_running(client, batch_id)
     await asyncio.sleep(0.3)  # the hung batches' chunks are claimed and stuck
     healthy = await _submit(client, [batch_line(f"ok-{i}", model="healthy") for i in range(5)])
     batch = await _until_done(client, healthy, timeout=5)
@@ -103,8 +113,8 @@ async def test_a_small_batch_runs_beside_a_big_one_of_another_owner(
     running.settings.chunk_lines = 1500
     big = await _submit(running.client, [batch_line(f"big-{i}", model="slow")
                                          for i in range(3000)])
-    await asyncio.sleep(0.5)
-    assert (await _status(running.client, big))["status"] == "in_progress"
+    await _until_running(running.client, big)
+    await asyncio.sleep(0.5)  # its chunks are claimed
     other = await tenants.client("small-owner")
     started = time.monotonic()
     small = await _submit(other, [batch_line(f"small-{i}", model="slow") for i in range(10)])

@@ -112,9 +112,14 @@ async def test_a_short_run_keeps_what_it_finished(harness: Harness) -> None:
         [batch_line(f"r{i}", model="slow-model") for i in range(100)]))
     assert await worker.run_one_batch_task()
     run = asyncio.create_task(worker.run_one_chunk())
-    await asyncio.sleep(0.5)
-    [chunk] = await harness.worker.ctx.store.list_chunks(created["id"])
-    assert chunk.done_ok >= 12 and len(chunk.parts) >= 3  # ~20 finished, flushed every 4
+    # Poll rather than sleep a fixed time: a slow CI host may take longer to start the chunk.
+    saved = False
+    while not saved and not run.done():
+        await asyncio.sleep(0.02)
+        [chunk] = await harness.worker.ctx.store.list_chunks(created["id"])
+        saved = chunk.done_ok >= 12 and len(chunk.parts) >= 3  # flushed every 4 results
+    assert saved and not run.done()  # saved while the chunk still ran, not only at its end
+    assert chunk.done_ok < 100
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
