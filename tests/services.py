@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import json
 import os
 import secrets
@@ -146,7 +147,23 @@ class S3Server:
                 "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "AWS_REGION": "us-east-1",
                 "AWS_ALLOW_HTTP": "true"}
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Starts the server; a start that dies or hangs (a port taken between choosing it
+        and binding it, a slow host) is retried on fresh internal ports."""
+        for attempt in range(1, attempts + 1):
+            self._spawn()
+            try:
+                self._wait_ready(timeout=45.0)
+                return
+            except Exception:
+                self.stop()
+                if attempt == attempts:
+                    log = (self.root / "weed.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"SeaweedFS did not start; its log ends:\n{log}") from None
+                if not self.netns:
+                    self.ports = {name: _free_port_pair(self.host) for name in self.ports}
+
+    def _spawn(self) -> None:
         (self.root / "data").mkdir(exist_ok=True)
         command = [str(WEED), "mini", f"-dir={self.root / 'data'}", f"-ip={self.host}",
                    f"-ip.bind={self.host}", f"-s3.port={self.s3_port}",
@@ -158,19 +175,23 @@ class S3Server:
         with (self.root / "weed.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        self._wait_ready()
 
-    def _wait_ready(self, timeout: float = 60.0) -> None:
+    def _wait_ready(self, timeout: float) -> None:
         """The S3 port answers before the bucket can take writes: wait for a real put."""
         import obstore
         from obstore.store import S3Store
 
-        wait_for_port(self.host, self.s3_port, timeout)
         store = S3Store(self.bucket, endpoint=self.endpoint, access_key_id=S3_ACCESS_KEY,
                         secret_access_key=S3_SECRET_KEY, region="us-east-1",
-                        client_options={"allow_http": True})
+                        client_options={"allow_http": True, "timeout": "5s",
+                                        "connect_timeout": "2s"},
+                        retry_config={"max_retries": 0,
+                                      "retry_timeout": datetime.timedelta(seconds=5)})
         deadline = time.monotonic() + timeout
         while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.process.returncode}")
             try:
                 obstore.put(store, ".ready", b"ok")
                 return
