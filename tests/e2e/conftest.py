@@ -27,6 +27,15 @@ class Server:
     process: subprocess.Popen[bytes]
     log: Path
 
+    def log_once_it_has(self, text: str, timeout: float = 15) -> str:
+        """The server's log once `text` is in it: lines arrive a moment after the request."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log.read_text()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never reached the log:\n{log[-3000:]}")
+            time.sleep(0.05)
+        return log
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -98,7 +98,7 @@ async def test_a_stalled_model_does_not_hold_up_a_healthy_one(running: Harness) 
         await _until_running(client, batch_id)
     await asyncio.sleep(0.3)  # the hung batches' chunks are claimed and stuck
     healthy = await _submit(client, [batch_line(f"ok-{i}", model="healthy") for i in range(5)])
-    batch = await _until_done(client, healthy, timeout=5)
+    batch = await _until_done(client, healthy, timeout=20)
     assert batch["status"] == "completed"
     assert batch["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
     for batch_id in hung:
@@ -164,7 +164,7 @@ async def test_an_unreachable_upstream_batch_waits_and_resumes_unharmed(
     assert batch["request_counts"]["failed"] == 0
     # Meanwhile other models run as usual.
     healthy = await _submit(client, [batch_line("ok", model="healthy")])
-    assert (await _until_done(client, healthy, timeout=5))["status"] == "completed"
+    assert (await _until_done(client, healthy, timeout=20))["status"] == "completed"
     stub = StubUpstream(REMOTE_PORT)
     stub.start()
     try:
