@@ -48,7 +48,7 @@ $(PG_INITDB):
 # The whole suite on the embedded default (SQLite + the data dir, PostgreSQL and S3 for the
 # contract and scale-out tests), then the integration, end-to-end and fault suites once more
 # on PostgreSQL + S3 (a real PostgreSQL and SeaweedFS that the run starts and stops): all but
-# the tests that touch no store, and the random kill -9 test with 5 kill points instead of 10.
+# the tests that touch no store, and the kill tests with half their kill points (5 and 3).
 test: lint $(CHROMIUM) $(PG_INITDB)
 	$(VENV)/bin/pytest
 	BATCHD_TEST_BACKEND=postgres-s3 BATCHD_FAULT_KILLS=5 $(VENV)/bin/pytest -m "not backend_independent" \

@@ -167,6 +167,7 @@ def read_pty(fd: int, process: subprocess.Popen[bytes], until: float) -> str:
     return out.decode(errors="replace")
 
 
+@pytest.mark.backend_independent  # drawing and Ctrl-C are the client's own
 def test_the_live_bar_is_drawn_in_a_terminal_and_ctrl_c_detaches(
     server: Server, tmp_path: Path,
 ) -> None:
@@ -197,34 +198,34 @@ def test_the_sdk_and_the_cli_retry_what_was_cancelled(server: Server, tmp_path: 
     from openai import OpenAI
     from openai.types import Batch
 
-    client = OpenAI(base_url=server.base_url, api_key=server.api_key)
-    requests = write_requests(tmp_path / "retry.jsonl", 40, model="crawl-model")
-    with requests.open("rb") as file:
-        uploaded = client.files.create(file=file, purpose="batch")
-    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (
-            batch.request_counts and batch.request_counts.completed >= 4):
-        time.sleep(0.1)  # a few requests finish, most do not
-        batch = client.batches.retrieve(batch.id)
-    client.batches.cancel(batch.id)
-    while batch.status != "cancelled" and time.monotonic() < deadline + 30:
-        time.sleep(0.2)
-        batch = client.batches.retrieve(batch.id)
-    assert batch.request_counts is not None and 0 < batch.request_counts.failed < 40
-    retry = client.post(f"/batches/{batch.id}/retry", cast_to=Batch)
-    assert retry.metadata == {"retry_of": batch.id}
-    deadline = time.monotonic() + 60
-    while retry.status != "completed" and time.monotonic() < deadline:
-        time.sleep(0.2)
-        retry = client.batches.retrieve(retry.id)
-    assert retry.request_counts is not None
-    assert retry.request_counts.completed == batch.request_counts.failed
-    first = {json.loads(line)["custom_id"]
-             for line in client.files.content(batch.output_file_id or "").text.splitlines()}
-    second = {json.loads(line)["custom_id"]
-              for line in client.files.content(retry.output_file_id or "").text.splitlines()}
-    assert first.isdisjoint(second) and first | second == {f"r{i}" for i in range(40)}
-    again = batchd(server, "batches", "retry", retry.id, cwd=tmp_path)
-    assert again.returncode == 1 and "nothing_to_retry" in again.stderr
+    with OpenAI(base_url=server.base_url, api_key=server.api_key) as client:
+        requests = write_requests(tmp_path / "retry.jsonl", 40, model="crawl-model")
+        with requests.open("rb") as file:
+            uploaded = client.files.create(file=file, purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+                batch.request_counts and batch.request_counts.completed >= 4):
+            time.sleep(0.1)  # a few requests finish, most do not
+            batch = client.batches.retrieve(batch.id)
+        client.batches.cancel(batch.id)
+        while batch.status != "cancelled" and time.monotonic() < deadline + 30:
+            time.sleep(0.2)
+            batch = client.batches.retrieve(batch.id)
+        assert batch.request_counts is not None and 0 < batch.request_counts.failed < 40
+        retry = client.post(f"/batches/{batch.id}/retry", cast_to=Batch)
+        assert retry.metadata == {"retry_of": batch.id}
+        deadline = time.monotonic() + 60
+        while retry.status != "completed" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            retry = client.batches.retrieve(retry.id)
+        assert retry.request_counts is not None
+        assert retry.request_counts.completed == batch.request_counts.failed
+        first = {json.loads(line)["custom_id"]
+                 for line in client.files.content(batch.output_file_id or "").text.splitlines()}
+        second = {json.loads(line)["custom_id"]
+                  for line in client.files.content(retry.output_file_id or "").text.splitlines()}
+        assert first.isdisjoint(second) and first | second == {f"r{i}" for i in range(40)}
+        again = batchd(server, "batches", "retry", retry.id, cwd=tmp_path)
+        assert again.returncode == 1 and "nothing_to_retry" in again.stderr

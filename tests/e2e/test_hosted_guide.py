@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -23,8 +24,9 @@ GUIDE_MODELS = ["klusterai/Meta-Llama-3.1-8B-Instruct-Turbo",
 
 
 @pytest.fixture
-def client(real_server: Server) -> OpenAI:
-    return OpenAI(base_url=real_server.base_url, api_key=real_server.api_key)
+def client(real_server: Server) -> Iterator[OpenAI]:
+    with OpenAI(base_url=real_server.base_url, api_key=real_server.api_key) as client:
+        yield client
 
 
 def write_requests(path: Path, n: int, max_tokens: int = 8) -> None:
@@ -162,12 +164,12 @@ def test_guide_curl_upload_and_content(real_server: Server, tmp_path: Path) -> N
                                 "input_file_id": uploaded["id"],
                                 "endpoint": "/v1/chat/completions",
                                 "completion_window": "24h"})))
-    client = OpenAI(base_url=real_server.base_url, api_key=real_server.api_key)
-    done = wait_for(client, batch["id"], {"completed"})
-    output = curl(f"{real_server.base_url}/files/{done.output_file_id}/content", "-H", auth)
-    assert len(output.splitlines()) == 2
-    assert curl(f"{real_server.base_url}/files/{uploaded['id']}/content", "-H", auth) == (
-        path.read_bytes())
+    with OpenAI(base_url=real_server.base_url, api_key=real_server.api_key) as client:
+        done = wait_for(client, batch["id"], {"completed"})
+        output = curl(f"{real_server.base_url}/files/{done.output_file_id}/content", "-H", auth)
+        assert len(output.splitlines()) == 2
+        assert curl(f"{real_server.base_url}/files/{uploaded['id']}/content", "-H", auth) == (
+            path.read_bytes())
 
 
 def test_logs_hold_no_keys_and_no_prompts(real_server: Server) -> None:

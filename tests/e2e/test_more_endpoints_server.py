@@ -7,6 +7,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -19,8 +20,9 @@ MODEL = "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture
-def client(real_server: Server) -> OpenAI:
-    return OpenAI(base_url=real_server.base_url, api_key=real_server.api_key)
+def client(real_server: Server) -> Iterator[OpenAI]:
+    with OpenAI(base_url=real_server.base_url, api_key=real_server.api_key) as client:
+        yield client
 
 
 def test_responses_with_the_sdk(client: OpenAI) -> None:

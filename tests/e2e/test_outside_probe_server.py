@@ -41,8 +41,10 @@ def messages(text: str = "Name three fruits.") -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def client(real_server: Server) -> OpenAI:
-    return OpenAI(base_url=real_server.base_url, api_key=real_server.api_key, max_retries=0)
+def client(real_server: Server) -> Iterator[OpenAI]:
+    with OpenAI(base_url=real_server.base_url, api_key=real_server.api_key,
+                max_retries=0) as client:
+        yield client
 
 
 @pytest.mark.parametrize("name", SAMPLING)
@@ -156,6 +158,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> bytes:
         received += piece
 
 
+@pytest.mark.backend_independent  # the HTTP server's timeouts, before any store is touched
 def test_slow_or_half_sent_headers_and_bodies_are_timed_out(instant_server: Server) -> None:
     with _connect(instant_server) as half_headers:
         half_headers.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")

@@ -67,22 +67,22 @@ def test_api_and_standalone_worker_processes_share_the_store(tmp_path: Path) -> 
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for _ in range(2)]
     try:
-        client = OpenAI(base_url=server.base_url, api_key=server.api_key)
-        path = tmp_path / "in.jsonl"
-        path.write_text("\n".join(batch_line(f"r{i}") for i in range(20)) + "\n")
-        with path.open("rb") as file:
-            uploaded = client.files.create(file=file, purpose="batch")
-        batch = client.batches.create(input_file_id=uploaded.id,
-                                      endpoint="/v1/chat/completions", completion_window="24h")
-        deadline = time.monotonic() + 60
-        while batch.status != "completed" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            batch = client.batches.retrieve(batch.id)
-        assert batch.status == "completed"
-        assert batch.output_file_id is not None
-        lines = client.files.content(batch.output_file_id).text.splitlines()
-        assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(
-            f"r{i}" for i in range(20))
+        with OpenAI(base_url=server.base_url, api_key=server.api_key) as client:
+            path = tmp_path / "in.jsonl"
+            path.write_text("\n".join(batch_line(f"r{i}") for i in range(20)) + "\n")
+            with path.open("rb") as file:
+                uploaded = client.files.create(file=file, purpose="batch")
+            batch = client.batches.create(input_file_id=uploaded.id,
+                                          endpoint="/v1/chat/completions", completion_window="24h")
+            deadline = time.monotonic() + 60
+            while batch.status != "completed" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                batch = client.batches.retrieve(batch.id)
+            assert batch.status == "completed"
+            assert batch.output_file_id is not None
+            lines = client.files.content(batch.output_file_id).text.splitlines()
+            assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(
+                f"r{i}" for i in range(20))
     finally:
         stop_server(server)
         for worker in workers:
@@ -111,12 +111,12 @@ def test_the_sdk_retries_through_a_rate_limit(tmp_path: Path) -> None:
             else:
                 raise AssertionError("never rate limited")
         refused_before = server.log.read_text().count('/v1/models HTTP/1.1" 429')
-        client = OpenAI(base_url=server.base_url, api_key=secret, max_retries=3)
-        assert [m.id for m in client.models.list()]  # 429, waits Retry-After, then success
-        refused_after = server.log.read_text().count('/v1/models HTTP/1.1" 429')
-        assert refused_after > refused_before  # it really was refused first
-        with pytest.raises(openai.RateLimitError):
-            for _ in range(100):
-                OpenAI(base_url=server.base_url, api_key=secret, max_retries=0).models.list()
+        with OpenAI(base_url=server.base_url, api_key=secret, max_retries=3) as client:
+            assert [m.id for m in client.models.list()]  # 429, waits Retry-After, then success
+            refused_after = server.log.read_text().count('/v1/models HTTP/1.1" 429')
+            assert refused_after > refused_before  # it really was refused first
+            with pytest.raises(openai.RateLimitError):
+                for _ in range(100):
+                    client.with_options(max_retries=0).models.list()
     finally:
         stop_server(server)

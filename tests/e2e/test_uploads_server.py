@@ -42,18 +42,18 @@ def test_the_sdk_chunked_upload_of_300_mb(server: Server, tmp_path: Path) -> Non
             piece = os.urandom(4 * 1024 * 1024)
             digest.update(piece)
             out.write(piece)
-    client = OpenAI(base_url=server.base_url, api_key=server.api_key, timeout=300)
-    before = memory_mb(server.process.pid)
-    upload = client.uploads.upload_file_chunked(
-        file=path, mime_type="application/octet-stream", purpose="user_data",
-        md5=digest.hexdigest())
-    grew = memory_mb(server.process.pid, "VmHWM") - before
-    assert upload.status == "completed" and upload.file is not None
-    assert upload.file.bytes == SIZE and upload.file.filename == "big.bin"
-    check = hashlib.md5(usedforsecurity=False)
-    with httpx.stream("GET", f"{server.base_url}/files/{upload.file.id}/content", timeout=300,
-                      headers={"Authorization": f"Bearer {server.api_key}"}) as response:
-        for piece in response.iter_bytes():
-            check.update(piece)
-    assert check.hexdigest() == digest.hexdigest()
-    assert grew < 120, f"server memory grew by {grew:.0f} MB for a {SIZE >> 20} MB upload"
+    with OpenAI(base_url=server.base_url, api_key=server.api_key, timeout=300) as client:
+        before = memory_mb(server.process.pid)
+        upload = client.uploads.upload_file_chunked(
+            file=path, mime_type="application/octet-stream", purpose="user_data",
+            md5=digest.hexdigest())
+        grew = memory_mb(server.process.pid, "VmHWM") - before
+        assert upload.status == "completed" and upload.file is not None
+        assert upload.file.bytes == SIZE and upload.file.filename == "big.bin"
+        check = hashlib.md5(usedforsecurity=False)
+        with httpx.stream("GET", f"{server.base_url}/files/{upload.file.id}/content", timeout=300,
+                          headers={"Authorization": f"Bearer {server.api_key}"}) as response:
+            for piece in response.iter_bytes():
+                check.update(piece)
+        assert check.hexdigest() == digest.hexdigest()
+        assert grew < 120, f"server memory grew by {grew:.0f} MB for a {SIZE >> 20} MB upload"
