@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -109,3 +110,28 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(root / "data", root / "server.log", models=REPO / "models.yaml")
     yield server
     stop_server(server)
+
+
+def run_instant_batch(base_url: str, api_key: str, folder: Path, n: int) -> list[str]:
+    """Uploads n instant-model lines with the SDK, runs them as a batch, waits for it to
+    complete and returns the output file's custom_ids in file order."""
+    from openai import OpenAI
+
+    from tests.conftest import batch_line
+
+    with OpenAI(base_url=base_url, api_key=api_key) as client:
+        path = folder / "in.jsonl"
+        path.write_text("\n".join(batch_line(f"r{i}") for i in range(n)) + "\n")
+        with path.open("rb") as file:
+            uploaded = client.files.create(file=file, purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id,
+                                      endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + 60
+        while batch.status != "completed" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            batch = client.batches.retrieve(batch.id)
+        assert batch.status == "completed", batch
+        assert batch.request_counts is not None and batch.request_counts.completed == n
+        assert batch.output_file_id is not None
+        lines = client.files.content(batch.output_file_id).text.splitlines()
+        return [str(json.loads(line)["custom_id"]) for line in lines]

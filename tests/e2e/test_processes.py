@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,8 +12,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import INSTANT_MODELS, batch_line
-from tests.e2e.conftest import start_server, stop_server
+from tests.conftest import INSTANT_MODELS
+from tests.e2e.conftest import run_instant_batch, start_server, stop_server
 from tests.services import backend_env
 
 
@@ -67,22 +65,8 @@ def test_api_and_standalone_worker_processes_share_the_store(tmp_path: Path) -> 
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for _ in range(2)]
     try:
-        with OpenAI(base_url=server.base_url, api_key=server.api_key) as client:
-            path = tmp_path / "in.jsonl"
-            path.write_text("\n".join(batch_line(f"r{i}") for i in range(20)) + "\n")
-            with path.open("rb") as file:
-                uploaded = client.files.create(file=file, purpose="batch")
-            batch = client.batches.create(input_file_id=uploaded.id,
-                                          endpoint="/v1/chat/completions", completion_window="24h")
-            deadline = time.monotonic() + 60
-            while batch.status != "completed" and time.monotonic() < deadline:
-                time.sleep(0.2)
-                batch = client.batches.retrieve(batch.id)
-            assert batch.status == "completed"
-            assert batch.output_file_id is not None
-            lines = client.files.content(batch.output_file_id).text.splitlines()
-            assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(
-                f"r{i}" for i in range(20))
+        ids = run_instant_batch(server.base_url, server.api_key, tmp_path, 20)
+        assert sorted(ids) == sorted(f"r{i}" for i in range(20))
     finally:
         stop_server(server)
         for worker in workers:

@@ -8,13 +8,10 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from openai import OpenAI
-
-from tests.conftest import INSTANT_MODELS, batch_line
-from tests.e2e.conftest import REPO, free_port, wait_for_http
+from tests.conftest import INSTANT_MODELS
+from tests.e2e.conftest import REPO, free_port, run_instant_batch, wait_for_http
 from tests.services import PG_BIN, PostgresServer, S3Server
 
 
@@ -73,23 +70,9 @@ def test_the_readme_scale_out_commands_run_a_batch(
                     [sys.executable, "-m", "batchd", *args], cwd=tmp_path, env=env,
                     stdout=log, stderr=subprocess.STDOUT))
         assert wait_for_http(f"http://127.0.0.1:{port}/healthz", process=processes[0])
-        api = f"http://127.0.0.1:{port}/v1"
-        with OpenAI(base_url=api, api_key=env["BATCHD_API_KEY"]) as client:
-            path = tmp_path / "in.jsonl"
-            path.write_text("\n".join(batch_line(f"r{i}") for i in range(30)) + "\n")
-            with path.open("rb") as file:
-                uploaded = client.files.create(file=file, purpose="batch")
-            batch = client.batches.create(input_file_id=uploaded.id,
-                                          endpoint="/v1/chat/completions", completion_window="24h")
-            deadline = time.monotonic() + 60
-            while batch.status != "completed" and time.monotonic() < deadline:
-                time.sleep(0.2)
-                batch = client.batches.retrieve(batch.id)
-            assert batch.status == "completed", batch
-            assert batch.request_counts is not None and batch.request_counts.completed == 30
-            assert batch.output_file_id is not None
-            output = client.files.content(batch.output_file_id).text.splitlines()
-            assert len(output) == 30
+        ids = run_instant_batch(f"http://127.0.0.1:{port}/v1", env["BATCHD_API_KEY"],
+                                tmp_path, 30)
+        assert len(ids) == 30
     finally:
         for process in processes:
             process.terminate()
