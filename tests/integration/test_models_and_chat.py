@@ -68,4 +68,3 @@ async def test_unknown_route_is_an_envelope_404(harness: Harness) -> None:
     response = await harness.client.get("/v1/nothing-here")
     assert response.status_code == 404
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
-

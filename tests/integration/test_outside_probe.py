@@ -389,3 +389,31 @@ async def test_a_stream_that_breaks_inside_reports_no_internal_text(
     assert error["code"] == "internal_error" and "arguments" not in error["message"]
     assert events[-1] == "[DONE]"
 
+
+async def test_a_stream_refused_before_its_first_event_gives_its_slots_back(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused when the engine is asked (as llama.cpp checks the context) or at its first
+    event: a 400 either way, and nothing left held against the key."""
+    from batchd.engines.instant import InstantEngine
+    from batchd.errors import InvalidRequest
+
+    services = harness.client._transport.app.state.services  # type: ignore[attr-defined]
+    too_long = InvalidRequest("too long", code="context_length_exceeded", param="messages")
+
+    def refused_at_once(*_args: object, **_kwargs: object) -> AsyncIterator[object]:
+        raise too_long
+
+    async def refused_first(*_args: object, **_kwargs: object) -> AsyncIterator[object]:
+        raise too_long
+        yield  # pragma: no cover
+
+    for refuse in (refused_at_once, refused_first):
+        monkeypatch.setattr(InstantEngine, "chat_stream", refuse)
+        for path, body in ((ENDPOINT, {"messages": [{"role": "user", "content": "x"}]}),
+                           ("/v1/responses", {"input": "x"})):
+            response = await harness.client.post(path, json={
+                "model": "instant-model", "stream": True, **body})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["code"] == "context_length_exceeded"
+            assert services.realtime.total() == 0

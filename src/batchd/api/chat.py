@@ -37,11 +37,7 @@ async def chat_completions(
     engine = engine_for(svc.registry, body.model, CHAT)
     # Held until the last byte is sent; Starlette cancels the stream on disconnect.
     release = svc.realtime.acquire(caller.key_id, body.n)
-    try:
-        events = await first_then_rest(request, engine.chat_stream(body))
-    except BaseException:
-        release()
-        raise
+    events = await first_then_rest(request, lambda: engine.chat_stream(body), release)
     return HeldStream(_sse(events, body, int(svc.clock.now())), release=release,
                       media_type="text/event-stream", headers={"cache-control": "no-cache"})
 

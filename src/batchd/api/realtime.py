@@ -40,14 +40,20 @@ def engine_for(registry: ModelRegistry, model: str, operation: Operation) -> Eng
     return registry.engine_for(model)
 
 
-async def first_then_rest(request: Request, events: AsyncIterator[T]) -> AsyncIterator[T]:
-    """`events`, once its first item has come. A failure before it (a prompt too long for the
-    model, a parameter the engine refuses) is raised here, before any header is sent, so it
-    is an HTTP error with its status and not a stream's last event."""
+async def first_then_rest(request: Request, start: Callable[[], AsyncIterator[T]],
+                          release: Callable[[], None]) -> AsyncIterator[T]:
+    """The events `start()` opens, once the first has come. A failure before it (a prompt
+    too long for the model, a parameter the engine refuses) is raised here, before any header
+    is sent, so it is an HTTP error with its status and not a stream's last event; `release`
+    then gives the caller's real-time slots back, as the stream would have at its end."""
     try:
+        events = start()  # an engine may refuse the request here, before its first event
         first = await unless_disconnected(request, anext(events))
     except StopAsyncIteration:
         return events
+    except BaseException:
+        release()
+        raise
 
     async def chained() -> AsyncIterator[T]:
         yield first

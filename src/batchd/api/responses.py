@@ -42,12 +42,8 @@ async def create_response(request: Request, caller: Caller,
     svc = services(request)
     engine = engine_for(svc.registry, body.model, RESPONSES)
     release = svc.realtime.acquire(caller.key_id, 1)  # held until the stream ends
-    try:
-        with in_responses_terms():
-            steps = await first_then_rest(request, engine.chat_stream(chat))
-    except BaseException:
-        release()
-        raise
+    with in_responses_terms():
+        steps = await first_then_rest(request, lambda: engine.chat_stream(chat), release)
     return HeldStream(_events(steps, body, int(svc.clock.now())), release=release,
                       media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
