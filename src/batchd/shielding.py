@@ -15,7 +15,7 @@ R = TypeVar("R")
 
 async def finish_even_if_cancelled(work: Awaitable[R]) -> R:
     """`work`'s result. If the caller is cancelled meanwhile, `work` runs on to its end and a
-    failure then is logged at DEBUG: nobody is left to handle it."""
+    failure then is logged as a warning: nobody is left to handle it, but it is not hidden."""
     task = asyncio.ensure_future(work)
     try:
         return await asyncio.shield(task)
@@ -26,4 +26,4 @@ async def finish_even_if_cancelled(work: Awaitable[R]) -> R:
 
 def _abandoned_done(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.debug("work whose caller had gone failed: %r", task.exception())
+        log.warning("work whose caller had gone failed: %r", task.exception())
