@@ -105,6 +105,7 @@ async def start_worker(svc: Services) -> tuple[Worker, WorkerIdentity]:
 @asynccontextmanager
 async def serving_metrics(svc: Services) -> AsyncIterator[None]:
     """Keep the store-wide gauges fresh, and serve metrics on BATCHD_METRICS_PORT if set."""
+    metrics.serve_models(svc.registry.served_ids())
     refresher = asyncio.create_task(metrics.refresh_store_gauges(svc.store.queue_snapshot),
                                     name="metrics:store-gauges")
     try:

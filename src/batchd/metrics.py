@@ -30,6 +30,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from batchd.store.records import BatchStatus
+
 log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -72,6 +74,32 @@ WORKER_STARTS = Counter("batchd_worker_starts", "Times a worker started in this 
 
 RATE_WINDOW = 30.0  # seconds over which batchd_engine_tokens_per_second is measured
 
+# Every label value comes from a closed set: a value a client chose (an HTTP method, a model
+# name in a request) would make one series per distinct value, and /metrics grow without end.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+MIXED_MODELS = "*"  # the pending gauge's name for batches that name several models
+_served_models: frozenset[str] = frozenset()
+_BATCH_STATUSES = frozenset(status.value for status in BatchStatus)
+
+
+def serve_models(ids: list[str]) -> None:
+    """The model ids this process serves: the only `model` label values besides `other`."""
+    global _served_models
+    _served_models = frozenset(ids)
+
+
+def model_label(name: str | None) -> str:
+    return name if name in _served_models or name == MIXED_MODELS else OTHER
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else OTHER
+
+
+def status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else OTHER
+
 
 class _Callbacks(Collector):
     """Gauges read at scrape time: engines' busy slots and recent tokens/s, and the
@@ -98,8 +126,8 @@ class _Callbacks(Collector):
         slots = GaugeMetricFamily("batchd_engine_slots", "Requests each model's engine in this "
                                   "process can take at once.", labels=["model"])
         for model, (inside, size) in (self.busy() if self.busy else {}).items():
-            busy.add_metric([model], inside)
-            slots.add_metric([model], size)
+            busy.add_metric([model_label(model)], inside)
+            slots.add_metric([model_label(model)], size)
         yield busy
         yield slots
         speed = GaugeMetricFamily("batchd_engine_tokens_per_second", "Completion tokens "
@@ -112,13 +140,19 @@ class _Callbacks(Collector):
         statuses = GaugeMetricFamily("batchd_batches", "Batches by status (the whole store).",
                                      labels=["status"])
         for status, n in self.snapshot.get("batches", {}).items():
-            statuses.add_metric([status], n)
+            statuses.add_metric([status if status in _BATCH_STATUSES else OTHER], n)
         yield statuses
         pending = GaugeMetricFamily("batchd_pending_requests", "Requests of running batches "
                                     "not finished yet: the queue, by model (the whole store; "
                                     "'*' for batches that name several).", labels=["model"])
+        # The store may name models this process does not serve (another host's models
+        # file, an older one): those add up under `other`.
+        by_label: dict[str, int] = {}
         for model, n in self.snapshot.get("pending", {}).items():
-            pending.add_metric([model], n)
+            label = model_label(model)
+            by_label[label] = by_label.get(label, 0) + n
+        for label, n in by_label.items():
+            pending.add_metric([label], n)
         yield pending
         age = GaugeMetricFamily("batchd_store_snapshot_age_seconds", "How old the store-wide "
                                 "gauges are.")
@@ -134,7 +168,7 @@ REGISTRY.register(CALLBACKS)
 
 
 def finished(model: str | None, *, ok: bool, prompt: int, cached: int, completion: int) -> None:
-    name = model or "unknown"
+    name = model_label(model)
     BATCH_REQUESTS.labels(name, "ok" if ok else "error").inc()
     for kind, n in (("prompt", prompt), ("cached", cached), ("completion", completion)):
         if n:
@@ -189,18 +223,20 @@ class HttpMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                route = _route(scope)
-                HTTP_LATENCY.labels(scope["method"], route).observe(
+                HTTP_LATENCY.labels(method_label(scope["method"]), _route(scope)).observe(
                     time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, observe)
         finally:
-            HTTP_REQUESTS.labels(scope["method"], _route(scope), str(status)).inc()
+            HTTP_REQUESTS.labels(method_label(scope["method"]), _route(scope),
+                                 status_label(status)).inc()
 
 
 def _route(scope: Scope) -> str:
+    """The matched route's template (one of the app's own routes: a closed set), never the
+    path a client sent."""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return str(path) if path else "unmatched"
+    return path if isinstance(path, str) and path else "unmatched"
