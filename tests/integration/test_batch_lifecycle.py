@@ -130,13 +130,80 @@ async def test_cancel_keeps_finished_results_and_reports_the_rest(harness: Harne
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
 
 
-async def test_cancel_while_validating(harness: Harness) -> None:
-    created = await harness.create_batch(await harness.upload([batch_line("a")]))
+async def test_cancel_while_validating_lists_every_request_as_cancelled(
+    harness: Harness,
+) -> None:
+    lines = [batch_line(f"r{i}") for i in range(5)]
+    created = await harness.create_batch(await harness.upload(lines))
     await harness.client.post(f"/v1/batches/{created['id']}/cancel")
     await harness.worker.drain()
     batch = await harness.batch(created["id"])
+    assert batch["status"] == "cancelled" and batch["output_file_id"] is None
+    errors = await harness.lines_of(batch["error_file_id"])
+    assert [line["custom_id"] for line in errors] == [f"r{i}" for i in range(5)]
+    assert all(line["response"] is None and line["error"]["code"] == "batch_cancelled"
+               for line in errors)
+    assert batch["request_counts"] == {"total": 5, "completed": 0, "failed": 5}
+
+
+async def test_cancel_after_validation_read_the_file_but_before_it_started(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cancel lands while validation reads the file: its result is dropped (the batch
+    never starts) and the requests are listed all the same."""
+    from batchd.store.metadata import MetadataStore
+
+    created = await harness.create_batch(await harness.upload(
+        [batch_line(f"r{i}") for i in range(3)]))
+    start = MetadataStore.start_batch
+
+    async def cancelled_first(self: MetadataStore, *args: Any, **kwargs: Any) -> bool:
+        await harness.client.post(f"/v1/batches/{created['id']}/cancel")
+        return await start(self, *args, **kwargs)
+
+    monkeypatch.setattr(MetadataStore, "start_batch", cancelled_first)
+    await harness.worker.drain()
+    batch = await harness.batch(created["id"])
     assert batch["status"] == "cancelled"
-    assert batch["output_file_id"] is None and batch["error_file_id"] is None
+    assert batch["request_counts"] == {"total": 3, "completed": 0, "failed": 3}
+    errors = await harness.lines_of(batch["error_file_id"])
+    assert {line["custom_id"] for line in errors} == {"r0", "r1", "r2"}
+
+
+async def test_expiry_while_validating_lists_every_request_as_expired(
+    harness: Harness,
+) -> None:
+    created = await harness.create_batch(await harness.upload(
+        [batch_line("a"), batch_line("b")]), completion_window="1h")
+    harness.clock.advance(3601)
+    await harness.worker.drain()
+    batch = await harness.batch(created["id"])
+    assert batch["status"] == "expired"
+    assert batch["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
+    errors = await harness.lines_of(batch["error_file_id"])
+    assert {(e["custom_id"], e["error"]["code"]) for e in errors} == {
+        ("a", "batch_expired"), ("b", "batch_expired")}
+
+
+async def test_cancel_while_validating_names_only_the_lines_it_can_read(
+    harness: Harness,
+) -> None:
+    """Lines without a readable custom_id name no request; a repeat is listed once. An input
+    with none at all ends cancelled with no error file and a total of 0."""
+    data = ("\ufeff" + "\n".join([batch_line("a"), "not json", '{"custom_id": 7}', "",
+                                   batch_line("a"), '["a"]', batch_line("b")]) + "\n")
+    created = await harness.create_batch(await harness.upload(data.encode()))
+    unreadable = await harness.create_batch(await harness.upload(b"not json\n{}\n"))
+    for batch_id in (created["id"], unreadable["id"]):
+        await harness.client.post(f"/v1/batches/{batch_id}/cancel")
+    await harness.worker.drain()
+    batch = await harness.batch(created["id"])
+    errors = await harness.lines_of(batch["error_file_id"])
+    assert [line["custom_id"] for line in errors] == ["a", "b"]
+    assert batch["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
+    nothing = await harness.batch(unreadable["id"])
+    assert nothing["status"] == "cancelled" and nothing["error_file_id"] is None
+    assert nothing["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
 
 
 async def test_cancel_of_a_completed_batch_is_a_409_that_says_do_not_retry(

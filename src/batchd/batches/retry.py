@@ -52,7 +52,9 @@ class BatchRetry:
             raise Conflict(f"The input file {original.input_file_id} of batch {batch_id} no "
                            "longer exists, so its lines cannot be sent again.",
                            code="input_file_missing")
-        if errors is None:  # cancelled or expired before any request ran: all of them again
+        if errors is None or never_ran:
+            # Cancelled or expired before any request ran: every line again, from the input
+            # itself (its error file lists only the lines whose custom_id could be read).
             return await self._create(original, source.id, tier, max_concurrent)
         file_id = ids.file_id()
         key = blob_key(file_id)

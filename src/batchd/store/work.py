@@ -205,10 +205,11 @@ class WorkStore(WebhookStore):
     async def finish_batch(
         self, batch_id: str, lease: Lease, *, status: BatchStatus,
         output_file: FileRecord | None, error_file: FileRecord | None,
-        counts: ChunkProgress, now: int,
+        counts: ChunkProgress, now: int, total: int | None = None,
     ) -> bool:
         """Make the batch terminal and publish its result files in one transaction, so a file
-        object appears only when complete and only once."""
+        object appears only when complete and only once. `total` replaces the request count
+        when validation never set it (a batch stopped while validating)."""
         b = t.batches.c
         stamp = {
             BatchStatus.COMPLETED: "completed_at", BatchStatus.CANCELLED: "cancelled_at",
@@ -223,6 +224,7 @@ class WorkStore(WebhookStore):
                     output_file_id=output_file.id if output_file else None,
                     error_file_id=error_file.id if error_file else None,
                     completed=counts.n_ok, failed=counts.n_err,
+                    **({} if total is None else {"total": total}),
                     input_tokens=counts.input_tokens, output_tokens=counts.output_tokens,
                     cached_tokens=counts.cached_tokens,
                     lease_owner=None, lease_expires_at=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import orjson
 
 from batchd import ids
 from batchd.batches import results
-from batchd.batches.validation import InputValidator, LineError, ValidationOutcome
+from batchd.batches.validation import UTF8_BOM, InputValidator, LineError, ValidationOutcome
 from batchd.files import blob_key
 from batchd.limits.tiers import Tier
 from batchd.store.blobs import BlobMissing
@@ -187,6 +188,40 @@ def _unrun_lines(ctx: WorkerContext, input_key: str, chunk: Chunk, done: set[str
                   chunk.batch_id, chunk.chunk_no)
 
 
+def _never_validated_lines(ctx: WorkerContext, input_key: str, code: str, limit: int,
+                           stop: threading.Event) -> Iterator[bytes]:
+    """A stop line for each request of a batch that stopped while validating (no chunks were
+    cut): every line's `custom_id` once, in file order, up to the batch's request limit
+    (beyond it the batch could never have run). A line whose `custom_id` cannot be read (not
+    JSON, no non-empty string `custom_id`, a repeat) names no request and is left out."""
+    message = results.STOP_MESSAGES[code]
+    seen: set[bytes] = set()  # digests, as validation keeps them: flat in the file's size
+    try:
+        for n, raw in enumerate(ctx.blobs.lines(input_key)):
+            if n % 4096 == 0 and stop.is_set():
+                raise _Abandoned
+            if n == 0 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
+            if not raw.strip():
+                continue
+            try:
+                item = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            custom_id = item.get("custom_id") if isinstance(item, dict) else None
+            if not isinstance(custom_id, str) or not custom_id:
+                continue
+            digest = hashlib.blake2b(custom_id.encode(), digest_size=16).digest()
+            if digest in seen:
+                continue
+            if len(seen) >= limit:
+                break
+            seen.add(digest)
+            yield results.stop_error_line(custom_id, code=code, message=message)
+    except BlobMissing:
+        log.error("batch input %s is missing: its requests are not listed", input_key)
+
+
 def _copy_part(ctx: WorkerContext, key: str | None, sink: BinaryIO,
                done: set[str] | None) -> int:
     """Append a part to a result file; returns its line count. With `done`, note the part's
@@ -219,9 +254,23 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
     out_key = f"batches/{batch.id}/output-g{lease.generation}.jsonl"
     err_key = f"batches/{batch.id}/errors-g{lease.generation}.jsonl"
 
+    # Stopped (cancelled, expired) before validation cut the input into chunks: its requests
+    # never ran, and are listed from the input itself like any other that never ran.
+    never_validated = (not chunks and batch.in_progress_at is None
+                       and stop_reason is not None)
+    tier = ctx.tiers.tiers.get(batch.tier or ctx.tiers.default_tier)
+
     def write(stop: threading.Event) -> ChunkProgress:
         totals = ChunkProgress()
         with ctx.blobs.writer(out_key) as out, ctx.blobs.writer(err_key) as err:
+            if never_validated:
+                assert stop_reason is not None
+                unrun = 0
+                for line in _never_validated_lines(ctx, input_key, stop_reason.error_code,
+                                                   _max_requests(ctx, tier), stop):
+                    err.write(line)
+                    unrun += 1
+                totals = ChunkProgress(n_err=unrun)
             for chunk in chunks:
                 if stop.is_set():
                     raise _Abandoned
@@ -265,7 +314,8 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
     error_file = await asyncio.to_thread(record, err_key, "error", counts.n_err)
     finished = await ctx.store.finish_batch(batch.id, lease, status=status,
                                             output_file=output_file, error_file=error_file,
-                                            counts=counts, now=now)
+                                            counts=counts, now=now,
+                                            total=counts.n_err if never_validated else None)
     if not finished:  # another worker took over; it publishes its own generation's files
         for key in (out_key, err_key):
             await asyncio.to_thread(ctx.blobs.delete, key)
