@@ -15,7 +15,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -125,9 +125,11 @@ class _Callbacks(Collector):
                                  "model's engine in this process.", labels=["model"])
         slots = GaugeMetricFamily("batchd_engine_slots", "Requests each model's engine in this "
                                   "process can take at once.", labels=["model"])
-        for model, (inside, size) in (self.busy() if self.busy else {}).items():
-            busy.add_metric([model_label(model)], inside)
-            slots.add_metric([model_label(model)], size)
+        engines = (self.busy() if self.busy else {}).items()
+        for label, n in _summed((model_label(m), inside) for m, (inside, _) in engines):
+            busy.add_metric([label], n)
+        for label, n in _summed((model_label(m), size) for m, (_, size) in engines):
+            slots.add_metric([label], n)
         yield busy
         yield slots
         speed = GaugeMetricFamily("batchd_engine_tokens_per_second", "Completion tokens "
@@ -139,19 +141,17 @@ class _Callbacks(Collector):
         yield speed
         statuses = GaugeMetricFamily("batchd_batches", "Batches by status (the whole store).",
                                      labels=["status"])
-        for status, n in self.snapshot.get("batches", {}).items():
-            statuses.add_metric([status if status in _BATCH_STATUSES else OTHER], n)
+        for label, n in _summed((status if status in _BATCH_STATUSES else OTHER, n)
+                                for status, n in self.snapshot.get("batches", {}).items()):
+            statuses.add_metric([label], n)
         yield statuses
         pending = GaugeMetricFamily("batchd_pending_requests", "Requests of running batches "
                                     "not finished yet: the queue, by model (the whole store; "
                                     "'*' for batches that name several).", labels=["model"])
         # The store may name models this process does not serve (another host's models
         # file, an older one): those add up under `other`.
-        by_label: dict[str, int] = {}
-        for model, n in self.snapshot.get("pending", {}).items():
-            label = model_label(model)
-            by_label[label] = by_label.get(label, 0) + n
-        for label, n in by_label.items():
+        for label, n in _summed((model_label(model), n)
+                                for model, n in self.snapshot.get("pending", {}).items()):
             pending.add_metric([label], n)
         yield pending
         age = GaugeMetricFamily("batchd_store_snapshot_age_seconds", "How old the store-wide "
@@ -161,6 +161,14 @@ class _Callbacks(Collector):
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
+
+
+def _summed(pairs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Values by label, those that share one (`other`) added up: one sample per label."""
+    sums: dict[str, int] = {}
+    for label, n in pairs:
+        sums[label] = sums.get(label, 0) + n
+    return list(sums.items())
 
 
 CALLBACKS = _Callbacks()

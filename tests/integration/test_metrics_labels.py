@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batchd import metrics
@@ -21,8 +22,10 @@ def label_values(text: str) -> dict[str, set[str]]:
 
 
 async def test_client_chosen_methods_paths_and_models_are_not_label_values(
-    harness: Harness,
+    harness: Harness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A worker an earlier test started (and stopped) leaves its busy-slots callback behind.
+    monkeypatch.setattr(metrics.CALLBACKS, "busy", None)
     before = len((await harness.client.get("/metrics")).text)
     sent: list[str] = []
     for i in range(30):
@@ -49,11 +52,15 @@ async def test_client_chosen_methods_paths_and_models_are_not_label_values(
     assert len(text) - before < 20_000
 
 
-def test_store_wide_gauges_name_only_served_models_and_known_statuses() -> None:
+def test_store_wide_gauges_name_only_served_models_and_known_statuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics.CALLBACKS, "busy",
+                        lambda: {"a": (1, 2), "gone-1": (0, 1), "gone-2": (1, 3)})
     metrics.serve_models(["a"])
     saved = metrics.CALLBACKS.snapshot
     metrics.CALLBACKS.snapshot = {"pending": {"a": 1, "gone-1": 3, "gone-2": 4, "*": 1},
-                                  "batches": {"completed": 2, "odd": 1}}
+                                  "batches": {"completed": 2, "odd": 1, "odder": 2}}
     try:
         families = {f.name: {tuple(s.labels.values()): s.value for s in f.samples}
                     for f in metrics.CALLBACKS.collect()}
@@ -61,7 +68,9 @@ def test_store_wide_gauges_name_only_served_models_and_known_statuses() -> None:
         metrics.CALLBACKS.snapshot = saved
         metrics.serve_models([])
     assert families["batchd_pending_requests"] == {("a",): 1, ("other",): 7, ("*",): 1}
-    assert families["batchd_batches"] == {("completed",): 2, ("other",): 1}
+    assert families["batchd_batches"] == {("completed",): 2, ("other",): 3}
+    assert families["batchd_engine_slots"] == {("a",): 2, ("other",): 4}
+    assert families["batchd_engine_busy_slots"] == {("a",): 1, ("other",): 1}
 
 
 def test_label_helpers_map_the_unknown_to_other() -> None:
