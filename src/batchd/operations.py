@@ -35,7 +35,14 @@ Capability = Literal["chat", "embeddings"]
 CAPABILITIES: tuple[Capability, ...] = ("chat", "embeddings")
 # For quotas: output tokens assumed for a request that sets no maximum.
 DEFAULT_OUTPUT_TOKENS = 1024
-PROMPTS_AT_ONCE = 8  # of one /v1/completions request, in the engine at once
+CHOICES_AT_ONCE = 8  # of one /v1/completions request, in the engine at once
+
+
+def prompts_at_once(n: int) -> int:
+    """How many of a completions request's prompts run at once: 8 choices' worth (one prompt
+    when `n` alone is more), so a request of 8 prompts x `n: 16` is not 128 sequences in the
+    engine at once, ahead of everyone else's."""
+    return max(1, CHOICES_AT_ONCE // n)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +159,7 @@ async def _run_completions(engine: Engine, request: CompletionRequest, created: 
     prompts = request.check()
     # A few prompts at a time: a request of 2,048 prompts must not put them all ahead of
     # everyone else's requests in the engine's queue.
-    room = asyncio.Semaphore(PROMPTS_AT_ONCE)
+    room = asyncio.Semaphore(prompts_at_once(request.n))
 
     async def one(prompt: Prompt) -> ChatResult:
         async with room:

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from batchd.api.state import services
 from batchd.errors import BatchdError, PermissionDenied, Unauthenticated
 from batchd.keys import OPERATOR_OWNER
+from batchd.limits.preparation import work_owner
 from batchd.limits.tiers import ADMIN_TIER, Tier
 
 
@@ -105,6 +106,9 @@ async def authenticate_request(request: Request) -> Principal:
                 f"{decision.headers()['retry-after']}s.",
                 code="rate_limit_exceeded", headers=decision.headers())
     request.state.principal = principal
+    # Engines share their real-time slots fairly across owners: everything this request
+    # awaits (in this task, streams included) is this owner's work.
+    work_owner.set(principal.owner)
     return principal
 
 

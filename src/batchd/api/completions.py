@@ -24,7 +24,7 @@ from batchd.completions import (
     usage_object,
 )
 from batchd.engines.base import Delta, Engine, Usage
-from batchd.operations import COMPLETIONS, PROMPTS_AT_ONCE
+from batchd.operations import COMPLETIONS, prompts_at_once
 
 router = APIRouter(prefix="/v1", tags=["completions"], route_class=AuthenticatedRoute)
 
@@ -61,7 +61,7 @@ async def _sse(engine: Engine, body: CompletionRequest, prompts: list[Prompt],
         return b"data: " + orjson.dumps(payload) + b"\n\n"
 
     events: asyncio.Queue[tuple[int, Delta | Usage] | Exception | None] = asyncio.Queue()
-    room = asyncio.Semaphore(PROMPTS_AT_ONCE)
+    room = asyncio.Semaphore(prompts_at_once(body.n))
 
     async def run(number: int, prompt: Prompt) -> None:
         async with room:

@@ -13,6 +13,7 @@ from batchd.engines.registry import ModelRegistry
 from batchd.files import FileService
 from batchd.keys import KeyService
 from batchd.limits.inflight import InFlight
+from batchd.limits.preparation import Preparation
 from batchd.limits.ratelimit import RateLimiter
 from batchd.limits.tiers import TiersFile
 from batchd.settings import Settings
@@ -37,6 +38,7 @@ class Services:
     rate_limiter: RateLimiter  # requests per minute, per key
     auth_failures: RateLimiter  # failed authentications, per client address
     realtime: InFlight  # real-time choices being generated, per key
+    preparation: Preparation  # large request bodies parsed off the event loop, per owner
 
 
 def services(request: Request) -> Services:

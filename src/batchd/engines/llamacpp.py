@@ -40,6 +40,7 @@ from batchd.engines.base import (
 )
 from batchd.engines.llamacpp_embedder import Embedder
 from batchd.engines.llamacpp_scheduler import Finish, Scheduler, Sequence
+from batchd.limits.preparation import Preparation, work_owner
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -136,8 +137,9 @@ class LlamaCppEngine:
         path = options.model_path or default_model_path()
         self._embedder: Embedder | None = None
         self._scheduler: Scheduler | None = None
+        self._preparation = Preparation()  # templates and tokenizing, off the event loop
         if "embeddings" in serves:
-            self._embedder = Embedder(path, options)
+            self._embedder = Embedder(path, options, self._preparation)
         if "chat" in serves:
             self._load_generator(path)
 
@@ -228,10 +230,10 @@ class LlamaCppEngine:
                                      code="model_not_found", param="model")
         return self._scheduler
 
-    def _sequences(self, prompt: Callable[[], list[int]], sampling: Sampling,
-                   priority: Priority, emit: Callable[[Delta], None],
-                   done: Callable[[Sequence, BaseException | None], None],
-                   cancelled: threading.Event) -> list[Sequence]:
+    async def _sequences(self, prompt: Callable[[], list[int]], sampling: Sampling,
+                         priority: Priority, emit: Callable[[Delta], None],
+                         done: Callable[[Sequence, BaseException | None], None],
+                         cancelled: threading.Event) -> list[Sequence]:
         self._generator()
         limit = sampling.max_tokens
         if limit is not None and limit > self.n_ctx:
@@ -240,13 +242,14 @@ class LlamaCppEngine:
                 f"{param} is too large: {limit}. This model's context holds at most "
                 f"{self.n_ctx} tokens, prompt and completion together.",
                 code="invalid_value", param=param)
-        tokens = prompt()
+        tokens = await self._preparation.run(prompt)
         room = self.n_ctx - len(tokens)
         max_new = min(room if limit is None else limit, room)
         base = sampling.seed if sampling.seed is not None else random.randrange(2**31)
+        owner = work_owner.get()
         return [Sequence(prompt=tokens, sampler=self._sampler(sampling, (base + i) % 2**31),
                           max_new=max_new, stops=list(sampling.stops), priority=int(priority),
-                          index=i, emit=emit, done=done, cancelled=cancelled,
+                          index=i, owner=owner, emit=emit, done=done, cancelled=cancelled,
                           logprobs=sampling.top_logprobs)
                 for i in range(sampling.n)]
 
@@ -262,7 +265,7 @@ class LlamaCppEngine:
                        priority: Priority = Priority.REALTIME) -> ChatResult:
         self._generator()
         if request.max_tokens == 0:  # nothing to generate: only the prompt is counted
-            tokens = self._raw_prompt(request.single)
+            tokens = await self._preparation.run(lambda: self._raw_prompt(request.single))
             return ChatResult(choices=[Choice(text="", finish_reason="length")] * request.n,
                               prompt_tokens=len(tokens), completion_tokens=0)
         return await self._generate(lambda: self._raw_prompt(request.single),
@@ -294,7 +297,8 @@ class LlamaCppEngine:
                     future.set_result(None)
             _post(loop, settle)
 
-        seqs = self._sequences(prompt, sampling, priority, lambda delta: None, done, cancelled)
+        seqs = await self._sequences(prompt, sampling, priority, lambda delta: None, done,
+                                     cancelled)
         for seq in seqs:
             scheduler.submit(seq)
         try:
@@ -338,7 +342,7 @@ class LlamaCppEngine:
             _post(loop, queue.put_nowait, error)
 
         scheduler = self._generator()
-        seqs = self._sequences(prompt, sampling, priority, emit, done, cancelled)
+        seqs = await self._sequences(prompt, sampling, priority, emit, done, cancelled)
         for seq in seqs:
             scheduler.submit(seq)
         try:
@@ -370,6 +374,7 @@ class LlamaCppEngine:
             await asyncio.to_thread(self._llama.close)
         if self._embedder is not None:
             await asyncio.to_thread(self._embedder.close)
+        self._preparation.close()
 
 
 def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:

@@ -7,6 +7,10 @@ limit; a longer input goes alone) into one `llama_decode`, reads each sequence's
 vector, and hands every request its vectors once all of its inputs are done. Concurrent
 requests (a batch's lanes) thereby share steps instead of decoding one short input at a
 time.
+
+Each priority's queue is kept per owner (tenant), and a step takes their inputs in turn: a
+request of 2,048 inputs is split into fair shares, so another tenant's one input rides in
+the next step instead of waiting for all of them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchd.embeddings import EmbeddingInputs, normalized
-from batchd.engines.base import EmbeddingResult, EngineFailure, EngineRequestError, Priority
+from batchd.engines.base import (
+    EmbeddingResult,
+    EngineFailure,
+    EngineRequestError,
+    Priority,
+)
+from batchd.limits.preparation import Preparation, work_owner
 
 if TYPE_CHECKING:
     from batchd.engines.llamacpp import LlamaCppOptions
@@ -43,8 +53,12 @@ class _Job:
     cancelled: bool = False
 
 
+_Queue = collections.deque[tuple[_Job, int]]  # one owner's waiting inputs: (job, index)
+
+
 class Embedder:
-    def __init__(self, path: Path, options: LlamaCppOptions) -> None:
+    def __init__(self, path: Path, options: LlamaCppOptions,
+                 preparation: Preparation) -> None:
         from llama_cpp import Llama
 
         tokens = options.embedding_max_tokens
@@ -69,8 +83,11 @@ class Embedder:
         self.n_embd: int = self._llama.n_embd()
         self.n_vocab: int = self._llama.n_vocab()
         self.matryoshka = options.matryoshka
-        self._waiting: dict[Priority, collections.deque[tuple[_Job, int]]] = {
-            Priority.REALTIME: collections.deque(), Priority.BATCH: collections.deque()}
+        self._preparation = preparation
+        # priority → owner → that owner's waiting inputs; owners in turn (the next first)
+        self._waiting: dict[Priority, collections.OrderedDict[str, _Queue]] = {
+            Priority.REALTIME: collections.OrderedDict(),
+            Priority.BATCH: collections.OrderedDict()}
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="llamacpp-embedder",
@@ -115,12 +132,17 @@ class Embedder:
                     f"Invalid 'dimensions': this model's embeddings have {self.n_embd} "
                     "dimensions, the most it can be asked for.", code="invalid_value",
                     param="dimensions")
-        lists = self.tokens_of(inputs)
+        lists = await self._preparation.run(lambda: self.tokens_of(inputs))
         loop = asyncio.get_running_loop()
         job = _Job(inputs=lists, loop=loop, future=loop.create_future(),
                    vectors=[None] * len(lists), left=len(lists))
+        owner = work_owner.get()
         with self._wake:
-            self._waiting[priority].extend((job, i) for i in range(len(lists)))
+            queues = self._waiting[priority]
+            queue = queues.get(owner)
+            if queue is None:
+                queue = queues[owner] = collections.deque()
+            queue.extend((job, i) for i in range(len(lists)))
             self._wake.notify()
         try:
             vectors = await job.future
@@ -134,9 +156,10 @@ class Embedder:
         engine's callers retry on the new one), none is left waiting forever."""
         with self._wake:
             self._stopping = True
-            queued = [job for queue in self._waiting.values() for job, _ in queue]
-            for queue in self._waiting.values():
-                queue.clear()
+            queued = [job for queues in self._waiting.values() for queue in queues.values()
+                      for job, _ in queue]
+            for queues in self._waiting.values():
+                queues.clear()
             self._wake.notify()
         for job in queued:
             _settle(job, EngineFailure("The engine was shut down."))
@@ -147,7 +170,8 @@ class Embedder:
     # --- the decoding thread ----------------------------------------------------------------
 
     def _take(self) -> list[tuple[_Job, int]] | None:
-        """The inputs of the next step (None: stop). Waits for work."""
+        """The inputs of the next step (None: stop). Waits for work. Real-time inputs first;
+        within a priority, one input of each owner in turn."""
         with self._wake:
             while not self._stopping and not any(self._waiting.values()):
                 self._wake.wait()
@@ -155,17 +179,21 @@ class Embedder:
                 return None
             step: list[tuple[_Job, int]] = []
             used = 0
-            for queue in self._waiting.values():  # real-time first
-                while queue and len(step) < self.max_seqs:
+            for queues in self._waiting.values():
+                while queues and len(step) < self.max_seqs:
+                    owner, queue = next(iter(queues.items()))
                     job, i = queue[0]
-                    if job.cancelled:
-                        queue.popleft()
-                        continue
-                    size = len(job.inputs[i])
-                    if step and used + size > self.step_tokens:
-                        break
-                    step.append(queue.popleft())
-                    used += size
+                    if not job.cancelled:
+                        size = len(job.inputs[i])
+                        if step and used + size > self.step_tokens:
+                            return step
+                        step.append((job, i))
+                        used += size
+                    queue.popleft()
+                    if queue:
+                        queues.move_to_end(owner)  # the next owner's turn
+                    else:
+                        del queues[owner]
             return step
 
     def _loop(self) -> None:

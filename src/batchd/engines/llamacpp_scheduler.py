@@ -5,6 +5,12 @@ One thread owns a llama.cpp context with several sequence slots. Every step it p
 newly admitted ones, samples each sequence with its own sampler chain, and admits waiting
 requests as others finish (real-time requests first). Prompts that start like an earlier one
 copy its KV cells (`llama_memory_seq_cp`) instead of evaluating the prefix again.
+
+Real-time slots are shared fairly across owners (tenants): a freed slot goes to the waiting
+sequence whose owner holds the fewest, and an owner waiting with none while another holds
+more than its share takes a slot back at once: that owner's newest sequence is preempted (its
+KV cells dropped, recomputed when it is admitted again), so one request of 128 choices cannot
+keep another tenant's 4-token chat waiting behind it.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import asyncio
 import codecs
 import ctypes
 import enum
-import heapq
 import itertools
 import math
 import os
@@ -44,6 +49,7 @@ class Sequence:
     stops: list[str]
     priority: int
     index: int
+    owner: str
     emit: Callable[[Delta], None]
     done: Callable[[Sequence, BaseException | None], None]
     cancelled: threading.Event
@@ -60,10 +66,18 @@ class Sequence:
     cost: int = 0  # KV cells reserved for it (shared prefix cells are the lender's)
     token_logprobs: list[dict[str, Any]] = field(default_factory=list)
     logprobs_sent: int = 0  # of token_logprobs, already streamed
+    order: int = 0  # when it was submitted: earlier first, among equals
+
+    @property
+    def context(self) -> list[int]:
+        """What must be in its KV cells before its next token: the prompt and, once it has
+        generated, every token but the last (the next step decodes that one). Only a
+        preempted sequence prefills past its prompt."""
+        return self.prompt + self.generated[:-1] if self.generated else self.prompt
 
     @property
     def prefilled(self) -> bool:
-        return self.n_past >= len(self.prompt)
+        return self.n_past >= len(self.prompt) + max(len(self.generated) - 1, 0)
 
 
 @dataclass
@@ -106,7 +120,8 @@ class Scheduler:
         self.prefixes = [PrefixEntry(seq_id=options.parallel + i, tokens=[], used_at=0.0)
                          for i in range(options.prefix_cache)]
         self.active: list[Sequence] = []
-        self.waiting: list[tuple[int, int, Sequence]] = []  # heap: (priority, order, seq)
+        self.waiting: list[Sequence] = []
+        self.preemptions = 0  # real-time sequences that gave their slot back (for tests)
         self.order = itertools.count()
         self.cond = threading.Condition()
         self.running = True
@@ -120,7 +135,8 @@ class Scheduler:
 
     def submit(self, seq: Sequence) -> None:
         with self.cond:
-            heapq.heappush(self.waiting, (seq.priority, next(self.order), seq))
+            seq.order = next(self.order)
+            self.waiting.append(seq)
             self.cond.notify()
 
     def stop(self) -> None:
@@ -139,7 +155,7 @@ class Scheduler:
                 while self.running and not self.waiting and not self.active:
                     self.cond.wait()
                 if not self.running:
-                    for seq in self.active + [item[2] for item in self.waiting]:
+                    for seq in self.active + self.waiting:
                         seq.done(seq, EngineFailure("The engine was shut down."))
                     return
                 self._admit()
@@ -152,19 +168,21 @@ class Scheduler:
                         self._release(seq, EngineFailure(f"llama.cpp failed: {exc}"))
 
     def _admit(self) -> None:
-        """Start waiting sequences while a slot and KV room are free (most urgent first).
+        """Start waiting sequences while a slot and KV room are free (most urgent first:
+        real-time before batch, then the owner holding the fewest slots, then the oldest).
 
         A prompt that shares a long prefix with one still being evaluated waits for that
         evaluation to finish and then copies its KV cells, instead of computing the same
         prefix again beside it (a batch file's rows mostly share one system prompt)."""
-        deferred: list[tuple[int, int, Sequence]] = []
-        while self.waiting and self.free_slots:
-            item = self.waiting[0]
-            seq = item[2]
-            if seq.cancelled.is_set():
-                heapq.heappop(self.waiting)
-                seq.done(seq, asyncio.CancelledError())
-                continue
+        for seq in [s for s in self.waiting if s.cancelled.is_set()]:
+            self.waiting.remove(seq)
+            self.lib.llama_sampler_free(seq.sampler)
+            seq.done(seq, asyncio.CancelledError())
+        deferred: list[Sequence] = []
+        while self.waiting:
+            seq = self._next_waiting()
+            if not self.free_slots and not self._preempt_for(seq):
+                break
             if seq.priority > Priority.REALTIME and len(self.free_slots) <= self.reserved_slots:
                 break  # the last slots wait for real-time requests
             room = self.kv_tokens - self.reserved - sum(len(p.tokens) for p in self.prefixes)
@@ -174,9 +192,9 @@ class Scheduler:
             cost = len(seq.prompt) - shared + seq.max_new
             if cost > room and self.active:
                 break  # wait for running sequences to free their cells
-            heapq.heappop(self.waiting)
+            self.waiting.remove(seq)
             if self._prefix_in_progress(seq):
-                deferred.append(item)
+                deferred.append(seq)
                 continue
             seq.seq_id = self.free_slots.pop()
             seq.cost = cost
@@ -184,16 +202,56 @@ class Scheduler:
             if lender is not None:
                 self._reuse_prefix(seq, lender, shared)
             self.active.append(seq)
-        for item in deferred:
-            heapq.heappush(self.waiting, item)
+        self.waiting.extend(deferred)
+
+    def _held(self) -> dict[str, int]:
+        """Real-time slots each owner holds."""
+        held: dict[str, int] = {}
+        for seq in self.active:
+            if seq.priority == Priority.REALTIME:
+                held[seq.owner] = held.get(seq.owner, 0) + 1
+        return held
+
+    def _next_waiting(self) -> Sequence:
+        held = self._held()
+        return min(self.waiting, key=lambda seq: (
+            seq.priority, held.get(seq.owner, 0) if seq.priority == Priority.REALTIME else 0,
+            seq.order))
+
+    def _preempt_for(self, seq: Sequence) -> bool:
+        """Free a slot for real-time `seq` when every slot is taken and another owner holds
+        more than its share (at least two more than `seq`'s owner): that owner's sequence
+        with the least generated goes back to waiting, its cells dropped. Batch sequences
+        are left alone (they pause while real-time work runs, and finish in turn)."""
+        if seq.priority != Priority.REALTIME:
+            return False
+        held = self._held()
+        mine = held.get(seq.owner, 0)
+        greedy = max(held, key=lambda owner: held[owner], default=None)
+        if greedy is None or greedy == seq.owner or held[greedy] < mine + 2:
+            return False
+        victim = min((s for s in self.active
+                      if s.owner == greedy and s.priority == Priority.REALTIME),
+                     key=lambda s: (len(s.generated), -s.order))
+        self._release_slot(victim)
+        victim.n_past = 0
+        victim.lender = None
+        self.waiting.append(victim)
+        self.preemptions += 1
+        return True
 
     def _prefix_in_progress(self, seq: Sequence) -> bool:
         if not self.prefixes:
             return False
         minimum = self.options.prefix_min_tokens
         cached = max(_common_prefix(p.tokens, seq.prompt) for p in self.prefixes)
+        # Only a prompt long enough to be kept (`_remember_prefix`) is worth waiting for,
+        # and only for more than its last token (`_best_prefix`): the `n` choices of one
+        # short prompt start side by side.
         return any(not other.prefilled and not other.generated
-                   and _common_prefix(other.prompt, seq.prompt) >= max(minimum, cached + 1)
+                   and len(other.prompt) >= minimum * 2
+                   and min(_common_prefix(other.prompt, seq.prompt), len(seq.prompt) - 1)
+                   >= max(minimum, cached + 1)
                    for other in self.active)
 
     def _best_prefix(self, seq: Sequence) -> tuple[PrefixEntry | None, int]:
@@ -211,7 +269,9 @@ class Scheduler:
     def _reuse_prefix(self, seq: Sequence, lender: PrefixEntry, usable: int) -> None:
         self.lib.llama_memory_seq_cp(self.memory, lender.seq_id, seq.seq_id, 0, usable)
         lender.used_at = time.monotonic()
-        seq.n_past = seq.reused = usable
+        seq.n_past = usable
+        if not seq.generated:  # a preempted sequence's usage keeps its first admission's
+            seq.reused = usable
         seq.lender = lender
 
     def _remember_prefix(self, seq: Sequence) -> None:
@@ -238,12 +298,16 @@ class Scheduler:
                 self._release(seq, asyncio.CancelledError())
 
     def _release(self, seq: Sequence, error: BaseException | None) -> None:
+        self._release_slot(seq)
+        self.lib.llama_sampler_free(seq.sampler)
+        seq.done(seq, error)
+
+    def _release_slot(self, seq: Sequence) -> None:
         self.active.remove(seq)
         self.lib.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
-        self.lib.llama_sampler_free(seq.sampler)
         self.free_slots.append(seq.seq_id)
         self.reserved -= seq.cost
-        seq.done(seq, error)
+        seq.cost = 0
 
     def _step(self) -> None:
         """One decode: the next token of each generating sequence, then prompt tokens as the
@@ -277,9 +341,13 @@ class Scheduler:
                 add(seq, seq.generated[-1], seq.n_past, True)
         for seq in running:
             if not seq.prefilled and n < budget:
-                take = min(len(seq.prompt) - seq.n_past, budget - n)
+                tokens = seq.context
+                # The prompt's last token gives the first output's logits; a preempted
+                # sequence has its next token already and only rebuilds its cells.
+                last = -1 if seq.generated else len(seq.prompt) - 1
+                take = min(len(tokens) - seq.n_past, budget - n)
                 for pos in range(seq.n_past, seq.n_past + take):
-                    add(seq, seq.prompt[pos], pos, pos == len(seq.prompt) - 1)
+                    add(seq, tokens[pos], pos, pos == last)
         batch.n_tokens = n
         status = self.lib.llama_decode(self.ctx, batch)
         if status != 0:
