@@ -37,6 +37,7 @@ from batchd.engines.registry import ModelRegistry, load_registry
 from batchd.files import FileService
 from batchd.keys import KeyService
 from batchd.limits.inflight import InFlight
+from batchd.limits.preparation import Preparation
 from batchd.limits.ratelimit import RateLimiter
 from batchd.limits.tiers import load_tiers
 from batchd.settings import Settings
@@ -79,11 +80,13 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
         keys=KeyService(store=store, clock=clock),
         tiers=load_tiers(settings.tiers), rate_limiter=RateLimiter(), auth_failures=RateLimiter(),
         realtime=InFlight(per_key=settings.realtime_choices_per_key),
+        preparation=Preparation(name="parse"),
     )
 
 
 async def close_services(svc: Services) -> None:
     await svc.registry.aclose()
+    svc.preparation.close()
     if isinstance(svc.clock, DatabaseClock):
         await svc.clock.aclose()
     await svc.store.close()
