@@ -1,17 +1,17 @@
 """Which URLs batchd may call: http(s) only. With an allow-list (BATCHD_WEBHOOK_ALLOWED_HOSTS),
 only the hosts on it, which the operator trusts wherever they resolve. Without one, any
-public host: never loopback, private, link-local or reserved addresses (checked as a literal
-at registration, and as resolved at every delivery), so that a key cannot make batchd call
-addresses inside the network."""
+public host: never loopback, private, link-local or reserved addresses (addresses.py), so that
+a key cannot make batchd call addresses inside the network. A literal is checked here, at
+registration; a name when each delivery connects, to the very address checked (pinned.py)."""
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 import httpx
 
 from batchd.errors import InvalidRequest
+from batchd.webhooks.addresses import is_public, literal_address
 
 
 def allowed_hosts(setting: str | None) -> tuple[str, ...] | None:
@@ -53,20 +53,19 @@ def check_url(url: str, allowed: tuple[str, ...] | None) -> str:
         raise InvalidRequest(f"Invalid 'url': the host '{host}' is not on this server's "
                              "webhook allow-list (BATCHD_WEBHOOK_ALLOWED_HOSTS).",
                              code="host_not_allowed", param="url")
-    if allowed is None and _internal_literal(host):
+    if allowed is None and internal_literal(host):
         raise InvalidRequest(f"Invalid 'url': '{host}' is an address inside the network; "
                              "list it in BATCHD_WEBHOOK_ALLOWED_HOSTS to allow it.",
                              code="host_not_allowed", param="url")
     return url
 
 
-def _internal_literal(host: str) -> bool:
-    """An IP literal or name that is plainly not public (names are checked again, resolved,
-    at each delivery)."""
-    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain") or host.lower(
-            ).endswith(".localhost"):
+def internal_literal(host: str) -> bool:
+    """A host that plainly is not public: `localhost`, or an IP literal (in any form a
+    resolver reads, `127.1` or `0x7f000001` too) that is not public. Names are checked again,
+    resolved, when a delivery connects."""
+    name = host.lower().rstrip(".")
+    if name in ("localhost", "localhost.localdomain") or name.endswith(".localhost"):
         return True
-    try:
-        return not ipaddress.ip_address(host.strip("[]")).is_global
-    except ValueError:
-        return False
+    address = literal_address(host)
+    return address is not None and not is_public(address)
