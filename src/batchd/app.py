@@ -44,6 +44,7 @@ from batchd.settings import Settings
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
 from batchd.worker.context import WorkerContext
+from batchd.worker.crashes import record_past_lives
 from batchd.worker.identity import WorkerIdentity
 from batchd.worker.runner import Worker
 
@@ -92,15 +93,20 @@ async def close_services(svc: Services) -> None:
     await svc.store.close()
 
 
-async def start_worker(svc: Services) -> tuple[Worker, WorkerIdentity]:
-    identity = WorkerIdentity(svc.settings.data_dir)
+async def start_worker(svc: Services, *,
+                       record_crashes: bool = False) -> tuple[Worker, WorkerIdentity]:
+    """`record_crashes`: this process's fatal signals are recorded as evidence against the
+    requests it runs (the `batchd` commands; faulthandler is process-wide)."""
+    identity = WorkerIdentity(svc.settings.data_dir, record_crashes=record_crashes)
+    # Before taking back the leases: a crash is recorded on the chunks its life still holds.
+    await record_past_lives(svc.store, identity.lives, own=identity.life)
     if identity.stable:
         reclaimed = await svc.store.release_leases_of(identity.id)
         if reclaimed:
             log.info("took back %d pieces of work from this worker's previous run", reclaimed)
     worker = Worker(WorkerContext(worker_id=identity.id, store=svc.store, blobs=svc.blobs,
                                   registry=svc.registry, clock=svc.clock, settings=svc.settings,
-                                  tiers=svc.tiers))
+                                  tiers=svc.tiers, life=identity.life.id))
     worker.start()
     return worker, identity
 
@@ -121,12 +127,13 @@ async def serving_metrics(svc: Services) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None,
-               registry: ModelRegistry | None = None) -> FastAPI:
+               registry: ModelRegistry | None = None, record_crashes: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = await open_services(settings, clock=clock, registry=registry)
         app.state.services = svc
-        worker, identity = (await start_worker(svc)) if settings.embedded_worker else (None, None)
+        worker, identity = ((await start_worker(svc, record_crashes=record_crashes))
+                            if settings.embedded_worker else (None, None))
         app.state.worker = worker
         try:
             async with serving_metrics(svc):

@@ -162,7 +162,9 @@ def serve(
         typer.echo(f"  export OPENAI_BASE_URL={base_url} OPENAI_API_KEY={secret}")
     elif settings.api_key:
         typer.echo("Accepting the key in BATCHD_API_KEY.")
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+    # record_crashes: a fatal signal in this process is evidence against what it ran.
+    asgi = create_app(settings, record_crashes=True)
+    config = uvicorn.Config(asgi, host=settings.host, port=settings.port,
                             log_level=settings.log_level,
                             log_config=uvicorn_log_config(_secrets(settings)),
                             http=protocol_with_header_timeout(settings.header_timeout_seconds),
@@ -208,7 +210,7 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
         async with _backends(settings):
             pass  # one clear line, not a traceback, if a backend is unreachable
         svc = await open_services(settings)
-        worker, identity = await start_worker(svc)
+        worker, identity = await start_worker(svc, record_crashes=True)
         typer.echo(f"batchd worker {identity.id} running; Ctrl-C to stop")
         async with serving_metrics(svc):
             await stop.wait()

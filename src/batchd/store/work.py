@@ -332,6 +332,31 @@ class WorkStore(WebhookStore):
             return result.rowcount == 1
 
     @shielded
+    async def record_crash(self, *, owner: str, life: str, cause: str) -> int:
+        """A worker process (`life` of worker `owner`) crashed with a trace (`cause`): mark
+        the in-flight records that life left on the chunks it still holds, so the next run
+        charges the crash to those requests (worker/crashes.py). Fenced by generation: a
+        chunk claimed meanwhile is another run's. Returns how many chunks were marked."""
+        c = t.chunks.c
+        marked = 0
+        async with self._write() as conn:
+            rows = (await conn.execute(
+                select(c.batch_id, c.chunk_no, c.generation, c.in_flight)
+                .where(c.owner == owner, c.state == ChunkState.LEASED)
+            )).all()
+            for batch_id, chunk_no, generation, in_flight in rows:
+                # Filtered here, not in SQL: JSON paths differ between SQLite and PostgreSQL.
+                if not isinstance(in_flight, dict) or in_flight.get("life") != life:
+                    continue
+                result = await conn.execute(
+                    update(t.chunks)
+                    .where(c.batch_id == batch_id, c.chunk_no == chunk_no, c.owner == owner,
+                           c.generation == generation, c.state == ChunkState.LEASED)
+                    .values(in_flight={**in_flight, "crash": cause}))
+                marked += result.rowcount
+        return marked
+
+    @shielded
     async def checkpoint_chunk(
         self, chunk: Chunk, lease: Lease, *, parts: list[Part],
         committed: ChunkProgress, now: float, lease_seconds: float, release: bool = False,

@@ -21,3 +21,4 @@ class WorkerContext:
     clock: Clock
     settings: Settings
     tiers: TiersFile = field(default_factory=lambda: DEFAULT_TIERS)
+    life: str | None = None  # this process's life (crashes.py), tagged on in-flight records
