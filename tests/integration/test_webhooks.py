@@ -3,16 +3,20 @@ signed as OpenAI signs them (checked with the openai SDK), retried, then the end
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from openai import OpenAI
 
 from batchd.settings import Settings
-from batchd.webhooks.sender import BACKOFF
+from batchd.webhooks.sender import BACKOFF, PER_ENDPOINT, PER_OWNER, WebhookSender
 from tests.conftest import Harness, Tenants, batch_line
-from tests.webhook_receiver import Receiver, receiving
+from tests.webhook_receiver import Receiver, receiving, silent
 
 
 @pytest.fixture(autouse=True)
@@ -187,3 +191,212 @@ async def test_deliveries_waiting_when_an_endpoint_is_disabled_go_out_once_it_is
     deliveries = (await harness.client.get(
         f"/admin/webhooks/{endpoint['id']}/deliveries")).json()["data"]
     assert sorted(d["state"] for d in deliveries) == ["delivered", "failed"]
+
+
+async def submit(client: httpx.AsyncClient, lines: list[str]) -> str:
+    data = ("\n".join(lines) + "\n").encode()
+    file_id = (await client.post("/v1/files", files={"file": ("in.jsonl", data)},
+                                 data={"purpose": "batch"})).json()["id"]
+    created = await client.post("/v1/batches", json={
+        "input_file_id": file_id, "endpoint": "/v1/chat/completions",
+        "completion_window": "24h"})
+    assert created.status_code == 200, created.text
+    return str(created.json()["id"])
+
+
+async def test_one_owners_dead_receivers_do_not_hold_up_another_owners_events(
+    harness: Harness, tenants: Tenants,
+) -> None:
+    """Alice has 16 endpoints that take connections and never answer, and sends them test
+    events as fast as she is allowed; Bob's batch.completed still arrives at once, not after
+    the webhook timeout times the depth of the queue ahead of it."""
+    timeout = harness.settings.webhook_timeout_seconds
+    assert timeout >= 10
+    alice, bob = await tenants.client("alice"), await tenants.client("bob")
+    with silent() as never, receiving() as receiver:
+        endpoints = [await register(alice, f"{never}/{i}") for i in range(16)]
+        answers = [(await alice.post(f"/admin/webhooks/{e['id']}/test")).status_code
+                   for _ in range(3) for e in endpoints]
+        assert answers.count(200) >= 16 and set(answers) <= {200, 429}
+        mine = await register(bob, receiver.url, events=["batch.completed"])
+        harness.worker.start()
+        try:
+            await asyncio.sleep(0.5)  # Alice's deliveries are in flight, hanging
+            started = time.monotonic()
+            batch_id = await submit(bob, [batch_line("a")])
+            while not receiver.received and time.monotonic() - started < 1.5 * timeout:
+                await asyncio.sleep(0.05)
+            waited = time.monotonic() - started
+        finally:
+            await harness.worker.stop(grace_seconds=0.5)
+    assert receiver.received, "Bob's event never came"
+    event = unwrap(receiver, str(mine["secret"]))
+    assert event.data.id == batch_id  # type: ignore[attr-defined]
+    assert waited < 5, f"Bob's batch.completed took {waited:.1f} s"
+
+
+async def test_test_events_are_rate_limited_per_endpoint_and_per_owner(
+    harness: Harness, receiver: Receiver,
+) -> None:
+    endpoints = [str((await register(harness.client, receiver.url))["id"]) for _ in range(5)]
+
+    async def test(endpoint_id: str) -> httpx.Response:
+        return await harness.client.post(f"/admin/webhooks/{endpoint_id}/test")
+
+    for _ in range(5):
+        assert (await test(endpoints[0])).status_code == 200
+    over = await test(endpoints[0])
+    error = over.json()["error"]
+    assert over.status_code == 429 and error["code"] == "rate_limit_exceeded"
+    assert "at most 5 per endpoint per minute" in error["message"]
+    assert error["param"] == "endpoint_id" and int(over.headers["retry-after"]) == 60
+    for endpoint_id in endpoints[1:4]:
+        for _ in range(5):
+            assert (await test(endpoint_id)).status_code == 200
+    over = await test(endpoints[4])  # a fresh endpoint, but the owner has sent 20
+    assert over.status_code == 429
+    assert "at most 20 per owner per minute" in over.json()["error"]["message"]
+    harness.clock.advance(61)
+    assert (await test(endpoints[4])).status_code == 200
+    await harness.worker.drain()
+    assert len(receiver.received) == 21
+
+
+async def test_several_workers_deliver_each_event_once_within_the_caps(
+    harness: Harness, tenants: Tenants, receiver: Receiver,
+) -> None:
+    receiver.delay = 0.1  # long enough for the senders to overlap
+    expected = 0
+    for name in ("ann", "ben", "cat"):
+        client = await tenants.client(name)
+        for n in range(3):
+            endpoint = await register(client, f"{receiver.url}/{name}/{n}")
+            for _ in range(4):
+                assert (await client.post(
+                    f"/admin/webhooks/{endpoint['id']}/test")).status_code == 200
+                expected += 1
+    ctx = harness.worker.ctx
+    senders = [WebhookSender(store=ctx.store, clock=harness.clock, settings=harness.settings)
+               for _ in range(3)]
+
+    async def run(sender: WebhookSender) -> None:
+        while await sender.step():
+            pass
+
+    try:
+        await asyncio.gather(*(run(s) for s in senders))
+    finally:
+        for sender in senders:
+            await sender.aclose()
+    ids = [(got.path, got.headers["webhook-id"]) for got in receiver.received]
+    assert len(ids) == expected and len(set(ids)) == expected  # each once
+    for name in ("ann", "ben", "cat"):
+        assert receiver.peak[f"/hooks/{name}"] <= PER_OWNER
+        assert all(receiver.peak[f"/hooks/{name}/{n}"] <= PER_ENDPOINT for n in range(3))
+    assert receiver.peak["/hooks"] > PER_OWNER  # the owners were served side by side
+
+
+def fake_dns(monkeypatch: pytest.MonkeyPatch, **names: list[list[str]]) -> dict[str, int]:
+    """The system resolver, answering the given names (`_` for `.`) with one list of
+    addresses per question, the last one again once they run out; other names as usual.
+    Returns how often each was asked."""
+    real, asked = socket.getaddrinfo, dict[str, int]()
+    answers = {name.replace("_", "."): lists for name, lists in names.items()}
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in answers:
+            return real(host, port, *args, **kwargs)
+        n = asked[name] = asked.get(name, 0) + 1
+        found = answers[name][min(n, len(answers[name])) - 1]
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (a, int(port or 0), 0, 0))
+                if ":" in a else (socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                                  (a, int(port or 0))) for a in found]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def fresh_sender(harness: Harness) -> None:
+    """A sender that takes the settings as they are now (the timeout is read once)."""
+    harness.worker.webhooks = WebhookSender(store=harness.worker.ctx.store,
+                                            clock=harness.clock, settings=harness.settings)
+
+
+async def attempts(harness: Harness, endpoint: dict[str, object]) -> list[dict[str, Any]]:
+    deliveries = (await harness.client.get(
+        f"/admin/webhooks/{endpoint['id']}/deliveries")).json()["data"]
+    return [a for d in deliveries for a in d["attempts"]]
+
+
+async def test_a_name_that_rebinds_to_loopback_after_the_check_never_reaches_it(
+    harness: Harness, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The name answers a public address first and 127.0.0.1 after: the connection goes to
+    the address that was checked, and the next one, checked again, is refused."""
+    harness.settings.webhook_allowed_hosts = None
+    harness.settings.webhook_timeout_seconds = 1
+    fresh_sender(harness)
+    asked = fake_dns(monkeypatch, rebind_test=[["8.8.8.8"], ["127.0.0.1"]])
+    endpoint = await register(harness.client, f"http://rebind.test:{receiver.port}/hooks")
+    try:
+        await harness.run_batch([batch_line("a")])
+        assert receiver.received == [] and asked["rebind.test"] == 1
+        harness.clock.advance(BACKOFF[0] * harness.settings.webhook_first_retry_seconds + 1)
+        await harness.worker.drain()
+    finally:
+        await harness.worker.webhooks.aclose()
+    assert receiver.received == []
+    first, second = await attempts(harness, endpoint)
+    assert first["status"] is None and "not public" in second["error"]
+    state = (await harness.client.get(f"/admin/webhooks/{endpoint['id']}")).json()
+    assert state["status"] == "disabled"  # a refused address is not tried again
+
+
+async def test_delivery_errors_never_say_what_a_name_resolves_to(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    harness.settings.webhook_allowed_hosts = None
+    fresh_sender(harness)
+    fake_dns(monkeypatch, inside_test=[["10.20.30.40"]], mixed_test=[["8.8.8.8", "fd00::7"]],
+             nat64_test=[["64:ff9b::a14:1e28"]])
+    endpoints = [await register(harness.client, f"http://{name}/hooks")
+                 for name in ("inside.test", "mixed.test", "nat64.test")]
+    try:
+        await harness.run_batch([batch_line("a")])
+    finally:
+        await harness.worker.webhooks.aclose()
+    for endpoint in endpoints:
+        [attempt] = await attempts(harness, endpoint)
+        state = (await harness.client.get(f"/admin/webhooks/{endpoint['id']}")).json()
+        shown = f"{attempt['error']} {state['disabled_reason']}"
+        assert "the address is not public" in attempt["error"], shown
+        for secret in ("10.20.30.40", "fd00", "64:ff9b", "a14:1e28", "8.8.8.8"):
+            assert secret not in shown, shown
+
+
+async def test_connection_errors_to_allowed_names_say_no_address(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    harness.settings.webhook_allowed_hosts = "inside.test"
+    fake_dns(monkeypatch, inside_test=[["127.0.0.1"]])
+    endpoint = await register(harness.client, f"http://inside.test:{port}/hooks")
+    await harness.run_batch([batch_line("a")])
+    [attempt] = await attempts(harness, endpoint)
+    assert attempt["error"] == "could not connect (Connection refused)"
+
+
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f000001", "127.0.0.1.",
+                                  "0x7f.0.0.1", "0177.0.0.1", "10.1", "[64:ff9b::7f00:1]",
+                                  "[2002:a9fe:a9fe::1]", "[::ffff:169.254.169.254]"])
+async def test_addresses_in_disguise_are_refused_at_registration(
+    harness: Harness, host: str,
+) -> None:
+    harness.settings.webhook_allowed_hosts = None
+    response = await harness.client.post("/admin/webhooks",
+                                         json={"url": f"http://{host}:8080/hooks"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "url"

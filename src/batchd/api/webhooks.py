@@ -14,14 +14,19 @@ from batchd import ids
 from batchd.api.auth import Caller
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
-from batchd.errors import InvalidRequest, NotFound, PermissionDenied
+from batchd.errors import InvalidRequest, NotFound, PermissionDenied, TooManyRequests
 from batchd.store.records import WebhookEndpoint
+from batchd.store.webhooks import TooManyTestEvents
 from batchd.webhooks.targets import allowed_hosts, check_url
 
 router = APIRouter(prefix="/admin/webhooks", tags=["webhooks"],
                    route_class=AuthenticatedRoute)
 
 MAX_ENDPOINTS = 20  # per owner: each terminal batch writes one delivery per endpoint
+# Test events per minute: each is a delivery (retried like any other), so a key that sends
+# them without end would fill the queue with its own work.
+TESTS_PER_ENDPOINT = 5
+TESTS_PER_OWNER = 20
 EVENT_TYPES = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled")
 EventType = Literal["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
 
@@ -170,7 +175,16 @@ async def send_test_event(request: Request, caller: Caller,
         raise InvalidRequest("The endpoint is disabled; enable it first.",
                              code="endpoint_disabled", param="endpoint_id")
     svc = services(request)
-    await svc.store.record_test_event(endpoint, now=int(svc.clock.now()))
+    try:
+        await svc.store.record_test_event(endpoint, now=int(svc.clock.now()),
+                                          per_endpoint=TESTS_PER_ENDPOINT,
+                                          per_owner=TESTS_PER_OWNER)
+    except TooManyTestEvents as over:
+        raise TooManyRequests(
+            f"Rate limit reached for webhook test events: at most {over.limit} per "
+            f"{over.scope} per minute. Try again in {over.retry_after} s.",
+            code="rate_limit_exceeded", param="endpoint_id",
+            headers={"retry-after": str(over.retry_after)}) from over
     worker = getattr(request.app.state, "worker", None)
     if worker is not None:
         worker.wake()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batchd import ids
@@ -20,6 +20,16 @@ from batchd.store.sql import SqlStore, as_row, owned, shielded
 
 class _TooMany(Exception):
     """Rolls the insert back: the owner has as many endpoints as allowed."""
+
+
+class TooManyTestEvents(Exception):
+    """Too many test events lately: at most `limit` per `scope` ("endpoint" or "owner") in
+    `window` seconds; one more is allowed in `retry_after` seconds."""
+
+    def __init__(self, limit: int, scope: str, window: int, *, retry_after: int) -> None:
+        super().__init__(f"{limit} test events per {scope} in {window} s")
+        self.limit, self.scope, self.window = limit, scope, window
+        self.retry_after = max(1, retry_after)
 
 
 class WebhookStore(SqlStore):
@@ -97,8 +107,30 @@ class WebhookStore(SqlStore):
         return event_id
 
     @shielded
-    async def record_test_event(self, endpoint: WebhookEndpoint, *, now: int) -> str | None:
+    async def record_test_event(self, endpoint: WebhookEndpoint, *, now: int,
+                                per_endpoint: int, per_owner: int,
+                                window: int = 60) -> str | None:
+        """A `webhook.test` event to `endpoint`, unless the endpoint already had
+        `per_endpoint` or its owner `per_owner` test events in the last `window` seconds
+        (TooManyTestEvents). Counted in the store, so the limits hold across API processes."""
+        d, e, w = t.webhook_deliveries.c, t.webhook_events.c, t.webhook_endpoints.c
+        since = now - window
         async with self._write() as conn:
+            await self._lock_owner(conn, endpoint.owner)  # racing requests count in turn
+            recent = (select(d.endpoint_id, d.created_at)
+                      .join(t.webhook_events, e.id == d.event_id)
+                      .where(e.type == "webhook.test", d.created_at > since,
+                             d.endpoint_id.in_(select(w.id).where(
+                                 w.owner == endpoint.owner))))
+            times = [(r.endpoint_id, r.created_at) for r in await conn.execute(recent)]
+            mine = sorted(at for endpoint_id, at in times if endpoint_id == endpoint.id)
+            if len(mine) >= per_endpoint:
+                raise TooManyTestEvents(per_endpoint, "endpoint", window,
+                                     retry_after=mine[-per_endpoint] + window - now)
+            owners = sorted(at for _, at in times)
+            if len(owners) >= per_owner:
+                raise TooManyTestEvents(per_owner, "owner", window,
+                                     retry_after=owners[-per_owner] + window - now)
             return await self.record_event(
                 conn, owner=endpoint.owner, type_="webhook.test", now=now,
                 data={"id": endpoint.id, "object": "webhook_endpoint"}, only=endpoint.id)
@@ -107,21 +139,57 @@ class WebhookStore(SqlStore):
 
     @shielded
     async def claim_deliveries(
-        self, *, now: float, lease_seconds: float, limit: int,
+        self, *, now: float, lease_seconds: float, limit: int, per_owner: int,
+        per_endpoint: int,
     ) -> list[tuple[WebhookDelivery, WebhookEvent, WebhookEndpoint]]:
-        """Lease due deliveries (pending and due, or held by a sender that vanished) of
-        enabled endpoints."""
+        """Lease up to `limit` due deliveries (pending and due, or held by a sender that
+        vanished) of enabled endpoints, fairly: round-robin by owner (each owner's oldest
+        first, then each one's second...), and never more than `per_owner` and
+        `per_endpoint` in flight (leased, by any worker) at once. An owner whose receivers
+        hang thus holds a few slots, not all of them, and not for everyone else's turn.
+
+        The ranking reads without locks; the rows are then locked (skipping those another
+        worker is claiming) and the lease condition checked again, so no delivery is ever
+        claimed twice. Two workers claiming at the same moment may each take an owner's
+        share once: the caps hold from the next claim on."""
         d, w = t.webhook_deliveries.c, t.webhook_endpoints.c
+        in_flight = and_(d.state == "pending", d.lease_until >= now)
+        free = or_(d.lease_until.is_(None), d.lease_until < now)
+        busy_endpoints = (select(d.endpoint_id, func.count().label("n"))
+                          .where(in_flight).group_by(d.endpoint_id).subquery())
+        busy_owners = (select(w.owner, func.count().label("n"))
+                       .select_from(t.webhook_deliveries.join(
+                           t.webhook_endpoints, w.id == d.endpoint_id))
+                       .where(in_flight).group_by(w.owner).subquery())
         # Deliveries to a disabled endpoint wait, pending, until it is enabled again.
-        enabled = select(w.id).where(w.id == d.endpoint_id, w.disabled_at.is_(None)).exists()
-        due = (select(d.id)
-               .where(d.state == "pending", d.next_attempt_at <= now, enabled,
-                      or_(d.lease_until.is_(None), d.lease_until < now))
-               .order_by(d.next_attempt_at).limit(limit)
-               .with_for_update(skip_locked=True, of=t.webhook_deliveries))
+        due = (select(d.id, d.endpoint_id, d.next_attempt_at, w.owner,
+                      func.row_number().over(partition_by=d.endpoint_id,
+                                             order_by=(d.next_attempt_at, d.id)).label("nth"))
+               .select_from(t.webhook_deliveries.join(
+                   t.webhook_endpoints, w.id == d.endpoint_id))
+               .where(d.state == "pending", d.next_attempt_at <= now, w.disabled_at.is_(None),
+                      free)
+               .subquery())
+        # Ranked within each owner among what its endpoints' caps leave (a window is
+        # computed after the WHERE of its own SELECT, hence the nesting).
+        room = (select(due.c.id, due.c.owner, due.c.next_attempt_at,
+                       func.row_number().over(partition_by=due.c.owner,
+                                              order_by=(due.c.next_attempt_at, due.c.id))
+                       .label("turn"))
+                .select_from(due.outerjoin(busy_endpoints,
+                                           busy_endpoints.c.endpoint_id == due.c.endpoint_id))
+                .where(due.c.nth + func.coalesce(busy_endpoints.c.n, 0) <= per_endpoint)
+                .subquery())
+        fair = (select(room.c.id)
+                .select_from(room.outerjoin(busy_owners, busy_owners.c.owner == room.c.owner))
+                .where(room.c.turn + func.coalesce(busy_owners.c.n, 0) <= per_owner)
+                .order_by(room.c.turn, room.c.next_attempt_at, room.c.id).limit(limit))
+        locked = (select(d.id)
+                  .where(d.id.in_(fair), d.state == "pending", d.next_attempt_at <= now, free)
+                  .with_for_update(skip_locked=True, of=t.webhook_deliveries))
         async with self._write() as conn:
             rows = (await conn.execute(
-                update(t.webhook_deliveries).where(d.id.in_(due))
+                update(t.webhook_deliveries).where(d.id.in_(locked), free)
                 .values(lease_until=now + lease_seconds)
                 .returning(*t.webhook_deliveries.c))).mappings().all()
             deliveries = [WebhookDelivery.from_row(r) for r in rows]

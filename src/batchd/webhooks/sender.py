@@ -2,15 +2,18 @@
 growing waits for about a day, the endpoint disabled (with the reason) when that fails.
 
 Runs as its own loop in every worker, apart from the batch work: a slow or hanging receiver
-holds only its own delivery, for at most `BATCHD_WEBHOOK_TIMEOUT_SECONDS`.
+holds only its own delivery, for at most `BATCHD_WEBHOOK_TIMEOUT_SECONDS`. Each delivery is a
+task of its own in one of SLOTS slots, and a slot that frees is filled at the next step; the
+store hands out due deliveries round-robin by owner and caps how many each owner and endpoint
+have in flight (store/webhooks.py), so one tenant's dead receivers cannot hold up another's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import ipaddress
 import logging
+import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,14 +27,24 @@ from batchd.clock import Clock
 from batchd.settings import Settings
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from batchd.webhooks.targets import allowed_hosts, host_allowed
+from batchd.webhooks.pinned import (
+    NOT_PUBLIC,
+    AddressNotPublic,
+    ConnectFailed,
+    PinnedBackend,
+    PinnedTransport,
+    os_reason,
+)
+from batchd.webhooks.targets import allowed_hosts, host_allowed, internal_literal
 
 log = logging.getLogger(__name__)
 
 # Waits between attempts, in units of BATCHD_WEBHOOK_FIRST_RETRY_SECONDS (5 s by default:
 # 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 2 h, 4 h, 8 h, 8 h; about 23.6 hours in all).
 BACKOFF = (1, 6, 24, 120, 360, 720, 1440, 2880, 5760, 5760)
-PER_STEP = 16  # deliveries sent at once by one worker
+SLOTS = 16  # deliveries one worker sends at once
+PER_OWNER = 4  # deliveries in flight at once for one owner, across all workers
+PER_ENDPOINT = 2  # and for one endpoint
 
 
 def event_body(event: WebhookEvent) -> bytes:
@@ -52,33 +65,82 @@ class WebhookSender:
     def __init__(self, *, store: MetadataStore, clock: Clock, settings: Settings) -> None:
         self.store, self.clock, self.settings = store, clock, settings
         self._http: httpx.AsyncClient | None = None  # opened at the first delivery
+        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def allowed(self) -> tuple[str, ...] | None:
         return allowed_hosts(self.settings.webhook_allowed_hosts)
 
+    async def settle(self) -> None:
+        """Wait for the deliveries in flight (a stopping worker's grace); cancelled, cancel
+        them (their leases lapse and another worker sends them again)."""
+        try:
+            while self._running:
+                await asyncio.wait(set(self._running))
+        except asyncio.CancelledError:
+            await self._cancel_running()
+            raise
+
+    async def _cancel_running(self) -> None:
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
     async def aclose(self) -> None:
+        await self._cancel_running()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
+            # Connections go only to the addresses checked when they were opened (no DNS
+            # rebinding), unless an allow-list trusts the host wherever it resolves.
+            backend = PinnedBackend(checking=lambda: self.allowed is None)
             # Redirects are never followed: the receiver is the URL that was registered.
-            self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                           timeout=self.settings.webhook_timeout_seconds)
+            self._http = httpx.AsyncClient(
+                transport=PinnedTransport(backend),
+                follow_redirects=False, trust_env=False,
+                timeout=self.settings.webhook_timeout_seconds)
         return self._http
 
     async def step(self) -> bool:
-        """Send the deliveries that are due (up to PER_STEP at once); whether there were any."""
-        lease = self.settings.webhook_timeout_seconds * 3 + 30
-        due = await self.store.claim_deliveries(now=self.clock.now(), lease_seconds=lease,
-                                                limit=PER_STEP)
-        await asyncio.gather(*(self._deliver(*claim) for claim in due))
-        return bool(due)
+        """Start the due deliveries that free slots can take, each as its own task; whether
+        any were started or are still in flight (so a worker's `drain` waits for them).
+
+        With deliveries in flight and nothing new due, it waits until one ends or a poll
+        interval passes: a freed slot is filled at once, and what comes due for another owner
+        meanwhile is seen within a poll interval, however long the slow receivers take."""
+        free = SLOTS - len(self._running)
+        due = []
+        if free > 0:
+            lease = self.settings.webhook_timeout_seconds * 3 + 30
+            due = await self.store.claim_deliveries(
+                now=self.clock.now(), lease_seconds=lease, limit=free,
+                per_owner=PER_OWNER, per_endpoint=PER_ENDPOINT)
+        for claim in due:
+            task = asyncio.create_task(self._deliver(*claim),
+                                       name=f"webhook:{claim[0].id}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if not due and self._running:
+            await asyncio.wait(set(self._running), timeout=self.settings.poll_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        return bool(due) or bool(self._running)
 
     async def _deliver(self, delivery: WebhookDelivery, event: WebhookEvent,
                        endpoint: WebhookEndpoint) -> None:
+        """One delivery, as a task: a failure (the store unreachable to record it) is logged
+        here or nowhere; the lease then lapses and the delivery is tried again."""
+        try:
+            await self._deliver_once(delivery, event, endpoint)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("webhook delivery %s failed", delivery.id)
+
+    async def _deliver_once(self, delivery: WebhookDelivery, event: WebhookEvent,
+                            endpoint: WebhookEndpoint) -> None:
         now = int(self.clock.now())
         status, error, final = await self._attempt(event, endpoint)
         delivered = status is not None and 200 <= status < 300
@@ -104,16 +166,15 @@ class WebhookSender:
     async def _attempt(self, event: WebhookEvent,
                        endpoint: WebhookEndpoint) -> tuple[int | None, str | None, bool]:
         """(HTTP status, error, whether retrying cannot help: a host that is not allowed, a
-        URL that is not one)."""
+        URL that is not one). Errors are shown to the tenant: they say what went wrong in
+        general words, never which address a name resolved to."""
         if endpoint.deleted_at is not None or endpoint.disabled_at is not None:
             return None, "endpoint disabled", False
         host = urlsplit(endpoint.url).hostname or ""
         if not host_allowed(host, self.allowed):
             return None, f"host '{host}' is not on the allow-list", True
-        if self.allowed is None:  # no allow-list: never an address inside the network
-            refused = await internal_address(host)
-            if refused:
-                return None, f"host '{host}' resolves to {refused}: not on the allow-list", True
+        if self.allowed is None and internal_literal(host):
+            return None, _REFUSED, True  # names are checked as they connect (pinned.py)
         body = event_body(event)
         # The receiver checks the timestamp against its own clock (replay protection): it
         # is the wall clock of the moment of sending, whatever clock schedules the attempts.
@@ -132,12 +193,16 @@ class WebhookSender:
                     if read > _MAX_ANSWER:
                         break
                 status = response.status_code
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):
             return None, f"no answer within {limit:g} s", False
-        except httpx.InvalidURL as exc:
-            return None, f"invalid URL ({exc})", True
+        except AddressNotPublic:
+            return None, _REFUSED, True
+        except httpx.InvalidURL:
+            return None, "invalid URL", True
         except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {str(exc)[:200] or 'connection failed'}", False
+            log.info("webhook delivery %s to endpoint %s failed: %r", event.id, endpoint.id,
+                     exc)  # the details, with any address, for the operator only
+            return None, failure_reason(exc), False
         except Exception as exc:  # never let one delivery stop the others
             log.warning("webhook delivery %s failed: %r", event.id, exc)
             return None, f"{type(exc).__name__}", False
@@ -148,18 +213,40 @@ class WebhookSender:
         return status, f"HTTP {status}", False
 
 
+_REFUSED = (f"{NOT_PUBLIC}: without BATCHD_WEBHOOK_ALLOWED_HOSTS webhooks go only to public "
+            "addresses")
+
+
+def failure_reason(exc: httpx.HTTPError) -> str:
+    """What the tenant is told about a failed request: the kind of failure, in words that
+    hold no address (a connection error's own text may name the IP it tried)."""
+    if isinstance(exc, httpx.ConnectError):
+        cause = exc.__cause__
+        if isinstance(cause, ConnectFailed):
+            return str(cause)  # written by pinned.py, without addresses
+        tls = _find(exc, ssl.SSLError)
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            return f"TLS: the certificate was refused ({tls.verify_message})"
+        if tls is not None:
+            return "TLS handshake failed"
+        return f"could not connect ({os_reason(exc)})"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the receiver closed the connection without a valid HTTP answer"
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return "the connection broke"
+    return type(exc).__name__
+
+
+def _find(exc: BaseException, kind: type[ssl.SSLError]) -> ssl.SSLError | None:
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            return None
+        if isinstance(current, kind):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 _MAX_ANSWER = 64 * 1024  # of a receiver's answer, read and dropped
 
-
-async def internal_address(host: str) -> str | None:
-    """The first address of `host` that is loopback, private, link-local or otherwise not
-    public (None: all are public; a name that does not resolve is left to the request)."""
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except OSError:
-        return None
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not address.is_global:
-            return str(address)
-    return None

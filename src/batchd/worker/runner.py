@@ -53,7 +53,7 @@ class Worker:
                  ("housekeeping", self._housekeeping()),
                  ("chunks", self._claim_chunks()),
                  # Its own loop: a slow receiver never holds up batch work.
-                 ("webhooks", self._poll("webhook delivery", self.webhooks.step))]
+                 ("webhooks", self._deliver_webhooks())]
         if self.ctx.store.postgres:  # other hosts' new work wakes this worker at once
             loops.append(("listen", self.ctx.store.listen_for_work(self.wake,
                                                                    self._stopping)))
@@ -158,6 +158,12 @@ class Worker:
             self.capacity.models[key].chunks -= 1
             metrics.RUNNING_CHUNKS.dec()
             self.wake()  # room for another chunk; the batch may be ready to assemble
+
+    async def _deliver_webhooks(self) -> None:
+        """Deliveries run as tasks of their own (webhooks/sender.py); on stop, those in
+        flight get the grace to finish (cancelled past it, they are sent again later)."""
+        await self._poll("webhook delivery", self.webhooks.step)
+        await self.webhooks.settle()
 
     async def _poll(self, what: str, step: Callable[[], Awaitable[bool]], *,
                     polls: bool = True) -> None:
