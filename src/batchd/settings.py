@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     checkpoint_results: int = Field(
         default=256, ge=1, description="finished results that trigger a flush sooner")
     max_attempts: int = Field(
-        default=2, ge=1, description="worker deaths under a request running alone before it "
-                                     "is failed")
+        default=2, ge=1, description="worker crashes (a fatal signal or an error, not a kill "
+                                     "without a trace) under a request running alone before "
+                                     "it is failed")
     request_timeout_seconds: float = Field(default=600.0, gt=0)
     request_retries: int = Field(default=1, ge=0, description="retries after a timeout/crash")
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

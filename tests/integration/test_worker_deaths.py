@@ -1,11 +1,13 @@
-"""Worker deaths are charged to the requests in flight, a request that kills its worker is
-failed alone, short runs keep what they finished, and a worker whose lease was taken records
-nothing (DESIGN.md's fencing guarantee), with a manual clock and two workers."""
+"""Worker deaths are charged to the requests in flight, a request that crashes its worker is
+failed alone while kills without a trace fail nothing, short runs keep what they finished, and
+a worker whose lease was taken records nothing (DESIGN.md's fencing guarantee), with a manual
+clock and two workers."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 from typing import Any
 
@@ -23,10 +25,16 @@ async def _ready(harness: Harness, n: int, **extra: Any) -> str:
     return str(created["id"])
 
 
-async def _die_with(harness: Harness, in_flight: dict[str, Any], *, chunk_no: int = 0) -> None:
+_lives = itertools.count()
+
+
+async def _die_with(harness: Harness, in_flight: dict[str, Any], *, chunk_no: int = 0,
+                    crash: str | None = None) -> None:
     """What a worker that dies does to the store: claim, charge its predecessor's death (as
-    every run does first), record what it starts, vanish."""
+    every run does first), record what it starts, vanish; with `crash`, a fatal signal that
+    its next life finds in its crash file and records (worker/crashes.py)."""
     store, settings = harness.worker.ctx.store, harness.settings
+    life = f"life-{next(_lives)}"
     for _ in range(10):
         claim = await store.claim_chunk(worker="doomed", now=harness.clock.now(),
                                         lease_seconds=settings.lease_seconds)
@@ -35,7 +43,9 @@ async def _die_with(harness: Harness, in_flight: dict[str, Any], *, chunk_no: in
         if chunk.chunk_no == chunk_no:
             strikes = deaths.charge(chunk.strikes, chunk.in_flight, done=())
             assert await store.record_deaths(chunk, lease, strikes=strikes)
-            assert await store.reserve_chunk(chunk, lease, in_flight=in_flight)
+            assert await store.reserve_chunk(chunk, lease, in_flight={**in_flight, "life": life})
+            if crash is not None:
+                assert await store.record_crash(owner="doomed", life=life, cause=crash) == 1
             harness.clock.advance(settings.lease_seconds + 1)
             return
         await store.checkpoint_chunk(chunk, lease, parts=chunk.parts,
@@ -57,20 +67,70 @@ async def test_deaths_beyond_max_attempts_fail_no_request_that_did_not_die_alone
     assert batch["request_counts"] == {"total": 4, "completed": 4, "failed": 0}
 
 
-async def test_a_request_its_worker_died_under_alone_is_failed_alone(harness: Harness) -> None:
+async def test_a_request_its_worker_crashed_under_alone_is_failed_alone(
+    harness: Harness,
+) -> None:
     batch_id = await _ready(harness, 4)
-    await _die_with(harness, {"ids": ["r0", "r1"], "alone": False})
+    await _die_with(harness, {"ids": ["r0", "r1"], "alone": False}, crash="SIGSEGV")
+    await _die_with(harness, {"ids": ["r1"], "alone": True})  # a kill: not counted
     for _ in range(harness.settings.max_attempts):
-        await _die_with(harness, {"ids": ["r1"], "alone": True})
+        await _die_with(harness, {"ids": ["r1"], "alone": True}, crash="SIGABRT")
     await harness.worker.drain()
     batch = await harness.batch(batch_id)
     assert batch["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
     [error] = await harness.lines_of(batch["error_file_id"])
     assert error["custom_id"] == "r1" and error["response"] is None
     assert error["error"]["code"] == "request_failed"
-    assert "died while running it, alone, 2 times" in error["error"]["message"]
+    assert "crashed while running it, alone, 2 times" in error["error"]["message"]
     assert {line["custom_id"] for line in await harness.lines_of(batch["output_file_id"])} == {
         "r0", "r2", "r3"}
+
+
+async def test_kills_without_a_trace_while_one_request_runs_alone_fail_nothing(
+    harness: Harness,
+) -> None:
+    """Issue 23: the process was killed from outside twice (and more) while one request ran
+    alone; with no trace of a crash, that is not the request's doing."""
+    batch_id = await _ready(harness, 4)
+    for _ in range(2):
+        await _die_with(harness, {"ids": ["r0", "r1"], "alone": False})
+    for _ in range(3 * harness.settings.max_attempts):
+        await _die_with(harness, {"ids": ["r1"], "alone": True})
+    await _die_with(harness, {"ids": ["r1"], "alone": True}, crash="SIGSEGV")  # one, < limit
+    await harness.worker.drain()
+    batch = await harness.batch(batch_id)
+    assert batch["status"] == "completed"
+    assert batch["request_counts"] == {"total": 4, "completed": 4, "failed": 0}
+    chunk = (await harness.worker.ctx.store.list_chunks(batch_id))[0]  # r0 and r1
+    assert chunk.strikes is not None and chunk.strikes["r1"] == [9, 7, 1, 1]
+
+
+async def test_a_crash_is_recorded_only_on_its_own_life_s_records_still_held(
+    harness: Harness,
+) -> None:
+    store, settings = harness.worker.ctx.store, harness.settings
+    batch_id = await _ready(harness, 4)  # two chunks of two
+    for life in ("life-a", "life-b"):
+        claim = await store.claim_chunk(worker="doomed", now=harness.clock.now(),
+                                        lease_seconds=settings.lease_seconds)
+        assert claim is not None
+        chunk, lease = claim
+        assert await store.reserve_chunk(chunk, lease, in_flight=deaths.reservation(
+            [], [f"r{2 * chunk.chunk_no}"], life=life))
+    # A life whose records are all gone (an older crash file): nothing is its crash.
+    assert await store.record_crash(owner="doomed", life="life-gone", cause="SIGSEGV") == 0
+    assert await store.record_crash(owner="doomed", life="life-b", cause="SIGSEGV") == 1
+    # Another worker takes chunk 0 over once its lease lapses: a crash file of its old owner
+    # read only now marks nothing (that death was already charged, without a trace).
+    harness.clock.advance(settings.lease_seconds + 1)
+    taken = await store.claim_chunk(worker="other", now=harness.clock.now(),
+                                    lease_seconds=settings.lease_seconds)
+    assert taken is not None and taken[0].chunk_no == 0
+    assert await store.record_crash(owner="doomed", life="life-a", cause="SIGABRT") == 0
+    first, second = await store.list_chunks(batch_id)
+    assert deaths.evidence(first.in_flight) is None
+    assert second.in_flight is not None and second.in_flight["life"] == "life-b"
+    assert deaths.evidence(second.in_flight) == "SIGSEGV"
 
 
 async def test_a_request_whose_run_raises_is_narrowed_down_logged_and_failed_alone(

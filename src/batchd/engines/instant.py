@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
+import resource
 from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,8 +58,9 @@ class InstantOptions(BaseModel):
     concurrency: int = Field(default=32, ge=1)
     """Requests it takes at once (what the worker keeps in flight for it)."""
     crash_marker: str | None = None
-    """A request whose last message contains this text kills the whole process at once
-    (SIGKILL), as a request that crashes a native engine would (fault tests)."""
+    """A request whose last message contains this text crashes the whole process with a
+    fatal signal (SIGABRT, as llama.cpp's GGML_ABORT does), as a request that crashes a
+    native engine would (fault tests)."""
     embedding_dimensions: int = Field(default=8, ge=1, le=4096)
     """Length of the (hash-derived) vectors it returns for embeddings."""
 
@@ -93,7 +94,10 @@ class InstantEngine:
             await asyncio.Event().wait()
         crash = self.options.crash_marker
         if crash and crash in text:
-            os.kill(os.getpid(), signal.SIGKILL)
+            # A real abort(), not SIGKILL: faulthandler sees it, as it sees an engine's crash.
+            # No core file: a test crashes it again and again.
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            os.abort()
         if self.options.delay_seconds:
             await asyncio.sleep(self.options.delay_seconds)
 

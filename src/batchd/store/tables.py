@@ -121,10 +121,12 @@ chunks = Table(
     Column("cached_tokens", BigInteger, nullable=False, default=0),
     Column("done_cached_tokens", BigInteger, nullable=False, default=0),
     # What the current run may have started and not yet recorded: {"ids": [...], "alone":
-    # bool}, written before those requests start. Still set when a run's worker died, so the
-    # next run knows which requests were in flight at the death; cleared by a clean end.
+    # bool, "life": the worker process}, written before those requests start. Still set when
+    # a run's worker died, so the next run knows which requests were in flight at the death;
+    # cleared by a clean end. "crash": what it died of, when it left a trace (deaths.py).
     Column("in_flight", JSON),
-    # Deaths each request was in flight for: {custom_id: [deaths, deaths_alone]}.
+    # Deaths each request was in flight for: {custom_id: [deaths, deaths_alone, crashes,
+    # crashes_alone]} (records of older versions hold only the first two).
     Column("strikes", JSON),
     # The batch's model (None: its lines name several): a worker claims only chunks of the
     # models it serves.

@@ -5,7 +5,8 @@ row by a fenced update. A checkpoint every `checkpoint_seconds`, or once `checkp
 are waiting (and at shutdown), bounds what a crash can lose; a resumed chunk reads its
 committed parts and skips the requests they hold, so no `custom_id` is ever run (or reported)
 twice. Before requests start, the run records them as in flight, so that a worker's death is
-charged to them and not to the whole chunk (see deaths.py).
+charged to them and not to the whole chunk (see deaths.py), and only a crash with a trace can
+get one failed.
 """
 
 from __future__ import annotations
@@ -216,17 +217,18 @@ class ChunkRun:
             return
         poison = deaths.poisoned(strikes, self.ctx.settings.max_attempts) - done
         for cid in sorted(poison):
-            log.error("batch %s: request %r killed its worker %d times running alone; "
-                      "failing it", self.chunk.batch_id, cid, strikes[cid][1])
+            crashes = deaths.crashes_alone(strikes, cid)
+            log.error("batch %s: request %r crashed its worker %d times running alone; "
+                      "failing it", self.chunk.batch_id, cid, crashes)
             self.results.add_error_line(results.stop_error_line(
-                cid, code="request_failed", message=deaths.poison_message(strikes[cid][1])))
+                cid, code="request_failed", message=deaths.poison_message(crashes)))
             self.finished.add(cid)
         # Requests that share a model and a leading prompt go to the engine together, so its
         # prefix cache serves them one after another instead of thrashing between prompts.
         todo = sorted((r for r in requests if r[0] not in done and r[0] not in poison),
                       key=prefix_key)
-        groups, self.todo = deaths.isolation_groups(todo, strikes, self._lanes)
-        body = self._body = asyncio.create_task(self._execute(groups), name="chunk-body")
+        first, self.todo, last = deaths.isolation_groups(todo, strikes, self._lanes)
+        body = self._body = asyncio.create_task(self._execute(first, last), name="chunk-body")
         helpers = [asyncio.create_task(self._heartbeat(), name="chunk-heartbeat"),
                    asyncio.create_task(self._flusher(), name="chunk-flusher"),
                    asyncio.create_task(self.watchdog.run(), name="chunk-watchdog")]
@@ -270,8 +272,10 @@ class ChunkRun:
         elif self.crashed:
             # Counted as a failed attempt, charged to the requests that raised; the rest
             # of the chunk runs again.
-            await self._checkpoint(release=True, crashed=deaths.reservation(
-                self.crashed, [], alone=self._alone and len(self.crashed) == 1))
+            # The exception is the trace: it points at the request, as a fatal signal would.
+            await self._checkpoint(release=True, crashed=deaths.with_crash(deaths.reservation(
+                self.crashed, [], alone=self._alone and len(self.crashed) == 1,
+                life=self.ctx.life), "exception"))
             return
         elif unfinished:  # shutting down: not all requests were started
             await self._checkpoint(release=True)
@@ -285,8 +289,11 @@ class ChunkRun:
         strikes = deaths.charge(chunk.strikes, chunk.in_flight, done)
         if chunk.in_flight is None:
             return strikes
-        log.warning("chunk %s/%s: its last worker died with %d request(s) in flight; "
-                    "they run again first", chunk.batch_id, chunk.chunk_no,
+        cause = deaths.evidence(chunk.in_flight)
+        log.warning("chunk %s/%s: its last worker %s with %d request(s) in flight; they run "
+                    "again", chunk.batch_id, chunk.chunk_no,
+                    f"crashed ({cause})" if cause else "died without a trace (killed from "
+                    "outside?), which is not charged as poison",
                     len(chunk.in_flight.get("ids") or []))
         if not await self.ctx.store.record_deaths(chunk, self.lease, strikes=strikes):
             self.lost = True
@@ -297,33 +304,42 @@ class ChunkRun:
         return (self.lost or self.stop_batch is not None or self.stopping.is_set()
                 or bool(self.unreachable))
 
-    async def _execute(self, groups: list[list[Request]]) -> None:
-        """Suspect groups one at a time (each alone in the worker), then the rest in lanes
-        that pull requests in turn (far cheaper than a task per request on a chunk of
-        thousands of instant answers; each model's gate bounds what is in flight). Task
-        groups: if one lane fails, the others stop with it rather than run on unwatched."""
-        for group in groups:
-            async with self.gate.alone():
-                if self._halted():
-                    return
-                ids = [cid for cid, _ in group]
-                self._alone = len(ids) == 1
-                if not await self._reserve(deaths.reservation([], ids, alone=self._alone)):
-                    return
-                async with asyncio.TaskGroup() as members:
-                    for request in group:
-                        members.create_task(self._guarded(request))
-                if self.crashed:
-                    return  # charged on release; the next run narrows the suspects
-                # Before the door opens: this record must not outlive the group, or a death
-                # under another chunk's suspect would be charged to this one's, alone.
-                self._alone = False
-                if not await self._reserve(deaths.reservation([], [])):
-                    return
+    async def _execute(self, first: list[list[Request]], last: list[list[Request]]) -> None:
+        """Suspect groups struck by a crash one at a time (each alone in the worker), then
+        the rest in lanes that pull requests in turn (far cheaper than a task per request on
+        a chunk of thousands of instant answers; each model's gate bounds what is in flight),
+        then the suspects struck only by deaths without a trace, alone. Task groups: if one
+        lane fails, the others stop with it rather than run on unwatched."""
+        for group in first:
+            if not await self._run_alone(group):
+                return
         if self.todo and not self._halted():
             async with asyncio.TaskGroup() as lanes:
                 for _ in range(min(len(self.todo), self._lanes)):
                     lanes.create_task(self._lane())
+        for group in last:
+            if self.crashed or not await self._run_alone(group):
+                return
+
+    async def _run_alone(self, group: list[Request]) -> bool:
+        """Run one suspect group with nothing else of the worker beside it. False: stop."""
+        async with self.gate.alone():
+            if self._halted():
+                return False
+            ids = [cid for cid, _ in group]
+            self._alone = len(ids) == 1
+            if not await self._reserve(deaths.reservation([], ids, alone=self._alone,
+                                                          life=self.ctx.life)):
+                return False
+            async with asyncio.TaskGroup() as members:
+                for request in group:
+                    members.create_task(self._guarded(request))
+            if self.crashed:
+                return False  # charged on release; the next run narrows the suspects
+            # Before the door opens: this record must not outlive the group, or a death
+            # under another chunk's suspect would be charged to this one's, alone.
+            self._alone = False
+            return await self._reserve(deaths.reservation([], [], life=self.ctx.life))
 
     async def _guarded(self, request: Request) -> None:
         guard = self.watchdog.guard()
@@ -364,7 +380,8 @@ class ChunkRun:
                                           self.ctx.settings.checkpoint_seconds)
             upto = min(len(self.todo), max(self._next, index + size))
             upcoming = [cid for cid, _ in self.todo[index:upto]]
-            if not await self._reserve(deaths.reservation(list(self.flying), upcoming)):
+            if not await self._reserve(deaths.reservation(list(self.flying), upcoming,
+                                                          life=self.ctx.life)):
                 return False
             self._reserved_upto, self._reserved_at = upto, now
             return True
