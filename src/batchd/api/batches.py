@@ -6,14 +6,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from batchd import read_budget
 from batchd.api.auth import Caller
+from batchd.api.held import HeldResponse
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.batches.partial import Frontier, output_page
 from batchd.batches.schemas import BatchList, BatchObject, CreateBatchRequest
 from batchd.errors import NotFound
+from batchd.read_budget import MIB, PIECE_BYTES
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], route_class=AuthenticatedRoute)
+
+# What one /output page holds: its lines up to OUTPUT_PAGE_BYTES; reserved from the
+# process-wide read budget for those lines, the response's copy of them, the line being read
+# and the piece it is read from.
+OUTPUT_PAGE_BYTES = 8 * MIB
+OUTPUT_RESERVED = 3 * OUTPUT_PAGE_BYTES + PIECE_BYTES
 
 
 @router.post("", response_model=BatchObject)
@@ -73,17 +82,29 @@ async def batch_output_so_far(
 ) -> Response:
     """**A batchd extension, not part of OpenAI's API.** The output lines committed so far,
     while the batch runs and after it ends: a page of at least `limit` lines (pages end on a
-    saved part, so one may hold a few more), each line once across pages and the same lines
-    as the final output file. `x-batchd-after` continues from here; `x-batchd-more: false`
-    means the batch has ended and every line has been read."""
+    saved part, so one may hold a few more), or fewer once the page holds 8 MiB (a line
+    longer than that comes alone), each line once across pages and the same lines as the
+    final output file. `x-batchd-after` continues from here; `x-batchd-more: false` means
+    the batch has ended and every line has been read. 503 `server_busy` when the server
+    holds as much for other reads as it may."""
     svc = services(request)
     batch = await svc.store.get_batch(batch_id, owner=caller.scope)
     if batch is None:
         raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
-    page = await output_page(svc.store, svc.blobs, batch, Frontier.decode(after), limit=limit)
-    return Response(b"".join(page.lines), media_type="application/jsonl", headers={
+    frontier = Frontier.decode(after)
+    held = await read_budget.READS.reserve(OUTPUT_RESERVED)
+    try:
+        page = await output_page(svc.store, svc.blobs, batch, frontier, limit=limit,
+                                 held=held, budget=OUTPUT_PAGE_BYTES)
+        body = b"".join(page.lines)
+    except BaseException:
+        held.release()
+        raise
+    count = len(page.lines)
+    page.lines.clear()  # the body holds them now
+    return HeldResponse(body, release=held.release, media_type="application/jsonl", headers={
         "x-batchd-after": page.after.encode(), "x-batchd-more": str(page.more).lower(),
-        "x-batchd-lines": str(len(page.lines))})
+        "x-batchd-lines": str(count)})
 
 
 def _wake_worker(request: Request) -> None:
