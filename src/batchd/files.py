@@ -68,7 +68,8 @@ class FileService:
         ).receive(content_type, body)
         try:
             purpose, expires_after_seconds = _check_fields(form)
-            if purpose == "batch" and not form.filename.lower().endswith(".jsonl"):
+            filename = display_name(form.filename)
+            if purpose == "batch" and not filename.lower().endswith(".jsonl"):
                 raise InvalidRequest("Invalid file format for Batch API. Must be .jsonl",
                                      code="invalid_file_format", param="file")
             now = int(self.clock.now())
@@ -78,7 +79,7 @@ class FileService:
             elif purpose == "batch":
                 expires_at = now + BATCH_FILE_EXPIRY
             record = await self.store.insert_file(FileRecord(
-                id=file_id, owner=owner, purpose=purpose, filename=_display_name(form.filename),
+                id=file_id, owner=owner, purpose=purpose, filename=filename,
                 bytes=form.size, created_at=now, expires_at=expires_at, status="processed",
                 blob_key=key,
             ))
@@ -166,7 +167,20 @@ def _too_large(limit: int) -> InvalidRequest:
                           code="file_too_large", param="file")
 
 
-def _display_name(filename: str) -> str:
-    """The name shown back to the user; never used as a path."""
+MAX_FILENAME = 255
+
+
+def display_name(filename: str) -> str:
+    """The name kept and shown back for an uploaded file (`POST /v1/files` and the Uploads
+    API alike); never used as a path. Control and other unprintable characters (escape
+    sequences, bidi overrides) are dropped, since the name reaches other people's terminals
+    and pages; at most 255 characters are kept, with a short extension kept when the name
+    is cut, since `.jsonl` decides what a batch accepts."""
     cleaned = "".join(ch for ch in filename if ch.isprintable())
-    return cleaned[:255] or "upload"
+    if len(cleaned) > MAX_FILENAME:
+        stem, dot, extension = cleaned.rpartition(".")
+        if dot and stem and len(extension) <= 16:
+            cleaned = f"{stem[:MAX_FILENAME - len(extension) - 1]}.{extension}"
+        else:
+            cleaned = cleaned[:MAX_FILENAME]
+    return cleaned or "upload"

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     max_upload_total_bytes: int = Field(
         default=8 * 1024 * 1024 * 1024, ge=1,
         description="largest file sent in parts through /v1/uploads")
+    max_upload_parts: int = Field(
+        default=10_000, ge=1, le=10_000, description="parts one /v1/uploads upload may have")
+    max_pending_uploads: int = Field(
+        default=20, ge=1, description="unfinished /v1/uploads uploads one owner may have")
     max_listed_errors: int = Field(default=100, ge=1)
 
     chunk_lines: int = Field(default=256, ge=1, description="input lines per unit of work")

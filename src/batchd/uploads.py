@@ -4,12 +4,19 @@ Each part is streamed into its own blob as it arrives; completing joins the part
 order given, streaming them into the file's blob (checking the total size and, if given, the
 MD5 on the way), so memory stays flat for a multi-GB upload. An upload expires an hour after
 it was created; its parts are then removed, as they are on cancel and after completion.
+
+What one owner can make the server hold is bounded: parts may not total more than the
+upload's declared `bytes` (which the key's size limit bounds), an upload has at most
+`max_upload_parts` parts, and an owner at most `max_pending_uploads` unfinished uploads.
+Completion first claims the upload in the store (`completing`), so a cancel, an expiry or a
+new part arriving meanwhile is refused instead of deleting the parts being read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -18,16 +25,30 @@ from pydantic import BaseModel, ConfigDict, Field
 from batchd import ids
 from batchd.batches.schemas import FileObject
 from batchd.clock import Clock
-from batchd.errors import Conflict, InvalidRequest, NotFound
-from batchd.files import BATCH_FILE_EXPIRY, UPLOAD_PURPOSES, FileService, blob_key
+from batchd.errors import InvalidRequest, NotFound, TooManyRequests
+from batchd.files import BATCH_FILE_EXPIRY, UPLOAD_PURPOSES, FileService, blob_key, display_name
 from batchd.settings import Settings
+from batchd.shielding import finish_even_if_cancelled
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import FileRecord, UploadPart, UploadRecord
+from batchd.store.uploads import PartLimit, PendingUploadLimit
 from batchd.upload_stream import StreamedUpload
 
+log = logging.getLogger(__name__)
+
 PART_LIMIT = 64 * 1024 * 1024  # OpenAI's largest part
+MAX_PARTS = 10_000  # the most `part_ids` a completion names; max_upload_parts stays below
 UPLOAD_LIFETIME = 3600
+# A completion still claimed this long after its upload expired lost its process (a crash):
+# the upload is expired and its parts removed. No join of 8 GB takes an hour.
+ABANDONED_AFTER = 3600
+
+
+UploadStatus = Literal["pending", "completed", "cancelled", "expired"]
+_STATUSES: dict[str, UploadStatus] = {
+    "pending": "pending", "completing": "pending", "completed": "completed",
+    "cancelled": "cancelled", "expired": "expired"}
 
 
 class CreateUpload(BaseModel):
@@ -42,7 +63,7 @@ class CreateUpload(BaseModel):
 class CompleteUpload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    part_ids: list[str] = Field(min_length=1, max_length=10_000)
+    part_ids: list[str] = Field(min_length=1, max_length=MAX_PARTS)
     md5: str | None = Field(default=None, max_length=64)
 
 
@@ -54,7 +75,7 @@ class UploadObject(BaseModel):
     expires_at: int
     filename: str
     purpose: str
-    status: Literal["pending", "completed", "cancelled", "expired"]
+    status: UploadStatus
     file: FileObject | None = None
 
 
@@ -90,13 +111,17 @@ class UploadService:
         if upload.file_id:
             record = await self.store.get_file(upload.file_id, owner=None)
             file = FileObject.of(record) if record else None
-        status = upload.status
-        if status == "pending" and upload.expires_at <= int(self.clock.now()):
-            status = "expired"
         return UploadObject(id=upload.id, bytes=upload.bytes, created_at=upload.created_at,
                             expires_at=upload.expires_at, filename=upload.filename,
-                            purpose=upload.purpose, status=status,
+                            purpose=upload.purpose, status=self._status(upload),
                             file=file)
+
+    def _status(self, upload: UploadRecord) -> UploadStatus:
+        """OpenAI's status: an upload being completed is still `pending` to its client, and
+        one past its hour is `expired` before the sweep records it."""
+        if upload.status == "pending" and upload.expires_at <= int(self.clock.now()):
+            return "expired"
+        return _STATUSES[upload.status]
 
     async def create(self, *, owner: str, body: CreateUpload,
                      tier_limit: int | None) -> UploadObject:
@@ -104,7 +129,9 @@ class UploadService:
             raise InvalidRequest(f"Invalid value: '{body.purpose}'. Supported values are: "
                                  f"{', '.join(repr(p) for p in UPLOAD_PURPOSES)}.",
                                  code="invalid_value", param="purpose")
-        if body.purpose == "batch" and not body.filename.lower().endswith(".jsonl"):
+        # The same name as `POST /v1/files` would keep: it reaches other people's screens.
+        filename = display_name(body.filename)
+        if body.purpose == "batch" and not filename.lower().endswith(".jsonl"):
             raise InvalidRequest("Invalid file format for Batch API. Must be .jsonl",
                                  code="invalid_file_format", param="filename")
         limit = self._limit(body.purpose, tier_limit)
@@ -113,51 +140,122 @@ class UploadService:
                                  f"purpose '{body.purpose}' is {limit} bytes.",
                                  code="file_too_large", param="bytes")
         now = int(self.clock.now())
-        upload = UploadRecord(id=ids.upload_id(), owner=owner, filename=body.filename,
+        upload = UploadRecord(id=ids.upload_id(), owner=owner, filename=filename,
                               purpose=body.purpose, mime_type=body.mime_type, bytes=body.bytes,
                               status="pending", created_at=now,
                               expires_at=now + UPLOAD_LIFETIME)
-        await self.store.insert_upload(upload)
+        try:
+            await self.store.insert_upload(upload,
+                                           max_pending=self.settings.max_pending_uploads)
+        except PendingUploadLimit as over:
+            raise TooManyRequests(
+                f"You have {over.pending} unfinished uploads, the most one owner may have at "
+                f"once ({over.limit}); complete or cancel one first (or let it expire).",
+                code="too_many_pending_uploads",
+                headers={"x-should-retry": "false"}) from over
         return await self._object(upload)
 
     async def _pending(self, owner: str | None, upload_id: str) -> UploadRecord:
         upload = await self.store.get_upload(upload_id, owner=owner)
         if upload is None:
             raise NotFound(f"No upload found with id '{upload_id}'.", param="upload_id")
-        status = (await self._object(upload)).status
-        if status != "pending":
-            raise InvalidRequest(f"Upload {upload_id} is {status}: it takes no more parts "
-                                 "and cannot be completed.", code="invalid_upload_state",
-                                 param="upload_id")
+        if upload.status != "pending" or self._status(upload) != "pending":
+            raise self._not_pending(upload)
         return upload
 
+    def _not_pending(self, upload: UploadRecord) -> InvalidRequest:
+        state = ("being completed" if upload.status == "completing"
+                 else self._status(upload))
+        return InvalidRequest(f"Upload {upload.id} is {state}: it takes no more parts and "
+                              "cannot be completed or cancelled.",
+                              code="invalid_upload_state", param="upload_id")
+
+    async def _lost_race(self, owner: str | None, upload_id: str) -> InvalidRequest:
+        """The 400 for a request that found the upload pending but lost it to another (a
+        completion, a cancel, the expiry) before its own change."""
+        upload = await self.store.get_upload(upload_id, owner=owner)
+        if upload is None:  # not possible (uploads are never deleted), but say something true
+            return InvalidRequest(f"Upload {upload_id} is no longer pending.",
+                                  code="invalid_upload_state", param="upload_id")
+        return self._not_pending(upload)
+
+    def _byte_cap(self, upload: UploadRecord, tier_limit: int | None) -> tuple[int, str]:
+        """The most bytes the upload's parts may hold together, and why."""
+        key_limit = self._limit(upload.purpose, tier_limit)
+        if key_limit < upload.bytes:  # the key's tier was lowered after the upload began
+            return key_limit, (f"the largest upload this key may make for purpose "
+                               f"'{upload.purpose}' is {key_limit} bytes")
+        return upload.bytes, f"upload {upload.id} was created for {upload.bytes} bytes"
+
     async def add_part(self, *, owner: str | None, upload_id: str, content_type: str | None,
-                       body: AsyncIterator[bytes]) -> PartObject:
+                       body: AsyncIterator[bytes], tier_limit: int | None = None) -> PartObject:
         upload = await self._pending(owner, upload_id)
+        max_parts = self.settings.max_upload_parts
+        count, held = await self.store.part_totals(upload.id)
+        if count >= max_parts:
+            raise _too_many_parts(upload.id, max_parts)
+        cap, why = self._byte_cap(upload, tier_limit)
+        room = max(cap - held, 0)
+
+        def too_large(limit: int) -> InvalidRequest:
+            if limit == PART_LIMIT:
+                return InvalidRequest(f"Part is too large: the maximum is "
+                                      f"{limit // (1024 * 1024)} MB.",
+                                      code="file_too_large", param="data")
+            return _past_cap(why, held, room)
+
         part_id = ids.upload_part_id()
         key = f"uploads/{upload.id}/{part_id}"
+        # Reading stops (and nothing is kept) the moment the part passes what the upload
+        # has room for: a part never stores more than the upload may hold.
         form = await StreamedUpload(
-            open_writer=lambda: self.blobs.writer(key), limit_for=lambda _: PART_LIMIT,
-            too_large=lambda limit: InvalidRequest(
-                f"Part is too large: the maximum is {limit // (1024 * 1024)} MB.",
-                code="file_too_large", param="data"),
-            known_fields=(), file_field="data",
+            open_writer=lambda: self.blobs.writer(key), limit_for=lambda _: min(PART_LIMIT, room),
+            too_large=too_large, known_fields=(), file_field="data",
         ).receive(content_type, body)
         part = UploadPart(id=part_id, upload_id=upload.id, created_at=int(self.clock.now()),
                           bytes=form.size, blob_key=key)
-        if not await self.store.add_part(part):
+        try:
+            # Checked again where parts are recorded: parts sent side by side each fit the
+            # room seen when they began, not necessarily together.
+            added = await self.store.add_part(part, max_parts=max_parts, max_bytes=cap)
+        except PartLimit as over:
             await asyncio.to_thread(self.blobs.delete, key)
-            await self._pending(owner, upload_id)  # says why
-            raise Conflict(f"Upload {upload_id} is no longer pending.")
+            if over.what == "parts":
+                raise _too_many_parts(upload.id, max_parts) from over
+            raise _past_cap(why, over.held, max(cap - over.held, 0)) from over
+        # (Any other failure keeps the blob: after an outage the part may have been recorded
+        # with the answer lost; an unrecorded one goes with the upload's prefix at its end.)
+        if not added:
+            await asyncio.to_thread(self.blobs.delete, key)
+            raise await self._lost_race(owner, upload_id)
         return PartObject(id=part.id, created_at=part.created_at, upload_id=upload.id)
 
     async def complete(self, *, owner: str | None, upload_id: str,
                        body: CompleteUpload) -> UploadObject:
         upload = await self._pending(owner, upload_id)
-        parts = {p.id: p for p in await self.store.list_parts(upload.id)}
         if len(set(body.part_ids)) != len(body.part_ids):
             raise InvalidRequest("'part_ids' names a part more than once.",
                                  code="invalid_value", param="part_ids")
+        # The claim orders this completion against a cancel, the expiry and new parts: from
+        # here the parts stay as they are until the upload is completed or given back.
+        if not await self.store.claim_upload(upload.id, now=int(self.clock.now())):
+            raise await self._lost_race(owner, upload_id)
+        try:
+            return await self._complete_claimed(upload, body)
+        except BaseException:
+            # A failed completion (a wrong md5, a missing part, a dropped connection) leaves
+            # the upload pending, to be completed again or cancelled; after a success this
+            # changes nothing.
+            try:
+                await finish_even_if_cancelled(self.store.release_upload(upload.id))
+            except Exception:  # the first error is the one to report; expiry sweeps it
+                log.warning("could not give back upload %s after a failed completion",
+                            upload.id, exc_info=True)
+            raise
+
+    async def _complete_claimed(self, upload: UploadRecord,
+                                body: CompleteUpload) -> UploadObject:
+        parts = {p.id: p for p in await self.store.list_parts(upload.id)}
         for n, part_id in enumerate(body.part_ids):
             if part_id not in parts:
                 raise InvalidRequest(f"Part {part_id} is not a part of upload {upload.id}.",
@@ -182,9 +280,9 @@ class UploadService:
             expires_at=now + BATCH_FILE_EXPIRY if upload.purpose == "batch" else None,
             status="processed", blob_key=key)
         if not await self.store.complete_upload(upload.id, record):
+            # The claim was taken away as abandoned (the join outlived ABANDONED_AFTER).
             await asyncio.to_thread(self.blobs.delete, key)
-            await self._pending(owner, upload_id)  # says why
-            raise Conflict(f"Upload {upload_id} is no longer pending.")
+            raise await self._lost_race(None, upload.id)
         await self._drop_parts(upload.id)
         completed = await self.store.get_upload(upload.id, owner=None)
         assert completed is not None
@@ -203,7 +301,9 @@ class UploadService:
 
     async def cancel(self, *, owner: str | None, upload_id: str) -> UploadObject:
         upload = await self._pending(owner, upload_id)
-        await self.store.end_uploads([upload.id], status="cancelled")
+        # Only a pending upload moves: one being completed keeps its parts (the 400 says so).
+        if not await self.store.end_uploads([upload.id], status="cancelled"):
+            raise await self._lost_race(owner, upload_id)
         await self._drop_parts(upload.id)
         ended = await self.store.get_upload(upload.id, owner=None)
         assert ended is not None
@@ -216,9 +316,10 @@ class UploadService:
         return await self._object(upload)
 
     async def expire(self) -> int:
-        """Uploads an hour old and not completed: expired, their parts removed."""
-        overdue = await self.store.overdue_uploads(now=int(self.clock.now()))
-        ended = await self.store.end_uploads(overdue, status="expired")
+        """Uploads an hour old and not completed: expired, their parts removed (and so are
+        completions whose process died mid-way, once they are long overdue)."""
+        now = int(self.clock.now())
+        ended = await self.store.expire_uploads(now=now, abandoned_before=now - ABANDONED_AFTER)
         for upload_id in ended:
             await self._drop_parts(upload_id)
         return len(ended)
@@ -226,3 +327,15 @@ class UploadService:
     async def _drop_parts(self, upload_id: str) -> None:
         await asyncio.to_thread(self.blobs.delete_prefix, f"uploads/{upload_id}/")
         await self.store.forget_parts(upload_id)
+
+
+def _too_many_parts(upload_id: str, limit: int) -> InvalidRequest:
+    return InvalidRequest(f"Upload {upload_id} already has {limit} parts, the most one upload "
+                          "may have; send larger parts.", code="too_many_parts",
+                          param="upload_id")
+
+
+def _past_cap(why: str, held: int, room: int) -> InvalidRequest:
+    return InvalidRequest(f"Part is too large: {why}, and its parts already hold {held} bytes, "
+                          f"so a part may add at most {room} bytes.",
+                          code="file_too_large", param="data")

@@ -21,8 +21,11 @@ from batchd.store.records import (
     ChunkPlan,
     ChunkProgress,
     FileRecord,
+    UploadPart,
+    UploadRecord,
 )
 from batchd.store.sql import ActiveBatchLimit, QuotaExceeded
+from batchd.store.uploads import PartLimit, PendingUploadLimit
 from tests.services import PostgresServer
 
 NOW = 1_750_000_000.0
@@ -251,3 +254,70 @@ async def test_the_database_clock_corrects_a_skewed_host(
     monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this host runs an hour fast
     await clock.sync()
     assert abs(clock.now() - await store.database_time()) < 0.5
+
+
+def upload_record(owner: str = "alice", size: int = 10) -> UploadRecord:
+    return UploadRecord(id=ids.upload_id(), owner=owner, filename="big.jsonl", purpose="batch",
+                        mime_type="application/jsonl", bytes=size, status="pending",
+                        created_at=int(NOW), expires_at=int(NOW) + 3600)
+
+
+def upload_part(upload: UploadRecord, size: int) -> UploadPart:
+    part_id = ids.upload_part_id()
+    return UploadPart(id=part_id, upload_id=upload.id, created_at=int(NOW), bytes=size,
+                      blob_key=f"uploads/{upload.id}/{part_id}")
+
+
+async def test_a_completion_and_a_cancel_racing_on_one_upload_are_ordered(
+    stores: Stores,
+) -> None:
+    """Exactly one of a claim (completion) and a cancel moves the upload; a part arriving
+    after either is refused, so no part can be deleted or added under a completion."""
+    completer, canceller = await stores(), await stores()
+    for _ in range(8):
+        upload = upload_record()
+        await completer.insert_upload(upload)
+        claimed, cancelled = await asyncio.gather(
+            completer.claim_upload(upload.id, now=int(NOW)),
+            canceller.end_uploads([upload.id], status="cancelled"))
+        assert claimed != bool(cancelled)
+        assert not await canceller.add_part(upload_part(upload, 1))
+        if claimed:
+            assert await canceller.end_uploads([upload.id], status="cancelled") == []
+            # Past its hour, but not yet abandoned: the expiry leaves the claim alone.
+            assert upload.id not in await canceller.expire_uploads(
+                now=int(NOW) + 3600, abandoned_before=int(NOW))
+            await completer.release_upload(upload.id)  # a failed completion gives it back
+            assert await canceller.add_part(upload_part(upload, 1))
+
+
+async def test_racing_parts_cannot_pass_an_uploads_byte_or_part_limit(stores: Stores) -> None:
+    processes = [await stores() for _ in range(4)]
+    upload = upload_record(size=10)
+    await processes[0].insert_upload(upload)
+
+    async def add(n: int, size: int, **limits: int) -> bool:
+        try:
+            return await processes[n % 4].add_part(upload_part(upload, size), **limits)
+        except PartLimit:
+            return False
+
+    added = await asyncio.gather(*(add(n, 3, max_bytes=10, max_parts=100) for n in range(8)))
+    assert sum(added) == 3  # 3 x 3 bytes fit in 10; a fourth would not
+    assert await processes[1].part_totals(upload.id) == (3, 9)
+    added = await asyncio.gather(*(add(n, 0, max_bytes=10, max_parts=5) for n in range(8)))
+    assert sum(added) == 2 and (await processes[2].part_totals(upload.id))[0] == 5
+
+
+async def test_racing_creates_cannot_pass_the_pending_upload_limit(stores: Stores) -> None:
+    api_processes = [await stores() for _ in range(4)]
+
+    async def create(n: int) -> bool:
+        try:
+            await api_processes[n % 4].insert_upload(upload_record("racer"), max_pending=3)
+        except PendingUploadLimit:
+            return False
+        return True
+
+    created = await asyncio.gather(*(create(n) for n in range(12)))
+    assert sum(created) == 3

@@ -25,10 +25,12 @@ async def create_upload(request: Request, caller: Caller, body: CreateUpload) ->
 
 @router.post("/{upload_id}/parts", response_model=PartObject, openapi_extra=_PART_BODY)
 async def add_part(request: Request, caller: Caller, upload_id: str) -> PartObject:
-    """Add a part (multipart field `data`, up to 64 MB), stored as it arrives."""
+    """Add a part (multipart field `data`, up to 64 MB), stored as it arrives. The parts may
+    not hold more than the upload's `bytes` together."""
     return await services(request).uploads.add_part(
         owner=caller.scope, upload_id=upload_id,
-        content_type=request.headers.get("content-type"), body=request.stream())
+        content_type=request.headers.get("content-type"), body=request.stream(),
+        tier_limit=caller.tier.max_upload_bytes)
 
 
 @router.post("/{upload_id}/complete", response_model=UploadObject)
