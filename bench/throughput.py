@@ -3,12 +3,14 @@
 1. the naive loop: llama-cpp-python's `create_chat_completion`, one request after another;
 2. batchd's llama.cpp engine driven directly (continuous batching, prefix reuse);
 3. batchd end to end: upload → batch → completed, through the real server;
-4. with LLAMA_SERVER=/path/to/llama-server, that server with --parallel N for N in 4, 8, 16
-   and 32 (each sent N requests at a time), the best N reported.
+4. with LLAMA_SERVER=/path/to/llama-server, that server at its best --parallel N (of 4, 8,
+   16 and 32, each sent N requests at a time; or --llama-parallel N), in every round next to
+   batchd end to end, in turn first.
 
-Prints generated tokens/s and requests/s for each, and the ratios.
+Prints each contender's settings, generated tokens/s and requests/s, the ratios of each round,
+and with --rounds the medians of the rates and of the rounds' ratios.
 
-    .venv/bin/python bench/throughput.py --workload short|shared [--requests 64] [--rounds 3]
+    .venv/bin/python bench/throughput.py --workload short|shared [--requests 64] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -183,26 +185,76 @@ def isolated(measure: Callable[..., Figures], *args: Any) -> Figures:
         return pool.apply(measure, args)
 
 
+LLAMA_SWEEP = (4, 8, 16, 32)
+
+
+def settings_lines(parallel: int, llama_slots: int | None) -> list[str]:
+    """What each contender runs with, so that a reader can check they are alike."""
+    warm = f"one warm-up request ({WARM_UP[0]['content']!r}, 8 tokens) before its clock starts"
+    lines = [
+        f"naive loop: llama-cpp-python, {THREADS} threads (decode and batch), n_ctx 2048, "
+        f"one request at a time, {warm}",
+        f"batchd engine direct: {THREADS} threads, n_ctx 2048 per request, parallel "
+        f"{parallel} (1 real-time slot kept free), batch priority, {warm}",
+        f"batchd end to end: the same engine settings in the real server (chunks of 64 "
+        f"lines), {warm} (a real-time chat)",
+    ]
+    if llama_slots is not None:
+        lines.append(f"llama-server: {THREADS} threads (decode and batch), --parallel "
+                     f"{llama_slots}, -c {2048 * llama_slots} (2048 per slot), {llama_slots} "
+                     f"requests in flight, {warm}")
+    return lines
+
+
+def best_llama_parallel(binary: str, chats: list[list[dict[str, str]]],
+                        naive: Figures | None) -> int:
+    """llama-server's best --parallel on this workload (one run of each, before the rounds:
+    it only picks the width the rounds then measure alternately with batchd)."""
+    runs = []
+    for slots in LLAMA_SWEEP:
+        runs.append((slots, llama_server(binary, chats, slots)))
+        print("  sweep: " + runs[-1][1].line(naive), flush=True)
+    slots, best = max(runs, key=lambda run: run[1].rate)
+    print(f"  llama-server's best --parallel: {slots} ({best.rate:.1f} gen tok/s)")
+    return slots
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=["short", "shared"], default="short")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=16)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--llama-parallel", type=int, default=None,
+                        help="llama-server's --parallel (default: the best of "
+                             f"{', '.join(map(str, LLAMA_SWEEP))}, found by one run of each "
+                             "before the rounds)")
     args = parser.parse_args()
     chats = workload(args.workload, args.requests, args.seed)
+    binary = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
     print(f"workload {args.workload}: {args.requests} chats, {MAX_TOKENS} max tokens, "
-          f"temperature 0, {os.cpu_count()} CPUs; every contender decodes with {THREADS} "
-          f"threads, n_ctx 2048 per request, and is warmed up by its first request")
+          f"temperature 0, {os.cpu_count()} CPUs")
     # Each in-process measurement runs in a process of its own that then exits: llama.cpp's
     # OpenMP worker threads outlive a closed model and keep spinning, which slowed every later
     # measurement on this 2-core machine by about a quarter.
     # The naive loop decodes one token a step, bound by memory bandwidth, which on a shared VM
     # drifts by up to a fifth within minutes; batched steps are bound by arithmetic and hold
     # steady. With --rounds N the contenders run alternately N times and the median ratio of
-    # each round (measured minutes apart at most) is reported.
-    ratios: dict[str, list[float]] = {"engine direct": [], "end to end": []}
+    # each round (measured minutes apart at most) is reported. batchd end to end and
+    # llama-server run next to each other in every round, in turn first (ABBA), so that the
+    # VM's drift falls on both alike.
+    slots = args.llama_parallel
+    if binary and slots is None:
+        slots = best_llama_parallel(binary, chats, None)
+    for line in settings_lines(args.parallel, slots if binary else None):
+        print(f"  {line}")
+    rates: dict[str, list[float]] = {"naive loop": [], "engine direct": [], "end to end": [],
+                                     "llama-server": []}
+    ratios: dict[str, list[float]] = {"engine direct ÷ naive loop": [],
+                                      "end to end ÷ naive loop": [],
+                                      "end to end ÷ llama-server": []}
     for round_no in range(1, args.rounds + 1):
         if args.rounds > 1:
             print(f"round {round_no}:")
@@ -210,28 +262,39 @@ def main() -> None:
         print(naive.line(None), flush=True)
         direct = isolated(engine_direct, chats, args.parallel)
         print(direct.line(naive), flush=True)
-        e2e = batchd_end_to_end(chats, args.parallel)
-        print(e2e.line(naive), flush=True)
-        print(f"engine utilisation (end to end ÷ direct): "
-              f"{(e2e.tokens / e2e.seconds) / (direct.tokens / direct.seconds):.2f}")
-        ratios["engine direct"].append(direct.rate / naive.rate)
-        ratios["end to end"].append(e2e.rate / naive.rate)
-    if args.rounds > 1:
-        for name, values in ratios.items():
-            print(f"batchd {name} ÷ naive loop, median of {args.rounds} rounds: "
-                  f"{statistics.median(values):.2f}x (each: "
-                  f"{', '.join(f'{v:.2f}' for v in values)})")
-    binary = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
-    if binary:
-        runs = []
-        for slots in (4, 8, 16, 32):
-            runs.append(llama_server(binary, chats, slots))
-            print(runs[-1].line(naive), flush=True)
-        best = max(runs, key=lambda f: f.tokens / f.seconds)
-        print(f"batchd end to end ÷ best llama-server ({best.name.split(' (')[0]}): "
-              f"{(e2e.tokens / e2e.seconds) / (best.tokens / best.seconds):.2f}")
-    else:
+        e2e = server = None
+        # ABBA: batchd first in odd rounds, llama-server first in even ones.
+        order = ["batchd", "llama-server"] if round_no % 2 else ["llama-server", "batchd"]
+        for contender in order:
+            if contender == "batchd":
+                e2e = batchd_end_to_end(chats, args.parallel)
+                print(e2e.line(naive), flush=True)
+            elif binary and slots is not None:
+                server = llama_server(binary, chats, slots)
+                print(server.line(naive), flush=True)
+        assert e2e is not None
+        print(f"engine utilisation (end to end ÷ direct): {e2e.rate / direct.rate:.2f}")
+        rates["naive loop"].append(naive.rate)
+        rates["engine direct"].append(direct.rate)
+        rates["end to end"].append(e2e.rate)
+        ratios["engine direct ÷ naive loop"].append(direct.rate / naive.rate)
+        ratios["end to end ÷ naive loop"].append(e2e.rate / naive.rate)
+        if server is not None:
+            rates["llama-server"].append(server.rate)
+            ratios["end to end ÷ llama-server"].append(e2e.rate / server.rate)
+            print(f"batchd end to end ÷ llama-server --parallel {slots}: "
+                  f"{e2e.rate / server.rate:.2f}")
+    if not binary:
         print("llama-server: not run (set LLAMA_SERVER to a llama-server binary)")
+    print(f"medians of {args.rounds} round(s):")
+    for name, values in rates.items():
+        if values:
+            print(f"  {name:<14} {statistics.median(values):7.1f} gen tok/s (each: "
+                  f"{', '.join(f'{v:.1f}' for v in values)})")
+    for name, values in ratios.items():
+        if values:
+            print(f"  batchd {name}: {statistics.median(values):.2f}x, the median of the "
+                  f"rounds' ratios (each: {', '.join(f'{v:.2f}' for v in values)})")
 
 
 if __name__ == "__main__":
