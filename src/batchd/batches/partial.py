@@ -30,6 +30,20 @@ from batchd.store.blobs import BlobMissing, BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, Chunk, ChunkState
 
+# Chunk numbers and part counts are far below this; a cursor saying more was not ours.
+_MAX_NUMBER = 2**53
+_CHUNK_KEY = re.compile(r"0|[1-9][0-9]{0,15}")
+
+
+def _is_count(value: object) -> bool:
+    # bool is an int subclass; floats (1e300, 2.0) are not counts.
+    return type(value) is int and 0 <= value <= _MAX_NUMBER
+
+
+def _bad_after() -> InvalidRequest:
+    return InvalidRequest("Invalid 'after': pass the x-batchd-after header of the previous "
+                          "page.", code="invalid_value", param="after")
+
 
 @dataclass
 class Frontier:
@@ -60,19 +74,24 @@ class Frontier:
 
     @classmethod
     def _decode_read(cls, token: str | None) -> Frontier:
+        """The frontier a client sent back. Whatever it sent (bad base64 or JSON, wrong
+        types, floats, numbers of any size, negative ones) is a 400 naming `after`, never a
+        frontier that fails later: every number is a JSON integer in [0, _MAX_NUMBER], so the
+        next page's `encode` cannot overflow."""
         if not token:
             return cls()
         try:
             raw = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-            frontier = cls(base=int(raw["b"]), read={int(k): int(v)
-                                                     for k, v in raw["r"].items()})
-        except (binascii.Error, ValueError, KeyError, TypeError, AttributeError,
-                orjson.JSONDecodeError) as exc:
-            raise InvalidRequest("Invalid 'after': pass the x-batchd-after header of the "
-                                 "previous page.", code="invalid_value", param="after") from exc
-        if frontier.base < 0 or any(n < 0 or k < 0 for k, n in frontier.read.items()):
-            raise InvalidRequest("Invalid 'after'.", code="invalid_value", param="after")
-        return frontier
+        except (binascii.Error, ValueError, orjson.JSONDecodeError) as exc:
+            raise _bad_after() from exc
+        if not isinstance(raw, dict) or set(raw) != {"b", "r"} or not isinstance(raw["r"], dict):
+            raise _bad_after()
+        base, read = raw["b"], raw["r"]
+        if not _is_count(base) or not all(
+                _CHUNK_KEY.fullmatch(k) and int(k) <= _MAX_NUMBER and _is_count(v)
+                for k, v in read.items()):
+            raise _bad_after()
+        return cls(base=base, read={int(k): v for k, v in read.items()})
 
     def inside(self, chunk_no: int) -> tuple[int, int]:
         """(lines, bytes) already read of this chunk's next unread part."""
