@@ -23,6 +23,27 @@ app.add_typer(keys_app, name="keys")
 # The client commands (submit, watch, results, batches, files): batchd/client/commands.py.
 install_client_commands(app)
 
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("batchd")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from batchd import __version__ as installed
+        typer.echo(f"batchd {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print batchd's version and exit.")] = False,
+) -> None:
+    """batchd: a self-hosted, OpenAI-compatible Batch API for open LLMs."""
+
 DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", envvar="BATCHD_DATA_DIR", show_envvar=True,
     help="Where the database and stored files live (default: ./batchd-data).")]

@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchd.client.api import BatchdClient, ClientError, resolve
+from batchd.client.terminal import print_table, safe, safe_text
 from batchd.client.watch import POLL_SECONDS, TERMINAL, done_of, poll_batch, watch
 
 BaseUrl = Annotated[str | None, typer.Option(
@@ -50,7 +51,9 @@ R = TypeVar("R")
 
 
 # Markup off: file names, metadata and messages come from the server and users, and must
-# print as they are ("[/x]" in a file name is text, not a style tag).
+# print as they are ("[/x]" in a file name is text, not a style tag). Their control
+# characters are escaped too (`safe`): an escape sequence in another tenant's file name must
+# not drive the terminal of the admin who lists it.
 def _err() -> Console:
     return Console(stderr=True, markup=False)
 
@@ -60,11 +63,12 @@ def _out() -> Console:
 
 
 def _row(table: Table, *values: object) -> None:
-    table.add_row(*(Text(str(value)) for value in values))
+    table.add_row(*(safe_text(value) for value in values))
 
 
 def _fail(message: str, status: int = 1) -> NoReturn:
-    _err().print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    # One line whatever the message holds: a newline in it is escaped like any control.
+    _err().print(Text.assemble(("error:", "red"), " ", safe(message)), soft_wrap=True)
     raise typer.Exit(status)
 
 
@@ -103,8 +107,21 @@ def _when(timestamp: int | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _size(count: object) -> str:
+    if not isinstance(count, int):
+        return str(count)
+    size, unit = float(count), "B"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            break
+        size /= 1024
+    return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
 def _transfer_bar(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+    # markup=False: the description names a local file, and "[/x]" in a name is not a tag.
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                    DownloadColumn(),
                     TransferSpeedColumn(), console=console, transient=True)
 
 
@@ -141,18 +158,18 @@ def submit(
     with _client(base_url, api_key) as client:
         size = file.stat().st_size
         with _transfer_bar(console) as bar:
-            task = bar.add_task(f"uploading {file.name}", total=size)
+            task = bar.add_task(f"uploading {safe(file.name)}", total=size)
             uploaded = client.upload(file, progress=lambda n: bar.advance(task, n))
         batch = client.create_batch(input_file_id=uploaded["id"], endpoint=endpoint,
                                     window=window, metadata=pairs)
         if not as_json:
-            console.print(Text.assemble("created ", (batch["id"], "bold"),
-                                        f" from {uploaded['id']} ({size:,} bytes)"))
+            console.print(Text.assemble("created ", (safe(batch["id"]), "bold"),
+                                        f" from {safe(uploaded['id'])} ({size:,} bytes)"))
         if not wait:
             if as_json:
                 _print_json(batch)
             else:
-                console.print(f"watch it with: batchd watch {batch['id']}")
+                console.print(f"watch it with: batchd watch {safe(batch['id'])}")
             return
         _watch_and_fetch(client, batch["id"], console, output=output, errors=errors,
                          as_json=as_json)
@@ -184,8 +201,8 @@ def _watch_and_fetch(client: BatchdClient, batch_id: str, console: Console, *,
         else:
             batch = watch(client, batch_id, console)
     except KeyboardInterrupt:
-        console.print(f"\ndetached; {batch_id} keeps running. Watch it again with: "
-                      f"batchd watch {batch_id}")
+        console.print(f"\ndetached; {safe(batch_id)} keeps running. Watch it again with: "
+                      f"batchd watch {safe(batch_id)}")
         raise typer.Exit(130) from None
     saved = _fetch(client, batch, console, output=output, errors=errors) if download else {}
     if as_json:
@@ -194,13 +211,11 @@ def _watch_and_fetch(client: BatchdClient, batch_id: str, console: Console, *,
             raise typer.Exit(1)
         return
     completed, failed, total = done_of(batch)
-    console.print(f"{batch_id} {batch['status']}: {completed} completed, {failed} failed of "
-                  f"{total}")
-    for error in (batch.get("errors") or {}).get("data", [])[:10]:
-        line = f"line {error['line']}: " if error.get("line") else ""
-        console.print(f"  {line}{error.get('message')} ({error.get('code')})")
+    console.print(f"{safe(batch_id)} {safe(batch['status'])}: {completed} completed, "
+                  f"{failed} failed of {total}")
+    _print_errors(console, (batch.get("errors") or {}).get("data", [])[:10])
     for kind, path in saved.items():
-        console.print(f"{kind} → {path}")
+        console.print(f"{kind} → {safe(path)}")
     if batch["status"] != "completed":
         raise typer.Exit(1)
 
@@ -235,15 +250,15 @@ def results(
         batch = client.batch(batch_id)
         if batch["status"] not in TERMINAL:
             _fail(f"{batch_id} is {batch['status']}: its results come when it ends "
-                  f"(batchd watch {batch_id})")
+                  f"(batchd watch {batch_id})")  # _fail escapes it all
         saved = _fetch(client, batch, console, output=output, errors=errors)
     if as_json:
         _print_json({k: str(v) for k, v in saved.items()})
         return
     if not saved:
-        console.print(f"{batch_id} has no result files ({batch['status']})")
+        console.print(f"{safe(batch_id)} has no result files ({safe(batch['status'])})")
     for kind, path in saved.items():
-        console.print(f"{kind} → {path}")
+        console.print(f"{kind} → {safe(path)}")
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -262,15 +277,16 @@ def batches_list(
     if as_json:
         _print_json(page)
         return
-    table = Table("id", "status", "done / total", "failed", "created", "metadata")
+    rows = []
     for batch in page["data"]:
         completed, failed, total = done_of(batch)
-        _row(table, batch["id"], batch["status"], f"{completed + failed}/{total}",
-                      str(failed), _when(batch.get("created_at")),
-                      json.dumps(batch.get("metadata") or {}, ensure_ascii=False))
-    _out().print(table)
+        rows.append((batch["id"], batch["status"], f"{completed + failed}/{total}", failed,
+                     _when(batch.get("created_at")),
+                     json.dumps(batch.get("metadata") or {}, ensure_ascii=False)))
+    print_table(_out(), ("id", "status", "done / total", "failed", "created", "metadata"),
+                rows, free_text=("metadata",))
     if page.get("has_more"):
-        _out().print(f"more: --after {page['data'][-1]['id']}")
+        _out().print(f"more: --after {safe(page['data'][-1]['id'])}", soft_wrap=True)
 
 
 @batches_app.command("get")
@@ -298,10 +314,7 @@ def batches_get(batch_id: str, as_json: AsJson = False, base_url: BaseUrl = None
     for name, value in rows:
         _row(table, name, str(value))
     _out().print(table)
-    for error in (batch.get("errors") or {}).get("data", []):
-        line = f"line {error['line']}: " if error.get("line") else ""
-        _out().print(f"  {line}{error.get('message')} ({error.get('code')})",
-                        highlight=False)
+    _print_errors(_out(), (batch.get("errors") or {}).get("data", []))
 
 
 @batches_app.command("cancel")
@@ -314,7 +327,7 @@ def batches_cancel(batch_id: str, as_json: AsJson = False, base_url: BaseUrl = N
     if as_json:
         _print_json(batch)
     else:
-        _out().print(f"{batch['id']} {batch['status']}")
+        _out().print(f"{safe(batch['id'])} {safe(batch['status'])}")
 
 
 @batches_app.command("retry")
@@ -328,8 +341,8 @@ def batches_retry(batch_id: str, as_json: AsJson = False, base_url: BaseUrl = No
     if as_json:
         _print_json(batch)
     else:
-        _out().print(f"created {batch['id']} (retry of {batch_id}); watch it with: "
-                     f"batchd watch {batch['id']}")
+        _out().print(f"created {safe(batch['id'])} (retry of {safe(batch_id)}); watch it "
+                     f"with: batchd watch {safe(batch['id'])}", soft_wrap=True)
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -349,11 +362,12 @@ def files_list(
     if as_json:
         _print_json(page)
         return
-    table = Table("id", "name", "purpose", "bytes", "created", "expires")
-    for file in page["data"]:
-        _row(table, file["id"], file["filename"], file["purpose"], f"{file['bytes']:,}",
-                      _when(file.get("created_at")), _when(file.get("expires_at")))
-    _out().print(table)
+    # Sizes as people read them, to leave the width to ids and names (`files get` and
+    # --json give the exact bytes).
+    print_table(_out(), ("id", "name", "purpose", "size", "created", "expires"),
+                [(file["id"], file["filename"], file["purpose"], _size(file["bytes"]),
+                  _when(file.get("created_at")), _when(file.get("expires_at")))
+                 for file in page["data"]], free_text=("name",))
 
 
 @files_app.command("get")
@@ -391,9 +405,9 @@ def files_download(
         if output is None and path.exists() and not force:
             _fail(f"{path} exists: choose another name with -o, or replace it with --force")
         with _transfer_bar(_err()) as bar:
-            task = bar.add_task(f"downloading {file_id}", total=meta.get("bytes"))
+            task = bar.add_task(f"downloading {safe(file_id)}", total=meta.get("bytes"))
             size = client.download(file_id, path, progress=lambda n: bar.advance(task, n))
-    _err().print(f"{file_id} → {path} ({size:,} bytes)")
+    _err().print(f"{safe(file_id)} → {safe(path)} ({size:,} bytes)", soft_wrap=True)
 
 
 @files_app.command("delete")
@@ -406,7 +420,15 @@ def files_delete(file_id: str, as_json: AsJson = False, base_url: BaseUrl = None
     if as_json:
         _print_json(deleted)
     else:
-        _out().print(f"deleted {file_id}")
+        _out().print(f"deleted {safe(file_id)}")
+
+
+def _print_errors(console: Console, errors: list[dict[str, Any]]) -> None:
+    """A failed batch's errors, one line each (their messages quote users' input)."""
+    for error in errors:
+        line = f"line {safe(error['line'])}: " if error.get("line") else ""
+        console.print(f"  {line}{safe(error.get('message'))} ({safe(error.get('code'))})",
+                      highlight=False, soft_wrap=True)
 
 
 def install(app: typer.Typer) -> None:

@@ -16,6 +16,7 @@ from rich.progress import (
 )
 
 from batchd.client.api import BatchdClient, ClientError
+from batchd.client.terminal import safe
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 POLL_SECONDS = 2.0  # a trial key may make 30 requests a minute
@@ -55,7 +56,8 @@ def watch(client: BatchdClient, batch_id: str, console: Console, *,
     generated tokens per second since watching began, elapsed time and the time left at the
     current pace. Rate limits and a briefly unavailable server are waited out."""
     columns = (
-        TextColumn("[bold]{task.fields[status]:<11}"),
+        # The status comes from the server: shown escaped, and never read as markup.
+        TextColumn("{task.fields[status]:<11}", markup=False, style="bold"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("failed {task.fields[failed]}"),
@@ -78,7 +80,7 @@ def watch(client: BatchdClient, batch_id: str, console: Console, *,
             elapsed = max(time.monotonic() - started, 1e-6)
             rate = f"{(tokens - first_tokens) / elapsed:,.1f} tok/s"
             bar.update(task, total=total or None, completed=completed + failed,
-                       status=batch["status"], failed=failed, rate=rate)
+                       status=safe(batch["status"]), failed=failed, rate=rate)
             if batch["status"] in TERMINAL:
                 return batch
             time.sleep(poll_seconds)
