@@ -44,6 +44,11 @@ def as_owner(owner: str, work: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
     return asyncio.get_running_loop().create_task(work(), context=context)  # type: ignore[arg-type]
 
 
+async def stop(task: asyncio.Task[T]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def small_chat() -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4,
@@ -72,8 +77,7 @@ async def test_a_request_of_many_choices_does_not_hold_up_another_tenant(
     # tokens each (at most 8 wide, a handful of steps), not the rest of their 48.
     print(f"the first tenant's choices made {steps} tokens while the small chat ran")
     assert steps <= 8 * 12
-    hog.cancel()
-    await asyncio.gather(hog, return_exceptions=True)
+    await stop(hog)
 
 
 async def test_a_preempted_choice_continues_as_if_it_had_not_been(
@@ -122,8 +126,7 @@ async def test_thousands_of_inputs_do_not_hold_up_another_tenants_embedding(
     assert len(one.vectors) == 1 and not hog.done()
     # It rode in the next step (256 tokens: about 28 of these inputs), not behind 2,048.
     assert ran <= 3 * 256 // 9
-    hog.cancel()
-    await asyncio.gather(hog, return_exceptions=True)
+    await stop(hog)
 
 
 async def test_one_tenants_huge_prompts_are_prepared_off_the_event_loop_one_at_a_time(
