@@ -151,3 +151,8 @@ def test_a_stream_the_engine_refuses_at_once_is_an_http_error(client: OpenAI) ->
     with pytest.raises(openai.BadRequestError) as response:
         client.responses.create(model=MODEL, input=too_long, stream=True)
     assert response.value.body["param"] == "input"  # type: ignore[index]
+    # Text completions too, whichever of the request's prompts is refused.
+    for prompt in (too_long, ["Say hi.", too_long]):
+        with pytest.raises(openai.BadRequestError) as completion:
+            client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, stream=True)
+        assert completion.value.body["code"] == "context_length_exceeded"  # type: ignore[index]

@@ -7,6 +7,7 @@ import base64
 import json
 import math
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -203,12 +204,61 @@ async def test_streamed_text_completions_as_openai_sends_them(harness: Harness) 
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
 
 
-async def test_a_failing_streamed_completion_ends_with_an_error_event(
-        harness: Harness) -> None:
-    response = await harness.client.post("/v1/completions", json={
+@pytest.mark.parametrize("eager", [True, False], ids=["when-asked", "at-first-event"])
+async def test_a_streamed_completion_refused_before_its_first_event_is_an_http_400(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch, eager: bool) -> None:
+    """As chat and responses: a prompt the engine refuses (too long for the context), any of
+    the request's prompts, is the 400 it would be without stream, not a 200 with an error
+    event; nothing stays held against the key."""
+    from batchd.engines.base import EngineRequestError
+    from batchd.engines.instant import InstantEngine
+
+    services = harness.client._transport.app.state.services  # type: ignore[attr-defined]
+    original = InstantEngine.complete_stream
+    too_long = EngineRequestError("This model's maximum context length is 8 tokens.",
+                                  code="context_length_exceeded", param="prompt")
+
+    async def refused_first(*_args: object, **_kwargs: object) -> AsyncIterator[object]:
+        raise too_long
+        yield  # pragma: no cover
+
+    def refusing(self: InstantEngine, request: Any, **kwargs: Any) -> AsyncIterator[object]:
+        if "TOO-LONG" not in str(request.single):
+            return original(self, request, **kwargs)
+        if eager:
+            raise too_long
+        return refused_first()
+
+    monkeypatch.setattr(InstantEngine, "complete_stream", refusing)
+    for prompt in ("TOO-LONG", ["fine", "TOO-LONG"], ["fine"] * 5 + ["TOO-LONG"] + ["ok"]):
+        response = await harness.client.post("/v1/completions", json={
+            "model": "instant-model", "prompt": prompt, "stream": True, "n": 1})
+        assert response.status_code == 400, (prompt, response.text)
+        assert error_of(response)["code"] == "context_length_exceeded"
+        assert services.realtime.total() == 0
+    # An engine failure before the first event is its HTTP error too (500), as on chat.
+    failed = await harness.client.post("/v1/completions", json={
         "model": "instant-model", "prompt": ["fine", "FAIL-ME"], "stream": True})
+    assert failed.status_code == 500 and services.realtime.total() == 0
+
+
+async def test_a_streamed_completion_that_fails_after_its_first_event_ends_with_an_error(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchd.engines.base import Delta, EngineRequestError
+    from batchd.engines.instant import InstantEngine
+
+    async def broken_later(*_args: object, **_kwargs: object) -> AsyncIterator[object]:
+        yield Delta(index=0, text="partial")
+        raise EngineRequestError("refused late", code="context_length_exceeded")
+
+    monkeypatch.setattr(InstantEngine, "complete_stream", broken_later)
+    response = await harness.client.post("/v1/completions", json={
+        "model": "instant-model", "prompt": "x", "stream": True})
+    assert response.status_code == 200  # the headers went out with "partial"
     events = [block.removeprefix("data: ") for block in response.text.strip().split("\n\n")]
-    assert events[-1] == "[DONE]" and "error" in json.loads(events[-2])
+    assert json.loads(events[0])["choices"][0]["text"] == "partial"
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "context_length_exceeded"
 
 
 # --- /v1/embeddings -----------------------------------------------------------------------
