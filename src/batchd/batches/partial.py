@@ -267,16 +267,19 @@ def _from_output_file(blobs: BlobStore, key: str, chunks: list[Chunk], after: Fr
         for _ in range(n):
             next(source, None)
 
-    skipping = offset is None
+    # Until the first unread part, the reader starts past the parts read before (when their
+    # sizes are known); after it, a part read before (a later chunk's) is still ahead of the
+    # reader and is skipped line by line.
+    behind_reader = offset is not None
     for chunk in chunks:
         start = frontier.done_with(chunk.chunk_no)
         for index, part in enumerate(chunk.parts):
             count = int(part.get("n_ok", 0) or 0) if part.get("ok") else 0
             if index < start:
-                if skipping:
+                if not behind_reader:
                     skip(count)  # read before
                 continue
-            skipping = False
+            behind_reader = False
             lines, size = frontier.inside(chunk.chunk_no) if index == start else (0, 0)
             if not (jumped and (chunk.chunk_no, index) == first):
                 skip(lines)
