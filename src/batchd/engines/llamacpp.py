@@ -369,12 +369,12 @@ class LlamaCppEngine:
         return self.capacity()
 
     async def aclose(self) -> None:
+        await asyncio.to_thread(self._preparation.close)  # nothing tokenizes any more
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.stop)
             await asyncio.to_thread(self._llama.close)
         if self._embedder is not None:
             await asyncio.to_thread(self._embedder.close)
-        self._preparation.close()
 
 
 def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:

@@ -138,6 +138,8 @@ class Embedder:
                    vectors=[None] * len(lists), left=len(lists))
         owner = work_owner.get()
         with self._wake:
+            if self._stopping:  # closed while the inputs were being tokenized
+                raise EngineFailure("The engine was shut down.")
             queues = self._waiting[priority]
             queue = queues.get(owner)
             if queue is None:

@@ -61,8 +61,9 @@ class Sequence:
     emitted: int = 0  # characters of `text` already streamed
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("ignore"))
     finish: Finish | None = None
-    reused: int = 0  # prompt tokens taken from the prefix cache
+    reused: int = 0  # prompt tokens taken from the prefix cache (usage: first admission)
     lender: PrefixEntry | None = None  # the cached prefix whose KV cells it shares
+    shared: int = 0  # of those cells, how many it shares now (not in its `cost`)
     cost: int = 0  # KV cells reserved for it (shared prefix cells are the lender's)
     token_logprobs: list[dict[str, Any]] = field(default_factory=list)
     logprobs_sent: int = 0  # of token_logprobs, already streamed
@@ -135,6 +136,8 @@ class Scheduler:
 
     def submit(self, seq: Sequence) -> None:
         with self.cond:
+            if not self.running:  # stopped while the request was being prepared
+                raise EngineFailure("The engine was shut down.")
             seq.order = next(self.order)
             self.waiting.append(seq)
             self.cond.notify()
@@ -181,7 +184,8 @@ class Scheduler:
         deferred: list[Sequence] = []
         while self.waiting:
             seq = self._next_waiting()
-            if not self.free_slots and not self._preempt_for(seq):
+            victim = None if self.free_slots else self._victim_for(seq)
+            if not self.free_slots and victim is None:
                 break
             if seq.priority > Priority.REALTIME and len(self.free_slots) <= self.reserved_slots:
                 break  # the last slots wait for real-time requests
@@ -190,12 +194,15 @@ class Scheduler:
             # Cells copied from a cached prefix are shared with it, not new: only the rest
             # of the prompt and the output need room.
             cost = len(seq.prompt) - shared + seq.max_new
-            if cost > room and self.active:
+            others = len(self.active) - (victim is not None)
+            if cost > room + (victim.cost if victim else 0) and others:
                 break  # wait for running sequences to free their cells
             self.waiting.remove(seq)
             if self._prefix_in_progress(seq):
                 deferred.append(seq)
                 continue
+            if victim is not None:  # only now that `seq` takes its place at once
+                self._preempt(victim)
             seq.seq_id = self.free_slots.pop()
             seq.cost = cost
             self.reserved += cost
@@ -218,27 +225,30 @@ class Scheduler:
             seq.priority, held.get(seq.owner, 0) if seq.priority == Priority.REALTIME else 0,
             seq.order))
 
-    def _preempt_for(self, seq: Sequence) -> bool:
-        """Free a slot for real-time `seq` when every slot is taken and another owner holds
-        more than its share (at least two more than `seq`'s owner): that owner's sequence
-        with the least generated goes back to waiting, its cells dropped. Batch sequences
-        are left alone (they pause while real-time work runs, and finish in turn)."""
+    def _victim_for(self, seq: Sequence) -> Sequence | None:
+        """The sequence to give its slot to real-time `seq` when every slot is taken: one of
+        an owner holding more than its share (at least two more than `seq`'s owner), the
+        one with the least generated (the least to recompute). Batch sequences are left
+        alone (they pause while real-time work runs, and finish in turn)."""
         if seq.priority != Priority.REALTIME:
-            return False
+            return None
         held = self._held()
         mine = held.get(seq.owner, 0)
         greedy = max(held, key=lambda owner: held[owner], default=None)
         if greedy is None or greedy == seq.owner or held[greedy] < mine + 2:
-            return False
-        victim = min((s for s in self.active
-                      if s.owner == greedy and s.priority == Priority.REALTIME),
-                     key=lambda s: (len(s.generated), -s.order))
+            return None
+        return min((s for s in self.active
+                    if s.owner == greedy and s.priority == Priority.REALTIME),
+                   key=lambda s: (len(s.generated), -s.order))
+
+    def _preempt(self, victim: Sequence) -> None:
+        """Back to waiting, its cells dropped: it prefills its prompt and what it generated
+        again when it is admitted next (same sampler, same text so far)."""
         self._release_slot(victim)
         victim.n_past = 0
         victim.lender = None
         self.waiting.append(victim)
         self.preemptions += 1
-        return True
 
     def _prefix_in_progress(self, seq: Sequence) -> bool:
         if not self.prefixes:
@@ -269,7 +279,7 @@ class Scheduler:
     def _reuse_prefix(self, seq: Sequence, lender: PrefixEntry, usable: int) -> None:
         self.lib.llama_memory_seq_cp(self.memory, lender.seq_id, seq.seq_id, 0, usable)
         lender.used_at = time.monotonic()
-        seq.n_past = usable
+        seq.n_past = seq.shared = usable
         if not seq.generated:  # a preempted sequence's usage keeps its first admission's
             seq.reused = usable
         seq.lender = lender
@@ -286,8 +296,9 @@ class Scheduler:
             if borrower.lender is entry:
                 # Its shared cells outlive the entry: from now on they are its own to count.
                 borrower.lender = None
-                borrower.cost += borrower.reused
-                self.reserved += borrower.reused
+                borrower.cost += borrower.shared
+                self.reserved += borrower.shared
+                borrower.shared = 0
         self.lib.llama_memory_seq_rm(self.memory, entry.seq_id, -1, -1)
         self.lib.llama_memory_seq_cp(self.memory, seq.seq_id, entry.seq_id, 0, len(seq.prompt))
         entry.tokens, entry.used_at = list(seq.prompt), time.monotonic()
@@ -307,7 +318,7 @@ class Scheduler:
         self.lib.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
         self.free_slots.append(seq.seq_id)
         self.reserved -= seq.cost
-        seq.cost = 0
+        seq.cost = seq.shared = 0
 
     def _step(self) -> None:
         """One decode: the next token of each generating sequence, then prompt tokens as the

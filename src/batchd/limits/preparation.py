@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import TypeVar
 
+from batchd.errors import ServerError
+
 T = TypeVar("T")
 
 work_owner: ContextVar[str] = ContextVar("work_owner", default="")
@@ -46,7 +48,12 @@ class Preparation:
             self._leave(owner)
             raise
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, contextvars.copy_context().run, work)
+        try:
+            future = loop.run_in_executor(self._pool, contextvars.copy_context().run, work)
+        except RuntimeError as exc:  # closed: the engine is being shut down or restarted
+            lock.release()
+            self._leave(owner)
+            raise ServerError("The engine was shut down.", code="engine_error") from exc
 
         def turn_over(done: asyncio.Future[T]) -> None:
             if not done.cancelled():
@@ -65,4 +72,6 @@ class Preparation:
             self._turns[owner] = (lock, users - 1)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Refuse new work, drop what waits, and wait for what runs: an engine frees its
+        model only after this, never under a thread still tokenizing with it."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
