@@ -52,11 +52,15 @@ class Life:
         self.id = f"life-{secrets.token_hex(8)}"
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{self.id}.crash"
-        self._file: IO[str] | None = open(self.path, "a", encoding="utf-8")
+        # Made under another name, locked and headed, then renamed: another worker sharing
+        # the data dir never sees a crash file that is not yet locked or has no header.
+        starting = folder / f"{self.id}.starting"
+        self._file: IO[str] | None = open(starting, "a", encoding="utf-8")
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: always ours
         # Written before faulthandler may write: a trace always follows its header.
         self._file.write(f"worker {worker} life {self.id}\n")
         self._file.flush()
+        starting.rename(self.path)
         self.armed = arm
         if arm:
             faulthandler.enable(self._file, all_threads=True)
@@ -109,6 +113,8 @@ async def record_past_lives(store: CrashStore, folder: Path, *, own: Life) -> in
             if not path.exists():
                 continue  # another worker read and removed it between our open and lock
             past = read_crash_file(file.read())
+            if past.worker is None:
+                continue  # not a crash file this version wrote: not ours to remove
             if past.cause is not None and past.worker and past.life:
                 try:
                     chunks = await store.record_crash(owner=past.worker, life=past.life,
@@ -127,7 +133,7 @@ async def record_past_lives(store: CrashStore, folder: Path, *, own: Life) -> in
                             "requests in flight (it was idle or loading, or another worker took "
                             "them over): nobody is charged",
                             past.trace)
-            elif past.worker:
+            else:
                 log.info("worker %s (%s) died without a trace (killed from outside, or its "
                          "host went down): its requests are not charged as poison",
                          past.worker, past.life)
