@@ -22,8 +22,11 @@ _HEADER_SECRET = re.compile(
     r"((?:bearer|basic|token)\s+)?[^\s'\",;]+")
 _KEY_LIKE = re.compile(r"\b((?:bd|sk)-|whsec_)[A-Za-z0-9_\-+/=]{8,}")
 # A run of URL-ish text with a percent escape in it: `%62d-…` is `bd-…` to any server, so
-# such a run is checked again once decoded (twice encoded too).
-_ENCODED = re.compile(r"[^\s\"'<>]*%[0-9A-Fa-f]{2}[^\s\"'<>]*")
+# such a run is checked again once decoded (twice encoded too). Runs are found first and
+# searched for an escape after (one pattern for both backtracks: quadratic on a long run
+# with a `%` but no escape, and a client chooses the path uvicorn logs).
+_RUN = re.compile(r"[^\s\"'<>]+")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _DECODE_ROUNDS = 3
 MASK = "[REDACTED]"
 
@@ -53,7 +56,8 @@ def _redact_encoded(match: re.Match[str], secrets: tuple[str, ...]) -> str:
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     if "%" in text:
-        text = _ENCODED.sub(lambda m: _redact_encoded(m, secrets), text)
+        text = _RUN.sub(lambda m: _redact_encoded(m, secrets)
+                        if _ESCAPE.search(m.group(0)) else m.group(0), text)
     return _redact_plain(text, secrets)
 
 
