@@ -124,8 +124,9 @@ async def test_thousands_of_inputs_do_not_hold_up_another_tenants_embedding(
     ran = before - left_of("a")
     print(f"{ran} of the first tenant's inputs were embedded while the second's one waited")
     assert len(one.vectors) == 1 and not hog.done()
-    # It rode in the next step (256 tokens: about 28 of these inputs), not behind 2,048.
-    assert ran <= 3 * 256 // 9
+    # Once tokenized, it rode in the next step (256 tokens: about 28 of these inputs; the
+    # step under way and the one its tokenizing overlapped came first), not behind 2,048.
+    assert ran <= 4 * 256 // 9
     await stop(hog)
 
 
