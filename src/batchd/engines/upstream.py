@@ -6,6 +6,9 @@ slow start (about fourfold per round trip) until latency per token rises or the 
 back, then additive growth; halved on a 429, a 5xx, a timeout or a broken connection.
 Retryable failures are retried with exponential backoff (honouring Retry-After), preferably on
 another server; other 4xx answers are the request's own error.
+
+Requests wait for room in one fair line (limits/fair_line.py): real-time before batch work,
+then owners in turn, so one tenant's pile of requests does not queue ahead of another's.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from batchd.engines.base import (
     StreamEvent,
     Usage,
 )
+from batchd.limits.fair_line import FairLine
+from batchd.limits.preparation import work_owner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -228,6 +233,17 @@ class _Shard:
     busy: int = 0
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """A request waiting for room; granted a server and its slot through `granted`."""
+
+    granted: asyncio.Future[tuple[Target, Sent]]
+    avoid: Target | None  # the server that just failed it
+    since: float  # when it began to wait (monotonic)
+    priority: int
+    owner: str
+
+
 class UpstreamEngine:
     AVOID_SECONDS = 5.0
 
@@ -242,49 +258,84 @@ class UpstreamEngine:
             headers["Authorization"] = f"Bearer {key}"
         self.clients = ClientPool(headers=headers,
                                   timeout=httpx.Timeout(options.timeout_seconds, connect=10))
-        self._room = asyncio.Condition()
+        self._line: FairLine[_Waiter] = FairLine()
+        self._held_out: asyncio.TimerHandle | None = None  # a grant for waiters holding out
         self.targets = [Target(base_url=url.rstrip("/"), limit=float(options.initial_concurrency),
                                ceiling=options.max_concurrency,
                                tolerance=options.latency_tolerance)
                         for url in options.base_urls]
 
-    async def _admit(self, *, avoid: Target | None) -> tuple[Target, Sent]:
-        """Wait until a server has room, then take the one with the most. Chosen at
-        admission, not before waiting: a request queued for one server would sit there
-        while another had room. `avoid` (the server that just failed it) is taken only if
-        no other has had room for `AVOID_SECONDS`."""
-        others = [t for t in self.targets if t is not avoid]
+    async def _admit(self, *, avoid: Target | None,
+                     priority: Priority) -> tuple[Target, Sent]:
+        """Wait until a server has room and it is this request's turn, then take the server
+        with the most room. Chosen at admission, not before waiting: a request queued for
+        one server would sit there while another had room. `avoid` (the server that just
+        failed it) is taken only if no other has had room for `AVOID_SECONDS`."""
+        now = time.monotonic()
+        if not self._line:
+            taken = self._take(avoid, since=now)
+            if taken is not None:
+                return taken
+        waiter = _Waiter(granted=asyncio.get_running_loop().create_future(), avoid=avoid,
+                         since=now, priority=int(priority), owner=work_owner.get())
+        self._line.push(waiter, priority=waiter.priority, owner=waiter.owner)
+        self._grant()
+        try:
+            return await waiter.granted
+        except BaseException:
+            granted = waiter.granted
+            if granted.done() and not granted.cancelled():
+                # Granted as it gave up: the slot goes back unjudged, to the next in line.
+                target, _ = granted.result()
+                target.in_flight -= 1
+                self._grant()
+            else:
+                self._line.remove(waiter, priority=waiter.priority, owner=waiter.owner)
+            raise
 
-        def roomy(among: list[Target]) -> list[Target]:
-            return [t for t in among if t.has_room]
+    def _take(self, avoid: Target | None, *, since: float) -> tuple[Target, Sent] | None:
+        """The server with the most room and a slot on it, if one may be taken now."""
+        roomy = [t for t in self.targets if t.has_room]
+        others = [t for t in roomy if t is not avoid]
+        if not others:
+            holding_out = (any(t is not avoid for t in self.targets)
+                           and time.monotonic() - since < self.AVOID_SECONDS)
+            if holding_out or not roomy:
+                return None
+            others = roomy
+        target = max(others, key=lambda t: (t.free / t.limit, random.random()))
+        return target, target.take()
 
-        async with self._room:
-            try:
-                if others and not roomy(others):
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.AVOID_SECONDS):
-                            await self._room.wait_for(lambda: bool(roomy(others)))
-                await self._room.wait_for(lambda: bool(roomy(self.targets)))
-            except BaseException:
-                # A wake-up this waiter took but cannot use (cancelled, or timed out while
-                # holding out for another server) goes to the next one.
-                if roomy(self.targets):
-                    self._room.notify(1)
-                raise
-            target = max(roomy(others) or roomy(self.targets),
-                         key=lambda t: (t.free / t.limit, random.random()))
-            sent = target.take()
-            if roomy(self.targets):
-                self._room.notify(1)  # room left (limits grew): the next one need not wait
-            return target, sent
+    def _grant(self) -> None:
+        """Hand free slots to the waiters in line order. One holding out for another server
+        keeps its turn but lets the next go meanwhile; a timer looks again when its wait
+        for another server is over."""
+        held_out: list[_Waiter] = []
+        while self._line and any(t.has_room for t in self.targets):
+            waiter = self._line.pop()
+            assert waiter is not None
+            if waiter.granted.done():
+                continue  # cancelled
+            taken = self._take(waiter.avoid, since=waiter.since)
+            if taken is None:
+                held_out.append(waiter)
+                continue
+            waiter.granted.set_result(taken)
+        for waiter in reversed(held_out):
+            self._line.put_back(waiter, priority=waiter.priority, owner=waiter.owner)
+        if held_out and self._held_out is None:
+            due = min(w.since for w in held_out) + self.AVOID_SECONDS - time.monotonic()
+            self._held_out = asyncio.get_running_loop().call_later(
+                max(0.0, due), self._grant_held_out)
 
-    async def _release(self, target: Target, sent: Sent, *, ok: bool,
-                       overloaded: bool = False, tokens: int = 0) -> None:
-        async with self._room:
-            target.settle(sent, ok=ok, overloaded=overloaded, tokens=tokens)
-            # Wake only as many waiters as there are places (all of them, thousands on a
-            # busy real-time path, would each wake to find none).
-            self._room.notify(sum(max(0, int(t.limit) - t.in_flight) for t in self.targets))
+    def _grant_held_out(self) -> None:
+        self._held_out = None
+        self._grant()
+
+    def _release(self, target: Target, sent: Sent, *, ok: bool,
+                 overloaded: bool = False, tokens: int = 0) -> None:
+        target.settle(sent, ok=ok, overloaded=overloaded, tokens=tokens)
+        self._grant()  # its slot, and any the limits grew by
 
     def _payload(self, request: ChatCompletionRequest, *, stream: bool) -> dict[str, Any]:
         body = request.model_dump(exclude_none=True)
@@ -326,13 +377,14 @@ class UpstreamEngine:
         raise failure
 
     async def _call(self, path: str, payload: dict[str, Any],
-                    read: Callable[[dict[str, Any]], T], tokens: Callable[[T], int]) -> T:
+                    read: Callable[[dict[str, Any]], T], tokens: Callable[[T], int],
+                    priority: Priority) -> T:
         """POST `payload` to `path` of a target with room, retrying overloads and outages on
         other targets with backoff; `read` turns the answer into the result."""
         target: Target | None = None
         failure = _Retry("no attempt")
         for attempt in range(self.options.max_retries + 1):
-            target, sent = await self._admit(avoid=target)
+            target, sent = await self._admit(avoid=target, priority=priority)
             try:
                 async with self.clients.one() as client:
                     response = await client.post(f"{target.base_url}{path}", json=payload)
@@ -343,12 +395,12 @@ class UpstreamEngine:
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 failure = _Retry(f"{type(exc).__name__}: {exc}")
             except BaseException:  # the request's own error, or cancellation
-                await self._release(target, sent, ok=False)
+                self._release(target, sent, ok=False)
                 raise
             else:
-                await self._release(target, sent, ok=True, tokens=tokens(result))
+                self._release(target, sent, ok=True, tokens=tokens(result))
                 return result
-            await self._release(target, sent, ok=False, overloaded=True)
+            self._release(target, sent, ok=False, overloaded=True)
             log.warning("upstream %s: %s (attempt %d)", target.base_url, failure, attempt + 1)
             if attempt < self.options.max_retries:
                 await self._backoff(attempt, failure)
@@ -361,13 +413,13 @@ class UpstreamEngine:
     async def chat(self, request: ChatCompletionRequest, *,
                    priority: Priority = Priority.REALTIME) -> ChatResult:
         return await self._call("/chat/completions", self._payload(request, stream=False),
-                                _result, lambda r: r.completion_tokens)
+                                _result, lambda r: r.completion_tokens, priority)
 
     async def complete(self, request: CompletionRequest, *,
                        priority: Priority = Priority.REALTIME) -> ChatResult:
         return await self._call("/completions", self._completion_payload(request),
                                 _completion_result,
-                                lambda r: r.completion_tokens)
+                                lambda r: r.completion_tokens, priority)
 
     async def embed(self, inputs: EmbeddingInputs, *,
                     priority: Priority = Priority.REALTIME) -> EmbeddingResult:
@@ -378,18 +430,20 @@ class UpstreamEngine:
             payload["dimensions"] = inputs.dimensions
         return await self._call("/embeddings", payload,
                                 lambda body: _embedding_result(body, inputs.count),
-                                lambda r: 0)
+                                lambda r: 0, priority)
 
     def chat_stream(self, request: ChatCompletionRequest, *,
                     priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
         return self._stream("/chat/completions", self._payload(request, stream=True),
-                            lambda choice: (choice.get("delta") or {}).get("content") or "")
+                            lambda choice: (choice.get("delta") or {}).get("content") or "",
+                            priority)
 
     def complete_stream(self, request: CompletionRequest, *,
                         priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
         payload = self._completion_payload(request)
         payload.update(stream=True, stream_options={"include_usage": True})
-        return self._stream("/completions", payload, lambda choice: choice.get("text") or "")
+        return self._stream("/completions", payload, lambda choice: choice.get("text") or "",
+                            priority)
 
     def _completion_payload(self, request: CompletionRequest) -> dict[str, Any]:
         payload = request.model_dump(exclude_none=True)
@@ -398,10 +452,11 @@ class UpstreamEngine:
         return payload
 
     async def _stream(self, path: str, payload: dict[str, Any],
-                      text_of: Callable[[dict[str, Any]], str]) -> AsyncIterator[StreamEvent]:
+                      text_of: Callable[[dict[str, Any]], str],
+                      priority: Priority) -> AsyncIterator[StreamEvent]:
         """POST `payload` to `path` with streaming, as deltas (`text_of` a choice) and the
         usage last."""
-        target, sent = await self._admit(avoid=None)
+        target, sent = await self._admit(avoid=None, priority=priority)
         overloaded, pieces = False, 0
         usage: Usage | None = None
         try:
@@ -439,8 +494,8 @@ class UpstreamEngine:
             raise EngineFailure(f"The upstream server failed: {exc}",
                                 code="upstream_error") from exc
         finally:
-            await self._release(target, sent, ok=not overloaded, overloaded=overloaded,
-                                tokens=pieces)
+            self._release(target, sent, ok=not overloaded, overloaded=overloaded,
+                          tokens=pieces)
         # Servers that do not report streaming usage: one piece is about one token.
         yield usage or Usage(prompt_tokens=0, completion_tokens=pieces)
 
