@@ -90,7 +90,7 @@ async def test_reads_wait_for_the_process_wide_budget_then_are_refused(
     monkeypatch.setattr(read_budget, "WAIT_SECONDS", 0.2)
     file_id = await harness.upload([batch_line("a")])
     done = await harness.run_batch([batch_line("a")])
-    hog = await budget.reserve(budget.total - 1024, wait=0)  # other reads hold nearly all
+    hog = await budget.reserve(budget.total - 1024, owner="others", wait=0)  # nearly all
     for path in (f"/admin/files/{file_id}/lines", f"/v1/batches/{done['id']}/output"):
         refused = await harness.client.get(path)
         assert refused.status_code == 503, path
@@ -98,7 +98,7 @@ async def test_reads_wait_for_the_process_wide_budget_then_are_refused(
         assert refused.headers["retry-after"] == "1"
     hog.release()
     # Room again once they finish: a waiting read goes ahead.
-    hog = await budget.reserve(budget.total - 1024, wait=0)
+    hog = await budget.reserve(budget.total - 1024, owner="others", wait=0)
     asyncio.get_running_loop().call_later(0.05, hog.release)
     assert (await harness.client.get(f"/admin/files/{file_id}/lines")).status_code == 200
     assert budget.used == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchd.errors import ServiceUnavailable
+from batchd.errors import ServiceUnavailable, TooManyRequests
 from batchd.line_reader import LineReader
 from batchd.read_budget import ByteBudget
 
@@ -39,15 +39,28 @@ def test_the_cap_may_change_between_lines_and_zero_only_counts() -> None:
 
 async def test_the_budget_is_shared_waits_and_then_refuses() -> None:
     budget = ByteBudget(100)
-    first = await budget.reserve(60, wait=0)
+    first = await budget.reserve(60, owner="a", wait=0)
     with pytest.raises(ServiceUnavailable) as refused:
-        await budget.reserve(50, wait=0.1)
+        await budget.reserve(50, owner="b", wait=0.1)
     assert refused.value.status_code == 503 and refused.value.code == "server_busy"
     assert refused.value.headers["retry-after"] == "1"
     assert not first.grow(41) and first.grow(40) and budget.used == 100
     first.release()
     first.release()  # once only
     assert budget.used == 0
-    second = await budget.reserve(100, wait=0)
+    second = await budget.reserve(100, owner="a", wait=0)
     second.release()
     assert budget.used == 0
+
+
+async def test_one_owner_holds_at_most_a_quarter_and_another_still_reads() -> None:
+    budget = ByteBudget(400)
+    first = await budget.reserve(60, owner="a", wait=0)
+    second = await budget.reserve(40, owner="a", wait=0)  # a quarter, all told
+    with pytest.raises(TooManyRequests) as refused:
+        await budget.reserve(10, owner="a", wait=0.1)
+    assert refused.value.code == "too_many_reads"
+    other = await budget.reserve(100, owner="b", wait=0)
+    for held in (first, second, other):
+        held.release()
+    assert budget.used == 0 and not budget._owners

@@ -31,5 +31,5 @@ def test_a_cursor_from_a_running_batch_reads_the_rest_of_the_file_once(
             out.write(b"".join(lines[key]))
     budget = ByteBudget(1 << 20)
     page = _from_output_file(blobs, "out.jsonl", chunks, Frontier(0, {0: 1, 1: 1}), 100,
-                             PageBytes(Reservation(budget, 1 << 20), 1 << 20))
+                             PageBytes(Reservation(budget, 1 << 20, owner="o"), 1 << 20))
     assert page.lines == lines[(0, 1)] + lines[(1, 1)] and not page.more

@@ -92,7 +92,7 @@ async def batch_output_so_far(
     if batch is None:
         raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
     frontier = Frontier.decode(after)
-    held = await read_budget.READS.reserve(OUTPUT_RESERVED)
+    held = await read_budget.READS.reserve(OUTPUT_RESERVED, owner=caller.owner)
     try:
         page = await output_page(svc.store, svc.blobs, batch, frontier, limit=limit,
                                  held=held, budget=OUTPUT_PAGE_BYTES)

@@ -123,7 +123,7 @@ async def file_lines(
     if cursor >= record.bytes:
         return Response(_page([], has_more=False, next_cursor=None),
                         media_type="application/json")
-    held = await read_budget.READS.reserve(_RESERVED)
+    held = await read_budget.READS.reserve(_RESERVED, owner=caller.owner)
 
     def scan() -> bytes:
         items: list[bytes] = []
