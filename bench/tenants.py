@@ -10,6 +10,9 @@ Cases (the first tenant's load, then the second tenant's probe):
 - embeddings: one /v1/embeddings request of 2,048 inputs; probe: one input.
 - huge prompts: six chats of 1 MB each (refused as too long, once tokenized); probes: a
   4-token chat and GET /healthz.
+- webhooks: 16 endpoints that never answer, each sent test events (as many as the limit
+  lets through); probe: the second tenant's one-line batch, from creation to its
+  `batch.completed` event at its receiver.
 Each probe runs idle first, then 1 s into the load; medians over the rounds, with the ratio
 to idle.
 """
@@ -17,6 +20,8 @@ to idle.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -28,6 +33,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.webhook_receiver import Receiver, receiving, silent
 
 from bench.common import bench_server
 
@@ -50,12 +57,46 @@ def in_background(calls: list[Callable[[], object]]) -> list[threading.Thread]:
     return threads
 
 
+def batch_to_webhook(client: httpx.Client, receiver: Receiver) -> float:
+    """Seconds from creating a one-line batch to its `batch.completed` at `receiver`."""
+    line = json.dumps({"custom_id": "one", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"model": MODEL, "max_tokens": 2,
+                                "messages": [{"role": "user", "content": "Hi."}]}})
+    started = time.perf_counter()
+    seen = len(receiver.received)
+    file_id = client.post("/files", files={"file": ("one.jsonl", line.encode())},
+                          data={"purpose": "batch"}).json()["id"]
+    client.post("/batches", json={"input_file_id": file_id, "completion_window": "24h",
+                                  "endpoint": "/v1/chat/completions"}).raise_for_status()
+    if len(receiver.wait_for(seen + 1, timeout=120)) <= seen:
+        raise RuntimeError("no batch.completed event within 120 s")
+    return time.perf_counter() - started
+
+
+def webhooks(first: httpx.Client, second: httpx.Client, root_url: str, rounds: int) -> None:
+    with receiving() as receiver, contextlib.ExitStack() as stack:
+        second.post(f"{root_url}/admin/webhooks", json={
+            "url": receiver.url, "events": ["batch.completed"]}).raise_for_status()
+        idle = [batch_to_webhook(second, receiver) for _ in range(rounds)]
+        hooks = [first.post(f"{root_url}/admin/webhooks", json={
+            "url": stack.enter_context(silent())}).json()["id"] for _ in range(16)]
+        sent = sum(first.post(f"{root_url}/admin/webhooks/{hooks[i % 16]}/test").status_code
+                   == 200 for i in range(48))
+        time.sleep(1.0)
+        busy = [batch_to_webhook(second, receiver) for _ in range(rounds)]
+        alone, behind = statistics.median(idle), statistics.median(busy)
+        print(f"{'16 silent webhooks, ' + str(sent) + ' tests':30s} second tenant's "
+              f"{'event':9s}: idle {alone:6.3f} s, behind it {behind:6.3f} s, "
+              f"ratio {behind / alone:5.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, \
-            bench_server(Path(tmp), models=REPO / "models.yaml") as server:
+            bench_server(Path(tmp), models=REPO / "models.yaml",
+                         BATCHD_WEBHOOK_ALLOWED_HOSTS="127.0.0.1") as server:
         root_url = server.base_url.removesuffix("/v1")
         headers = {"Authorization": f"Bearer {server.api_key}"}
         first = httpx.Client(base_url=server.base_url, timeout=600, headers=headers)
@@ -102,6 +143,7 @@ def main() -> None:
                 alone, behind = statistics.median(idle[name]), statistics.median(busy[name])
                 print(f"{load_name:30s} second tenant's {name:9s}: idle {alone:6.3f} s, "
                       f"behind it {behind:6.3f} s, ratio {behind / alone:5.1f}")
+        webhooks(first, second, root_url, args.rounds)
 
 
 if __name__ == "__main__":
