@@ -77,6 +77,8 @@ class Worker:
         leases lapse and another start picks it up again)."""
         self._stopping.set()
         self.wake()
+        if metrics.CALLBACKS.busy == self.capacity.busy:  # a stopped worker has no slots
+            metrics.CALLBACKS.busy = None
         if not self._tasks:
             await self.webhooks.aclose()
             return
