@@ -11,8 +11,8 @@ from fastapi.responses import StreamingResponse
 
 from batchd import ids
 from batchd.api.auth import Caller
+from batchd.api.held import HeldStream
 from batchd.api.realtime import (
-    HeldStream,
     engine_for,
     first_then_rest,
     run_now,

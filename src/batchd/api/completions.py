@@ -13,7 +13,8 @@ from fastapi.responses import StreamingResponse
 
 from batchd import ids
 from batchd.api.auth import Caller
-from batchd.api.realtime import HeldStream, engine_for, first_then_rest, run_now, stream_error
+from batchd.api.held import HeldStream
+from batchd.api.realtime import engine_for, first_then_rest, run_now, stream_error
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.chat import SYSTEM_FINGERPRINT

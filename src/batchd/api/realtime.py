@@ -12,9 +12,7 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
-from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
 
 from batchd.api.auth import Principal
 from batchd.api.state import services
@@ -108,20 +106,3 @@ async def _disconnected(request: Request) -> None:
     """Returns when the client disconnects (the body has been read: nothing else arrives)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-class HeldStream(StreamingResponse):
-    """A stream that gives back what its caller held once it ends, however it ends."""
-
-    def __init__(self, content: AsyncIterator[bytes], *, release: Callable[[], None],
-                 media_type: str, headers: dict[str, str]) -> None:
-        super().__init__(content, media_type=media_type, headers=headers)
-        self._release = release
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._release()
-
-

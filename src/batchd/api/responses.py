@@ -11,7 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from batchd.api.auth import Caller
-from batchd.api.realtime import HeldStream, engine_for, first_then_rest, run_now
+from batchd.api.held import HeldStream
+from batchd.api.realtime import engine_for, first_then_rest, run_now
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.engines.base import Delta, StreamEvent, Usage
