@@ -1,17 +1,20 @@
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from batchd.app import create_app
 from batchd.clock import ManualClock
+from batchd.limits.preparation import work_owner
 from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.worker.context import WorkerContext
@@ -39,6 +42,28 @@ models:
     engine: instant
     serves: [chat, embeddings]
 """
+
+
+T = TypeVar("T")
+
+
+def as_owner(owner: str, work: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+    """`work()` as a task of `owner`'s, as an authenticated API request runs it."""
+    context = contextvars.copy_context()
+    context.run(work_owner.set, owner)
+    return asyncio.get_running_loop().create_task(work(), context=context)  # type: ignore[arg-type]
+
+
+async def submit_batch(client: httpx.AsyncClient, lines: list[str]) -> str:
+    """Upload `lines` as a batch input file and create a chat batch of it; its id."""
+    data = ("\n".join(lines) + "\n").encode()
+    file_id = (await client.post("/v1/files", files={"file": ("in.jsonl", data)},
+                                 data={"purpose": "batch"})).json()["id"]
+    created = await client.post("/v1/batches", json={
+        "input_file_id": file_id, "endpoint": "/v1/chat/completions",
+        "completion_window": "24h"})
+    assert created.status_code == 200, created.text
+    return str(created.json()["id"])
 
 
 def batch_line(custom_id: str, content: str = "hello there", model: str = "instant-model",

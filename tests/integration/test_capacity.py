@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.conftest import Harness, Tenants, batch_line
+from tests.conftest import Harness, Tenants, batch_line, submit_batch
 from tests.e2e.conftest import free_port
 
 REMOTE_PORT = free_port()
@@ -56,17 +56,6 @@ async def running(harness: Harness) -> AsyncIterator[Harness]:
     await harness.worker.stop(grace_seconds=0.5)
 
 
-async def _submit(client: httpx.AsyncClient, lines: list[str]) -> str:
-    data = ("\n".join(lines) + "\n").encode()
-    file_id = (await client.post("/v1/files", files={"file": ("in.jsonl", data)},
-                                 data={"purpose": "batch"})).json()["id"]
-    created = await client.post("/v1/batches", json={
-        "input_file_id": file_id, "endpoint": "/v1/chat/completions",
-        "completion_window": "24h"})
-    assert created.status_code == 200, created.text
-    return str(created.json()["id"])
-
-
 async def _status(client: httpx.AsyncClient, batch_id: str) -> dict[str, Any]:
     return dict((await client.get(f"/v1/batches/{batch_id}")).json())
 
@@ -92,12 +81,12 @@ async def _until_running(client: httpx.AsyncClient, batch_id: str, timeout: floa
 
 async def test_a_stalled_model_does_not_hold_up_a_healthy_one(running: Harness) -> None:
     client = running.client
-    hung = [await _submit(client, [batch_line(f"h{b}-{i}", "HANGME", model="stalled")
+    hung = [await submit_batch(client, [batch_line(f"h{b}-{i}", "HANGME", model="stalled")
                                    for i in range(3)]) for b in range(3)]
     for batch_id in hung:
         await _until_running(client, batch_id)
     await asyncio.sleep(0.3)  # the hung batches' chunks are claimed and stuck
-    healthy = await _submit(client, [batch_line(f"ok-{i}", model="healthy") for i in range(5)])
+    healthy = await submit_batch(client, [batch_line(f"ok-{i}", model="healthy") for i in range(5)])
     batch = await _until_done(client, healthy, timeout=20)
     assert batch["status"] == "completed"
     assert batch["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
@@ -111,13 +100,13 @@ async def test_a_small_batch_runs_beside_a_big_one_of_another_owner(
     # Two chunks of 1,500 requests: the worker's usual two chunks of the model are taken
     # for ~5 s, and used to be until the big batch ended.
     running.settings.chunk_lines = 1500
-    big = await _submit(running.client, [batch_line(f"big-{i}", model="slow")
+    big = await submit_batch(running.client, [batch_line(f"big-{i}", model="slow")
                                          for i in range(3000)])
     await _until_running(running.client, big)
     await asyncio.sleep(0.5)  # its chunks are claimed
     other = await tenants.client("small-owner")
     started = time.monotonic()
-    small = await _submit(other, [batch_line(f"small-{i}", model="slow") for i in range(10)])
+    small = await submit_batch(other, [batch_line(f"small-{i}", model="slow") for i in range(10)])
     batch = await _until_done(other, small, timeout=10)
     waited = time.monotonic() - started
     assert batch["request_counts"] == {"total": 10, "completed": 10, "failed": 0}
@@ -157,13 +146,13 @@ async def test_an_unreachable_upstream_batch_waits_and_resumes_unharmed(
     running: Harness,
 ) -> None:
     client = running.client
-    batch_id = await _submit(client, [batch_line(f"r{i}", model="remote") for i in range(6)])
+    batch_id = await submit_batch(client, [batch_line(f"r{i}", model="remote") for i in range(6)])
     await asyncio.sleep(1.5)  # connections refused, retried, handed back, tried again...
     batch = await _status(client, batch_id)
     assert batch["status"] == "in_progress"
     assert batch["request_counts"]["failed"] == 0
     # Meanwhile other models run as usual.
-    healthy = await _submit(client, [batch_line("ok", model="healthy")])
+    healthy = await submit_batch(client, [batch_line("ok", model="healthy")])
     assert (await _until_done(client, healthy, timeout=20))["status"] == "completed"
     stub = StubUpstream(REMOTE_PORT)
     stub.start()

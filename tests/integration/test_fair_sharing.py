@@ -8,9 +8,8 @@ behind each load.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import pytest
@@ -20,8 +19,8 @@ from batchd.completions import CompletionRequest
 from batchd.embeddings import EmbeddingInputs
 from batchd.engines.base import EngineRequestError
 from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
-from batchd.limits.preparation import work_owner
 from batchd.operations import COMPLETIONS, Produced
+from tests.conftest import as_owner
 
 pytestmark = pytest.mark.backend_independent
 T = TypeVar("T")
@@ -35,13 +34,6 @@ def engine() -> Iterator[LlamaCppEngine]:
                             serves=frozenset({"chat", "embeddings"}))
     yield engine
     asyncio.run(engine.aclose())
-
-
-def as_owner(owner: str, work: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
-    """`work()` as a task of `owner`'s (as an authenticated API request runs)."""
-    context = contextvars.copy_context()
-    context.run(work_owner.set, owner)
-    return asyncio.get_running_loop().create_task(work(), context=context)  # type: ignore[arg-type]
 
 
 async def stop(task: asyncio.Task[T]) -> None:

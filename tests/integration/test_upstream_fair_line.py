@@ -5,11 +5,9 @@ engine allowed two requests at it at once, so everything else waits in the engin
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import uvicorn
@@ -22,11 +20,10 @@ from batchd.chat import ChatCompletionRequest
 from batchd.engines.base import ChatResult, Priority
 from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 from batchd.limits.fair_line import FairLine
-from batchd.limits.preparation import work_owner
+from tests.conftest import as_owner
 from tests.e2e.conftest import free_port
 
 pytestmark = pytest.mark.backend_independent
-T = TypeVar("T")
 DELAY = 0.1
 
 
@@ -54,10 +51,13 @@ def server() -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def as_owner(owner: str, work: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
-    context = contextvars.copy_context()
-    context.run(work_owner.set, owner)
-    return asyncio.get_running_loop().create_task(work(), context=context)  # type: ignore[arg-type]
+@pytest.fixture
+async def engine(server: str) -> AsyncIterator[UpstreamEngine]:
+    """Allowed two requests at the server at once: everything else waits in its line."""
+    engine = UpstreamEngine(UpstreamOptions(base_urls=[server], initial_concurrency=2,
+                                            max_concurrency=2), model_id="m")
+    yield engine
+    await engine.aclose()
 
 
 def chat(text: str) -> ChatCompletionRequest:
@@ -73,49 +73,40 @@ async def finish_order(tasks: dict[str, asyncio.Task[ChatResult]]) -> list[str]:
     return order
 
 
-async def test_a_second_tenant_waits_one_turn_not_behind_the_firsts_pile(server: str) -> None:
-    engine = UpstreamEngine(UpstreamOptions(base_urls=[server], initial_concurrency=2,
-                                            max_concurrency=2), model_id="m")
-    try:
-        tasks = {f"a{i}": as_owner("a", lambda i=i: engine.chat(chat(f"a{i}")))
-                 for i in range(12)}
-        await asyncio.sleep(DELAY / 2)  # two at the server, ten in line
-        tasks["b"] = as_owner("b", lambda: engine.chat(chat("b")))
-        order = await finish_order(tasks)
-        # Served with the next free slot: before all but a few of the first tenant's.
-        assert order.index("b") <= 4, order
-    finally:
-        await engine.aclose()
+async def test_a_second_tenant_waits_one_turn_not_behind_the_firsts_pile(
+    engine: UpstreamEngine,
+) -> None:
+    tasks = {f"a{i}": as_owner("a", lambda i=i: engine.chat(chat(f"a{i}")))
+             for i in range(12)}
+    await asyncio.sleep(DELAY / 2)  # two at the server, ten in line
+    tasks["b"] = as_owner("b", lambda: engine.chat(chat("b")))
+    order = await finish_order(tasks)
+    # Served with the next free slot: before all but a few of the first tenant's.
+    assert order.index("b") <= 4, order
 
 
-async def test_real_time_requests_go_before_waiting_batch_work(server: str) -> None:
-    engine = UpstreamEngine(UpstreamOptions(base_urls=[server], initial_concurrency=2,
-                                            max_concurrency=2), model_id="m")
-    try:
-        tasks = {f"batch{i}": as_owner("", lambda i=i: engine.chat(
-            chat(f"batch{i}"), priority=Priority.BATCH)) for i in range(12)}
-        await asyncio.sleep(DELAY / 2)
-        tasks["now"] = as_owner("b", lambda: engine.chat(chat("now")))
-        order = await finish_order(tasks)
-        assert order.index("now") <= 3, order
-    finally:
-        await engine.aclose()
+async def test_real_time_requests_go_before_waiting_batch_work(
+    engine: UpstreamEngine,
+) -> None:
+    tasks = {f"batch{i}": as_owner("", lambda i=i: engine.chat(
+        chat(f"batch{i}"), priority=Priority.BATCH)) for i in range(12)}
+    await asyncio.sleep(DELAY / 2)
+    tasks["now"] = as_owner("b", lambda: engine.chat(chat("now")))
+    order = await finish_order(tasks)
+    assert order.index("now") <= 3, order
 
 
-async def test_a_caller_that_gives_up_leaves_the_line_and_its_slot(server: str) -> None:
-    engine = UpstreamEngine(UpstreamOptions(base_urls=[server], initial_concurrency=2,
-                                            max_concurrency=2), model_id="m")
-    try:
-        waiting = [as_owner("a", lambda i=i: engine.chat(chat(f"a{i}"))) for i in range(6)]
-        await asyncio.sleep(DELAY / 2)
-        for task in waiting[2:]:
-            task.cancel()
-        await asyncio.gather(*waiting, return_exceptions=True)
-        assert not engine._line and sum(t.in_flight for t in engine.targets) == 0
-        done = await as_owner("b", lambda: engine.chat(chat("after")))
-        assert done.choices[0].text == "after"
-    finally:
-        await engine.aclose()
+async def test_a_caller_that_gives_up_leaves_the_line_and_its_slot(
+    engine: UpstreamEngine,
+) -> None:
+    waiting = [as_owner("a", lambda i=i: engine.chat(chat(f"a{i}"))) for i in range(6)]
+    await asyncio.sleep(DELAY / 2)
+    for task in waiting[2:]:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert not engine._line and sum(t.in_flight for t in engine.targets) == 0
+    done = await as_owner("b", lambda: engine.chat(chat("after")))
+    assert done.choices[0].text == "after"
 
 
 def test_the_line_serves_priorities_then_owners_in_turn() -> None:

@@ -15,7 +15,7 @@ from openai import OpenAI
 
 from batchd.settings import Settings
 from batchd.webhooks.sender import BACKOFF, PER_ENDPOINT, PER_OWNER, WebhookSender
-from tests.conftest import Harness, Tenants, batch_line
+from tests.conftest import Harness, Tenants, batch_line, submit_batch
 from tests.webhook_receiver import Receiver, receiving, silent
 
 
@@ -193,17 +193,6 @@ async def test_deliveries_waiting_when_an_endpoint_is_disabled_go_out_once_it_is
     assert sorted(d["state"] for d in deliveries) == ["delivered", "failed"]
 
 
-async def submit(client: httpx.AsyncClient, lines: list[str]) -> str:
-    data = ("\n".join(lines) + "\n").encode()
-    file_id = (await client.post("/v1/files", files={"file": ("in.jsonl", data)},
-                                 data={"purpose": "batch"})).json()["id"]
-    created = await client.post("/v1/batches", json={
-        "input_file_id": file_id, "endpoint": "/v1/chat/completions",
-        "completion_window": "24h"})
-    assert created.status_code == 200, created.text
-    return str(created.json()["id"])
-
-
 async def test_one_owners_dead_receivers_do_not_hold_up_another_owners_events(
     harness: Harness, tenants: Tenants,
 ) -> None:
@@ -223,7 +212,7 @@ async def test_one_owners_dead_receivers_do_not_hold_up_another_owners_events(
         try:
             await asyncio.sleep(0.5)  # Alice's deliveries are in flight, hanging
             started = time.monotonic()
-            batch_id = await submit(bob, [batch_line("a")])
+            batch_id = await submit_batch(bob, [batch_line("a")])
             while not receiver.received and time.monotonic() - started < 1.5 * timeout:
                 await asyncio.sleep(0.05)
             waited = time.monotonic() - started
