@@ -95,3 +95,22 @@ def test_any_extra_field(client: TestClient, route: str, name: str, value: Any) 
 @given(route=st.sampled_from(sorted(TEMPLATES)), body=json_values)
 def test_any_body_at_all(client: TestClient, route: str, body: Any) -> None:
     check(client, route, body, ascii_only=True)
+
+
+@pytest.mark.parametrize("size", [1_000, 200_000])  # below and above LARGE_BODY_BYTES
+def test_a_large_body_is_checked_and_handed_over_as_a_small_one(
+    client: TestClient, size: int,
+) -> None:
+    # Over 64 KB a body is parsed on a preparation thread and handed to FastAPI parsed: the
+    # same refusals, the same parameter names, the same answer either way.
+    padding = "x" * size
+    bad = ('{"model": "instant-model", "messages": [{"role": "user", "content": "'
+           + padding + '\\ud800"}]}')
+    refused = client.post("/v1/chat/completions", content=bad.encode(),
+                          headers={"content-type": "application/json"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "messages[0].content"
+    fine = client.post("/v1/chat/completions", json={
+        "model": "instant-model", "messages": [{"role": "user", "content": padding}],
+        "max_tokens": 2})
+    assert fine.status_code == 200, fine.text
