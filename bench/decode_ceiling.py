@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batchd.engines.llamacpp import default_model_path
+from batchd.engines.llamacpp_options import default_model_path
 
 THREADS = os.cpu_count() or 1
 WIDTHS = (1, 4, 8, 16, 24, 32)

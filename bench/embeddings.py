@@ -33,9 +33,10 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batchd.embeddings import EmbeddingInputs
 from batchd.engines.base import Priority
-from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions, default_model_path
+from batchd.engines.llamacpp import LlamaCppEngine
+from batchd.engines.llamacpp_options import LlamaCppOptions, default_model_path
+from batchd.openai.embeddings import EmbeddingInputs
 from bench.common import bench_server, run_batch
 
 THREADS = os.cpu_count() or 1

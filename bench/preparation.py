@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from batchd.chat import ChatCompletionRequest
-from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
+from batchd.engines.llamacpp import LlamaCppEngine
+from batchd.engines.llamacpp_options import LlamaCppOptions
+from batchd.openai.chat import ChatCompletionRequest
 
 
 async def main() -> None:

@@ -39,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.conftest import free_port, wait_for_http
 
-from batchd.chat import ChatCompletionRequest
 from batchd.engines.base import Priority
-from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions, default_model_path
+from batchd.engines.llamacpp import LlamaCppEngine
+from batchd.engines.llamacpp_options import LlamaCppOptions, default_model_path
+from batchd.openai.chat import ChatCompletionRequest
 from bench.common import bench_server, run_batch
 
 MAX_TOKENS = 64

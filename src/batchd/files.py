@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Iterator
 
 from batchd import ids
 from batchd.backends import outage
-from batchd.batches.schemas import FileObject
 from batchd.clock import Clock
 from batchd.errors import InvalidRequest, NotFound
+from batchd.openai.files import FileObject
 from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
@@ -32,6 +32,13 @@ def _not_found(file_id: str) -> NotFound:
 
 def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):g} MB"
+
+
+def file_object(record: FileRecord) -> FileObject:
+    """The wire object of a stored file."""
+    return FileObject(id=record.id, bytes=record.bytes, created_at=record.created_at,
+                      expires_at=record.expires_at, filename=record.filename,
+                      purpose=record.purpose, status=record.status)
 
 
 class FileService:
@@ -89,7 +96,7 @@ class FileService:
             if outage(exc) is None:
                 await asyncio.to_thread(self.blobs.delete, key)
             raise
-        return FileObject.of(record)
+        return file_object(record)
 
     async def get(self, *, owner: str | None, file_id: str) -> FileRecord:
         record = await self.store.get_file(file_id, owner=owner)
@@ -104,7 +111,7 @@ class FileService:
         records, has_more = await self.store.list_files(
             owner=owner, purpose=purpose, limit=limit, ascending=order == "asc", after=after
         )
-        return [FileObject.of(r) for r in records], has_more
+        return [file_object(r) for r in records], has_more
 
     async def delete(self, *, owner: str | None, file_id: str) -> None:
         """Hide the file at once; its bytes go when no running batch still reads them."""

@@ -7,21 +7,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from batchd.chat import ChatCompletionRequest, choice_object, completion_object
-from batchd.completions import (
+from batchd.engines.base import Capability, ChatResult, Engine, Priority
+from batchd.openai.chat import ChatCompletionRequest, choice_object, completion_object
+from batchd.openai.completions import (
     CompletionRequest,
     Prompt,
     completion_choice,
     legacy_logprobs,
     text_completion_object,
 )
-from batchd.embeddings import EmbeddingRequest, embedding_list_object, shorten
-from batchd.engines.base import ChatResult, Engine, Priority
-from batchd.responses import (
+from batchd.openai.embeddings import EmbeddingRequest, embedding_list_object, shorten
+from batchd.openai.responses import (
     ResponsesRequest,
     finished_status,
     in_responses_terms,
@@ -31,8 +31,6 @@ from batchd.responses import (
     usage_object,
 )
 
-Capability = Literal["chat", "embeddings"]
-CAPABILITIES: tuple[Capability, ...] = ("chat", "embeddings")
 # For quotas: output tokens assumed for a request that sets no maximum.
 DEFAULT_OUTPUT_TOKENS = 1024
 CHOICES_AT_ONCE = 8  # of one /v1/completions request, in the engine at once

@@ -7,16 +7,6 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-COMPLETION_WINDOWS: dict[str, int] = {
-    "1h": 3600,
-    "3h": 3 * 3600,
-    "6h": 6 * 3600,
-    "12h": 12 * 3600,
-    "24h": 24 * 3600,
-    "48h": 48 * 3600,
-    "72h": 72 * 3600,
-}
-
 
 class Settings(BaseSettings):
     """Runtime configuration; see the README's configuration table for each field."""

@@ -23,10 +23,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchd import ids
-from batchd.batches.schemas import FileObject
 from batchd.clock import Clock
 from batchd.errors import InvalidRequest, NotFound, TooManyRequests
-from batchd.files import BATCH_FILE_EXPIRY, UPLOAD_PURPOSES, FileService, blob_key, display_name
+from batchd.files import (
+    BATCH_FILE_EXPIRY,
+    UPLOAD_PURPOSES,
+    FileService,
+    blob_key,
+    display_name,
+    file_object,
+)
+from batchd.openai.files import FileObject
 from batchd.settings import Settings
 from batchd.shielding import finish_even_if_cancelled
 from batchd.store.blobs import BlobStore
@@ -110,7 +117,7 @@ class UploadService:
         file = None
         if upload.file_id:
             record = await self.store.get_file(upload.file_id, owner=None)
-            file = FileObject.of(record) if record else None
+            file = file_object(record) if record else None
         return UploadObject(id=upload.id, bytes=upload.bytes, created_at=upload.created_at,
                             expires_at=upload.expires_at, filename=upload.filename,
                             purpose=upload.purpose, status=self._status(upload),

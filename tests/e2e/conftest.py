@@ -81,7 +81,7 @@ def start_server(data_dir: Path, log: Path, *, models: Path | None = None,
 def start_llama_cpp_server(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """llama-cpp-python's own OpenAI-compatible server (not batchd's code) on the default
     model; returns the process and its API root."""
-    from batchd.engines.llamacpp import default_model_path
+    from batchd.engines.llamacpp_options import default_model_path
 
     port = free_port()
     with log.open("wb") as out:

@@ -98,7 +98,8 @@ def test_the_first_install_says_it_compiles_before_it_does(tmp_path: Path) -> No
 def test_loading_the_model_leaves_no_unclosed_file_at_exit(tmp_path: Path) -> None:
     """llama-cpp-python opens /dev/null twice at import; `make test` used to end with two
     ResourceWarnings about them after pytest's summary."""
-    script = ("from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions\n"
+    script = ("from batchd.engines.llamacpp import LlamaCppEngine\n"
+              "from batchd.engines.llamacpp_options import LlamaCppOptions\n"
               "LlamaCppEngine(LlamaCppOptions(n_ctx=256))\n")
     result = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True,
                             text=True, cwd=tmp_path, timeout=120)

@@ -123,9 +123,9 @@ def test_batches_of_the_other_endpoints_with_the_sdk(
 
 async def test_the_upstream_engine_forwards_embeddings_to_an_openai_compatible_server(
         real_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    from batchd.embeddings import EmbeddingInputs
     from batchd.engines.base import EngineRequestError
     from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
+    from batchd.openai.embeddings import EmbeddingInputs
 
     monkeypatch.setenv("UPSTREAM_KEY", real_server.api_key)
     engine = UpstreamEngine(UpstreamOptions(base_urls=[real_server.base_url], model=MODEL,

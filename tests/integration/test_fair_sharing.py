@@ -14,11 +14,12 @@ from typing import TypeVar
 
 import pytest
 
-from batchd.chat import ChatCompletionRequest
-from batchd.completions import CompletionRequest
-from batchd.embeddings import EmbeddingInputs
 from batchd.engines.base import EngineRequestError
-from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
+from batchd.engines.llamacpp import LlamaCppEngine
+from batchd.engines.llamacpp_options import LlamaCppOptions
+from batchd.openai.chat import ChatCompletionRequest
+from batchd.openai.completions import CompletionRequest
+from batchd.openai.embeddings import EmbeddingInputs
 from batchd.operations import COMPLETIONS, Produced
 from tests.conftest import as_owner
 

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from batchd.completions import CompletionRequest
-from batchd.embeddings import EmbeddingInputs
 from batchd.engines.base import EngineFailure, EngineRequestError, Priority
-from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
+from batchd.engines.llamacpp import LlamaCppEngine
+from batchd.engines.llamacpp_options import LlamaCppOptions
+from batchd.openai.completions import CompletionRequest
+from batchd.openai.embeddings import EmbeddingInputs
 from batchd.operations import COMPLETIONS, RESPONSES
 
 pytestmark = pytest.mark.backend_independent

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from batchd.chat import ChatCompletionRequest
 from batchd.engines.base import Delta, EngineRequestError, Usage
-from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions, default_model_path
+from batchd.engines.llamacpp import LlamaCppEngine
+from batchd.engines.llamacpp_options import LlamaCppOptions, default_model_path
+from batchd.openai.chat import ChatCompletionRequest
 
 # The engine alone: the same on every backend, so run once.
 pytestmark = pytest.mark.backend_independent

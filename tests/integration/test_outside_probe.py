@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from batchd.batches.validation import InputValidator
-from batchd.chat import ChatCompletionRequest
+from batchd.openai.chat import ChatCompletionRequest
 from tests.conftest import ENDPOINT, Harness, Tenants, batch_line
 
 

@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from batchd.chat import ChatCompletionRequest
 from batchd.engines.base import (
     Delta,
     EngineFailure,
@@ -27,6 +26,7 @@ from batchd.engines.base import (
     Usage,
 )
 from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
+from batchd.openai.chat import ChatCompletionRequest
 from batchd.settings import Settings
 from tests.conftest import Harness, batch_line
 from tests.e2e.conftest import free_port, start_llama_cpp_server
@@ -218,7 +218,7 @@ async def test_a_batch_runs_on_an_upstream_server(harness: Harness) -> None:
 
 async def test_text_completions_are_forwarded_to_a_real_server(make_engine: Maker,
                                                                llama_server: str) -> None:
-    from batchd.completions import CompletionRequest
+    from batchd.openai.completions import CompletionRequest
 
     engine = make_engine(llama_server)
     request = CompletionRequest.model_validate(

@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from batchd.chat import ChatCompletionRequest
 from batchd.engines.base import ChatResult, Priority
 from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 from batchd.limits.fair_line import FairLine
+from batchd.openai.chat import ChatCompletionRequest
 from tests.conftest import as_owner
 from tests.e2e.conftest import free_port
 

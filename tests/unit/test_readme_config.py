@@ -9,7 +9,7 @@ import yaml
 
 from batchd.config_problems import ConfigError
 from batchd.engines.instant import InstantOptions
-from batchd.engines.llamacpp import LlamaCppOptions
+from batchd.engines.llamacpp_options import LlamaCppOptions
 from batchd.engines.registry import ModelRegistry, ModelsFile
 from batchd.engines.upstream import UpstreamOptions
 from batchd.limits.tiers import TiersFile

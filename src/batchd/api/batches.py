@@ -12,8 +12,8 @@ from batchd.api.held import HeldResponse
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.batches.partial import Frontier, output_page
-from batchd.batches.schemas import BatchList, BatchObject, CreateBatchRequest
 from batchd.errors import NotFound
+from batchd.openai.batches import BatchList, BatchObject, CreateBatchRequest
 from batchd.read_budget import MIB, PIECE_BYTES
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], route_class=AuthenticatedRoute)

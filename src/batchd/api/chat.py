@@ -20,8 +20,9 @@ from batchd.api.realtime import (
 )
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
-from batchd.chat import SYSTEM_FINGERPRINT, ChatCompletionRequest, usage_object
 from batchd.engines.base import Delta, StreamEvent, Usage
+from batchd.openai.base import SYSTEM_FINGERPRINT
+from batchd.openai.chat import ChatCompletionRequest, usage_object
 from batchd.operations import CHAT
 
 router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=AuthenticatedRoute)

@@ -17,14 +17,14 @@ from batchd.api.held import HeldStream
 from batchd.api.realtime import engine_for, first_then_rest, run_now, stream_error
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
-from batchd.chat import SYSTEM_FINGERPRINT
-from batchd.completions import (
+from batchd.engines.base import Delta, Engine, Usage
+from batchd.openai.base import SYSTEM_FINGERPRINT
+from batchd.openai.completions import (
     CompletionRequest,
     Prompt,
     completion_choice,
     usage_object,
 )
-from batchd.engines.base import Delta, Engine, Usage
 from batchd.operations import COMPLETIONS, prompts_at_once
 
 router = APIRouter(prefix="/v1", tags=["completions"], route_class=AuthenticatedRoute)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from batchd.api.auth import Caller
 from batchd.api.realtime import run_now
 from batchd.api.routing import AuthenticatedRoute
-from batchd.embeddings import EmbeddingRequest
+from batchd.openai.embeddings import EmbeddingRequest
 from batchd.operations import EMBEDDINGS
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=AuthenticatedRoute)

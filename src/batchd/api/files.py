@@ -10,8 +10,8 @@ from fastapi.responses import StreamingResponse
 from batchd.api.auth import Caller
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
-from batchd.batches.schemas import FileDeleted, FileList, FileObject
-from batchd.files import UPLOAD_PURPOSES
+from batchd.files import UPLOAD_PURPOSES, file_object
+from batchd.openai.files import FileDeleted, FileList, FileObject
 
 router = APIRouter(prefix="/v1/files", tags=["files"], route_class=AuthenticatedRoute)
 
@@ -55,7 +55,7 @@ async def list_files(
 @router.get("/{file_id}", response_model=FileObject)
 async def retrieve_file(request: Request, caller: Caller, file_id: str) -> FileObject:
     record = await services(request).files.get(owner=caller.scope, file_id=file_id)
-    return FileObject.of(record)
+    return file_object(record)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)

@@ -17,8 +17,7 @@ from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.engines.base import Delta, StreamEvent, Usage
 from batchd.errors import BatchdError
-from batchd.operations import RESPONSES
-from batchd.responses import (
+from batchd.openai.responses import (
     ResponsesRequest,
     error_object,
     finished_status,
@@ -29,6 +28,7 @@ from batchd.responses import (
     response_object,
     usage_object,
 )
+from batchd.operations import RESPONSES
 
 router = APIRouter(prefix="/v1", tags=["responses"], route_class=AuthenticatedRoute)
 log = logging.getLogger(__name__)

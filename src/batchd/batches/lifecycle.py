@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from batchd import ids
-from batchd.batches.schemas import BatchObject, CreateBatchRequest
 from batchd.clock import Clock
 from batchd.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
+from batchd.openai.batches import (
+    COMPLETION_WINDOWS,
+    BatchError,
+    BatchErrors,
+    BatchObject,
+    BatchUsage,
+    CreateBatchRequest,
+    InputTokensDetails,
+    OutputTokensDetails,
+    RequestCounts,
+)
+from batchd.openai.metadata import check_metadata
 from batchd.operations import OPERATIONS
-from batchd.settings import COMPLETION_WINDOWS
 from batchd.store.metadata import MetadataStore
-from batchd.store.records import BatchRecord, BatchStatus
+from batchd.store.records import BatchRecord, BatchStatus, ChunkProgress
 from batchd.store.sql import ActiveBatchLimit
 
 SUPPORTED_ENDPOINTS = tuple(OPERATIONS)
@@ -19,30 +27,41 @@ KNOWN_ENDPOINTS = (
     "/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions",
     "/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos",
 )
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 
 
-def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
-    if metadata is None:
-        return None
-    if len(metadata) > MAX_METADATA_PAIRS:
-        raise InvalidRequest(f"Invalid 'metadata': at most {MAX_METADATA_PAIRS} key-value "
-                             "pairs are allowed.", code="invalid_value", param="metadata")
-    for key, value in metadata.items():
-        if len(key) > MAX_METADATA_KEY:
-            raise InvalidRequest(f"Invalid 'metadata': keys can be at most {MAX_METADATA_KEY} "
-                                 "characters long.", code="invalid_value", param="metadata")
-        if not isinstance(value, str):
-            raise InvalidRequest(f"Invalid type for 'metadata.{key}': expected a string, but "
-                                 f"got {type(value).__name__}.", code="invalid_type",
-                                 param=f"metadata.{key}")
-        if len(value) > MAX_METADATA_VALUE:
-            raise InvalidRequest(f"Invalid 'metadata.{key}': values can be at most "
-                                 f"{MAX_METADATA_VALUE} characters long.",
-                                 code="invalid_value", param=f"metadata.{key}")
-    return dict(metadata)
+def batch_object(record: BatchRecord, live: ChunkProgress | None = None) -> BatchObject:
+    """The wire object of a stored batch. `live` carries counts summed from chunks while the
+    batch runs; a terminal batch has its final counts on the record itself."""
+    if record.status.terminal or live is None:
+        counts = ChunkProgress(n_ok=record.completed, n_err=record.failed,
+                               input_tokens=record.input_tokens,
+                               output_tokens=record.output_tokens,
+                               cached_tokens=record.cached_tokens)
+    else:
+        counts = live
+    errors = None
+    if record.errors:
+        errors = BatchErrors(data=[BatchError(**e) for e in record.errors])
+    return BatchObject(
+        id=record.id, endpoint=record.endpoint, model=record.model, errors=errors,
+        input_file_id=record.input_file_id, completion_window=record.completion_window,
+        status=record.status.value, output_file_id=record.output_file_id,
+        error_file_id=record.error_file_id, created_at=record.created_at,
+        in_progress_at=record.in_progress_at, expires_at=record.expires_at,
+        finalizing_at=record.finalizing_at, completed_at=record.completed_at,
+        failed_at=record.failed_at, expired_at=record.expired_at,
+        cancelling_at=record.cancelling_at, cancelled_at=record.cancelled_at,
+        request_counts=RequestCounts(total=record.total, completed=counts.n_ok,
+                                     failed=counts.n_err),
+        usage=BatchUsage(
+            input_tokens=counts.input_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=counts.cached_tokens),
+            output_tokens=counts.output_tokens,
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+            total_tokens=counts.input_tokens + counts.output_tokens,
+        ),
+        metadata=record.metadata,
+    )
 
 
 class BatchService:
@@ -87,7 +106,7 @@ class BatchService:
                 f"once ({over.limit}); create this one when one of them has finished.",
                 code="concurrent_batch_limit_exceeded",
                 headers={"x-should-retry": "false"}) from over
-        return BatchObject.of(stored)
+        return batch_object(stored)
 
     async def _require(self, owner: str | None, batch_id: str) -> BatchRecord:
         record = await self.store.get_batch(batch_id, owner=owner)
@@ -99,7 +118,7 @@ class BatchService:
         live = None
         if not record.status.terminal:
             live = (await self.store.live_progress([record.id])).get(record.id)
-        return BatchObject.of(record, live)
+        return batch_object(record, live)
 
     async def get(self, *, owner: str | None, batch_id: str) -> BatchObject:
         return await self._present(await self._require(owner, batch_id))
@@ -110,7 +129,7 @@ class BatchService:
         records, has_more = await self.store.list_batches(owner=owner, after=after, limit=limit)
         active = [r.id for r in records if not r.status.terminal]
         live = await self.store.live_progress(active)
-        return [BatchObject.of(r, live.get(r.id)) for r in records], has_more
+        return [batch_object(r, live.get(r.id)) for r in records], has_more
 
     async def cancel(self, *, owner: str | None, batch_id: str) -> BatchObject:
         record = await self._require(owner, batch_id)

@@ -13,12 +13,13 @@ import asyncio
 import orjson
 
 from batchd import ids
-from batchd.batches.lifecycle import MAX_METADATA_PAIRS, BatchService
-from batchd.batches.schemas import BatchObject, CreateBatchRequest
+from batchd.batches.lifecycle import BatchService
 from batchd.clock import Clock
 from batchd.errors import BatchdError, Conflict, InvalidRequest, NotFound
 from batchd.files import BATCH_FILE_EXPIRY, blob_key
 from batchd.limits.tiers import TiersFile
+from batchd.openai.batches import BatchObject, CreateBatchRequest
+from batchd.openai.metadata import MAX_METADATA_PAIRS
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, BatchStatus, FileRecord

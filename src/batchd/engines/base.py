@@ -6,14 +6,12 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Literal, Protocol
 
-from batchd.chat import ChatCompletionRequest
 from batchd.errors import InvalidRequest, ServerError
-
-if TYPE_CHECKING:
-    from batchd.completions import CompletionRequest
-    from batchd.embeddings import EmbeddingInputs
+from batchd.openai.chat import ChatCompletionRequest
+from batchd.openai.completions import CompletionRequest
+from batchd.openai.embeddings import EmbeddingInputs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,21 +50,8 @@ class Usage:
 
 StreamEvent = Delta | Usage
 
-
-@dataclass(frozen=True, kw_only=True)
-class Sampling:
-    """How to generate, whatever the endpoint asked in its own words."""
-
-    n: int = 1
-    max_tokens: int | None = None
-    max_tokens_param: str = "max_tokens"  # the request's name for it, for error messages
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stops: tuple[str, ...] = ()
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    top_logprobs: int | None = None  # None: no log probabilities; else how many alternatives
+# What an engine can serve: generating text (chat, completions, responses) or embedding it.
+Capability = Literal["chat", "embeddings"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,9 +11,6 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchd.chat import ChatCompletionRequest
-from batchd.completions import CompletionRequest
-from batchd.embeddings import EmbeddingInputs, normalized
 from batchd.engines.base import (
     ChatResult,
     Choice,
@@ -22,10 +19,13 @@ from batchd.engines.base import (
     EngineFailure,
     EngineRequestError,
     Priority,
-    Sampling,
     StreamEvent,
     Usage,
 )
+from batchd.openai.chat import ChatCompletionRequest
+from batchd.openai.completions import CompletionRequest
+from batchd.openai.embeddings import EmbeddingInputs, normalized
+from batchd.openai.sampling import Sampling
 
 
 async def _as_stream(result: ChatResult) -> AsyncIterator[StreamEvent]:

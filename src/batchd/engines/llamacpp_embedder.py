@@ -22,19 +22,17 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from batchd.embeddings import EmbeddingInputs, normalized
 from batchd.engines.base import (
     EmbeddingResult,
     EngineFailure,
     EngineRequestError,
     Priority,
 )
+from batchd.engines.llamacpp_options import LlamaCppOptions
 from batchd.limits.preparation import Preparation, work_owner
-
-if TYPE_CHECKING:
-    from batchd.engines.llamacpp import LlamaCppOptions
+from batchd.openai.embeddings import EmbeddingInputs, normalized
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from batchd.engines.base import Delta, EngineFailure, Priority
-
-if TYPE_CHECKING:
-    from batchd.engines.llamacpp import LlamaCppOptions
+from batchd.engines.llamacpp_options import LlamaCppOptions
 
 
 class Finish(enum.Enum):

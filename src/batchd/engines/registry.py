@@ -16,8 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchd.config_problems import ConfigError, key_problems, read_yaml
-from batchd.engines.base import Engine
-from batchd.operations import Capability
+from batchd.engines.base import Capability, Engine
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,8 @@ def _instant() -> EngineKind:
 
 
 def _llamacpp() -> EngineKind:
-    from batchd.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
+    from batchd.engines.llamacpp import LlamaCppEngine
+    from batchd.engines.llamacpp_options import LlamaCppOptions
 
     return EngineKind(LlamaCppOptions,
                       lambda options, _id, serves: LlamaCppEngine(options, serves=serves))

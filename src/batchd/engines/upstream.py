@@ -29,9 +29,6 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchd.chat import ChatCompletionRequest
-from batchd.completions import CompletionRequest
-from batchd.embeddings import EmbeddingInputs
 from batchd.engines.base import (
     ChatResult,
     Choice,
@@ -46,6 +43,9 @@ from batchd.engines.base import (
 )
 from batchd.limits.fair_line import FairLine
 from batchd.limits.preparation import work_owner
+from batchd.openai.chat import ChatCompletionRequest
+from batchd.openai.completions import CompletionRequest
+from batchd.openai.embeddings import EmbeddingInputs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

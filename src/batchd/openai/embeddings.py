@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import Field, StrictInt, StrictStr
 
-from batchd.chat import OpenAIBaseModel
 from batchd.errors import InvalidRequest
+from batchd.openai.base import OpenAIBaseModel
 
 # OpenAI's limits: 2,048 inputs per request, none of them empty.
 MAX_INPUTS = 2048

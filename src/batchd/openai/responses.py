@@ -10,14 +10,10 @@ from typing import Any
 from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator
 
 from batchd import ids
-from batchd.chat import (
-    NOT_SET,
-    ChatCompletionRequest,
-    OpenAIBaseModel,
-    StrictFloat,
-    refuse_unsupported,
-)
 from batchd.errors import BatchdError, InvalidRequest
+from batchd.openai.base import NOT_SET, OpenAIBaseModel, StrictFloat, refuse_unsupported
+from batchd.openai.chat import ChatCompletionRequest
+from batchd.openai.metadata import check_metadata
 
 ROLES = ("user", "assistant", "system", "developer")
 # The content part types a text message may hold, by the role that sends them.
@@ -110,8 +106,6 @@ class ResponsesRequest(OpenAIBaseModel):
                                  "batchd yet.", code="unsupported_parameter",
                                  param=f"text.{key}")
         if self.metadata is not None:
-            from batchd.batches.lifecycle import check_metadata
-
             check_metadata(self.metadata)
 
     def chat(self) -> ChatCompletionRequest:

@@ -3,22 +3,20 @@ template, `text_completion` objects back."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from batchd import ids
-from batchd.chat import (
+from batchd.errors import InvalidRequest
+from batchd.openai.base import (
     NOT_SET,
     SYSTEM_FINGERPRINT,
     GenerationParams,
     StreamOptions,
     refuse_unsupported,
 )
-from batchd.errors import InvalidRequest
-
-if TYPE_CHECKING:
-    from batchd.engines.base import Sampling
+from batchd.openai.sampling import Sampling
 
 # OpenAI's default for this endpoint (chat has none).
 DEFAULT_MAX_TOKENS = 16
