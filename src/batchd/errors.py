@@ -24,6 +24,13 @@ def param_path(loc: Sequence[object]) -> str | None:
     return out or None
 
 
+def error_envelope(message: str, *, error_type: str, param: str | None,
+                   code: str | None) -> dict[str, dict[str, str | None]]:
+    """OpenAI's error body, the same in an HTTP answer, a stream's last event and a line of
+    a batch's error file."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
 class BatchdError(Exception):
     """An error with an OpenAI-shaped description. Subclasses fix the HTTP status."""
 
@@ -45,14 +52,8 @@ class BatchdError(Exception):
         self.headers = headers or {}
 
     def envelope(self) -> dict[str, dict[str, str | None]]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return error_envelope(self.message, error_type=self.error_type, param=self.param,
+                              code=self.code)
 
 
 class InvalidRequest(BatchdError):

@@ -20,7 +20,8 @@ from batchd.engines.llamacpp_options import LlamaCppOptions
 from batchd.openai.chat import ChatCompletionRequest
 from batchd.openai.completions import CompletionRequest
 from batchd.openai.embeddings import EmbeddingInputs
-from batchd.operations import COMPLETIONS, Produced
+from batchd.serving.completions import COMPLETIONS
+from batchd.serving.operation import Produced
 from tests.conftest import as_owner
 
 pytestmark = pytest.mark.backend_independent

@@ -14,7 +14,8 @@ from batchd.engines.llamacpp import LlamaCppEngine
 from batchd.engines.llamacpp_options import LlamaCppOptions
 from batchd.openai.completions import CompletionRequest
 from batchd.openai.embeddings import EmbeddingInputs
-from batchd.operations import COMPLETIONS, RESPONSES
+from batchd.serving.completions import COMPLETIONS
+from batchd.serving.responses import RESPONSES
 
 pytestmark = pytest.mark.backend_independent
 

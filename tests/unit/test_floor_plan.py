@@ -26,7 +26,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("batchd.limits",),
     ("batchd.engines",),
     # Serving: one request through an engine to OpenAI's answer; shared by the API and worker.
-    ("batchd.operations", "batchd.serving"),
+    ("batchd.serving",),
     # Durable state: records, the metadata store, blobs; and what opens them.
     ("batchd.store", "batchd.metrics", "batchd.backends"),
     # Services over the store: files, uploads, keys, batches, webhooks.

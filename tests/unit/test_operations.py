@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from batchd.operations import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
+from batchd.serving.chat import CHAT
+from batchd.serving.completions import COMPLETIONS
+from batchd.serving.embeddings import EMBEDDINGS
+from batchd.serving.responses import RESPONSES
 
 
 def test_estimates_count_prompt_and_the_output_the_request_may_make() -> None:

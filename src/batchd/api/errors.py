@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from batchd.backends import outage
-from batchd.errors import BatchdError, ServiceUnavailable, invalid_request_of
+from batchd.errors import BatchdError, ServiceUnavailable, error_envelope, invalid_request_of
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,8 @@ def error_response(
     status: int, message: str, *, error_type: str = "invalid_request_error",
     code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"message": message, "type": error_type, "param": param, "code": code}},
-        status_code=status, headers=headers,
-    )
+    return JSONResponse(error_envelope(message, error_type=error_type, param=param, code=code),
+                        status_code=status, headers=headers)
 
 
 async def _batchd_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -12,7 +12,6 @@ from batchd.api.auth import Caller
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.engines.registry import ModelRegistry
-from batchd.errors import NotFound
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=AuthenticatedRoute)
 
@@ -30,11 +29,7 @@ class ModelList(BaseModel):
 
 
 def model_object(registry: ModelRegistry, name: str) -> ModelObject:
-    entry = registry.lookup(name)
-    if entry is None:
-        raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
-                       code="model_not_found", param="model")
-    return ModelObject(id=name, created=registry.created, owned_by=entry.owned_by)
+    return ModelObject(id=name, created=registry.created, owned_by=registry.entry(name).owned_by)
 
 
 @router.get("", response_model=ModelList)

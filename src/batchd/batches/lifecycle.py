@@ -17,7 +17,7 @@ from batchd.openai.batches import (
     RequestCounts,
 )
 from batchd.openai.metadata import check_metadata
-from batchd.operations import OPERATIONS
+from batchd.serving.endpoints import OPERATIONS
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, BatchStatus, ChunkProgress
 from batchd.store.sql import ActiveBatchLimit

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from batchd import ids
+from batchd.errors import error_envelope
 
 
 def success_line(custom_id: str, body: dict[str, Any]) -> bytes:
@@ -19,7 +20,7 @@ def http_error_line(
     code: str | None, param: str | None,
 ) -> bytes:
     """A request that got an HTTP error: the error body sits in `response`, `error` is null."""
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    body = error_envelope(message, error_type=error_type, param=param, code=code)
     return _line(custom_id, {"status_code": status_code, "request_id": ids.request_id(),
                              "body": body}, None)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from batchd.operations import OPERATIONS
+from batchd.serving.endpoints import OPERATIONS, wrong_kind
 from batchd.store.records import ChunkPlan
 
 REQUIRED_KEYS = ("custom_id", "method", "url", "body")
@@ -156,7 +156,7 @@ class InputValidator:
         serves = self.capabilities(model)
         if operation.capability not in serves:
             return LineError(code="model_not_found", param="body.model", line=line,
-                             message=operation.wrong_kind(model, serves))
+                             message=wrong_kind(operation, model, serves))
         required = operation.required
         if body.get(required) is None:
             return LineError(code="invalid_request", param=f"body.{required}", line=line,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchd.config_problems import ConfigError, key_problems, read_yaml
 from batchd.engines.base import Capability, Engine
+from batchd.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,14 @@ class ModelRegistry:
 
     def lookup(self, name: str) -> ModelConfig | None:
         return self._by_name.get(name)
+
+    def entry(self, name: str) -> ModelConfig:
+        """The model called `name` (an id or an alias); OpenAI's 404 if none is served."""
+        found = self._by_name.get(name)
+        if found is None:
+            raise NotFound(f"The model '{name}' does not exist or you do not have access to "
+                           "it.", code="model_not_found", param="model")
+        return found
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name

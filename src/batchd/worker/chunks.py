@@ -25,7 +25,8 @@ from batchd import metrics
 from batchd.backends import outage
 from batchd.batches import results
 from batchd.engines.base import EngineUnavailable
-from batchd.operations import CHAT, OPERATIONS
+from batchd.serving.chat import CHAT
+from batchd.serving.endpoints import OPERATIONS
 from batchd.shielding import finish_even_if_cancelled
 from batchd.store.blobs import BlobMissing
 from batchd.store.records import (

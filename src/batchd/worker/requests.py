@@ -13,7 +13,9 @@ from batchd.clock import Clock
 from batchd.engines.base import EngineUnavailable, Priority
 from batchd.engines.registry import ModelRegistry
 from batchd.errors import BatchdError, InvalidRequest, invalid_request_of
-from batchd.operations import CHAT, Operation
+from batchd.serving.chat import CHAT
+from batchd.serving.endpoints import find_engine
+from batchd.serving.operation import Operation
 from batchd.worker.watchdog import Guard
 
 log = logging.getLogger(__name__)
@@ -42,25 +44,22 @@ async def run_request(
             custom_id, status_code=status, message=message, error_type=error_type,
             code=code, param=param))
 
-    model = body.get("model")
-    if not isinstance(model, str) or model not in registry:
-        return http_error(404, f"The model '{model}' does not exist or is no longer served.",
-                          code="model_not_found", param="model")
-    serves = registry.capabilities(model)
-    if operation.capability not in serves:
-        return http_error(400, operation.wrong_kind(model, serves), code="model_not_found",
-                          param="model")
+    model = str(body.get("model"))
     try:
+        find_engine(registry, model, operation)  # served still, and for this endpoint
         request = operation.parse(body)
+        if getattr(request, "stream", None):
+            return http_error(400, "Streaming is not supported in the Batch API.",
+                              code="streaming_unsupported", param="stream")
+        operation.admit(request)
     except ValidationError as exc:
         first = exc.errors()[0]
         invalid = invalid_request_of(first, first["loc"])
         return http_error(400, invalid.message, code=invalid.code, param=invalid.param)
-    if getattr(request, "stream", None):
-        return http_error(400, "Streaming is not supported in the Batch API.",
-                          code="streaming_unsupported", param="stream")
+    except BatchdError as exc:
+        return http_error(exc.status_code, exc.message, code=exc.code, param=exc.param)
     for attempt in range(1, retries + 2):
-        engine = registry.engine_for(model)
+        engine = find_engine(registry, model, operation)  # a restart may have replaced it
         try:
             async with guard:
                 produced = await operation.run(engine, request, int(clock.now()),

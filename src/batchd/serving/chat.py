@@ -1,0 +1,81 @@
+"""/v1/chat/completions: a chat answered whole (`chat.completion`) or streamed
+(`chat.completion.chunk` events)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from batchd import ids
+from batchd.engines.base import Delta, Engine, Priority, StreamEvent, Usage
+from batchd.openai.chat import (
+    ChatCompletionRequest,
+    choice_object,
+    completion_object,
+    usage_object,
+)
+from batchd.serving.operation import DEFAULT_OUTPUT_TOKENS, Operation, Produced, opened, text_tokens
+from batchd.serving.sse import DONE, chunk_writer, error_event
+
+
+def estimate_prompt_tokens(messages: object) -> int:
+    """Chat messages' estimate: their text plus a few tokens each."""
+    if not isinstance(messages, list):
+        return 0
+    return sum(4 + text_tokens(m) for m in messages)
+
+
+def _estimate(body: dict[str, Any], request: ChatCompletionRequest | None) -> int:
+    output = request.n * (request.output_limit or DEFAULT_OUTPUT_TOKENS) if request else 0
+    return estimate_prompt_tokens(body.get("messages")) + output
+
+
+def _admit(request: ChatCompletionRequest) -> int:
+    return request.n
+
+
+async def _run(engine: Engine, request: ChatCompletionRequest, created: int,
+               priority: Priority) -> Produced:
+    result = await engine.chat(request, priority=priority)
+    body = completion_object(
+        model=request.model, created=created,
+        choices=[choice_object(index=i, text=c.text, finish_reason=c.finish_reason,
+                               logprobs=c.logprobs) for i, c in enumerate(result.choices)],
+        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+        cached_tokens=result.cached_tokens)
+    return Produced(body=body, input_tokens=result.prompt_tokens,
+                    output_tokens=result.completion_tokens, cached_tokens=result.cached_tokens)
+
+
+async def _stream(engine: Engine, request: ChatCompletionRequest,
+                  created: int) -> AsyncIterator[bytes]:
+    return _chunks(await opened(engine.chat_stream(request)), request, created)
+
+
+async def _chunks(events: AsyncIterator[StreamEvent], request: ChatCompletionRequest,
+                  created: int) -> AsyncIterator[bytes]:
+    include_usage = bool(request.stream_options and request.stream_options.include_usage)
+    chunk = chunk_writer(chunk_id=ids.chat_completion_id(), object_type="chat.completion.chunk",
+                         created=created, model=request.model, include_usage=include_usage)
+    for index in range(request.n):
+        yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
+                      "logprobs": None, "finish_reason": None}])
+    try:
+        async for event in events:
+            if isinstance(event, Delta):
+                delta = {"content": event.text} if event.text else {}
+                logprobs = ({"content": event.logprobs, "refusal": None}
+                            if event.logprobs is not None else None)
+                yield chunk([{"index": event.index, "delta": delta, "logprobs": logprobs,
+                              "finish_reason": event.finish_reason}])
+            elif isinstance(event, Usage) and include_usage:
+                yield chunk([], usage_object(event.prompt_tokens, event.completion_tokens,
+                                             event.cached_tokens))
+    except Exception as exc:  # headers are sent: the error is the stream's last event
+        yield error_event(exc, "chat completion")
+    yield DONE
+
+
+CHAT = Operation(endpoint="/v1/chat/completions", title="Chat Completions", capability="chat",
+                 required="messages", request_type=ChatCompletionRequest, cost=_estimate,
+                 admit=_admit, run=_run, stream=_stream)

@@ -1,0 +1,102 @@
+"""What serving one endpoint means: how its body is read and refused, what a request may
+cost (for quotas), and how one request runs on an engine into the whole answer or its
+stream of server-sent events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from batchd.engines.base import Capability, Engine, Priority
+
+T = TypeVar("T")
+
+# For quotas: output tokens assumed for a request that sets no maximum.
+DEFAULT_OUTPUT_TOKENS = 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Produced:
+    """One request's response body and what it cost."""
+
+    body: dict[str, Any]
+    input_tokens: int
+    output_tokens: int = 0
+    cached_tokens: int = 0
+
+
+Runner = Callable[[Engine, Any, int, Priority], Awaitable[Produced]]
+Streamer = Callable[[Engine, Any, int], Awaitable[AsyncIterator[bytes]]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Operation:
+    endpoint: str
+    title: str  # as OpenAI names it in messages ("Chat Completions")
+    capability: Capability
+    required: str  # the body key every request must have besides `model`
+    request_type: type[BaseModel]
+    # Tokens a request may cost (its prompt, estimated, and the most output it may make),
+    # from its body and the validated request (None: the body will not run, and costs no
+    # output: a `"max_tokens": "4900000"` is never counted as one thing and run as another).
+    cost: Callable[[dict[str, Any], Any], int]
+    # Refuses (InvalidRequest) what the request's model alone cannot see, before anything is
+    # held or run; returns how many sequences it puts in the engine at once.
+    admit: Callable[[Any], int]
+    run: Runner  # (engine, admitted request, created, priority) -> the whole answer
+    # (engine, admitted request, created) -> the answer's server-sent events, opened: an
+    # engine's refusal before the first event is raised by the await, before any header is
+    # sent. None: the endpoint has no streamed form.
+    stream: Streamer | None = None
+
+    def parse(self, body: dict[str, Any]) -> Any:
+        """The validated request (pydantic's ValidationError for a bad body)."""
+        return self.request_type.model_validate(body)
+
+    def estimate(self, body: dict[str, Any]) -> int:
+        """For enqueued-token quotas: what `cost` says, read through the model that runs it."""
+        try:
+            request = self.parse(body)
+        except ValidationError:
+            request = None
+        return self.cost(body, request)
+
+
+def text_tokens(value: object) -> int:
+    """A tokenizer-free estimate: about 4 characters a token (token ids count one each), the
+    same for every model; used only for enqueued-token quotas. Nesting of any depth is walked
+    without recursion (a line may nest lists a thousand deep)."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) // 4 + 1
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            total += 1
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.append(item.get("content") if "content" in item else item.get("text"))
+    return total
+
+
+async def opened(events: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`events` once its first item has come: a failure before it (a prompt too long for the
+    model, a parameter the engine refuses) is raised here, so that a streamed request is
+    refused with an HTTP error and not with a stream's last event."""
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        return events
+
+    async def chained() -> AsyncIterator[T]:
+        yield first
+        async for item in events:
+            yield item
+
+    return chained()
