@@ -43,6 +43,7 @@ from batchd.limits.tiers import load_tiers
 from batchd.settings import Settings
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
+from batchd.wakeup import Wakeup
 from batchd.worker.context import WorkerContext
 from batchd.worker.crashes import record_past_lives
 from batchd.worker.identity import WorkerIdentity
@@ -69,7 +70,8 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
     if registry is None:
         registry = load_registry(settings.models, created=int(clock.now()))
         await registry.start()
-    batches = BatchService(store=store, clock=clock)
+    wake = Wakeup()
+    batches = BatchService(store=store, clock=clock, wake=wake)
     files = FileService(store=store, blobs=blobs, clock=clock, settings=settings)
     return Services(
         settings=settings, clock=clock, store=store, blobs=blobs, registry=registry,
@@ -81,7 +83,7 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
         keys=KeyService(store=store, clock=clock),
         tiers=load_tiers(settings.tiers), rate_limiter=RateLimiter(), auth_failures=RateLimiter(),
         realtime=InFlight(per_key=settings.realtime_choices_per_key),
-        preparation=Preparation(name="parse"),
+        preparation=Preparation(name="parse"), wake=wake,
     )
 
 
@@ -108,6 +110,7 @@ async def start_worker(svc: Services, *,
                                   registry=svc.registry, clock=svc.clock, settings=svc.settings,
                                   tiers=svc.tiers, life=identity.life.id))
     worker.start()
+    svc.wake.attach(worker.wake)
     return worker, identity
 
 
@@ -134,7 +137,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
         app.state.services = svc
         worker, identity = ((await start_worker(svc, record_crashes=record_crashes))
                             if settings.embedded_worker else (None, None))
-        app.state.worker = worker
         try:
             async with serving_metrics(svc):
                 yield

@@ -27,11 +27,9 @@ OUTPUT_RESERVED = 3 * OUTPUT_PAGE_BYTES + PIECE_BYTES
 
 @router.post("", response_model=BatchObject)
 async def create_batch(request: Request, caller: Caller, body: CreateBatchRequest) -> BatchObject:
-    batch = await services(request).batches.create(
+    return await services(request).batches.create(
         owner=caller.owner, request=body, tier=caller.tier_name,
         max_concurrent=caller.tier.max_concurrent_batches)
-    _wake_worker(request)
-    return batch
 
 
 @router.get("", response_model=BatchList)
@@ -54,9 +52,7 @@ async def retrieve_batch(request: Request, caller: Caller, batch_id: str) -> Bat
 
 @router.post("/{batch_id}/cancel", response_model=BatchObject)
 async def cancel_batch(request: Request, caller: Caller, batch_id: str) -> BatchObject:
-    batch = await services(request).batches.cancel(owner=caller.scope, batch_id=batch_id)
-    _wake_worker(request)
-    return batch
+    return await services(request).batches.cancel(owner=caller.scope, batch_id=batch_id)
 
 
 @router.post("/{batch_id}/retry", response_model=BatchObject)
@@ -66,9 +62,7 @@ async def retry_batch(request: Request, caller: Caller, batch_id: str) -> BatchO
     with `metadata.retry_of` naming the original. It is validated and limited like any
     new batch. 409 while the batch has not finished; 400 when nothing is left to retry."""
     svc = services(request)
-    batch = await svc.retries.retry(scope=caller.scope, batch_id=batch_id, tiers=svc.tiers)
-    _wake_worker(request)
-    return batch
+    return await svc.retries.retry(scope=caller.scope, batch_id=batch_id, tiers=svc.tiers)
 
 
 @router.get("/{batch_id}/output", response_class=Response, responses={200: {
@@ -106,9 +100,3 @@ async def batch_output_so_far(
         "x-batchd-after": page.after.encode(), "x-batchd-more": str(page.more).lower(),
         "x-batchd-lines": str(count)})
 
-
-def _wake_worker(request: Request) -> None:
-    """New or changed work: the embedded worker looks now instead of at its next poll."""
-    worker = getattr(request.app.state, "worker", None)
-    if worker is not None:
-        worker.wake()

@@ -20,6 +20,7 @@ from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
+from batchd.wakeup import Wakeup
 
 
 @dataclass(kw_only=True)
@@ -39,6 +40,7 @@ class Services:
     auth_failures: RateLimiter  # failed authentications, per client address
     realtime: InFlight  # real-time choices being generated, per key
     preparation: Preparation  # large request bodies parsed off the event loop, per owner
+    wake: Wakeup  # the services' wake-ups for this process's worker, once one runs
 
 
 def services(request: Request) -> Services:

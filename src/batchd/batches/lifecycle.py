@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from batchd import ids
 from batchd.clock import Clock
 from batchd.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
@@ -65,9 +67,12 @@ def batch_object(record: BatchRecord, live: ChunkProgress | None = None) -> Batc
 
 
 class BatchService:
-    def __init__(self, *, store: MetadataStore, clock: Clock) -> None:
+    def __init__(self, *, store: MetadataStore, clock: Clock,
+                 wake: Callable[[], None]) -> None:
         self.store = store
         self.clock = clock
+        # New or changed work: this process's worker looks now, not at its next poll.
+        self.wake = wake
 
     async def create(self, *, owner: str, request: CreateBatchRequest, tier: str | None = None,
                      max_concurrent: int | None = None) -> BatchObject:
@@ -106,6 +111,7 @@ class BatchService:
                 f"once ({over.limit}); create this one when one of them has finished.",
                 code="concurrent_batch_limit_exceeded",
                 headers={"x-should-retry": "false"}) from over
+        self.wake()  # it needs validating
         return batch_object(stored)
 
     async def _require(self, owner: str | None, batch_id: str) -> BatchRecord:
@@ -132,6 +138,11 @@ class BatchService:
         return [batch_object(r, live.get(r.id)) for r in records], has_more
 
     async def cancel(self, *, owner: str | None, batch_id: str) -> BatchObject:
+        batch = await self._cancel(owner, batch_id)
+        self.wake()  # someone must finish the cancel
+        return batch
+
+    async def _cancel(self, owner: str | None, batch_id: str) -> BatchObject:
         record = await self._require(owner, batch_id)
         if record.status in (BatchStatus.CANCELLED, BatchStatus.CANCELLING):
             return await self._present(record)
