@@ -71,7 +71,7 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
         registry = load_registry(settings.models, created=int(clock.now()))
         await registry.start()
     wake = Wakeup()
-    batches = BatchService(store=store, clock=clock, wake=wake)
+    batches = BatchService(store=store, blobs=blobs, clock=clock, wake=wake)
     files = FileService(store=store, blobs=blobs, clock=clock, settings=settings)
     return Services(
         settings=settings, clock=clock, store=store, blobs=blobs, registry=registry,

@@ -11,8 +11,7 @@ from batchd.api.auth import Caller
 from batchd.api.held import HeldResponse
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
-from batchd.batches.partial import Frontier, output_page
-from batchd.errors import NotFound
+from batchd.batches.partial import Frontier
 from batchd.openai.batches import BatchList, BatchObject, CreateBatchRequest
 from batchd.read_budget import MIB, PIECE_BYTES
 
@@ -81,15 +80,13 @@ async def batch_output_so_far(
     final output file. `x-batchd-after` continues from here; `x-batchd-more: false` means
     the batch has ended and every line has been read. 503 `server_busy` when the server
     holds as much for other reads as it may."""
-    svc = services(request)
-    batch = await svc.store.get_batch(batch_id, owner=caller.scope)
-    if batch is None:
-        raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+    batches = services(request).batches
+    batch = await batches.record(owner=caller.scope, batch_id=batch_id)
     frontier = Frontier.decode(after)
     held = await read_budget.READS.reserve(OUTPUT_RESERVED, owner=caller.owner)
     try:
-        page = await output_page(svc.store, svc.blobs, batch, frontier, limit=limit,
-                                 held=held, budget=OUTPUT_PAGE_BYTES)
+        page = await batches.output_page(batch, frontier, limit=limit, held=held,
+                                         budget=OUTPUT_PAGE_BYTES)
         body = b"".join(page.lines)
     except BaseException:
         held.release()

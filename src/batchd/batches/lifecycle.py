@@ -1,10 +1,11 @@
-"""Batch operations a caller can ask for: create, read, list, cancel."""
+"""Batch operations a caller can ask for: create, read, list, cancel, and the output so far."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from batchd import ids
+from batchd.batches.partial import Frontier, Page, output_page
 from batchd.clock import Clock
 from batchd.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from batchd.openai.batches import (
@@ -19,7 +20,9 @@ from batchd.openai.batches import (
     RequestCounts,
 )
 from batchd.openai.metadata import check_metadata
+from batchd.read_budget import Reservation
 from batchd.serving.endpoints import OPERATIONS
+from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, BatchStatus, ChunkProgress
 from batchd.store.sql import ActiveBatchLimit
@@ -67,9 +70,10 @@ def batch_object(record: BatchRecord, live: ChunkProgress | None = None) -> Batc
 
 
 class BatchService:
-    def __init__(self, *, store: MetadataStore, clock: Clock,
+    def __init__(self, *, store: MetadataStore, blobs: BlobStore, clock: Clock,
                  wake: Callable[[], None]) -> None:
         self.store = store
+        self.blobs = blobs
         self.clock = clock
         # New or changed work: this process's worker looks now, not at its next poll.
         self.wake = wake
@@ -114,7 +118,8 @@ class BatchService:
         self.wake()  # it needs validating
         return batch_object(stored)
 
-    async def _require(self, owner: str | None, batch_id: str) -> BatchRecord:
+    async def record(self, *, owner: str | None, batch_id: str) -> BatchRecord:
+        """The stored batch, if `owner` may see it (None: anyone's); 404 otherwise."""
         record = await self.store.get_batch(batch_id, owner=owner)
         if record is None:
             raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
@@ -127,7 +132,7 @@ class BatchService:
         return batch_object(record, live)
 
     async def get(self, *, owner: str | None, batch_id: str) -> BatchObject:
-        return await self._present(await self._require(owner, batch_id))
+        return await self._present(await self.record(owner=owner, batch_id=batch_id))
 
     async def list(
         self, *, owner: str | None, after: str | None, limit: int
@@ -137,13 +142,20 @@ class BatchService:
         live = await self.store.live_progress(active)
         return [batch_object(r, live.get(r.id)) for r in records], has_more
 
+    async def output_page(self, batch: BatchRecord, after: Frontier, *, limit: int,
+                          held: Reservation, budget: int) -> Page:
+        """The output lines committed after `after`, while the batch runs or after it
+        ended (batches/partial.py), within the reservation `held`."""
+        return await output_page(self.store, self.blobs, batch, after, limit=limit,
+                                 held=held, budget=budget)
+
     async def cancel(self, *, owner: str | None, batch_id: str) -> BatchObject:
         batch = await self._cancel(owner, batch_id)
         self.wake()  # someone must finish the cancel
         return batch
 
     async def _cancel(self, owner: str | None, batch_id: str) -> BatchObject:
-        record = await self._require(owner, batch_id)
+        record = await self.record(owner=owner, batch_id=batch_id)
         if record.status in (BatchStatus.CANCELLED, BatchStatus.CANCELLING):
             return await self._present(record)
         if not record.status.terminal:

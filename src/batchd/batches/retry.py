@@ -15,7 +15,7 @@ import orjson
 from batchd import ids
 from batchd.batches.lifecycle import BatchService
 from batchd.clock import Clock
-from batchd.errors import BatchdError, Conflict, InvalidRequest, NotFound
+from batchd.errors import BatchdError, Conflict, InvalidRequest
 from batchd.files import BATCH_FILE_EXPIRY, blob_key
 from batchd.limits.tiers import TiersFile
 from batchd.openai.batches import BatchObject, CreateBatchRequest
@@ -31,9 +31,7 @@ class BatchRetry:
         self.store, self.blobs, self.batches, self.clock = store, blobs, batches, clock
 
     async def retry(self, *, scope: str | None, batch_id: str, tiers: TiersFile) -> BatchObject:
-        original = await self.store.get_batch(batch_id, owner=scope)
-        if original is None:
-            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+        original = await self.batches.record(owner=scope, batch_id=batch_id)
         # The new batch is the owner's, under the original's tier and its limits (an admin
         # retrying it does not lend it the admin's).
         tier = original.tier if original.tier in tiers.tiers else tiers.default_tier
