@@ -84,6 +84,7 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
         tiers=load_tiers(settings.tiers), rate_limiter=RateLimiter(), auth_failures=RateLimiter(),
         realtime=InFlight(per_key=settings.realtime_choices_per_key),
         preparation=Preparation(name="parse"), wake=wake,
+        gauges=metrics.StoreGauges(store.queue_snapshot),
     )
 
 
@@ -118,8 +119,7 @@ async def start_worker(svc: Services, *,
 async def serving_metrics(svc: Services) -> AsyncIterator[None]:
     """Keep the store-wide gauges fresh, and serve metrics on BATCHD_METRICS_PORT if set."""
     metrics.serve_models(svc.registry.served_ids())
-    refresher = asyncio.create_task(metrics.refresh_store_gauges(svc.store.queue_snapshot),
-                                    name="metrics:store-gauges")
+    refresher = asyncio.create_task(svc.gauges.keep_fresh(), name="metrics:store-gauges")
     try:
         with metrics.serving_on_port(svc.settings.metrics_host, svc.settings.metrics_port):
             yield

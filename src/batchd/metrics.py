@@ -15,8 +15,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -186,15 +185,27 @@ def finished(model: str | None, *, ok: bool, prompt: int, cached: int, completio
             (time.monotonic(), completion))
 
 
-async def refresh_store_gauges(read: Callable[[], Any], *, every: float = 10.0) -> None:
-    """Keep the store-wide gauges fresh (runs as a task while the process serves metrics)."""
-    while True:
-        try:
-            CALLBACKS.snapshot = await read()
-            CALLBACKS.snapshot_at = time.time()
-        except Exception as exc:  # an outage: keep the last snapshot (its age says so)
-            log.debug("could not refresh the store gauges: %s", exc)
-        await asyncio.sleep(every)
+class StoreGauges:
+    """The store-wide gauges' source: `read` is the store's snapshot of the queue (two
+    aggregate queries), kept in CALLBACKS for the scrapes."""
+
+    def __init__(self, read: Callable[[], Awaitable[dict[str, dict[str, int]]]]) -> None:
+        self._read = read
+
+    async def refresh(self, *, timeout: float | None = None) -> None:
+        """Read the snapshot now; if the store cannot answer, raise and keep the last one
+        (batchd_store_snapshot_age_seconds says how old it is)."""
+        CALLBACKS.snapshot = await asyncio.wait_for(self._read(), timeout)
+        CALLBACKS.snapshot_at = time.time()
+
+    async def keep_fresh(self, *, every: float = 10.0) -> None:
+        """Refresh every `every` seconds (runs as a task while the process serves metrics)."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # an outage: keep the last snapshot (its age says so)
+                log.debug("could not refresh the store gauges: %s", exc)
+            await asyncio.sleep(every)
 
 
 @contextlib.contextmanager

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -13,7 +11,7 @@ from batchd.api.auth import Admin
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.backends import outage
-from batchd.metrics import CALLBACKS, REGISTRY
+from batchd.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +25,7 @@ async def metrics(request: Request, admin: Admin) -> Response:
     # A scrape sees the store as it is now (two aggregate queries); during an outage, the
     # last snapshot and its age.
     try:
-        CALLBACKS.snapshot = await asyncio.wait_for(
-            services(request).store.queue_snapshot(), 5)
-        CALLBACKS.snapshot_at = time.time()
+        await services(request).gauges.refresh(timeout=5)
     except Exception as exc:  # said by batchd_store_snapshot_age_seconds, and here
         log.warning("metrics: the store-wide gauges are stale: %s", outage(exc) or repr(exc))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -16,6 +16,7 @@ from batchd.limits.inflight import InFlight
 from batchd.limits.preparation import Preparation
 from batchd.limits.ratelimit import RateLimiter
 from batchd.limits.tiers import TiersFile
+from batchd.metrics import StoreGauges
 from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
@@ -41,6 +42,7 @@ class Services:
     realtime: InFlight  # real-time choices being generated, per key
     preparation: Preparation  # large request bodies parsed off the event loop, per owner
     wake: Wakeup  # the services' wake-ups for this process's worker, once one runs
+    gauges: StoreGauges  # the store-wide metrics, read for each scrape
 
 
 def services(request: Request) -> Services:
