@@ -44,6 +44,7 @@ from batchd.settings import Settings
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
 from batchd.wakeup import Wakeup
+from batchd.webhooks.endpoints import WebhookEndpoints
 from batchd.worker.context import WorkerContext
 from batchd.worker.crashes import record_past_lives
 from batchd.worker.identity import WorkerIdentity
@@ -81,6 +82,7 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
         batches=batches,
         retries=BatchRetry(store=store, blobs=blobs, batches=batches, clock=clock),
         keys=KeyService(store=store, clock=clock),
+        webhooks=WebhookEndpoints(store=store, clock=clock, settings=settings, wake=wake),
         tiers=load_tiers(settings.tiers), rate_limiter=RateLimiter(), auth_failures=RateLimiter(),
         realtime=InFlight(per_key=settings.realtime_choices_per_key),
         preparation=Preparation(name="parse"), wake=wake,

@@ -22,6 +22,7 @@ from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
 from batchd.wakeup import Wakeup
+from batchd.webhooks.endpoints import WebhookEndpoints
 
 
 @dataclass(kw_only=True)
@@ -36,6 +37,7 @@ class Services:
     batches: BatchService
     retries: BatchRetry
     keys: KeyService
+    webhooks: WebhookEndpoints
     tiers: TiersFile
     rate_limiter: RateLimiter  # requests per minute, per key
     auth_failures: RateLimiter  # failed authentications, per client address
