@@ -136,6 +136,11 @@ class FileService:
         await asyncio.to_thread(self.blobs.size, record.blob_key)
         return record, self.blobs.read_range(record.blob_key)
 
+    def read_from(self, record: FileRecord, start: int) -> Iterator[bytes]:
+        """The file's bytes from offset `start` on, in pieces, read as they are iterated
+        (blocking: iterate off the event loop)."""
+        return self.blobs.read_range(record.blob_key, start)
+
 
 def _check_fields(form: UploadForm) -> tuple[str, int | None]:
     """The upload's purpose and its expires_after seconds (if given), checked."""

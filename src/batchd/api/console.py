@@ -130,8 +130,7 @@ async def file_lines(
         size = 0
         needle = None if custom_id is None else orjson.dumps(custom_id)
         position = cursor
-        reader = LineReader(svc.blobs.read_range(record.blob_key, cursor), cap=LINE_BYTES,
-                            start=cursor)
+        reader = LineReader(svc.files.read_from(record, cursor), cap=LINE_BYTES, start=cursor)
         for line in reader:
             if len(items) == limit or position - cursor > _SCAN_BYTES or size >= PAGE_BYTES:
                 return _page(items, has_more=True, next_cursor=position)
