@@ -43,12 +43,12 @@ from batchd.limits.tiers import load_tiers
 from batchd.settings import Settings
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
-from batchd.wakeup import Wakeup
 from batchd.webhooks.endpoints import WebhookEndpoints
 from batchd.worker.context import WorkerContext
 from batchd.worker.crashes import record_past_lives
 from batchd.worker.identity import WorkerIdentity
 from batchd.worker.runner import Worker
+from batchd.worker.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
-from batchd.wakeup import Wakeup
 from batchd.webhooks.endpoints import WebhookEndpoints
+from batchd.worker.wakeup import Wakeup
 
 
 @dataclass(kw_only=True)

@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 
 class Wakeup:
-    """Called by the services; wired by app.py to the worker once one runs in this process
-    (the services are built before it starts). Without one, a wake-up does nothing."""
+    """The worker's bell: app.py hands it to the services (as a plain callable, so they need
+    not import the worker) and attaches the worker once one runs in this process (the
+    services are built before it starts). Without one, a wake-up does nothing."""
 
     def __init__(self) -> None:
         self._worker: Callable[[], None] | None = None
