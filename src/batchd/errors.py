@@ -76,6 +76,12 @@ class TooManyRequests(BatchdError):
     error_type = "invalid_request_error"
 
 
+class RateLimited(TooManyRequests):
+    """Over a rate limit (requests per minute, failed authentications): OpenAI's type."""
+
+    error_type = "requests"
+
+
 class NotFound(BatchdError):
     status_code = 404
     error_type = "invalid_request_error"

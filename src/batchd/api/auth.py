@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from batchd.api.state import services
-from batchd.errors import BatchdError, PermissionDenied, Unauthenticated
+from batchd.errors import PermissionDenied, RateLimited, Unauthenticated
 from batchd.keys import OPERATOR_OWNER
 from batchd.limits.preparation import work_owner
 from batchd.limits.tiers import ADMIN_TIER, Tier
@@ -31,11 +31,6 @@ class Principal:
     def scope(self) -> str | None:
         """Whose objects this caller may see: its owner's, or everyone's for an admin."""
         return None if self.is_admin else self.owner
-
-
-class RateLimited(BatchdError):
-    status_code = 429
-    error_type = "requests"
 
 
 def _redact(secret: str) -> str:
@@ -83,9 +78,7 @@ async def _authenticate(request: Request) -> Principal:
         _failed_attempts_exhausted(request, take=True)
         raise Unauthenticated(f"Incorrect API key provided: {_redact(secret)}.",
                               code="invalid_api_key")
-    tier = tiers.tiers.get(key.tier)
-    if tier is None:  # the tiers file changed under an existing key: least privilege
-        tier = tiers.tiers[tiers.default_tier]
+    _, tier = tiers.resolve(key.tier)
     return Principal(key_id=key.id, owner=key.owner, role=key.role, tier_name=key.tier,
                      tier=tier)
 

@@ -34,8 +34,8 @@ class BatchRetry:
         original = await self.batches.record(owner=scope, batch_id=batch_id)
         # The new batch is the owner's, under the original's tier and its limits (an admin
         # retrying it does not lend it the admin's).
-        tier = original.tier if original.tier in tiers.tiers else tiers.default_tier
-        max_concurrent = tiers.tiers[tier].max_concurrent_batches
+        tier, limits = tiers.resolve(original.tier)
+        max_concurrent = limits.max_concurrent_batches
         if not original.status.terminal:
             raise Conflict(f"Batch {batch_id} is still {original.status.value}; retry it once "
                            "it has finished (or cancel it first).", code="batch_not_finished")

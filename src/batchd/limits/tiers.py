@@ -33,6 +33,13 @@ class TiersFile(BaseModel):
     default_tier: str = "core"
     tiers: dict[str, Tier]
 
+    def resolve(self, name: str | None) -> tuple[str, Tier]:
+        """The tier called `name`; the default tier for none, or for a name the file no
+        longer has (it changed under an existing key or batch: least privilege)."""
+        if name is None or name not in self.tiers:
+            name = self.default_tier
+        return name, self.tiers[name]
+
 
 DEFAULT_TIERS = TiersFile(
     default_tier="core",
