@@ -50,9 +50,11 @@ class FileService:
         self.clock = clock
         self.settings = settings
 
-    def upload_limit(self, purpose: str | None, tier_limit: int | None) -> int:
-        """The most bytes a file may have: server, tier and (for batch input) Batch API limits."""
-        limit = self.settings.max_upload_bytes
+    def upload_limit(self, purpose: str | None, tier_limit: int | None, *,
+                     server_limit: int | None = None) -> int:
+        """The most bytes a file may have: the server's (`max_upload_bytes` unless said),
+        the tier's and, for batch input, the Batch API's."""
+        limit = self.settings.max_upload_bytes if server_limit is None else server_limit
         if tier_limit is not None:
             limit = min(limit, tier_limit)
         if purpose == "batch":

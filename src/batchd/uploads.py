@@ -106,12 +106,8 @@ class UploadService:
     def _limit(self, purpose: str, tier_limit: int | None) -> int:
         """The most bytes an upload may total: the Uploads limit, the tier's, and for batch
         input the Batch API's."""
-        limit = self.settings.max_upload_total_bytes
-        if tier_limit is not None:
-            limit = min(limit, tier_limit)
-        if purpose == "batch":
-            limit = min(limit, self.settings.max_batch_file_bytes)
-        return limit
+        return self.files.upload_limit(purpose, tier_limit,
+                                       server_limit=self.settings.max_upload_total_bytes)
 
     async def _object(self, upload: UploadRecord) -> UploadObject:
         file = None
