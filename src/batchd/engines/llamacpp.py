@@ -1,13 +1,7 @@
-"""The llama.cpp engine (llama-cpp-python): continuous batching on CPU or GPU from a GGUF file.
-
-One scheduler thread owns a llama.cpp context with several sequence slots. Every step it puts
-one `llama_decode` together from the next token of each generating sequence plus prompt tokens
-of newly admitted ones, samples each sequence with its own sampler chain, and admits waiting
-requests as others finish (real-time requests before batch work). Prompts that start like an
-earlier one reuse its KV state: a few recent prompts are kept in spare sequence slots, and the
-common prefix is shared into the new sequence (`llama_memory_seq_cp`) instead of evaluated
-again. Cancelling the awaiting task drops its sequence at the next step.
-"""
+"""The llama.cpp engine (llama-cpp-python): a GGUF file served on CPU or GPU. It turns requests
+into token prompts (chat templates, tokenizing, off the event loop) and samplers, and hands
+them to the continuous-batching scheduler (`llamacpp_scheduler.py`) for generation and to
+the embedder (`llamacpp_embedder.py`) for vectors."""
 
 from __future__ import annotations
 
