@@ -30,8 +30,8 @@ from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import BodyLimit, BodyTimeout, DocsContentPolicy, RateLimitHeaders
 from batchd.api.state import Services
 from batchd.backends import DatabaseClock, open_blob_store, preflight
-from batchd.batches.lifecycle import BatchService
 from batchd.batches.retry import BatchRetry
+from batchd.batches.service import BatchService
 from batchd.clock import Clock, SystemClock
 from batchd.engines.registry import ModelRegistry, load_registry
 from batchd.files import FileService

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from batchd.batches.lifecycle import BatchService
 from batchd.batches.retry import BatchRetry
+from batchd.batches.service import BatchService
 from batchd.clock import Clock
 from batchd.engines.registry import ModelRegistry
 from batchd.files import FileService

@@ -13,7 +13,7 @@ import asyncio
 import orjson
 
 from batchd import ids
-from batchd.batches.lifecycle import BatchService
+from batchd.batches.service import BatchService
 from batchd.clock import Clock
 from batchd.errors import BatchdError, Conflict, InvalidRequest
 from batchd.files import BATCH_FILE_EXPIRY, blob_key
