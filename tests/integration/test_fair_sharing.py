@@ -95,7 +95,7 @@ async def test_a_preempted_choice_continues_as_if_it_had_not_been(
     assert scheduler.preemptions > preempted
     assert [c.text for c in shared.choices] == [c.text for c in alone.choices]
     assert shared.completion_tokens == alone.completion_tokens
-    assert scheduler.reserved == 0 and not scheduler.active and not scheduler.waiting
+    assert scheduler.reserved_cells == 0 and not scheduler.active and not scheduler.waiting
 
 
 async def test_thousands_of_inputs_do_not_hold_up_another_tenants_embedding(

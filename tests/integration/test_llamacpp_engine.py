@@ -177,7 +177,7 @@ async def test_kv_accounting_balances_when_cached_prefixes_are_evicted(
     assert all(r.choices[0].text for r in results)
     assert any(r.cached_tokens > 50 for r in results)
     scheduler = engine._scheduler
-    assert scheduler.reserved == 0 and not scheduler.active
+    assert scheduler.reserved_cells == 0 and not scheduler.active
 
 
 async def test_stops_and_limits_hold_under_batching(engine: LlamaCppEngine) -> None:

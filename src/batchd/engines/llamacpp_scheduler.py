@@ -115,7 +115,7 @@ class Scheduler:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(options.n_batch, 0, 1)
         self.free_slots = list(range(options.parallel))
-        self.reserved_slots = min(options.realtime_slots, options.parallel - 1)
+        self.realtime_slots = min(options.realtime_slots, options.parallel - 1)
         self.prefixes = [PrefixEntry(seq_id=options.parallel + i, tokens=[], used_at=0.0)
                          for i in range(options.prefix_cache)]
         self.active: list[Sequence] = []
@@ -124,7 +124,7 @@ class Scheduler:
         self.order = itertools.count()
         self.cond = threading.Condition()
         self.running = True
-        self.reserved = 0
+        self.reserved_cells = 0
         self.piece = ctypes.create_string_buffer(256)
         self.thread = threading.Thread(target=self._loop, name="llamacpp-scheduler",
                                        daemon=True)
@@ -185,9 +185,9 @@ class Scheduler:
             victim = None if self.free_slots else self._victim_for(seq)
             if not self.free_slots and victim is None:
                 break
-            if seq.priority > Priority.REALTIME and len(self.free_slots) <= self.reserved_slots:
+            if seq.priority > Priority.REALTIME and len(self.free_slots) <= self.realtime_slots:
                 break  # the last slots wait for real-time requests
-            room = self.kv_tokens - self.reserved - sum(len(p.tokens) for p in self.prefixes)
+            room = self.kv_tokens - self.reserved_cells - sum(len(p.tokens) for p in self.prefixes)
             lender, shared = self._best_prefix(seq)
             # Cells copied from a cached prefix are shared with it, not new: only the rest
             # of the prompt and the output need room.
@@ -203,7 +203,7 @@ class Scheduler:
                 self._preempt(victim)
             seq.seq_id = self.free_slots.pop()
             seq.cost = cost
-            self.reserved += cost
+            self.reserved_cells += cost
             if lender is not None:
                 self._reuse_prefix(seq, lender, shared)
             self.active.append(seq)
@@ -295,7 +295,7 @@ class Scheduler:
                 # Its shared cells outlive the entry: from now on they are its own to count.
                 borrower.lender = None
                 borrower.cost += borrower.shared
-                self.reserved += borrower.shared
+                self.reserved_cells += borrower.shared
                 borrower.shared = 0
         self.lib.llama_memory_seq_rm(self.memory, entry.seq_id, -1, -1)
         self.lib.llama_memory_seq_cp(self.memory, seq.seq_id, entry.seq_id, 0, len(seq.prompt))
@@ -315,7 +315,7 @@ class Scheduler:
         self.active.remove(seq)
         self.lib.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
         self.free_slots.append(seq.seq_id)
-        self.reserved -= seq.cost
+        self.reserved_cells -= seq.cost
         seq.cost = seq.shared = 0
 
     def _step(self) -> None:
