@@ -38,7 +38,7 @@ def test_any_error_line_is_one_line_of_valid_json(
 
 
 def test_requests_sharing_a_prompt_prefix_are_grouped() -> None:
-    from batchd.worker.chunks import prefix_key
+    from batchd.worker.prompt_order import prefix_key
 
     def req(cid: str, system: str, model: str = "m") -> tuple[str, dict]:  # type: ignore[type-arg]
         return cid, {"model": model, "messages": [{"role": "system", "content": system},
@@ -51,7 +51,7 @@ def test_requests_sharing_a_prompt_prefix_are_grouped() -> None:
 
 
 def test_responses_and_completions_lines_are_grouped_by_how_their_prompt_begins() -> None:
-    from batchd.worker.chunks import prefix_key
+    from batchd.worker.prompt_order import prefix_key
 
     few_shot = "Q: 1+1? A: 2. " * 30
     lines = [("r1", {"model": "m", "instructions": "Be terse.", "input": "x"}),

@@ -16,7 +16,6 @@ import orjson
 from batchd import ids
 from batchd.batches import results
 from batchd.batches.validation import UTF8_BOM, InputValidator, LineError, ValidationOutcome
-from batchd.files import blob_key
 from batchd.limits.tiers import Tier
 from batchd.store.blobs import BlobMissing
 from batchd.store.records import (
@@ -30,8 +29,8 @@ from batchd.store.records import (
     StopReason,
 )
 from batchd.store.sql import QuotaExceeded
-from batchd.worker.chunks import chunk_requests
 from batchd.worker.context import WorkerContext
+from batchd.worker.inputs import chunk_requests, input_key_of
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +247,7 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
     chunks = await ctx.store.list_chunks(batch.id)
     stop_reason = batch.stop_reason
     status = _FINAL_STATUS[stop_reason]
-    input_file = await ctx.store.get_file(batch.input_file_id, owner=None)
-    # A deleted input file keeps its record (hidden) while the batch is active.
-    input_key = input_file.blob_key if input_file else blob_key(batch.input_file_id)
+    input_key = await input_key_of(ctx, batch)
     out_key = f"batches/{batch.id}/output-g{lease.generation}.jsonl"
     err_key = f"batches/{batch.id}/errors-g{lease.generation}.jsonl"
 

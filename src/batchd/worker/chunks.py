@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,55 +42,17 @@ from batchd.worker import deaths
 from batchd.worker.capacity import MIXED, Capacity, ModelGate
 from batchd.worker.context import WorkerContext
 from batchd.worker.gate import RequestGate
+from batchd.worker.inputs import Request, read_requests
+from batchd.worker.prompt_order import prefix_key
 from batchd.worker.requests import Outcome, run_request
 from batchd.worker.watchdog import Guard, Watchdog
 
 log = logging.getLogger(__name__)
 
-Request = tuple[str, dict[str, Any]]
-
-
 def part_key(chunk: Chunk, generation: int, seq: int, kind: str) -> str:
     # Generation and sequence are in the key: a fenced-out worker never overwrites a part.
     return (f"batches/{chunk.batch_id}/parts/"
             f"{chunk.chunk_no:07d}-g{generation}-{seq:04d}.{kind}.jsonl")
-
-
-def chunk_requests(ctx: WorkerContext, input_key: str, chunk: Chunk) -> Iterator[Request]:
-    """(custom_id, body) of each request line in the chunk (validated earlier)."""
-    for raw in ctx.blobs.lines(input_key, chunk.byte_start, chunk.byte_end):
-        if raw.strip():
-            item = orjson.loads(raw)
-            yield item["custom_id"], item["body"]
-
-
-def read_requests(ctx: WorkerContext, input_key: str, chunk: Chunk) -> list[Request]:
-    return list(chunk_requests(ctx, input_key, chunk))
-
-
-def prefix_key(request: Request) -> tuple[str, str]:
-    """(model, how its prompt begins): what decides whether two prompts share a prefix. For
-    chat, the first message; for responses, the instructions (or the first input); for text
-    completions, the prompt's first characters (few-shot prompts share their examples)."""
-    body = request[1]
-    if "messages" in body:
-        lead = _first_text(body.get("messages"))
-    elif "instructions" in body or "input" in body:
-        lead = body.get("instructions") or _first_text(body.get("input"))
-    else:
-        prompt = body.get("prompt")
-        lead = prompt[:PROMPT_LEAD] if isinstance(prompt, str) else ""
-    return str(body.get("model")), lead if isinstance(lead, str) else ""
-
-
-PROMPT_LEAD = 256  # characters of a text-completion prompt that group it
-
-
-def _first_text(items: object) -> object:
-    if isinstance(items, str):
-        return items
-    first = items[0] if isinstance(items, list) and items else None
-    return first.get("content") if isinstance(first, dict) else None
 
 
 def done_custom_ids(ctx: WorkerContext, parts: list[Part]) -> set[str]:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from batchd import metrics
 from batchd.backends import outage
-from batchd.files import FileService, blob_key
+from batchd.files import FileService
 from batchd.store.records import Chunk, Lease
 from batchd.uploads import UploadService
 from batchd.webhooks.sender import WebhookSender
@@ -23,6 +23,7 @@ from batchd.worker.capacity import MIXED, Capacity
 from batchd.worker.chunks import ChunkRun, StartWindow
 from batchd.worker.context import WorkerContext
 from batchd.worker.gate import RequestGate
+from batchd.worker.inputs import input_key_of
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,7 @@ class Worker:
         try:
             batch = await ctx.store.get_batch(chunk.batch_id, owner=None)
             assert batch is not None
-            source = await ctx.store.get_file(batch.input_file_id, owner=None)
-            input_key = source.blob_key if source else blob_key(batch.input_file_id)
+            input_key = await input_key_of(ctx, batch)
             lanes = self.capacity.lanes(key)
             window = self._windows.setdefault(key, StartWindow(lanes))
             await ChunkRun(ctx, chunk, lease, gate=self._gate, capacity=self.capacity,
