@@ -1,12 +1,10 @@
 """Executing one leased chunk: run its requests, heartbeat, checkpoint, commit fenced.
 
-Results reach durable storage as *parts*: write-once blobs, fsync'd, then recorded on the chunk
-row by a fenced update. A checkpoint every `checkpoint_seconds`, or once `checkpoint_results`
-are waiting (and at shutdown), bounds what a crash can lose; a resumed chunk reads its
-committed parts and skips the requests they hold, so no `custom_id` is ever run (or reported)
-twice. Before requests start, the run records them as in flight, so that a worker's death is
-charged to them and not to the whole chunk (see deaths.py), and only a crash with a trace can
-get one failed.
+This module schedules: which requests run, in what order, how many at once, and when the run
+stops. What they produce goes to a `PartLedger` (parts.py), which saves it durably, once; a
+resumed chunk skips the requests its committed parts hold. Before requests start, the run
+records them as in flight, so that a worker's death is charged to them and not to the whole
+chunk (see deaths.py), and only a crash with a trace can get one failed.
 """
 
 from __future__ import annotations
@@ -15,11 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from batchd import metrics
 from batchd.backends import outage
@@ -32,10 +26,7 @@ from batchd.store.blobs import BlobMissing
 from batchd.store.records import (
     BatchRecord,
     Chunk,
-    ChunkProgress,
-    ChunkState,
     Lease,
-    Part,
     StopReason,
 )
 from batchd.worker import deaths
@@ -43,73 +34,12 @@ from batchd.worker.capacity import MIXED, Capacity, ModelGate
 from batchd.worker.context import WorkerContext
 from batchd.worker.gate import RequestGate
 from batchd.worker.inputs import Request, read_requests
+from batchd.worker.parts import PartLedger, done_custom_ids
 from batchd.worker.prompt_order import prefix_key
 from batchd.worker.requests import Outcome, run_request
 from batchd.worker.watchdog import Guard, Watchdog
 
 log = logging.getLogger(__name__)
-
-def part_key(chunk: Chunk, generation: int, seq: int, kind: str) -> str:
-    # Generation and sequence are in the key: a fenced-out worker never overwrites a part.
-    return (f"batches/{chunk.batch_id}/parts/"
-            f"{chunk.chunk_no:07d}-g{generation}-{seq:04d}.{kind}.jsonl")
-
-
-def done_custom_ids(ctx: WorkerContext, parts: list[Part]) -> set[str]:
-    """The requests that committed parts already answer."""
-    done: set[str] = set()
-    for part in parts:
-        for key in (part.get("ok"), part.get("err")):
-            if key:
-                done.update(orjson.loads(line)["custom_id"] for line in ctx.blobs.lines(key))
-    return done
-
-
-@dataclass
-class _Results:
-    """Finished lines not yet checkpointed, and totals including committed ones.
-
-    Plain counters, not a ChunkProgress per request: this runs once for every request."""
-
-    committed: ChunkProgress
-    ok: list[bytes] = field(default_factory=list)
-    err: list[bytes] = field(default_factory=list)
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-
-    def add(self, outcome: Outcome) -> None:
-        (self.ok if outcome.ok else self.err).append(outcome.line)
-        self.input_tokens += outcome.input_tokens
-        self.output_tokens += outcome.output_tokens
-        self.cached_tokens += outcome.cached_tokens
-
-    def add_error_line(self, line: bytes) -> None:
-        self.err.append(line)
-
-    @property
-    def pending(self) -> ChunkProgress:
-        return ChunkProgress(n_ok=len(self.ok), n_err=len(self.err),
-                             input_tokens=self.input_tokens, output_tokens=self.output_tokens,
-                             cached_tokens=self.cached_tokens)
-
-    def take(self) -> tuple[list[bytes], list[bytes], ChunkProgress]:
-        """Hand over the unsaved lines (and what they count) and start afresh."""
-        taken = self.ok, self.err, self.pending
-        self.ok, self.err = [], []
-        self.input_tokens = self.output_tokens = self.cached_tokens = 0
-        return taken
-
-    def put_back(self, ok: list[bytes], err: list[bytes], pending: ChunkProgress) -> None:
-        """Lines that could not be saved go back in front, for a later flush."""
-        self.ok, self.err = ok + self.ok, err + self.err
-        self.input_tokens += pending.input_tokens
-        self.output_tokens += pending.output_tokens
-        self.cached_tokens += pending.cached_tokens
-
-    @property
-    def live(self) -> ChunkProgress:
-        return self.committed + self.pending
 
 
 class StartWindow:
@@ -146,8 +76,7 @@ class ChunkRun:
         self.capacity = capacity
         self.key = key  # the model (or MIXED) the worker counts this chunk against
         self.stopping = stopping
-        self.results = _Results(committed=chunk.committed)
-        self.parts = list(chunk.parts)
+        self.ledger = PartLedger(ctx, chunk, lease)
         self.lost = False
         self.stop_batch: BatchRecord | None = None
         self.finished: set[str] = set()
@@ -155,9 +84,6 @@ class ChunkRun:
         self.crashed: list[str] = []  # requests whose run raised: charged as a death
         self.todo: list[Request] = []
         self._body: asyncio.Task[None] | None = None
-        self._flush_lock = asyncio.Lock()
-        self._flush_wanted = asyncio.Event()
-        self._part_seq = 0
         self._lanes = lanes
         self.unreachable: set[str] = set()  # models whose engine could not be reached
         self._next = 0
@@ -171,7 +97,7 @@ class ChunkRun:
     async def run(self, input_key: str) -> None:
         try:
             requests = await asyncio.to_thread(read_requests, self.ctx, input_key, self.chunk)
-            done = await asyncio.to_thread(done_custom_ids, self.ctx, self.parts)
+            done = await asyncio.to_thread(done_custom_ids, self.ctx, self.ledger.parts)
         except BlobMissing as exc:
             await self._input_lost(str(exc))
             return
@@ -183,7 +109,7 @@ class ChunkRun:
             crashes = deaths.crashes_alone(strikes, cid)
             log.error("batch %s: request %r crashed its worker %d times running alone; "
                       "failing it", self.chunk.batch_id, cid, crashes)
-            self.results.add_error_line(results.stop_error_line(
+            self.ledger.add_error_line(results.stop_error_line(
                 cid, code="request_failed", message=deaths.poison_message(crashes)))
             self.finished.add(cid)
         # Requests that share a model and a leading prompt go to the engine together, so its
@@ -193,7 +119,7 @@ class ChunkRun:
         first, self.todo, last = deaths.isolation_groups(todo, strikes, self._lanes)
         body = self._body = asyncio.create_task(self._execute(first, last), name="chunk-body")
         helpers = [asyncio.create_task(self._heartbeat(), name="chunk-heartbeat"),
-                   asyncio.create_task(self._flusher(), name="chunk-flusher"),
+                   asyncio.create_task(self._keep_saving(), name="chunk-flusher"),
                    asyncio.create_task(self.watchdog.run(), name="chunk-watchdog")]
         try:
             await asyncio.wait([body])
@@ -203,7 +129,7 @@ class ChunkRun:
             body.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await body
-            await finish_even_if_cancelled(self._checkpoint(release=True))
+            await finish_even_if_cancelled(self.ledger.checkpoint(release=True))
             raise
         finally:
             for helper in helpers:
@@ -230,20 +156,20 @@ class ChunkRun:
         if stop is not None:
             code = stop.error_code
             for cid in unfinished:
-                self.results.add_error_line(results.stop_error_line(
+                self.ledger.add_error_line(results.stop_error_line(
                     cid, code=code, message=results.STOP_MESSAGES[code]))
         elif self.crashed:
             # Counted as a failed attempt, charged to the requests that raised; the rest
             # of the chunk runs again.
             # The exception is the trace: it points at the request, as a fatal signal would.
-            await self._checkpoint(release=True, crashed=deaths.with_crash(deaths.reservation(
+            await self.ledger.checkpoint(release=True, crashed=deaths.with_crash(deaths.reservation(
                 self.crashed, [], alone=self._alone and len(self.crashed) == 1,
                 life=self.ctx.life), "exception"))
             return
         elif unfinished:  # shutting down: not all requests were started
-            await self._checkpoint(release=True)
+            await self.ledger.checkpoint(release=True)
             return
-        await self._commit()
+        await self.ledger.commit()
 
     async def _autopsy(self, done: set[str]) -> deaths.Strikes | None:
         """Charge a death of the previous run (its in-flight record is still set) to the
@@ -411,14 +337,14 @@ class ChunkRun:
         del self.flying[custom_id]
         if served is not None and outcome.ok:
             self.capacity.reachable(served)
-        self.results.add(outcome)
+        self.ledger.add(outcome)
         metrics.finished(served or (model if isinstance(model, str) else None), ok=outcome.ok,
                          prompt=outcome.input_tokens, cached=outcome.cached_tokens,
                          completion=outcome.output_tokens)
         self.finished.add(custom_id)
-        if (len(self.results.ok) + len(self.results.err) >= self.ctx.settings.checkpoint_results
+        if (self.ledger.unsaved >= self.ctx.settings.checkpoint_results
                 and self._next < len(self.todo)):  # else the commit saves them: no extra part
-            self._flush_wanted.set()
+            self.ledger.save_soon()
 
     def _halt(self, *, lost: bool = False, batch: BatchRecord | None = None) -> None:
         """Stop calling the engine at once: the chunk is no longer ours, or its batch stops."""
@@ -429,27 +355,9 @@ class ChunkRun:
         if self._body is not None:
             self._body.cancel()
 
-    async def _flusher(self) -> None:
-        """Save finished results every `checkpoint_seconds`, or sooner once
-        `checkpoint_results` are waiting: a short run keeps what it finished."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_wanted.wait(),
-                                       self.ctx.settings.checkpoint_seconds)
-            self._flush_wanted.clear()
-            if self.results.ok or self.results.err:
-                # Shielded: if the chunk finishes meanwhile and this task is cancelled, the
-                # checkpoint still completes, so its part is not lost between two flushes.
-                try:
-                    saved = await finish_even_if_cancelled(self._checkpoint(release=False))
-                except Exception as exc:  # the store, for a moment: the lines wait
-                    log.warning("chunk %s/%s: checkpoint failed (%s); trying again",
-                                self.chunk.batch_id, self.chunk.chunk_no,
-                                outage(exc) or "error", exc_info=outage(exc) is None)
-                    continue
-                if not saved:
-                    self._halt(lost=True)
-                    return
+    async def _keep_saving(self) -> None:
+        await self.ledger.keep_saving()
+        self._halt(lost=True)  # a checkpoint was refused: the chunk is no longer ours
 
     async def _heartbeat(self) -> None:
         settings = self.ctx.settings
@@ -476,87 +384,8 @@ class ChunkRun:
 
     async def _beat(self) -> BatchRecord | None:
         return await self.ctx.store.heartbeat_chunk(
-            self.chunk, self.lease, progress=self.results.live, now=self.ctx.clock.now(),
+            self.chunk, self.lease, progress=self.ledger.live, now=self.ctx.clock.now(),
             lease_seconds=self.ctx.settings.lease_seconds)
-
-    async def _write_part(self) -> tuple[Part | None, ChunkProgress]:
-        """Write the unsaved lines as a part; returns it and the totals it brings."""
-        res = self.results
-        if not res.ok and not res.err:
-            return None, res.committed
-        ok, err, pending = res.take()
-        self._part_seq += 1
-        part: Part = {"ok": None, "err": None, "n_ok": len(ok), "n_err": len(err),
-                      "b_ok": sum(map(len, ok))}
-        try:
-            for kind, lines in (("ok", ok), ("err", err)):
-                if lines:
-                    key = part_key(self.chunk, self.lease.generation, self._part_seq, kind)
-                    await asyncio.to_thread(_write_lines, self.ctx, key, lines)
-                    part[kind] = key
-        except BaseException:
-            # Not saved: put the lines back so a later flush (or the final commit) has them.
-            res.put_back(ok, err, pending)
-            raise
-        return part, res.committed + pending
-
-    async def _checkpoint(self, *, release: bool,
-                          crashed: dict[str, Any] | None = None) -> bool:
-        async with self._flush_lock:
-            part, totals = await self._write_part()
-            # The part is on disk: from now on every later flush must name it, whatever
-            # happens to this update.
-            self.parts = self.parts + ([part] if part else [])
-            self.results.committed = totals
-            saved = await self._through_outage(lambda: self.ctx.store.checkpoint_chunk(
-                self.chunk, self.lease, parts=self.parts, committed=totals, release=release,
-                crashed=crashed, now=self.ctx.clock.now(),
-                lease_seconds=self.ctx.settings.lease_seconds), parts=self.parts)
-            if not saved:
-                self.lost = True
-            return saved
-
-    async def _commit(self) -> None:
-        async with self._flush_lock:
-            part, totals = await self._write_part()
-            parts = self.parts + ([part] if part else [])
-            committed = await self._through_outage(lambda: self.ctx.store.commit_chunk(
-                self.chunk, self.lease, parts=parts, committed=totals,
-                now=int(self.ctx.clock.now())), parts=parts, done=True)
-            if not committed:
-                await self._drop(part)
-
-    async def _through_outage(self, write: Callable[[], Awaitable[bool]], *,
-                              parts: list[Part], done: bool = False) -> bool:
-        """A fenced write of `parts`, tried again while the store is unreachable and the
-        lease may still be ours (once it has lapsed, the fence refuses the write anyway, and
-        another worker runs the chunk from its last checkpoint).
-
-        A connection lost after the server committed looks like a failure: when a retry is
-        refused, the row tells whether the earlier attempt landed (this generation's parts
-        are there), so results that landed are never dropped as if refused."""
-        deadline = time.monotonic() + self.ctx.settings.lease_seconds
-        wait, retried = 0.1, False
-        while True:
-            try:
-                written = await write()
-            except Exception as exc:
-                if outage(exc) is None or time.monotonic() + wait > deadline:
-                    raise
-                await asyncio.sleep(wait)
-                wait, retried = min(wait * 2, 2.0), True
-                continue
-            if written or not retried:
-                return written
-            row = await self.ctx.store.get_chunk(self.chunk.batch_id, self.chunk.chunk_no)
-            return (row is not None and row.generation == self.lease.generation
-                    and row.parts == parts and (row.state is ChunkState.DONE or not done))
-
-    async def _drop(self, part: Part | None) -> None:
-        for kind in ("ok", "err"):
-            key = (part or {}).get(kind)
-            if key:
-                await asyncio.to_thread(self.ctx.blobs.delete, key)
 
     async def _input_lost(self, message: str) -> None:
         log.error("batch %s cannot read its input: %s", self.chunk.batch_id, message)
@@ -565,10 +394,5 @@ class ChunkRun:
              "message": "The batch's input file can no longer be read; requests that had not "
                         "run are reported as batch_failed."}])
         await self.ctx.store.checkpoint_chunk(
-            self.chunk, self.lease, parts=self.parts, committed=self.results.committed,
+            self.chunk, self.lease, parts=self.ledger.parts, committed=self.ledger.committed,
             release=True, now=self.ctx.clock.now(), lease_seconds=0)
-
-
-def _write_lines(ctx: WorkerContext, key: str, lines: list[bytes]) -> None:
-    with ctx.blobs.writer(key) as out:
-        out.writelines(lines)
