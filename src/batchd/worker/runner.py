@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from batchd import metrics
 from batchd.backends import outage
 from batchd.files import FileService
-from batchd.store.records import Chunk, Lease
+from batchd.store.records import BatchStatus, Chunk, Lease
 from batchd.uploads import UploadService
 from batchd.webhooks.sender import WebhookSender
-from batchd.worker.batch_tasks import run_batch_task
+from batchd.worker.batch_assembly import assemble
+from batchd.worker.batch_validation import validate
 from batchd.worker.capacity import MIXED, Capacity
 from batchd.worker.chunks import ChunkRun, StartWindow
 from batchd.worker.context import WorkerContext
@@ -251,7 +252,10 @@ class Worker:
         if claim is None:
             return False
         batch, lease = claim
-        await run_batch_task(ctx, batch, lease)
+        if batch.status is BatchStatus.VALIDATING and batch.stop_reason is None:
+            await validate(ctx, batch, lease)
+        else:  # it ended (its chunks are done, or it stopped): put its result files together
+            await assemble(ctx, batch, lease)
         self.wake()
         return True
 

@@ -1,22 +1,20 @@
-"""Batch-level work: validating an input file and assembling the result files."""
+"""Assembling a batch that ended: every committed part (and a stop error for each request
+that never ran) streamed into its output and error files, published with its final status."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import BinaryIO, TypeVar
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import orjson
 
 from batchd import ids
 from batchd.batches import results
-from batchd.batches.validation import UTF8_BOM, InputValidator, LineError, ValidationOutcome
-from batchd.limits.tiers import Tier
+from batchd.batches.validation import UTF8_BOM
 from batchd.store.blobs import BlobMissing
 from batchd.store.records import (
     BatchRecord,
@@ -28,142 +26,12 @@ from batchd.store.records import (
     Lease,
     StopReason,
 )
-from batchd.store.sql import QuotaExceeded
+from batchd.worker.batch_lease import Abandoned, with_lease
+from batchd.worker.batch_validation import max_requests
 from batchd.worker.context import WorkerContext
 from batchd.worker.inputs import chunk_requests, input_key_of
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-class _Abandoned(Exception):
-    """The batch task lost its lease or was cancelled while it ran."""
-
-
-@dataclass
-class _LeaseKeeper:
-    """Renews a batch lease in the background; `stop` is set when the task must give up."""
-
-    ctx: WorkerContext
-    batch: BatchRecord
-    lease: Lease
-    stop: threading.Event
-    abandon_on_stop_reason: bool
-
-    async def run(self) -> None:
-        settings = self.ctx.settings
-        while not self.stop.is_set():
-            await asyncio.sleep(settings.heartbeat_seconds)
-            current = await self.ctx.store.renew_batch_lease(
-                self.batch.id, self.lease, now=self.ctx.clock.now(),
-                lease_seconds=settings.lease_seconds,
-            )
-            if current is None or (self.abandon_on_stop_reason and current.stop_reason):
-                self.stop.set()
-
-
-async def run_batch_task(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None:
-    if batch.status is BatchStatus.VALIDATING and batch.stop_reason is None:
-        await validate(ctx, batch, lease)
-    else:
-        await assemble(ctx, batch, lease)
-
-
-async def _with_lease(ctx: WorkerContext, batch: BatchRecord, lease: Lease,
-                      abandon_on_stop_reason: bool, work: Callable[[threading.Event], T]) -> T:
-    """Run blocking `work` on a thread while its lease is kept alive; `work` watches the
-    event it is given and gives up when the lease is lost."""
-    stop = threading.Event()
-    keeper = _LeaseKeeper(ctx, batch, lease, stop, abandon_on_stop_reason)
-    beat = asyncio.create_task(keeper.run(), name=f"lease:{batch.id}")
-    try:
-        return await asyncio.to_thread(work, stop)
-    finally:
-        stop.set()
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
-
-
-# --- validation ------------------------------------------------------------------------------
-
-
-def _max_requests(ctx: WorkerContext, tier: Tier | None) -> int:
-    limits = [ctx.settings.max_requests_per_batch]
-    if tier is not None and tier.max_batch_requests is not None:
-        limits.append(tier.max_batch_requests)
-    return min(limits)
-
-
-def _fail(errors: list[LineError]) -> ValidationOutcome:
-    return ValidationOutcome(plans=[], total=0, model=None, errors=errors)
-
-
-async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None:
-    settings = ctx.settings
-    tier = ctx.tiers.tiers.get(batch.tier or ctx.tiers.default_tier)
-    source = await ctx.store.get_file(batch.input_file_id, owner=batch.owner)
-    if source is None:
-        outcome = _fail([LineError(code="invalid_request", param="file_id",
-                                   message=f"Cannot find file {batch.input_file_id}.")])
-    elif source.purpose != "batch":
-        outcome = _fail([LineError(
-            code="invalid_request", param="input_file_id",
-            message=f"File {source.id} has purpose '{source.purpose}'; a batch input file "
-                    "must be uploaded with purpose 'batch'.")])
-    else:
-        validator = InputValidator(
-            endpoint=batch.endpoint, served_model=ctx.registry.served_id,
-            capabilities=ctx.registry.capabilities,
-            max_requests=_max_requests(ctx, tier), chunk_lines=settings.chunk_lines,
-            max_listed_errors=settings.max_listed_errors,
-        )
-
-        def scan(stop: threading.Event) -> ValidationOutcome:
-            for n, raw in enumerate(ctx.blobs.lines(source.blob_key)):
-                if n % 4096 == 0 and stop.is_set():
-                    raise _Abandoned
-                validator.feed(raw)
-                if validator.too_many:
-                    break
-            return validator.finish()
-
-        try:
-            outcome = await _with_lease(ctx, batch, lease, True, scan)
-        except _Abandoned:
-            await ctx.store.release_batch_lease(batch.id, lease)
-            return
-    now = int(ctx.clock.now())
-    if outcome.ok:
-        try:
-            if not await ctx.store.start_batch(
-                    batch.id, lease, plans=outcome.plans, total=outcome.total,
-                    model=outcome.model, tokens=outcome.tokens,
-                    token_limit=tier.enqueued_tokens_per_model if tier else None, now=now):
-                await _hand_over(ctx, batch, lease)
-            return
-        except QuotaExceeded as over:
-            outcome.errors.append(LineError(
-                code="token_limit_exceeded",
-                message=f"Enqueued token limit reached for {over.model}: this batch needs "
-                        f"{over.requested:,} tokens and {over.enqueued:,} are already enqueued "
-                        f"by your unfinished batches, over the limit of {over.limit:,}. Try "
-                        "again once some of them finish.",
-            ))
-    if outcome.errors and not await ctx.store.fail_batch(
-            batch.id, lease, errors=[e.as_dict() for e in outcome.errors], now=now):
-        await _hand_over(ctx, batch, lease)
-
-
-async def _hand_over(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None:
-    """The batch was cancelled (or expired) while its file was being read: give its lease
-    back now, so that assembly takes it at once instead of after the lease runs out (a
-    cancel right after create used to take one lease length, ~30 s)."""
-    await ctx.store.release_batch_lease(batch.id, lease)
-
-
-# --- assembly --------------------------------------------------------------------------------
 
 
 _FINAL_STATUS = {
@@ -198,7 +66,7 @@ def _never_validated_lines(ctx: WorkerContext, input_key: str, code: str, limit:
     try:
         for n, raw in enumerate(ctx.blobs.lines(input_key)):
             if n % 4096 == 0 and stop.is_set():
-                raise _Abandoned
+                raise Abandoned
             if n == 0 and raw.startswith(UTF8_BOM):
                 raw = raw[len(UTF8_BOM):]
             if not raw.strip():
@@ -264,13 +132,13 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
                 assert stop_reason is not None
                 unrun = 0
                 for line in _never_validated_lines(ctx, input_key, stop_reason.error_code,
-                                                   _max_requests(ctx, tier), stop):
+                                                   max_requests(ctx, tier), stop):
                     err.write(line)
                     unrun += 1
                 totals = ChunkProgress(n_err=unrun)
             for chunk in chunks:
                 if stop.is_set():
-                    raise _Abandoned
+                    raise Abandoned
                 done: set[str] | None = None if chunk.state is ChunkState.DONE else set()
                 n_ok = n_err = 0
                 for part in chunk.parts:
@@ -289,8 +157,8 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
         return totals
 
     try:
-        counts = await _with_lease(ctx, batch, lease, False, write)
-    except _Abandoned:
+        counts = await with_lease(ctx, batch, lease, write, abandon_on_stop_reason=False)
+    except Abandoned:
         for key in (out_key, err_key):
             await asyncio.to_thread(ctx.blobs.delete, key)
         return
