@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         default=2, ge=1, description="worker crashes (a fatal signal or an error, not a kill "
                                      "without a trace) under a request running alone before "
-                                     "it is failed")
+                                     "it is failed; also failed runs of a chunk (no request's "
+                                     "doing) before its remaining requests are failed")
     request_timeout_seconds: float = Field(default=600.0, gt=0)
     request_retries: int = Field(default=1, ge=0, description="retries after a timeout/crash")
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

@@ -125,6 +125,22 @@ async def test_a_worker_claims_only_chunks_of_models_it_serves(stores: Stores) -
                                        models=[model], mixed=False, served=[model]) is None
 
 
+async def test_only_a_failed_release_counts_a_failed_run(stores: Stores) -> None:
+    store = await stores()
+    batch_id = await running_batch(store, chunks=1)
+    for failed, expected in ((False, 0), (True, 1), (True, 2)):
+        claim = await store.claim_chunk(worker="w", now=NOW, lease_seconds=LEASE)
+        assert claim is not None
+        chunk, lease = claim
+        assert await store.checkpoint_chunk(chunk, lease, parts=[], committed=ChunkProgress(),
+                                            release=True, failed=failed, now=NOW,
+                                            lease_seconds=LEASE)
+        [chunk] = await store.list_chunks(batch_id)
+        assert chunk.failed_runs == expected
+        assert chunk.attempts == expected  # a clean release gives its attempt back
+        assert chunk.in_flight is None and chunk.owner is None  # nobody suspected
+
+
 async def test_a_stale_lease_cannot_heartbeat_checkpoint_or_commit(stores: Stores) -> None:
     old_owner, new_owner = await stores(), await stores()
     await running_batch(old_owner, chunks=1)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from batchd.errors import ServiceUnavailable
 from batchd.worker import chunks, deaths, requests
 from batchd.worker.runner import Worker
 from tests.conftest import Harness, batch_line
@@ -160,6 +161,62 @@ async def test_a_request_whose_run_raises_is_narrowed_down_logged_and_failed_alo
     # Once as usual, once in a suspect group, then alone until the limit: never looping.
     assert runs["r17"] == 2 + harness.settings.max_attempts
     assert all(n == 1 for cid, n in runs.items() if cid != "r17")
+
+
+async def test_a_run_that_keeps_failing_for_no_request_s_doing_ends_after_max_attempts(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fault in the run itself, not in any request's (here: handing out a request once two
+    have finished raises), is counted: after BATCHD_MAX_ATTEMPTS such runs the chunk's
+    remaining requests are failed, instead of the chunk going back to run again without end."""
+    harness.settings.chunk_lines = 10
+    real = chunks.ChunkRun._next_request
+    runs: set[int] = set()  # the lease generation of each run
+
+    async def next_request(self: chunks.ChunkRun) -> Any:
+        runs.add(self.lease.generation)
+        if len(self.finished) >= 2:
+            raise RuntimeError("a bug in the scheduler")
+        return await real(self)
+
+    monkeypatch.setattr(chunks.ChunkRun, "_next_request", next_request)
+    batch_id = await _ready(harness, 10)
+    with caplog.at_level(logging.ERROR):
+        await harness.worker.drain(max_steps=50)  # the run used to be handed back forever
+    assert len(runs) == harness.settings.max_attempts  # then no more runs
+    assert "its run failed (failure 1 of at most 2)" in caplog.text
+    batch = await harness.batch(batch_id)
+    assert batch["status"] == "completed"
+    output = await harness.lines_of(batch["output_file_id"])
+    errors = await harness.lines_of(batch["error_file_id"])
+    assert output  # what the failing runs finished is kept...
+    ids = [line["custom_id"] for line in output + errors]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(10))  # ...and each request is once
+    assert batch["request_counts"] == {"total": 10, "completed": len(output),
+                                       "failed": len(errors)}
+    for error in errors:
+        assert error["error"]["code"] == "request_failed"
+        assert "the worker failed 2 times" in error["error"]["message"]
+
+
+async def test_a_run_cut_short_by_an_outage_counts_for_nothing(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = chunks.ChunkRun._next_request
+    outages = iter([ServiceUnavailable("the database is unavailable")] * 3)
+
+    async def next_request(self: chunks.ChunkRun) -> Any:
+        if (outage := next(outages, None)) is not None:
+            raise outage
+        return await real(self)
+
+    monkeypatch.setattr(chunks.ChunkRun, "_next_request", next_request)
+    batch_id = await _ready(harness, 2)  # one chunk
+    await harness.worker.drain()
+    batch = await harness.batch(batch_id)
+    assert batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    [chunk] = await harness.worker.ctx.store.list_chunks(batch_id)
+    assert chunk.failed_runs == 0
 
 
 async def test_a_short_run_keeps_what_it_finished(harness: Harness) -> None:

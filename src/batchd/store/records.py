@@ -160,6 +160,7 @@ class Chunk(_Record):
     done_cached_tokens: int = 0
     in_flight: dict[str, Any] | None = None
     strikes: dict[str, list[int]] | None = None
+    failed_runs: int = 0  # runs that failed for no request's doing (worker/chunks.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", ChunkState(self.state))

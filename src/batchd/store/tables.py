@@ -131,6 +131,9 @@ chunks = Table(
     # The batch's model (None: its lines name several): a worker claims only chunks of the
     # models it serves.
     Column("model", Text),
+    # Runs that failed for no request's doing (a fault in batchd, not a death): after
+    # BATCHD_MAX_ATTEMPTS of them the chunk's remaining requests are failed, not run again.
+    Column("failed_runs", Integer, nullable=False, default=0),
     Index("ix_chunks_claim", "state", "deadline"),
 )
 

@@ -360,20 +360,23 @@ class WorkStore(WebhookStore):
     async def checkpoint_chunk(
         self, chunk: Chunk, lease: Lease, *, parts: list[Part],
         committed: ChunkProgress, now: float, lease_seconds: float, release: bool = False,
-        crashed: dict[str, Any] | None = None,
+        crashed: dict[str, Any] | None = None, failed: bool = False,
     ) -> bool:
         """Record results so far (fenced); with `release`, hand the rest of the chunk back.
 
-        A clean release (shutdown) does not count as an attempt and suspects nobody; a
-        release after requests `crashed` the run records them in flight, as a death would."""
+        A clean release (shutdown, an unreachable engine) does not count as an attempt and
+        suspects nobody. A release after requests `crashed` the run records them in flight,
+        as a death would. A `failed` release (the run failed for no request's doing) counts
+        as an attempt and as one of the chunk's `failed_runs`."""
         values: dict[str, Any] = dict(parts=parts, **done_values(committed),
                                       **live_values(committed))
         if release:
-            values.update(state=ChunkState.PENDING, owner=None, lease_expires_at=None)
-            if crashed is not None:
-                values.update(in_flight=crashed)
-            else:
-                values.update(in_flight=None, attempts=t.chunks.c.attempts - 1)
+            values.update(state=ChunkState.PENDING, owner=None, lease_expires_at=None,
+                          in_flight=crashed)
+            if failed:
+                values.update(failed_runs=t.chunks.c.failed_runs + 1)
+            elif crashed is None:
+                values.update(attempts=t.chunks.c.attempts - 1)
         else:
             values.update(lease_expires_at=now + lease_seconds)
         async with self._write() as conn:

@@ -4,7 +4,9 @@ This module schedules: which requests run, in what order, how many at once, and 
 stops. What they produce goes to a `PartLedger` (parts.py), which saves it durably, once; a
 resumed chunk skips the requests its committed parts hold. Before requests start, the run
 records them as in flight, so that a worker's death is charged to them and not to the whole
-chunk (see deaths.py), and only a crash with a trace can get one failed.
+chunk (see deaths.py), and only a crash with a trace can get one failed. A run that fails for
+no request's doing (a fault in batchd) is counted on the chunk instead: after `max_attempts`
+of them, its remaining requests are failed rather than run again without end.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class ChunkRun:
         self.finished: set[str] = set()
         self.flying: dict[str, None] = {}  # started, not finished (insertion-ordered)
         self.crashed: list[str] = []  # requests whose run raised: charged as a death
+        self.failed = False  # the run itself failed, for no request's doing
         self.todo: list[Request] = []
         self._body: asyncio.Task[None] | None = None
         self._lanes = lanes
@@ -116,6 +119,9 @@ class ChunkRun:
         # prefix cache serves them one after another instead of thrashing between prompts.
         todo = sorted((r for r in requests if r[0] not in done and r[0] not in poison),
                       key=prefix_key)
+        if self.chunk.failed_runs >= self.ctx.settings.max_attempts:
+            await self._give_up(todo)
+            return
         first, self.todo, last = deaths.isolation_groups(todo, strikes, self._lanes)
         body = self._body = asyncio.create_task(self._execute(first, last), name="chunk-body")
         helpers = [asyncio.create_task(self._heartbeat(), name="chunk-heartbeat"),
@@ -138,11 +144,18 @@ class ChunkRun:
                 if not isinstance(outcome, asyncio.CancelledError | type(None)):
                     log.error("chunk %s/%s: a helper failed", self.chunk.batch_id,
                               self.chunk.chunk_no, exc_info=outcome)
-        if not body.cancelled() and body.exception() is not None:
-            # Not a request's doing (those are caught one by one in _run_one): the store
-            # failed, say. Logged; what did not finish is handed back, nobody suspected.
-            log.error("chunk %s/%s: its run failed; handing the rest back",
-                      self.chunk.batch_id, self.chunk.chunk_no, exc_info=body.exception())
+        failure = None if body.cancelled() else body.exception()
+        if failure is not None:
+            # Not a request's doing (those are caught one by one in _run_one), so nobody is
+            # suspected. An outage is nobody's fault and counts for nothing; anything else is
+            # a fault in batchd, counted (_finish) so that one that persists ends after
+            # `max_attempts` runs instead of looping without end.
+            reason = _outage_of(failure)
+            self.failed = reason is None
+            log.error("chunk %s/%s: its run failed (%s); handing the rest back",
+                      self.chunk.batch_id, self.chunk.chunk_no,
+                      reason or f"failure {self.chunk.failed_runs + 1} of at most "
+                                f"{self.ctx.settings.max_attempts}", exc_info=failure)
         await self._finish([r[0] for r in todo])  # every request, suspects included
 
     async def _finish(self, todo_ids: list[str]) -> None:
@@ -158,17 +171,36 @@ class ChunkRun:
             for cid in unfinished:
                 self.ledger.add_error_line(results.stop_error_line(
                     cid, code=code, message=results.STOP_MESSAGES[code]))
-        elif self.crashed:
-            # Counted as a failed attempt, charged to the requests that raised; the rest
-            # of the chunk runs again.
-            # The exception is the trace: it points at the request, as a fatal signal would.
-            await self.ledger.checkpoint(release=True, crashed=deaths.with_crash(deaths.reservation(
+        elif self.crashed or (self.failed and unfinished):
+            # Counted as a failed attempt: charged to the requests that raised (the exception
+            # is the trace: it points at the request, as a fatal signal would), and to the
+            # chunk if the run itself failed. The rest of the chunk runs again.
+            crashed = deaths.with_crash(deaths.reservation(
                 self.crashed, [], alone=self._alone and len(self.crashed) == 1,
-                life=self.ctx.life), "exception"))
+                life=self.ctx.life), "exception") if self.crashed else None
+            await self.ledger.checkpoint(release=True, crashed=crashed, failed=self.failed)
             return
-        elif unfinished:  # shutting down: not all requests were started
+        elif unfinished:
+            # Handed back unharmed, no attempt counted: the worker is stopping, an engine
+            # cannot be reached, or the store was out for longer than a write waits.
             await self.ledger.checkpoint(release=True)
             return
+        await self.ledger.commit()
+
+    async def _give_up(self, todo: list[Request]) -> None:
+        """The chunk's runs failed `max_attempts` times, for no request's doing: a fault that
+        running it again will not mend. Its remaining requests are failed, once, as
+        exhausted attempts fail a request, and the chunk is done."""
+        runs = self.chunk.failed_runs
+        log.error("chunk %s/%s: its run failed %d times, for no request's doing; failing its "
+                  "%d remaining request(s)", self.chunk.batch_id, self.chunk.chunk_no, runs,
+                  len(todo))
+        message = (f"This request was not completed: the worker failed {runs} times while "
+                   "running the part of the batch that holds it, for a reason no request "
+                   "caused (see the worker's log), so it was not retried again.")
+        for cid, _ in todo:
+            self.ledger.add_error_line(results.stop_error_line(
+                cid, code="request_failed", message=message))
         await self.ledger.commit()
 
     async def _autopsy(self, done: set[str]) -> deaths.Strikes | None:
@@ -396,3 +428,12 @@ class ChunkRun:
         await self.ctx.store.checkpoint_chunk(
             self.chunk, self.lease, parts=self.ledger.parts, committed=self.ledger.committed,
             release=True, now=self.ctx.clock.now(), lease_seconds=0)
+
+
+def _outage_of(failure: BaseException) -> str | None:
+    """Why the store could not be reached, if that is all `failure` is: the lanes' task
+    group wraps what they raise, and a failure is an outage only if each part of it is."""
+    if isinstance(failure, BaseExceptionGroup):
+        reasons = [_outage_of(exc) for exc in failure.exceptions]
+        return reasons[0] if all(reasons) else None
+    return outage(failure)

@@ -154,8 +154,8 @@ class PartLedger:
                 if not saved:
                     return
 
-    async def checkpoint(self, *, release: bool,
-                         crashed: dict[str, Any] | None = None) -> bool:
+    async def checkpoint(self, *, release: bool, crashed: dict[str, Any] | None = None,
+                         failed: bool = False) -> bool:
         """Save the unsaved lines as a part and record it (fenced); with `release`, hand the
         rest of the chunk back (see the store's `checkpoint_chunk`). False: refused, the
         chunk is no longer this run's."""
@@ -167,7 +167,7 @@ class PartLedger:
             self.results.committed = totals
             return await self._through_outage(lambda: self.ctx.store.checkpoint_chunk(
                 self.chunk, self.lease, parts=self.parts, committed=totals, release=release,
-                crashed=crashed, now=self.ctx.clock.now(),
+                crashed=crashed, failed=failed, now=self.ctx.clock.now(),
                 lease_seconds=self.ctx.settings.lease_seconds), parts=self.parts)
 
     async def commit(self) -> None:
