@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -34,6 +34,7 @@ from batchd.batches.retry import BatchRetry
 from batchd.batches.service import BatchService
 from batchd.clock import Clock, SystemClock
 from batchd.engines.registry import ModelRegistry, load_registry
+from batchd.errors import ServiceUnavailable
 from batchd.files import FileService
 from batchd.keys import KeyService
 from batchd.limits.inflight import InFlight
@@ -47,7 +48,7 @@ from batchd.webhooks.endpoints import WebhookEndpoints
 from batchd.worker.context import WorkerContext
 from batchd.worker.crashes import record_past_lives
 from batchd.worker.identity import WorkerIdentity
-from batchd.worker.runner import Worker
+from batchd.worker.runner import Worker, WorkerFailed
 from batchd.worker.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,13 @@ async def close_services(svc: Services) -> None:
     await svc.store.close()
 
 
-async def start_worker(svc: Services, *,
-                       record_crashes: bool = False) -> tuple[Worker, WorkerIdentity]:
+async def start_worker(
+    svc: Services, *, record_crashes: bool = False,
+    on_failure: Callable[[WorkerFailed], None] | None = None,
+) -> tuple[Worker, WorkerIdentity]:
     """`record_crashes`: this process's fatal signals are recorded as evidence against the
-    requests it runs (the `batchd` commands; faulthandler is process-wide)."""
+    requests it runs (the `batchd` commands; faulthandler is process-wide). `on_failure`:
+    told if the worker stops because one of its loops died."""
     identity = WorkerIdentity(svc.settings.data_dir, record_crashes=record_crashes)
     # Before taking back the leases: a crash is recorded on the chunks its life still holds.
     await record_past_lives(svc.store, identity.lives, own=identity.life)
@@ -112,7 +116,7 @@ async def start_worker(svc: Services, *,
     worker = Worker(WorkerContext(worker_id=identity.id, store=svc.store, blobs=svc.blobs,
                                   registry=svc.registry, clock=svc.clock, settings=svc.settings,
                                   tiers=svc.tiers, life=identity.life.id))
-    worker.start()
+    worker.start(on_failure=on_failure)
     svc.wake.attach(worker.wake)
     return worker, identity
 
@@ -132,12 +136,23 @@ async def serving_metrics(svc: Services) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None,
-               registry: ModelRegistry | None = None, record_crashes: bool = False) -> FastAPI:
+               registry: ModelRegistry | None = None, record_crashes: bool = False,
+               on_worker_failure: Callable[[WorkerFailed], None] | None = None) -> FastAPI:
+    """`on_worker_failure`: told if the embedded worker stops because one of its loops died
+    (`batchd serve` then exits, so that it is restarted); /healthz fails from then on."""
+    failures: list[WorkerFailed] = []  # the embedded worker's, once it has died
+
+    def worker_failed(failure: WorkerFailed) -> None:
+        failures.append(failure)
+        if on_worker_failure is not None:
+            on_worker_failure(failure)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = await open_services(settings, clock=clock, registry=registry)
         app.state.services = svc
-        worker, identity = ((await start_worker(svc, record_crashes=record_crashes))
+        worker, identity = ((await start_worker(svc, record_crashes=record_crashes,
+                                                on_failure=worker_failed))
                             if settings.embedded_worker else (None, None))
         try:
             async with serving_metrics(svc):
@@ -170,6 +185,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
+        if failures:
+            # Answering HTTP is not health: a server whose worker died runs no batch.
+            raise ServiceUnavailable(str(failures[0]), code="worker_failed")
         return {"status": "ok"}
 
     return app

@@ -183,15 +183,25 @@ def serve(
         typer.echo(f"  export OPENAI_BASE_URL={base_url} OPENAI_API_KEY={secret}")
     elif settings.api_key:
         typer.echo("Accepting the key in BATCHD_API_KEY.")
+    worker_failures: list[BaseException] = []
+
+    def worker_failed(failure: BaseException) -> None:
+        # The server shuts down as on SIGTERM (the lifespan stops the rest), then exits 1.
+        worker_failures.append(failure)
+        server.should_exit = True
+
     # record_crashes: a fatal signal in this process is evidence against what it ran.
-    asgi = create_app(settings, record_crashes=True)
+    asgi = create_app(settings, record_crashes=True, on_worker_failure=worker_failed)
     config = uvicorn.Config(asgi, host=settings.host, port=settings.port,
                             log_level=settings.log_level,
                             log_config=uvicorn_log_config(_secrets(settings)),
                             http=protocol_with_header_timeout(settings.header_timeout_seconds),
                             timeout_keep_alive=settings.keepalive_timeout_seconds,
                             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
-    CleanExitServer(config).run(sockets=[listener])
+    server = CleanExitServer(config)
+    server.run(sockets=[listener])
+    if worker_failures:
+        _fail([f"batchd serve: {worker_failures[0]}; exiting so that it is restarted"], 1)
 
 
 
@@ -222,7 +232,7 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
     _checked(settings)
     _logging(settings)
 
-    async def run() -> None:
+    async def run() -> BaseException | None:
         # Handlers first: a SIGTERM during start-up must still end in a clean exit.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -231,15 +241,20 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
         async with _backends(settings):
             pass  # one clear line, not a traceback, if a backend is unreachable
         svc = await open_services(settings)
-        worker, identity = await start_worker(svc, record_crashes=True)
+        # A dying loop stops the worker (runner.py); the process then ends as on SIGTERM.
+        worker, identity = await start_worker(svc, record_crashes=True,
+                                              on_failure=lambda _: stop.set())
         typer.echo(f"batchd worker {identity.id} running; Ctrl-C to stop")
         async with serving_metrics(svc):
             await stop.wait()
         await worker.stop(settings.shutdown_grace_seconds)
         identity.close()
         await close_services(svc)
+        return worker.failed
 
-    asyncio.run(run())
+    failure = asyncio.run(run())
+    if failure is not None:
+        _fail([f"batchd worker: {failure}; exiting so that it is restarted"], 1)
 
 
 def _with_keys(settings: Settings, action: Any) -> Any:

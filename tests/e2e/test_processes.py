@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import INSTANT_MODELS
-from tests.e2e.conftest import run_instant_batch, start_server, stop_server
+from tests.e2e.conftest import free_port, run_instant_batch, start_server, stop_server
 from tests.services import backend_env
 
 
@@ -73,6 +73,39 @@ def test_api_and_standalone_worker_processes_share_the_store(tmp_path: Path) -> 
             worker.terminate()
         codes = [worker.wait(timeout=30) for worker in workers]
     assert codes == [0, 0]  # SIGTERM is a clean stop for a worker too
+
+
+# The real command, with one worker loop broken from outside (no hook in batchd for it).
+BROKEN_LOOP = """
+import sys
+from batchd.cli import main
+from batchd.worker.runner import Worker
+
+async def dies(self):
+    raise RuntimeError("a bug in a worker loop")
+
+Worker._deliver_webhooks = dies
+sys.argv[0] = "batchd"
+main()
+"""
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_process_whose_worker_died_exits_non_zero_saying_why(
+    tmp_path: Path, command: str,
+) -> None:
+    args = [command, "--port", str(free_port())] if command == "serve" else [command]
+    models = tmp_path / "models.yaml"
+    models.write_text(INSTANT_MODELS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
+    env.update(backend_env(tmp_path / "data"))
+    ended = subprocess.run(
+        [sys.executable, "-c", BROKEN_LOOP, *args, "--data-dir", str(tmp_path / "data"),
+         "--models", str(models)], capture_output=True, text=True, env=env, timeout=60)
+    assert ended.returncode == 1, ended.stderr
+    assert (f"batchd {command}: the worker stopped: its webhooks loop failed: "
+            "RuntimeError('a bug in a worker loop'); exiting so that it is restarted"
+            ) in ended.stderr
 
 
 def test_the_sdk_retries_through_a_rate_limit(tmp_path: Path) -> None:

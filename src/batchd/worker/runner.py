@@ -29,6 +29,11 @@ from batchd.worker.inputs import input_key_of
 log = logging.getLogger(__name__)
 
 
+class WorkerFailed(Exception):
+    """One of the worker's loops died, so the worker stopped: the process does no batch work
+    any more and should be restarted. The loop's exception is the cause."""
+
+
 class Worker:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
@@ -40,6 +45,8 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._chunk_runs: set[asyncio.Task[bool]] = set()
         self._wakes: list[asyncio.Event] = []  # one per loop (see _poll)
+        self._on_failure: Callable[[WorkerFailed], None] | None = None
+        self.failed: WorkerFailed | None = None  # set when a dying loop stopped the worker
         self._outage: str | None = None  # why the store is unreachable, while it is
         self._outage_wait = 0.0
         self._outage_seen = 0.0  # when a step last met the outage (monotonic)
@@ -49,8 +56,10 @@ class Worker:
         self.uploads = UploadService(store=ctx.store, blobs=ctx.blobs, clock=ctx.clock,
                                      settings=ctx.settings, files=self.files)
 
-    def start(self) -> None:
-        """Start the loops as named tasks; `stop()` ends them."""
+    def start(self, *, on_failure: Callable[[WorkerFailed], None] | None = None) -> None:
+        """Start the loops as named tasks; `stop()` ends them. If one dies, the worker stops
+        (see `_on_loop_exit`) and `on_failure` is told, so that the process can end."""
+        self._on_failure = on_failure
         loops = [("batch-tasks", self._poll("batch task", self.run_one_batch_task)),
                  ("housekeeping", self._housekeeping()),
                  ("chunks", self._claim_chunks()),
@@ -71,8 +80,20 @@ class Worker:
             event.set()
 
     def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None and not self._stopping.is_set():
-            log.error("worker loop %s died: %r", task.get_name(), task.exception())
+        """A loop that dies (each step's failure is caught in `_guarded`, so this is a fault
+        in the loop itself) would leave a worker that looks alive and does part of its work,
+        or none: stop it all instead, as procrastinate stops a worker whose side task
+        failed, and say so, so that /healthz fails and the process exits to be restarted."""
+        if task.cancelled() or task.exception() is None or self._stopping.is_set():
+            return
+        loop, exc = task.get_name().removeprefix("worker:"), task.exception()
+        self.failed = WorkerFailed(f"the worker stopped: its {loop} loop failed: {exc!r}")
+        self.failed.__cause__ = exc
+        log.error("worker loop %s failed; stopping the worker", loop, exc_info=exc)
+        self._stopping.set()  # the other loops end; running chunks hand their rest back
+        self.wake()
+        if self._on_failure is not None:
+            self._on_failure(self.failed)
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop claiming; give running work `grace_seconds` to finish, then cancel it (its
