@@ -123,7 +123,7 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
     # never ran, and are listed from the input itself like any other that never ran.
     never_validated = (not chunks and batch.in_progress_at is None
                        and stop_reason is not None)
-    tier = ctx.tiers.tiers.get(batch.tier or ctx.tiers.default_tier)
+    _, tier = ctx.tiers.resolve(batch.tier)
 
     def write(stop: threading.Event) -> ChunkProgress:
         totals = ChunkProgress()

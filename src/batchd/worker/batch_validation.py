@@ -13,10 +13,10 @@ from batchd.worker.batch_lease import Abandoned, with_lease
 from batchd.worker.context import WorkerContext
 
 
-def max_requests(ctx: WorkerContext, tier: Tier | None) -> int:
+def max_requests(ctx: WorkerContext, tier: Tier) -> int:
     """The most requests a batch of `tier` may hold: beyond it, a batch could never run."""
     limits = [ctx.settings.max_requests_per_batch]
-    if tier is not None and tier.max_batch_requests is not None:
+    if tier.max_batch_requests is not None:
         limits.append(tier.max_batch_requests)
     return min(limits)
 
@@ -27,7 +27,7 @@ def _fail(errors: list[LineError]) -> ValidationOutcome:
 
 async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None:
     settings = ctx.settings
-    tier = ctx.tiers.tiers.get(batch.tier or ctx.tiers.default_tier)
+    _, tier = ctx.tiers.resolve(batch.tier)
     source = await ctx.store.get_file(batch.input_file_id, owner=batch.owner)
     if source is None:
         outcome = _fail([LineError(code="invalid_request", param="file_id",
@@ -65,7 +65,7 @@ async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
             if not await ctx.store.start_batch(
                     batch.id, lease, plans=outcome.plans, total=outcome.total,
                     model=outcome.model, tokens=outcome.tokens,
-                    token_limit=tier.enqueued_tokens_per_model if tier else None, now=now):
+                    token_limit=tier.enqueued_tokens_per_model, now=now):
                 await _hand_over(ctx, batch, lease)
             return
         except QuotaExceeded as over:
