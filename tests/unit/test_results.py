@@ -35,30 +35,3 @@ def test_any_error_line_is_one_line_of_valid_json(
                      "code": "x"}
     stop = json.loads(results.stop_error_line(custom_id, code="batch_expired", message=message))
     assert stop["response"] is None and stop["error"]["code"] == "batch_expired"
-
-
-def test_requests_sharing_a_prompt_prefix_are_grouped() -> None:
-    from batchd.worker.prompt_order import prefix_key
-
-    def req(cid: str, system: str, model: str = "m") -> tuple[str, dict]:  # type: ignore[type-arg]
-        return cid, {"model": model, "messages": [{"role": "system", "content": system},
-                                                  {"role": "user", "content": cid}]}
-
-    mixed = [req("1", "A"), req("2", "B"), req("3", "A"), req("4", "B", "other"),
-             req("5", "B"), req("6", "A")]
-    order = [cid for cid, _ in sorted(mixed, key=prefix_key)]
-    assert order == ["1", "3", "6", "2", "5", "4"]  # stable within each group
-
-
-def test_responses_and_completions_lines_are_grouped_by_how_their_prompt_begins() -> None:
-    from batchd.worker.prompt_order import prefix_key
-
-    few_shot = "Q: 1+1? A: 2. " * 30
-    lines = [("r1", {"model": "m", "instructions": "Be terse.", "input": "x"}),
-             ("c1", {"model": "m", "prompt": few_shot + "Q: 2+2? A:"}),
-             ("r2", {"model": "m", "input": [{"role": "user", "content": "alone"}]}),
-             ("r3", {"model": "m", "instructions": "Be terse.", "input": "y"}),
-             ("c2", {"model": "m", "prompt": few_shot + "Q: 3+3? A:"})]
-    keys = {cid: prefix_key((cid, body)) for cid, body in lines}
-    assert keys["r1"] == keys["r3"] == ("m", "Be terse.")
-    assert keys["c1"] == keys["c2"] and keys["r2"] == ("m", "alone")

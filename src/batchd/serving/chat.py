@@ -14,7 +14,14 @@ from batchd.openai.chat import (
     completion_object,
     usage_object,
 )
-from batchd.serving.operation import DEFAULT_OUTPUT_TOKENS, Operation, Produced, opened, text_tokens
+from batchd.serving.operation import (
+    DEFAULT_OUTPUT_TOKENS,
+    Operation,
+    Produced,
+    first_text,
+    opened,
+    text_tokens,
+)
 from batchd.serving.sse import DONE, chunk_writer, error_event
 
 
@@ -78,4 +85,5 @@ async def _chunks(events: AsyncIterator[StreamEvent], request: ChatCompletionReq
 
 CHAT = Operation(endpoint="/v1/chat/completions", title="Chat Completions", capability="chat",
                  required="messages", request_type=ChatCompletionRequest, cost=_estimate,
-                 admit=_admit, run=_run, stream=_stream)
+                 admit=_admit, run=_run, stream=_stream,
+                 prompt_lead=lambda body: first_text(body.get("messages")))

@@ -22,6 +22,7 @@ from batchd.serving.operation import Operation, Produced, opened, text_tokens
 from batchd.serving.sse import DONE, chunk_writer, error_event
 
 CHOICES_AT_ONCE = 8  # of one request, in the engine at once
+PROMPT_LEAD = 256  # characters of a prompt that group it (few-shot prompts share examples)
 
 
 def prompts_at_once(n: int) -> int:
@@ -38,6 +39,11 @@ def _estimate(body: dict[str, Any], request: CompletionRequest | None) -> int:
     prompts = len(prompt) if isinstance(prompt, list) and prompt and \
         not all(isinstance(p, int) for p in prompt) else 1
     return text_tokens(prompt) + prompts * request.n * (request.max_tokens or 0)
+
+
+def _prompt_lead(body: dict[str, Any]) -> str:
+    prompt = body.get("prompt")
+    return prompt[:PROMPT_LEAD] if isinstance(prompt, str) else ""
 
 
 def _admit(request: CompletionRequest) -> int:
@@ -180,4 +186,4 @@ async def _chunks(events: AsyncIterator[tuple[int, Delta | Usage]], request: Com
 
 COMPLETIONS = Operation(endpoint="/v1/completions", title="Completions", capability="chat",
                         required="prompt", request_type=CompletionRequest, cost=_estimate,
-                        admit=_admit, run=_run, stream=_stream)
+                        admit=_admit, run=_run, stream=_stream, prompt_lead=_prompt_lead)

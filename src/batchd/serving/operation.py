@@ -51,6 +51,10 @@ class Operation:
     # engine's refusal before the first event is raised by the await, before any header is
     # sent. None: the endpoint has no streamed form.
     stream: Streamer | None = None
+    # How a body's prompt begins (from the raw body: a line not yet validated may have any
+    # shape): requests of a chunk that begin alike run one after another, so the engine's
+    # prefix cache serves them instead of thrashing between prompts. "" groups nothing.
+    prompt_lead: Callable[[dict[str, Any]], str] = lambda body: ""
 
     def parse(self, body: dict[str, Any]) -> Any:
         """The validated request (pydantic's ValidationError for a bad body)."""
@@ -83,6 +87,15 @@ def text_tokens(value: object) -> int:
         elif isinstance(item, dict):
             stack.append(item.get("content") if "content" in item else item.get("text"))
     return total
+
+
+def first_text(items: object) -> str:
+    """The text of a string, or of a list's first message (`content` as a string)."""
+    if isinstance(items, str):
+        return items
+    first = items[0] if isinstance(items, list) and items else None
+    content = first.get("content") if isinstance(first, dict) else None
+    return content if isinstance(content, str) else ""
 
 
 async def opened(events: AsyncIterator[T]) -> AsyncIterator[T]:

@@ -20,7 +20,14 @@ from batchd.openai.responses import (
     response_object,
     usage_object,
 )
-from batchd.serving.operation import DEFAULT_OUTPUT_TOKENS, Operation, Produced, opened, text_tokens
+from batchd.serving.operation import (
+    DEFAULT_OUTPUT_TOKENS,
+    Operation,
+    Produced,
+    first_text,
+    opened,
+    text_tokens,
+)
 from batchd.serving.sse import named_event
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,12 @@ log = logging.getLogger(__name__)
 def _estimate(body: dict[str, Any], request: ResponsesRequest | None) -> int:
     output = (request.max_output_tokens or DEFAULT_OUTPUT_TOKENS) if request else 0
     return text_tokens(body.get("instructions")) + text_tokens(body.get("input")) + output
+
+
+def _prompt_lead(body: dict[str, Any]) -> str:
+    instructions = body.get("instructions")
+    return instructions if isinstance(instructions, str) and instructions \
+        else first_text(body.get("input"))
 
 
 def _admit(request: ResponsesRequest) -> int:
@@ -119,4 +132,4 @@ async def _events(steps: AsyncIterator[StreamEvent], request: ResponsesRequest,
 
 RESPONSES = Operation(endpoint="/v1/responses", title="Responses", capability="chat",
                       required="input", request_type=ResponsesRequest, cost=_estimate,
-                      admit=_admit, run=_run, stream=_stream)
+                      admit=_admit, run=_run, stream=_stream, prompt_lead=_prompt_lead)

@@ -118,7 +118,7 @@ class ChunkRun:
         # Requests that share a model and a leading prompt go to the engine together, so its
         # prefix cache serves them one after another instead of thrashing between prompts.
         todo = sorted((r for r in requests if r[0] not in done and r[0] not in poison),
-                      key=prefix_key)
+                      key=prefix_key(self.operation))
         if self.chunk.failed_runs >= self.ctx.settings.max_attempts:
             await self._give_up(todo)
             return

@@ -1,31 +1,20 @@
 """The order a chunk's requests run in: those that share a model and a leading prompt go to
 the engine together, so its prefix cache serves them one after another instead of thrashing
-between prompts."""
+between prompts. How a prompt begins is the endpoint's to say (`Operation.prompt_lead`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from batchd.serving.operation import Operation
 from batchd.worker.inputs import Request
 
-PROMPT_LEAD = 256  # characters of a text-completion prompt that group it
 
+def prefix_key(operation: Operation) -> Callable[[Request], tuple[str, str]]:
+    """(model, how its prompt begins), for sorting a chunk of `operation`'s requests."""
 
-def prefix_key(request: Request) -> tuple[str, str]:
-    """(model, how its prompt begins): what decides whether two prompts share a prefix. For
-    chat, the first message; for responses, the instructions (or the first input); for text
-    completions, the prompt's first characters (few-shot prompts share their examples)."""
-    body = request[1]
-    if "messages" in body:
-        lead = _first_text(body.get("messages"))
-    elif "instructions" in body or "input" in body:
-        lead = body.get("instructions") or _first_text(body.get("input"))
-    else:
-        prompt = body.get("prompt")
-        lead = prompt[:PROMPT_LEAD] if isinstance(prompt, str) else ""
-    return str(body.get("model")), lead if isinstance(lead, str) else ""
+    def key(request: Request) -> tuple[str, str]:
+        body = request[1]
+        return str(body.get("model")), operation.prompt_lead(body)
 
-
-def _first_text(items: object) -> object:
-    if isinstance(items, str):
-        return items
-    first = items[0] if isinstance(items, list) and items else None
-    return first.get("content") if isinstance(first, dict) else None
+    return key
