@@ -33,13 +33,13 @@ from batchd.files import (
     display_name,
     file_object,
 )
+from batchd.limits.errors import PartLimit, PendingUploadLimit
 from batchd.openai.files import FileObject
 from batchd.settings import Settings
 from batchd.shielding import finish_even_if_cancelled
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import FileRecord, UploadPart, UploadRecord
-from batchd.store.uploads import PartLimit, PendingUploadLimit
 from batchd.upload_stream import StreamedUpload
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,12 @@ import pytest
 
 from batchd import ids
 from batchd.backends import DatabaseClock
+from batchd.limits.errors import (
+    ActiveBatchLimit,
+    PartLimit,
+    PendingUploadLimit,
+    QuotaExceeded,
+)
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import (
     BatchRecord,
@@ -24,8 +30,6 @@ from batchd.store.records import (
     UploadPart,
     UploadRecord,
 )
-from batchd.store.sql import ActiveBatchLimit, QuotaExceeded
-from batchd.store.uploads import PartLimit, PendingUploadLimit
 from tests.services import PostgresServer
 
 NOW = 1_750_000_000.0

@@ -8,6 +8,7 @@ from batchd import ids
 from batchd.batches.partial import Frontier, Page, output_page
 from batchd.clock import Clock
 from batchd.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
+from batchd.limits.errors import ActiveBatchLimit
 from batchd.openai.batches import (
     COMPLETION_WINDOWS,
     BatchError,
@@ -25,7 +26,6 @@ from batchd.serving.endpoints import OPERATIONS
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, BatchStatus, ChunkProgress
-from batchd.store.sql import ActiveBatchLimit
 
 SUPPORTED_ENDPOINTS = tuple(OPERATIONS)
 KNOWN_ENDPOINTS = (

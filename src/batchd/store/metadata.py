@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import exists, func, select, tuple_, update
 
+from batchd.limits.errors import ActiveBatchLimit
 from batchd.store import tables as t
 from batchd.store.records import (
     ApiKey,
@@ -18,7 +19,7 @@ from batchd.store.records import (
     FileRecord,
     StopReason,
 )
-from batchd.store.sql import ACTIVE, ActiveBatchLimit, as_row, owned, shielded
+from batchd.store.sql import ACTIVE, as_row, owned, shielded
 from batchd.store.uploads import UploadStore
 from batchd.store.work import WorkStore
 

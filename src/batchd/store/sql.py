@@ -55,23 +55,6 @@ def shielded(verb: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return shielded
 
 
-class QuotaExceeded(Exception):
-    """Enqueuing a batch would take an owner past its token limit for a model."""
-
-    def __init__(self, *, model: str, enqueued: int, requested: int, limit: int) -> None:
-        super().__init__(model)
-        self.model, self.enqueued, self.requested, self.limit = (model, enqueued, requested,
-                                                                 limit)
-
-
-class ActiveBatchLimit(Exception):
-    """Creating a batch would give its owner more unfinished batches than allowed."""
-
-    def __init__(self, *, active: int, limit: int) -> None:
-        super().__init__(active)
-        self.active, self.limit = active, limit
-
-
 # Creation order of files and batches on PostgreSQL (migration 0005).
 _SEQUENCE = "batchd_seq"
 # pg_advisory_xact_lock keys: (namespace, key) pairs keep batchd's locks apart from others'.

@@ -13,26 +13,10 @@ from collections.abc import Sequence
 
 from sqlalchemy import and_, func, or_, select, update
 
+from batchd.limits.errors import PartLimit, PendingUploadLimit
 from batchd.store import tables as t
 from batchd.store.records import FileRecord, UploadPart, UploadRecord
 from batchd.store.sql import SqlStore, as_row, owned, shielded
-
-
-class PendingUploadLimit(Exception):
-    """Creating an upload would give its owner more unfinished uploads than allowed."""
-
-    def __init__(self, *, pending: int, limit: int) -> None:
-        super().__init__(pending)
-        self.pending, self.limit = pending, limit
-
-
-class PartLimit(Exception):
-    """A part would take its upload past a limit: `what` is "parts" (their number) or
-    "bytes" (their total); `held` is what the upload already has."""
-
-    def __init__(self, *, what: str, held: int, limit: int) -> None:
-        super().__init__(what)
-        self.what, self.held, self.limit = what, held, limit
 
 
 class UploadStore(SqlStore):

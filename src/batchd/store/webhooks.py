@@ -13,6 +13,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batchd import ids
+from batchd.limits.errors import TooManyTestEvents
 from batchd.store import tables as t
 from batchd.store.records import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from batchd.store.sql import SqlStore, as_row, owned, shielded
@@ -20,16 +21,6 @@ from batchd.store.sql import SqlStore, as_row, owned, shielded
 
 class _TooMany(Exception):
     """Rolls the insert back: the owner has as many endpoints as allowed."""
-
-
-class TooManyTestEvents(Exception):
-    """Too many test events lately: at most `limit` per `scope` ("endpoint" or "owner") in
-    `window` seconds; one more is allowed in `retry_after` seconds."""
-
-    def __init__(self, limit: int, scope: str, window: int, *, retry_after: int) -> None:
-        super().__init__(f"{limit} test events per {scope} in {window} s")
-        self.limit, self.scope, self.window = limit, scope, window
-        self.retry_after = max(1, retry_after)
 
 
 class WebhookStore(SqlStore):

@@ -19,6 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from batchd.limits.errors import QuotaExceeded
 from batchd.store import tables as t
 from batchd.store.records import (
     BatchRecord,
@@ -34,7 +35,6 @@ from batchd.store.records import (
 )
 from batchd.store.sql import (
     ACTIVE,
-    QuotaExceeded,
     as_row,
     done_values,
     live_values,

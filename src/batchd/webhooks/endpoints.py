@@ -13,10 +13,10 @@ from typing import Literal, get_args
 from batchd import ids
 from batchd.clock import Clock
 from batchd.errors import InvalidRequest, NotFound, PermissionDenied, TooManyRequests
+from batchd.limits.errors import TooManyTestEvents
 from batchd.settings import Settings
 from batchd.store.metadata import MetadataStore
 from batchd.store.records import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from batchd.store.webhooks import TooManyTestEvents
 from batchd.webhooks.targets import allowed_hosts, check_url
 
 MAX_ENDPOINTS = 20  # per owner: each terminal batch writes one delivery per endpoint

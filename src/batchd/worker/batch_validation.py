@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 
 from batchd.batches.validation import InputValidator, LineError, ValidationOutcome
+from batchd.limits.errors import QuotaExceeded
 from batchd.limits.tiers import Tier
 from batchd.store.records import BatchRecord, Lease
-from batchd.store.sql import QuotaExceeded
 from batchd.worker.batch_lease import Abandoned, with_lease
 from batchd.worker.context import WorkerContext
 
