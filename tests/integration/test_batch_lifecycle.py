@@ -151,17 +151,16 @@ async def test_cancel_after_validation_read_the_file_but_before_it_started(
 ) -> None:
     """The cancel lands while validation reads the file: its result is dropped (the batch
     never starts) and the requests are listed all the same."""
-    from batchd.store.metadata import MetadataStore
-
     created = await harness.create_batch(await harness.upload(
         [batch_line(f"r{i}") for i in range(3)]))
-    start = MetadataStore.start_batch
+    store = harness.worker.ctx.store
+    start = store.start_batch
 
-    async def cancelled_first(self: MetadataStore, *args: Any, **kwargs: Any) -> bool:
+    async def cancelled_first(*args: Any, **kwargs: Any) -> bool:
         await harness.client.post(f"/v1/batches/{created['id']}/cancel")
-        return await start(self, *args, **kwargs)
+        return await start(*args, **kwargs)
 
-    monkeypatch.setattr(MetadataStore, "start_batch", cancelled_first)
+    monkeypatch.setattr(store, "start_batch", cancelled_first)
     await harness.worker.drain()
     batch = await harness.batch(created["id"])
     assert batch["status"] == "cancelled"

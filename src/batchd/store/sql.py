@@ -1,5 +1,6 @@
-"""The SQL core of the metadata store: engine, migrations, one-writer transactions, and the
-helpers every group of verbs shares.
+"""The SQL core of the metadata store: one database's engine, migrations and one-writer
+transactions, held by every part of the store (`keys`, `files`, `batches`, `work`, `webhooks`,
+`uploads`), and the helpers those parts share.
 
 Every write that changes who owns a piece of work is *fenced*: it names the (owner, generation)
 lease it holds, and zero rows updated means the work was taken away and the caller must stop.
@@ -16,13 +17,13 @@ import fcntl
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, func, make_url, select
+from sqlalchemy import Connection, RowMapping, event, func, make_url, select, tuple_
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
@@ -38,12 +39,11 @@ _MIGRATIONS = str(Path(__file__).with_name("migrations"))
 ACTIVE = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING,
            BatchStatus.CANCELLING)
 
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def shielded(verb: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def shielded(verb: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Let a write finish (commit or roll back) even if its caller is cancelled: a
     transaction cut off half-way could leave its pooled connection holding SQLite's write
     lock, and every later writer would wait on it."""
@@ -81,8 +81,9 @@ def _set_sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntr
     cursor.close()
 
 
-class SqlStore:
-    """Connection handling shared by the store's groups of verbs."""
+class Database:
+    """One database, held by every part of the store: its engine, its migrations, and the
+    transactions the parts read and write in."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -102,13 +103,23 @@ class SqlStore:
         self._write_lock = asyncio.Lock() if url.startswith("sqlite") else None
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed at the end of the block, rolled back by an error."""
         if self._write_lock is None:
             async with self._engine.begin() as conn:
                 yield conn
             return
         async with self._write_lock, self._engine.begin() as conn:
             yield conn
+
+    def read(self) -> AsyncConnection:
+        """A connection for reads, closed at the end of its `async with` block."""
+        return self._engine.connect()
+
+    async def one(self, query: Any) -> RowMapping | None:
+        """The first row `query` reads, if any."""
+        async with self.read() as conn:
+            return (await conn.execute(query)).mappings().first()
 
     @shielded
     async def migrate(self) -> None:
@@ -137,7 +148,7 @@ class SqlStore:
             finally:
                 await engine.dispose()
             return
-        async with self._sqlite_migration_lock(), self._write() as conn:
+        async with self._sqlite_migration_lock(), self.write() as conn:
             await conn.run_sync(upgrade)
 
     @contextlib.asynccontextmanager
@@ -159,29 +170,6 @@ class SqlStore:
         async with self._engine.connect() as conn:
             return float((await conn.execute(
                 select(func.extract("epoch", func.clock_timestamp())))).scalar_one())
-
-    async def _lock_owner(self, conn: AsyncConnection, owner: str) -> None:
-        """Queue this transaction behind any other that checks the same owner's limits
-        (several API processes may race). SQLite needs nothing: a write transaction there
-        already excludes every other writer."""
-        if self.postgres:
-            await conn.execute(select(func.pg_advisory_xact_lock(
-                OWNER_LOCK_SPACE, func.hashtext(owner))))
-
-    async def _notify_work(self, conn: AsyncConnection) -> None:
-        """Wake the workers listening on other hosts when this transaction commits (work
-        appeared, or came back); their polling is the fallback."""
-        if self.postgres:
-            await conn.execute(select(func.pg_notify(WORK_CHANNEL, "")))
-
-    def _next_seq(self, table: Any) -> Any:
-        """Creation order for paging, from the database, so processes on several hosts agree:
-        a sequence on PostgreSQL; on SQLite (one writer at a time) one past the highest. An
-        expression for the insert itself, so the insert stays a transaction's first
-        statement."""
-        if self.postgres:
-            return func.nextval(_SEQUENCE)
-        return select(func.coalesce(func.max(table.c.seq), 0) + 1).scalar_subquery()
 
     async def listen_for_work(self, wake: Callable[[], None], stopping: asyncio.Event) -> None:
         """Call `wake` whenever another process announces work (PostgreSQL's LISTEN/NOTIFY),
@@ -225,9 +213,62 @@ class SqlStore:
         await self._engine.dispose()
 
 
+def _postgres(conn: AsyncConnection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+async def lock_owner(conn: AsyncConnection, owner: str) -> None:
+    """Queue this transaction behind any other that checks the same owner's limits
+    (several API processes may race). SQLite needs nothing: a write transaction there
+    already excludes every other writer."""
+    if _postgres(conn):
+        await conn.execute(select(func.pg_advisory_xact_lock(
+            OWNER_LOCK_SPACE, func.hashtext(owner))))
+
+
+async def notify_work(conn: AsyncConnection) -> None:
+    """Wake the workers listening on other hosts when this transaction commits (work
+    appeared, or came back); their polling is the fallback."""
+    if _postgres(conn):
+        await conn.execute(select(func.pg_notify(WORK_CHANNEL, "")))
+
+
+def next_seq(conn: AsyncConnection, table: Any) -> Any:
+    """Creation order for paging, from the database, so processes on several hosts agree:
+    a sequence on PostgreSQL; on SQLite (one writer at a time) one past the highest. An
+    expression for the insert itself, so the insert stays a transaction's first
+    statement."""
+    if _postgres(conn):
+        return func.nextval(_SEQUENCE)
+    return select(func.coalesce(func.max(table.c.seq), 0) + 1).scalar_subquery()
+
+
 def owned(query: Any, column: Any, owner: str | None) -> Any:
     """Restrict a query to one owner's rows; `None` (an admin) sees every owner's."""
     return query if owner is None else query.where(column == owner)
+
+
+def by_id(table: Any, record_id: str, owner: str | None) -> Any:
+    """The row of `table` with this id, if `owner`'s (any owner's for `None`)."""
+    return owned(select(table).where(table.c.id == record_id), table.c.owner, owner)
+
+
+async def page(conn: AsyncConnection, table: Any, query: Any, *, owner: str | None,
+               after: str | None, limit: int, ascending: bool) -> tuple[list[RowMapping], bool]:
+    """Up to `limit` rows of `query` in creation order (`seq`, then `id`) from just past the
+    row `after`, and whether more follow. An `after` that is no row of `owner`'s gives an
+    empty page: a cursor cannot reveal another owner's row."""
+    c = table.c
+    if after is not None:
+        cursor = (await conn.execute(
+            owned(select(c.seq, c.id).where(c.id == after), c.owner, owner))).first()
+        if cursor is None:
+            return [], False
+        key = tuple_(c.seq, c.id)
+        query = query.where(key > tuple(cursor) if ascending else key < tuple(cursor))
+    order = (c.seq, c.id) if ascending else (c.seq.desc(), c.id.desc())
+    rows = (await conn.execute(query.order_by(*order).limit(limit + 1))).mappings().all()
+    return list(rows[:limit]), len(rows) > limit
 
 
 def as_row(record: object) -> dict[str, Any]:

@@ -16,10 +16,13 @@ from sqlalchemy import and_, func, or_, select, update
 from batchd.limits.errors import PartLimit, PendingUploadLimit
 from batchd.store import tables as t
 from batchd.store.records import FileRecord, UploadPart, UploadRecord
-from batchd.store.sql import SqlStore, as_row, owned, shielded
+from batchd.store.sql import Database, as_row, by_id, lock_owner, next_seq, shielded
 
 
-class UploadStore(SqlStore):
+class SqlUploads:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
     @shielded
     async def insert_upload(self, upload: UploadRecord, *,
                             max_pending: int | None = None) -> None:
@@ -27,9 +30,9 @@ class UploadStore(SqlStore):
         many unfinished ones (`PendingUploadLimit` otherwise), counted in the same
         transaction so that racing creates cannot pass the limit together."""
         u = t.uploads.c
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             if max_pending is not None:
-                await self._lock_owner(conn, upload.owner)
+                await lock_owner(conn, upload.owner)
             # The insert comes first: on SQLite it takes the write lock, so the count below
             # sees every other create of this owner.
             await conn.execute(t.uploads.insert().values(**as_row(upload)))
@@ -44,11 +47,7 @@ class UploadStore(SqlStore):
                     raise PendingUploadLimit(pending=int(pending) - 1, limit=max_pending)
 
     async def get_upload(self, upload_id: str, *, owner: str | None) -> UploadRecord | None:
-        u = t.uploads.c
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(
-                owned(select(t.uploads), u.owner, owner).where(u.id == upload_id)
-            )).mappings().first()
+        row = await self._db.one(by_id(t.uploads, upload_id, owner))
         return UploadRecord.from_row(row) if row else None
 
     @shielded
@@ -58,7 +57,7 @@ class UploadStore(SqlStore):
         only if the upload then has at most `max_parts` parts holding at most `max_bytes`
         bytes (`PartLimit` otherwise)."""
         u, p = t.uploads.c, t.upload_parts.c
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             # The update comes first (SQLite's write lock; on PostgreSQL the upload's row
             # lock) and proves the upload is pending: parts of one upload are recorded one
             # at a time, so the totals below include every part recorded before this one.
@@ -80,7 +79,7 @@ class UploadStore(SqlStore):
     async def part_totals(self, upload_id: str) -> tuple[int, int]:
         """How many parts the upload has, and their bytes."""
         p = t.upload_parts.c
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             count, held = (await conn.execute(
                 select(func.count(), func.coalesce(func.sum(p.bytes), 0))
                 .where(p.upload_id == upload_id))).one()
@@ -88,7 +87,7 @@ class UploadStore(SqlStore):
 
     async def list_parts(self, upload_id: str) -> list[UploadPart]:
         p = t.upload_parts.c
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             rows = (await conn.execute(
                 select(t.upload_parts).where(p.upload_id == upload_id)
                 .order_by(p.created_at, p.id))).mappings()
@@ -100,7 +99,7 @@ class UploadStore(SqlStore):
         cancel or expiry can change it until `complete_upload` or `release_upload`. False
         if it was not pending (another request won)."""
         u = t.uploads.c
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             claimed = await conn.execute(
                 update(t.uploads).where(u.id == upload_id, u.status == "pending",
                                         u.expires_at > now)
@@ -111,7 +110,7 @@ class UploadStore(SqlStore):
     async def release_upload(self, upload_id: str) -> None:
         """Give a claimed upload back (`pending`): its completion failed and may be retried."""
         u = t.uploads.c
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await conn.execute(
                 update(t.uploads).where(u.id == upload_id, u.status == "completing")
                 .values(status="pending"))
@@ -121,14 +120,14 @@ class UploadStore(SqlStore):
         """The claimed upload becomes `completed` with its file, in one transaction (False if
         the claim was lost: only an abandoned claim is taken away, by `expire_uploads`)."""
         u = t.uploads.c
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             done = await conn.execute(
                 update(t.uploads).where(u.id == upload_id, u.status == "completing")
                 .values(status="completed", file_id=file.id))
             if done.rowcount != 1:
                 return False
             await conn.execute(t.files.insert().values(
-                **as_row(file) | {"seq": self._next_seq(t.files)}))
+                **as_row(file) | {"seq": next_seq(conn, t.files)}))
         return True
 
     @shielded
@@ -138,7 +137,7 @@ class UploadStore(SqlStore):
         u = t.uploads.c
         if not upload_ids:
             return []
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             rows = (await conn.execute(
                 update(t.uploads).where(u.id.in_(list(upload_ids)), u.status == "pending")
                 .values(status=status).returning(u.id))).all()
@@ -150,7 +149,7 @@ class UploadStore(SqlStore):
         `completing` though they expired before `abandoned_before`), become `expired`; the
         ids that moved."""
         u = t.uploads.c
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             rows = (await conn.execute(
                 update(t.uploads).where(or_(
                     and_(u.status == "pending", u.expires_at <= now),
@@ -160,6 +159,6 @@ class UploadStore(SqlStore):
 
     @shielded
     async def forget_parts(self, upload_id: str) -> None:
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await conn.execute(t.upload_parts.delete().where(
                 t.upload_parts.c.upload_id == upload_id))

@@ -16,14 +16,43 @@ from batchd import ids
 from batchd.limits.errors import TooManyTestEvents
 from batchd.store import tables as t
 from batchd.store.records import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from batchd.store.sql import SqlStore, as_row, owned, shielded
+from batchd.store.sql import Database, as_row, by_id, lock_owner, notify_work, owned, shielded
 
 
 class _TooMany(Exception):
     """Rolls the insert back: the owner has as many endpoints as allowed."""
 
 
-class WebhookStore(SqlStore):
+async def record_event(conn: AsyncConnection, *, owner: str, type_: str,
+                       data: dict[str, Any], now: int,
+                       only: str | None = None) -> str | None:
+    """Within the caller's transaction: the event, and a pending delivery to each of the
+    owner's enabled endpoints that subscribed to its type (or to `only`)."""
+    w = t.webhook_endpoints.c
+    query = select(t.webhook_endpoints).where(
+        w.owner == owner, w.deleted_at.is_(None), w.disabled_at.is_(None))
+    if only is not None:
+        query = query.where(w.id == only)
+    endpoints = [WebhookEndpoint.from_row(r)
+                 for r in (await conn.execute(query)).mappings()]
+    targets = [e for e in endpoints if only is not None or type_ in e.events]
+    if not targets:
+        return None
+    event_id = ids.event_id()
+    await conn.execute(t.webhook_events.insert().values(
+        id=event_id, owner=owner, type=type_, created_at=now, data=data))
+    await conn.execute(t.webhook_deliveries.insert(), [
+        dict(id=ids.delivery_id(), event_id=event_id, endpoint_id=e.id, state="pending",
+             attempts=0, next_attempt_at=float(now), created_at=now, history=[])
+        for e in targets])
+    await notify_work(conn)
+    return event_id
+
+
+class SqlWebhooks:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
     # --- endpoints ---------------------------------------------------------------------------
 
     @shielded
@@ -31,8 +60,8 @@ class WebhookStore(SqlStore):
         """Store it unless its owner already has `max_per_owner` endpoints (False then)."""
         w = t.webhook_endpoints.c
         try:
-            async with self._write() as conn:
-                await self._lock_owner(conn, endpoint.owner)
+            async with self._db.write() as conn:
+                await lock_owner(conn, endpoint.owner)
                 await conn.execute(t.webhook_endpoints.insert().values(**as_row(endpoint)))
                 count = (await conn.execute(
                     select(func.count()).select_from(t.webhook_endpoints)
@@ -45,25 +74,22 @@ class WebhookStore(SqlStore):
 
     async def list_endpoints(self, *, owner: str | None) -> list[WebhookEndpoint]:
         w = t.webhook_endpoints.c
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             rows = (await conn.execute(
                 owned(select(t.webhook_endpoints), w.owner, owner)
                 .where(w.deleted_at.is_(None)).order_by(w.created_at, w.id))).mappings()
             return [WebhookEndpoint.from_row(r) for r in rows]
 
     async def get_endpoint(self, endpoint_id: str, *, owner: str | None) -> WebhookEndpoint | None:
-        w = t.webhook_endpoints.c
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(
-                owned(select(t.webhook_endpoints), w.owner, owner)
-                .where(w.id == endpoint_id, w.deleted_at.is_(None)))).mappings().first()
+        row = await self._db.one(by_id(t.webhook_endpoints, endpoint_id, owner)
+                                 .where(t.webhook_endpoints.c.deleted_at.is_(None)))
         return WebhookEndpoint.from_row(row) if row else None
 
     @shielded
     async def update_endpoint(self, endpoint_id: str, *, owner: str | None,
                               **values: Any) -> WebhookEndpoint | None:
         w = t.webhook_endpoints.c
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             row = (await conn.execute(
                 owned(update(t.webhook_endpoints), w.owner, owner)
                 .where(w.id == endpoint_id, w.deleted_at.is_(None))
@@ -71,31 +97,6 @@ class WebhookStore(SqlStore):
         return WebhookEndpoint.from_row(row) if row else None
 
     # --- the outbox --------------------------------------------------------------------------
-
-    async def record_event(self, conn: AsyncConnection, *, owner: str, type_: str,
-                           data: dict[str, Any], now: int,
-                           only: str | None = None) -> str | None:
-        """Within the caller's transaction: the event, and a pending delivery to each of the
-        owner's enabled endpoints that subscribed to its type (or to `only`)."""
-        w = t.webhook_endpoints.c
-        query = select(t.webhook_endpoints).where(
-            w.owner == owner, w.deleted_at.is_(None), w.disabled_at.is_(None))
-        if only is not None:
-            query = query.where(w.id == only)
-        endpoints = [WebhookEndpoint.from_row(r)
-                     for r in (await conn.execute(query)).mappings()]
-        targets = [e for e in endpoints if only is not None or type_ in e.events]
-        if not targets:
-            return None
-        event_id = ids.event_id()
-        await conn.execute(t.webhook_events.insert().values(
-            id=event_id, owner=owner, type=type_, created_at=now, data=data))
-        await conn.execute(t.webhook_deliveries.insert(), [
-            dict(id=ids.delivery_id(), event_id=event_id, endpoint_id=e.id, state="pending",
-                 attempts=0, next_attempt_at=float(now), created_at=now, history=[])
-            for e in targets])
-        await self._notify_work(conn)
-        return event_id
 
     @shielded
     async def record_test_event(self, endpoint: WebhookEndpoint, *, now: int,
@@ -106,8 +107,8 @@ class WebhookStore(SqlStore):
         (TooManyTestEvents). Counted in the store, so the limits hold across API processes."""
         d, e, w = t.webhook_deliveries.c, t.webhook_events.c, t.webhook_endpoints.c
         since = now - window
-        async with self._write() as conn:
-            await self._lock_owner(conn, endpoint.owner)  # racing requests count in turn
+        async with self._db.write() as conn:
+            await lock_owner(conn, endpoint.owner)  # racing requests count in turn
             recent = (select(d.endpoint_id, d.created_at)
                       .join(t.webhook_events, e.id == d.event_id)
                       .where(e.type == "webhook.test", d.created_at > since,
@@ -122,7 +123,7 @@ class WebhookStore(SqlStore):
             if len(owners) >= per_owner:
                 raise TooManyTestEvents(per_owner, "owner", window,
                                      retry_after=owners[-per_owner] + window - now)
-            return await self.record_event(
+            return await record_event(
                 conn, owner=endpoint.owner, type_="webhook.test", now=now,
                 data={"id": endpoint.id, "object": "webhook_endpoint"}, only=endpoint.id)
 
@@ -178,7 +179,7 @@ class WebhookStore(SqlStore):
         locked = (select(d.id)
                   .where(d.id.in_(fair), d.state == "pending", d.next_attempt_at <= now, free)
                   .with_for_update(skip_locked=True, of=t.webhook_deliveries))
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             rows = (await conn.execute(
                 update(t.webhook_deliveries).where(d.id.in_(locked), free)
                 .values(lease_until=now + lease_seconds)
@@ -204,7 +205,7 @@ class WebhookStore(SqlStore):
         d = t.webhook_deliveries.c
         state = ("delivered" if delivered else "pending" if next_attempt_at is not None
                  else "failed")
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             result = await conn.execute(
                 update(t.webhook_deliveries)
                 .where(d.id == delivery.id, d.lease_until == delivery.lease_until)
@@ -224,7 +225,7 @@ class WebhookStore(SqlStore):
     async def list_deliveries(self, endpoint_id: str, *, limit: int
                               ) -> list[tuple[WebhookDelivery, WebhookEvent]]:
         d = t.webhook_deliveries.c
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             rows = (await conn.execute(
                 select(t.webhook_deliveries, t.webhook_events.c.type,
                        t.webhook_events.c.owner, t.webhook_events.c.data,

@@ -1,4 +1,6 @@
-"""Store verbs for the worker: leasing, validating, running and finishing batches and chunks."""
+"""Store verbs for the worker: leasing, validating, running and finishing batches and chunks.
+
+Claims, heartbeats, checkpoints and commits are all fenced by lease generation (store/sql.py)."""
 
 from __future__ import annotations
 
@@ -31,20 +33,24 @@ from batchd.store.records import (
     FileRecord,
     Lease,
     Part,
-    StopReason,
 )
 from batchd.store.sql import (
     ACTIVE,
+    Database,
     as_row,
     done_values,
     live_values,
+    lock_owner,
+    next_seq,
+    notify_work,
     shielded,
 )
-from batchd.store.webhooks import WebhookStore
+from batchd.store.webhooks import record_event
 
 
-class WorkStore(WebhookStore):
-    """Claims, heartbeats, checkpoints and commits, all fenced by lease generation."""
+class SqlWork:
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     # --- batch-level work: validation and assembly ----------------------------------------
 
@@ -73,7 +79,7 @@ class WorkStore(WebhookStore):
             .with_for_update(skip_locked=True, of=t.batches)
             .scalar_subquery()
         )
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             row = (await conn.execute(
                 update(t.batches)
                 .where(b.id == candidate)
@@ -94,19 +100,14 @@ class WorkStore(WebhookStore):
             return None
         return BatchRecord.from_row(row), Lease(owner=worker, generation=row["lease_generation"])
 
-    def _batch_fence(self, batch_id: str, lease: Lease) -> Any:
-        b = t.batches.c
-        return and_(b.id == batch_id, b.lease_owner == lease.owner,
-                    b.lease_generation == lease.generation)
-
     @shielded
     async def renew_batch_lease(
         self, batch_id: str, lease: Lease, *, now: float, lease_seconds: float
     ) -> BatchRecord | None:
         """Extend the lease; None means it was lost. The record shows a pending cancel."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             row = (await conn.execute(
-                update(t.batches).where(self._batch_fence(batch_id, lease))
+                update(t.batches).where(_batch_fence(batch_id, lease))
                 .values(lease_expires_at=now + lease_seconds)
                 .returning(*t.batches.c)
             )).mappings().first()
@@ -114,9 +115,9 @@ class WorkStore(WebhookStore):
 
     @shielded
     async def release_batch_lease(self, batch_id: str, lease: Lease) -> None:
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await conn.execute(
-                update(t.batches).where(self._batch_fence(batch_id, lease))
+                update(t.batches).where(_batch_fence(batch_id, lease))
                 .values(lease_owner=None, lease_expires_at=None)
             )
 
@@ -134,10 +135,10 @@ class WorkStore(WebhookStore):
         two batches validated at once cannot both slip under the limit."""
         b = t.batches.c
         status = BatchStatus.IN_PROGRESS if plans else BatchStatus.FINALIZING
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             row = (await conn.execute(
                 update(t.batches)
-                .where(self._batch_fence(batch_id, lease), b.status == BatchStatus.VALIDATING)
+                .where(_batch_fence(batch_id, lease), b.status == BatchStatus.VALIDATING)
                 .values(status=status, in_progress_at=now, total=total, model=model,
                         finalizing_at=None if plans else now,
                         lease_owner=None, lease_expires_at=None)
@@ -147,8 +148,8 @@ class WorkStore(WebhookStore):
                 return False
             deadline, owner = row
             if token_limit is not None:
-                await self._lock_owner(conn, owner)
-                enqueued = await self._enqueued_tokens(conn, owner, exclude=batch_id)
+                await lock_owner(conn, owner)
+                enqueued = await _enqueued_tokens(conn, owner, exclude=batch_id)
                 for name, wanted in sorted(tokens.items()):
                     if enqueued.get(name, 0) + wanted > token_limit:
                         raise QuotaExceeded(model=name, enqueued=enqueued.get(name, 0),
@@ -166,30 +167,17 @@ class WorkStore(WebhookStore):
                          model=model)
                     for p in batch_of_plans
                 ])
-            await self._notify_work(conn)
+            await notify_work(conn)
         return True
-
-    async def _enqueued_tokens(self, conn: AsyncConnection, owner: str, *,
-                               exclude: str | None = None) -> dict[str, int]:
-        b, bt = t.batches.c, t.batch_tokens.c
-        query = (
-            select(bt.model, func.sum(bt.tokens))
-            .join(t.batches, b.id == bt.batch_id)
-            .where(b.owner == owner, b.status.in_(ACTIVE))
-            .group_by(bt.model)
-        )
-        if exclude is not None:
-            query = query.where(bt.batch_id != exclude)
-        return {name: int(n) for name, n in (await conn.execute(query)).all()}
 
     @shielded
     async def fail_batch(
         self, batch_id: str, lease: Lease, *, errors: list[dict[str, Any]], now: int
     ) -> bool:
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             owner = (await conn.execute(
                 update(t.batches)
-                .where(self._batch_fence(batch_id, lease),
+                .where(_batch_fence(batch_id, lease),
                        t.batches.c.status == BatchStatus.VALIDATING)
                 .values(status=BatchStatus.FAILED, failed_at=now, errors=errors,
                         lease_owner=None, lease_expires_at=None)
@@ -197,7 +185,7 @@ class WorkStore(WebhookStore):
             )).scalar_one_or_none()
             if owner is None:
                 return False
-            await self.record_event(conn, owner=owner, type_="batch.failed",
+            await record_event(conn, owner=owner, type_="batch.failed",
                                     data={"id": batch_id}, now=now)
             return True
 
@@ -215,10 +203,10 @@ class WorkStore(WebhookStore):
             BatchStatus.COMPLETED: "completed_at", BatchStatus.CANCELLED: "cancelled_at",
             BatchStatus.EXPIRED: "expired_at", BatchStatus.FAILED: "failed_at",
         }[status]
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             owner = (await conn.execute(
                 update(t.batches)
-                .where(self._batch_fence(batch_id, lease), b.status.in_(ACTIVE))
+                .where(_batch_fence(batch_id, lease), b.status.in_(ACTIVE))
                 .values(
                     status=status, **{stamp: now},
                     output_file_id=output_file.id if output_file else None,
@@ -234,12 +222,12 @@ class WorkStore(WebhookStore):
             if owner is None:
                 return False
             # The notice commits with the status change (webhooks' outbox).
-            await self.record_event(conn, owner=owner, type_=f"batch.{status.value}",
+            await record_event(conn, owner=owner, type_=f"batch.{status.value}",
                                     data={"id": batch_id}, now=now)
             for record in (output_file, error_file):
                 if record is not None:
                     await conn.execute(t.files.insert().values(
-                        **as_row(record) | {"seq": self._next_seq(t.files)}))
+                        **as_row(record) | {"seq": next_seq(conn, t.files)}))
         return True
 
     # --- periodic housekeeping ---------------------------------------------------------------
@@ -249,7 +237,7 @@ class WorkStore(WebhookStore):
         """Whether this process runs the periodic `job` now: of all the workers sharing the
         store, one per period does (the others find the turn taken)."""
         h = t.housekeeping.c
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             result = await conn.execute(
                 update(t.housekeeping).where(h.job == job, h.due_at <= now)
                 .values(due_at=now + every))
@@ -273,7 +261,7 @@ class WorkStore(WebhookStore):
         Live counts restart from what the chunk has committed. A chunk is never given up
         here: worker deaths count against the requests that were in flight
         (worker/deaths.py), and the batch's deadline bounds the rest."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             row = (await conn.execute(_CLAIM_CHUNK_ANY if models is None else _CLAIM_CHUNK, {
                 "now": now, "worker": worker, "lease_until": now + lease_seconds,
                 "models": list(models or ()), "mixed": mixed, "newcomers": list(newcomers),
@@ -283,12 +271,6 @@ class WorkStore(WebhookStore):
             return None
         return Chunk.from_row(row), Lease(owner=worker, generation=row["generation"])
 
-    def _chunk_fence(self, chunk: Chunk, lease: Lease) -> Any:
-        c = t.chunks.c
-        return and_(c.batch_id == chunk.batch_id, c.chunk_no == chunk.chunk_no,
-                    c.owner == lease.owner, c.generation == lease.generation,
-                    c.state == ChunkState.LEASED)
-
     @shielded
     async def heartbeat_chunk(
         self, chunk: Chunk, lease: Lease, *, progress: ChunkProgress, now: float,
@@ -296,9 +278,9 @@ class WorkStore(WebhookStore):
     ) -> BatchRecord | None:
         """Extend the lease and publish live counts. None: the chunk is no longer ours.
         The returned batch tells the worker whether to stop (cancel, expiry)."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             result = await conn.execute(
-                update(t.chunks).where(self._chunk_fence(chunk, lease))
+                update(t.chunks).where(_chunk_fence(chunk, lease))
                 .values(lease_expires_at=now + lease_seconds, **live_values(progress))
             )
             if result.rowcount != 1:
@@ -313,9 +295,9 @@ class WorkStore(WebhookStore):
                             in_flight: dict[str, Any]) -> bool:
         """Record which requests the run may start next (fenced), before it starts them: if
         the worker dies, the next run knows whom to suspect."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             result = await conn.execute(
-                update(t.chunks).where(self._chunk_fence(chunk, lease))
+                update(t.chunks).where(_chunk_fence(chunk, lease))
                 .values(in_flight=in_flight)
             )
             return result.rowcount == 1
@@ -324,9 +306,9 @@ class WorkStore(WebhookStore):
     async def record_deaths(self, chunk: Chunk, lease: Lease, *,
                             strikes: dict[str, list[int]]) -> bool:
         """Charge the previous run's death to its in-flight requests, once (fenced)."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             result = await conn.execute(
-                update(t.chunks).where(self._chunk_fence(chunk, lease))
+                update(t.chunks).where(_chunk_fence(chunk, lease))
                 .values(strikes=strikes or None, in_flight=None)
             )
             return result.rowcount == 1
@@ -339,7 +321,7 @@ class WorkStore(WebhookStore):
         chunk claimed meanwhile is another run's. Returns how many chunks were marked."""
         c = t.chunks.c
         marked = 0
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             rows = (await conn.execute(
                 select(c.batch_id, c.chunk_no, c.generation, c.in_flight)
                 .where(c.owner == owner, c.state == ChunkState.LEASED)
@@ -379,12 +361,12 @@ class WorkStore(WebhookStore):
                 values.update(attempts=t.chunks.c.attempts - 1)
         else:
             values.update(lease_expires_at=now + lease_seconds)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             result = await conn.execute(
-                update(t.chunks).where(self._chunk_fence(chunk, lease)).values(**values)
+                update(t.chunks).where(_chunk_fence(chunk, lease)).values(**values)
             )
             if release and result.rowcount == 1:
-                await self._notify_work(conn)
+                await notify_work(conn)
             return result.rowcount == 1
 
     @shielded
@@ -397,52 +379,25 @@ class WorkStore(WebhookStore):
         On PostgreSQL the batch row is locked first: two last chunks committed at once would
         otherwise each see the other still running (neither commit is visible to the other)
         and leave the batch `in_progress` for good. SQLite's single writer needs no lock."""
-        async with self._write() as conn:
-            if self.postgres:
+        async with self._db.write() as conn:
+            if self._db.postgres:
                 await conn.execute(select(t.batches.c.id)
                                    .where(t.batches.c.id == chunk.batch_id).with_for_update())
             result = await conn.execute(
-                update(t.chunks).where(self._chunk_fence(chunk, lease))
+                update(t.chunks).where(_chunk_fence(chunk, lease))
                 .values(state=ChunkState.DONE, parts=parts, lease_expires_at=None,
                         in_flight=None, **done_values(committed), **live_values(committed))
             )
             if result.rowcount != 1:
                 return False
-            await self._finalize_if_finished(conn, chunk.batch_id, now=now)
+            await _finalize_if_finished(conn, chunk.batch_id, now=now)
         return True
-
-    async def _finalize_if_finished(self, conn: AsyncConnection, batch_id: str, *,
-                                    now: int) -> None:
-        c, b = t.chunks.c, t.batches.c
-        finished = await conn.execute(
-            update(t.batches)
-            .where(b.id == batch_id, b.status == BatchStatus.IN_PROGRESS,
-                   b.stop_reason.is_(None))
-            .where(~exists().where(c.batch_id == batch_id,
-                                   c.state.not_in((ChunkState.DONE, ChunkState.FAILED))))
-            .values(status=BatchStatus.FINALIZING, finalizing_at=now)
-        )
-        if finished.rowcount:
-            await self._notify_work(conn)  # ready to assemble
-
-    @shielded
-    async def stop_batch(self, batch_id: str, *, reason: StopReason,
-                         errors: list[dict[str, Any]] | None = None) -> None:
-        """Stop a running batch (e.g. its input vanished); assembly then reports the rest."""
-        b = t.batches.c
-        async with self._write() as conn:
-            await conn.execute(
-                update(t.batches)
-                .where(b.id == batch_id, b.status == BatchStatus.IN_PROGRESS,
-                       b.stop_reason.is_(None))
-                .values(stop_reason=reason, errors=errors)
-            )
 
     @shielded
     async def release_leases_of(self, owner: str) -> int:
         """Free all work held under `owner` (a restarted worker reclaiming its past life's).
         What that life had in flight stays recorded: the next run charges the death to it."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             chunks = await conn.execute(
                 update(t.chunks)
                 .where(t.chunks.c.owner == owner, t.chunks.c.state == ChunkState.LEASED)
@@ -453,24 +408,63 @@ class WorkStore(WebhookStore):
                 .values(lease_owner=None, lease_expires_at=None)
             )
             if chunks.rowcount + batches.rowcount:
-                await self._notify_work(conn)
+                await notify_work(conn)
             return chunks.rowcount + batches.rowcount
 
     async def get_chunk(self, batch_id: str, chunk_no: int) -> Chunk | None:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(
-                select(t.chunks).where(t.chunks.c.batch_id == batch_id,
-                                       t.chunks.c.chunk_no == chunk_no)
-            )).mappings().first()
+        row = await self._db.one(select(t.chunks).where(t.chunks.c.batch_id == batch_id,
+                                                        t.chunks.c.chunk_no == chunk_no))
         return Chunk.from_row(row) if row else None
 
     async def list_chunks(self, batch_id: str) -> list[Chunk]:
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             rows = (await conn.execute(
                 select(t.chunks).where(t.chunks.c.batch_id == batch_id)
                 .order_by(t.chunks.c.chunk_no)
             )).mappings()
             return [Chunk.from_row(r) for r in rows]
+
+
+def _batch_fence(batch_id: str, lease: Lease) -> Any:
+    b = t.batches.c
+    return and_(b.id == batch_id, b.lease_owner == lease.owner,
+                b.lease_generation == lease.generation)
+
+
+def _chunk_fence(chunk: Chunk, lease: Lease) -> Any:
+    c = t.chunks.c
+    return and_(c.batch_id == chunk.batch_id, c.chunk_no == chunk.chunk_no,
+                c.owner == lease.owner, c.generation == lease.generation,
+                c.state == ChunkState.LEASED)
+
+
+async def _enqueued_tokens(conn: AsyncConnection, owner: str, *,
+                           exclude: str | None = None) -> dict[str, int]:
+    b, bt = t.batches.c, t.batch_tokens.c
+    query = (
+        select(bt.model, func.sum(bt.tokens))
+        .join(t.batches, b.id == bt.batch_id)
+        .where(b.owner == owner, b.status.in_(ACTIVE))
+        .group_by(bt.model)
+    )
+    if exclude is not None:
+        query = query.where(bt.batch_id != exclude)
+    return {name: int(n) for name, n in (await conn.execute(query)).all()}
+
+
+async def _finalize_if_finished(conn: AsyncConnection, batch_id: str, *,
+                                now: int) -> None:
+    c, b = t.chunks.c, t.batches.c
+    finished = await conn.execute(
+        update(t.batches)
+        .where(b.id == batch_id, b.status == BatchStatus.IN_PROGRESS,
+               b.stop_reason.is_(None))
+        .where(~exists().where(c.batch_id == batch_id,
+                               c.state.not_in((ChunkState.DONE, ChunkState.FAILED))))
+        .values(status=BatchStatus.FINALIZING, finalizing_at=now)
+    )
+    if finished.rowcount:
+        await notify_work(conn)  # ready to assemble
 
 
 def _claim_chunk_statement(*, any_model: bool) -> Any:

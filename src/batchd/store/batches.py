@@ -1,0 +1,165 @@
+"""Store verbs for batches as callers see them: create, read, list and count them, and the
+three ways one stops before all of its requests ran.
+
+A stop only records its `stop_reason` (and moves a cancelled batch to `cancelling`); the worker
+then assembles what the batch has, through its leased verbs (store/work.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from batchd.limits.errors import ActiveBatchLimit
+from batchd.store import tables as t
+from batchd.store.records import (
+    BatchRecord,
+    BatchStatus,
+    ChunkProgress,
+    ChunkState,
+    StopReason,
+)
+from batchd.store.sql import (
+    ACTIVE,
+    Database,
+    as_row,
+    by_id,
+    lock_owner,
+    next_seq,
+    notify_work,
+    owned,
+    page,
+    shielded,
+)
+
+
+class SqlBatches:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @shielded
+    async def insert_batch(self, record: BatchRecord, *,
+                           max_active: int | None = None) -> BatchRecord:
+        """Store a new batch. With `max_active`, only if its owner then has at most that many
+        unfinished batches (`ActiveBatchLimit` otherwise): counted and inserted in one
+        transaction, so racing creates cannot pass the limit together."""
+        c = t.batches.c
+        async with self._db.write() as conn:
+            if max_active is not None:
+                await lock_owner(conn, record.owner)
+            # The insert comes first: on SQLite it takes the write lock, so the count below
+            # sees every other create of this owner.
+            seq = (await conn.execute(
+                t.batches.insert().values(**as_row(record) | {"seq": next_seq(conn, t.batches)})
+                .returning(c.seq))).scalar_one()
+            record = dataclasses.replace(record, seq=seq)
+            if max_active is not None:
+                active = (await conn.execute(
+                    select(func.count()).select_from(t.batches)
+                    .where(c.owner == record.owner, c.status.in_(ACTIVE))
+                )).scalar_one()
+                if active > max_active:
+                    raise ActiveBatchLimit(active=int(active) - 1, limit=max_active)
+            await notify_work(conn)  # it needs validating
+        return record
+
+    async def get_batch(self, batch_id: str, *, owner: str | None) -> BatchRecord | None:
+        row = await self._db.one(by_id(t.batches, batch_id, owner))
+        return BatchRecord.from_row(row) if row else None
+
+    async def list_batches(
+        self, *, owner: str | None, after: str | None, limit: int
+    ) -> tuple[list[BatchRecord], bool]:
+        """Newest first; `owner=None` lists every owner's batches (admins)."""
+        query = owned(select(t.batches), t.batches.c.owner, owner)
+        async with self._db.read() as conn:
+            rows, more = await page(conn, t.batches, query, owner=owner, after=after,
+                                    limit=limit, ascending=False)
+        return [BatchRecord.from_row(r) for r in rows], more
+
+    async def live_progress(self, batch_ids: Sequence[str]) -> dict[str, ChunkProgress]:
+        """Results so far, summed over chunks (committed and in-flight)."""
+        if not batch_ids:
+            return {}
+        c = t.chunks.c
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(
+                    c.batch_id,
+                    func.sum(c.n_ok), func.sum(c.n_err),
+                    func.sum(c.input_tokens), func.sum(c.output_tokens),
+                    func.sum(c.cached_tokens),
+                ).where(c.batch_id.in_(batch_ids)).group_by(c.batch_id)
+            )
+            return {  # int(): PostgreSQL sums integers as numeric
+                r[0]: ChunkProgress(n_ok=int(r[1] or 0), n_err=int(r[2] or 0),
+                                    input_tokens=int(r[3] or 0), output_tokens=int(r[4] or 0),
+                                    cached_tokens=int(r[5] or 0))
+                for r in rows
+            }
+
+    async def queue_snapshot(self) -> dict[str, dict[str, int]]:
+        """Batches by status, and the requests of running batches not finished yet by model
+        (for the metrics' store-wide gauges)."""
+        b, c = t.batches.c, t.chunks.c
+        async with self._db.read() as conn:
+            statuses = (await conn.execute(
+                select(b.status, func.count()).group_by(b.status))).all()
+            pending = (await conn.execute(
+                select(c.model, func.sum(c.n_lines - c.done_ok - c.done_err))
+                .join(t.batches, b.id == c.batch_id)
+                .where(b.status == BatchStatus.IN_PROGRESS,
+                       c.state.not_in((ChunkState.DONE, ChunkState.FAILED)))
+                .group_by(c.model))).all()
+        return {"batches": {str(status): int(n) for status, n in statuses},
+                "pending": {model or "*": int(n or 0) for model, n in pending}}
+
+    # --- stopping: a cancel, an expiry, or a failure no request caused --------------------
+
+    @shielded
+    async def request_cancel(self, batch_id: str, *, owner: str | None,
+                             now: int) -> BatchRecord | None:
+        """Move an active batch to `cancelling`; returns the batch as it now stands."""
+        c = t.batches.c
+        async with self._db.write() as conn:
+            await conn.execute(
+                owned(update(t.batches).where(c.id == batch_id), c.owner, owner)
+                .where(c.status.in_((BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS,
+                                     BatchStatus.FINALIZING)))
+                .where(c.stop_reason.is_(None))
+                .values(status=BatchStatus.CANCELLING, cancelling_at=now,
+                        stop_reason=StopReason.CANCELLED)
+            )
+            await notify_work(conn)  # someone must assemble what it has
+            row = (await conn.execute(by_id(t.batches, batch_id, owner))).mappings().first()
+        return BatchRecord.from_row(row) if row else None
+
+    @shielded
+    async def mark_expired(self, *, now: int) -> int:
+        """Flag batches whose window passed; the worker then assembles what they have."""
+        c = t.batches.c
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                update(t.batches)
+                .where(c.status.in_((BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)))
+                .where(c.stop_reason.is_(None), c.expires_at <= now)
+                .values(stop_reason=StopReason.EXPIRED)
+            )
+            if result.rowcount:
+                await notify_work(conn)
+            return result.rowcount
+
+    @shielded
+    async def stop_batch(self, batch_id: str, *, reason: StopReason,
+                         errors: list[dict[str, Any]] | None = None) -> None:
+        """Stop a running batch (e.g. its input vanished); assembly then reports the rest."""
+        b = t.batches.c
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(t.batches)
+                .where(b.id == batch_id, b.status == BatchStatus.IN_PROGRESS,
+                       b.stop_reason.is_(None))
+                .values(stop_reason=reason, errors=errors)
+            )
