@@ -12,8 +12,8 @@ from batchd.errors import InvalidRequest, NotFound
 from batchd.openai.files import FileObject
 from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
-from batchd.store.metadata import MetadataStore
 from batchd.store.records import FileRecord
+from batchd.store.roles import FileVerbs
 from batchd.upload_stream import StreamedUpload, UploadForm
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -43,7 +43,7 @@ def file_object(record: FileRecord) -> FileObject:
 
 class FileService:
     def __init__(
-        self, *, store: MetadataStore, blobs: BlobStore, clock: Clock, settings: Settings
+        self, *, store: FileVerbs, blobs: BlobStore, clock: Clock, settings: Settings
     ) -> None:
         self.store = store
         self.blobs = blobs

@@ -12,8 +12,8 @@ import secrets
 
 from batchd.clock import Clock
 from batchd.errors import InvalidRequest, NotFound
-from batchd.store.metadata import MetadataStore
 from batchd.store.records import ApiKey
+from batchd.store.roles import ApiStore
 
 KEY_PREFIX = "bd-"
 # The owner of BATCHD_API_KEY and of the key made on a first start: the operator. No other key
@@ -26,7 +26,7 @@ def hash_key(secret: str) -> str:
 
 
 class KeyService:
-    def __init__(self, *, store: MetadataStore, clock: Clock) -> None:
+    def __init__(self, *, store: ApiStore, clock: Clock) -> None:
         self.store = store
         self.clock = clock
 

@@ -38,8 +38,8 @@ from batchd.openai.files import FileObject
 from batchd.settings import Settings
 from batchd.shielding import finish_even_if_cancelled
 from batchd.store.blobs import BlobStore
-from batchd.store.metadata import MetadataStore
 from batchd.store.records import FileRecord, UploadPart, UploadRecord
+from batchd.store.roles import UploadVerbs
 from batchd.upload_stream import StreamedUpload
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class _Md5Mismatch(Exception):
 
 
 class UploadService:
-    def __init__(self, *, store: MetadataStore, blobs: BlobStore, clock: Clock,
+    def __init__(self, *, store: UploadVerbs, blobs: BlobStore, clock: Clock,
                  settings: Settings, files: FileService) -> None:
         self.store, self.blobs, self.clock = store, blobs, clock
         self.settings, self.files = settings, files

@@ -27,8 +27,8 @@ from batchd.errors import Conflict, InvalidRequest
 from batchd.line_reader import Line, LineReader
 from batchd.read_budget import Reservation, busy
 from batchd.store.blobs import BlobMissing, BlobStore
-from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, Chunk, ChunkState
+from batchd.store.roles import ApiStore
 
 # Chunk numbers and part counts are far below this; a cursor saying more was not ours.
 _MAX_NUMBER = 2**53
@@ -193,7 +193,7 @@ class PageBytes:
         return None
 
 
-async def output_page(store: MetadataStore, blobs: BlobStore, batch: BatchRecord,
+async def output_page(store: ApiStore, blobs: BlobStore, batch: BatchRecord,
                       after: Frontier, *, limit: int, held: Reservation,
                       budget: int) -> Page:
     """The next output lines after `after` (at least `limit`, or all there are, or fewer

@@ -21,12 +21,12 @@ from batchd.limits.tiers import TiersFile
 from batchd.openai.batches import BatchObject, CreateBatchRequest
 from batchd.openai.metadata import MAX_METADATA_PAIRS
 from batchd.store.blobs import BlobStore
-from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, BatchStatus, FileRecord
+from batchd.store.roles import ApiStore
 
 
 class BatchRetry:
-    def __init__(self, *, store: MetadataStore, blobs: BlobStore, batches: BatchService,
+    def __init__(self, *, store: ApiStore, blobs: BlobStore, batches: BatchService,
                  clock: Clock) -> None:
         self.store, self.blobs, self.batches, self.clock = store, blobs, batches, clock
 

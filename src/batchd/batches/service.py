@@ -24,8 +24,8 @@ from batchd.openai.metadata import check_metadata
 from batchd.read_budget import Reservation
 from batchd.serving.endpoints import OPERATIONS
 from batchd.store.blobs import BlobStore
-from batchd.store.metadata import MetadataStore
 from batchd.store.records import BatchRecord, BatchStatus, ChunkProgress
+from batchd.store.roles import ApiStore
 
 SUPPORTED_ENDPOINTS = tuple(OPERATIONS)
 KNOWN_ENDPOINTS = (
@@ -70,7 +70,7 @@ def batch_object(record: BatchRecord, live: ChunkProgress | None = None) -> Batc
 
 
 class BatchService:
-    def __init__(self, *, store: MetadataStore, blobs: BlobStore, clock: Clock,
+    def __init__(self, *, store: ApiStore, blobs: BlobStore, clock: Clock,
                  wake: Callable[[], None]) -> None:
         self.store = store
         self.blobs = blobs

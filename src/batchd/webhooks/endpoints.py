@@ -15,8 +15,8 @@ from batchd.clock import Clock
 from batchd.errors import InvalidRequest, NotFound, PermissionDenied, TooManyRequests
 from batchd.limits.errors import TooManyTestEvents
 from batchd.settings import Settings
-from batchd.store.metadata import MetadataStore
 from batchd.store.records import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from batchd.store.roles import ApiStore
 from batchd.webhooks.targets import allowed_hosts, check_url
 
 MAX_ENDPOINTS = 20  # per owner: each terminal batch writes one delivery per endpoint
@@ -40,7 +40,7 @@ def _not_found(endpoint_id: str) -> NotFound:
 
 
 class WebhookEndpoints:
-    def __init__(self, *, store: MetadataStore, clock: Clock, settings: Settings,
+    def __init__(self, *, store: ApiStore, clock: Clock, settings: Settings,
                  wake: Callable[[], None]) -> None:
         self.store = store
         self.clock = clock

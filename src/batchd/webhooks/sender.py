@@ -25,8 +25,8 @@ from standardwebhooks import Webhook
 from batchd import __version__, metrics
 from batchd.clock import Clock
 from batchd.settings import Settings
-from batchd.store.metadata import MetadataStore
 from batchd.store.records import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from batchd.store.roles import DeliveryVerbs
 from batchd.webhooks.pinned import (
     NOT_PUBLIC,
     AddressNotPublic,
@@ -62,7 +62,7 @@ def signed_headers(secret: str, event_id: str, timestamp: int, body: bytes) -> d
 
 
 class WebhookSender:
-    def __init__(self, *, store: MetadataStore, clock: Clock, settings: Settings) -> None:
+    def __init__(self, *, store: DeliveryVerbs, clock: Clock, settings: Settings) -> None:
         self.store, self.clock, self.settings = store, clock, settings
         self._http: httpx.AsyncClient | None = None  # opened at the first delivery
         self._running: set[asyncio.Task[None]] = set()

@@ -9,13 +9,13 @@ from batchd.engines.registry import ModelRegistry
 from batchd.limits.tiers import DEFAULT_TIERS, TiersFile
 from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
-from batchd.store.metadata import MetadataStore
+from batchd.store.roles import WorkerStore
 
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerContext:
     worker_id: str
-    store: MetadataStore
+    store: WorkerStore
     blobs: BlobStore
     registry: ModelRegistry
     clock: Clock
