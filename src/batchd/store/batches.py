@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from batchd.limits.errors import ActiveBatchLimit
 from batchd.store import tables as t
 from batchd.store.records import (
+    ACTIVE_STATUSES,
     BatchRecord,
     BatchStatus,
     ChunkProgress,
@@ -22,9 +23,7 @@ from batchd.store.records import (
     StopReason,
 )
 from batchd.store.sql import (
-    ACTIVE,
     Database,
-    as_row,
     by_id,
     lock_owner,
     next_seq,
@@ -52,13 +51,13 @@ class SqlBatches:
             # The insert comes first: on SQLite it takes the write lock, so the count below
             # sees every other create of this owner.
             seq = (await conn.execute(
-                t.batches.insert().values(**as_row(record) | {"seq": next_seq(conn, t.batches)})
+                t.batches.insert().values(**t.as_row(record) | {"seq": next_seq(conn, t.batches)})
                 .returning(c.seq))).scalar_one()
             record = dataclasses.replace(record, seq=seq)
             if max_active is not None:
                 active = (await conn.execute(
                     select(func.count()).select_from(t.batches)
-                    .where(c.owner == record.owner, c.status.in_(ACTIVE))
+                    .where(c.owner == record.owner, c.status.in_(ACTIVE_STATUSES))
                 )).scalar_one()
                 if active > max_active:
                     raise ActiveBatchLimit(active=int(active) - 1, limit=max_active)

@@ -10,8 +10,8 @@ import dataclasses
 from sqlalchemy import exists, select, update
 
 from batchd.store import tables as t
-from batchd.store.records import FileRecord
-from batchd.store.sql import ACTIVE, Database, as_row, by_id, next_seq, owned, page, shielded
+from batchd.store.records import ACTIVE_STATUSES, FileRecord
+from batchd.store.sql import Database, by_id, next_seq, owned, page, shielded
 
 
 class SqlFiles:
@@ -22,7 +22,7 @@ class SqlFiles:
     async def insert_file(self, record: FileRecord) -> FileRecord:
         async with self._db.write() as conn:
             seq = (await conn.execute(
-                t.files.insert().values(**as_row(record) | {"seq": next_seq(conn, t.files)})
+                t.files.insert().values(**t.as_row(record) | {"seq": next_seq(conn, t.files)})
                 .returning(t.files.c.seq))).scalar_one()
         return dataclasses.replace(record, seq=seq)
 
@@ -62,7 +62,7 @@ class SqlFiles:
     async def deleted_files_unused(self) -> list[FileRecord]:
         """Deleted files whose blob no active batch needs any more (ready to purge)."""
         b = t.batches.c
-        in_use = exists().where(b.input_file_id == t.files.c.id, b.status.in_(ACTIVE))
+        in_use = exists().where(b.input_file_id == t.files.c.id, b.status.in_(ACTIVE_STATUSES))
         async with self._db.read() as conn:
             rows = (await conn.execute(
                 select(t.files).where(t.files.c.deleted_at.is_not(None), ~in_use)

@@ -6,7 +6,7 @@ from sqlalchemy import select, update
 
 from batchd.store import tables as t
 from batchd.store.records import ApiKey
-from batchd.store.sql import Database, as_row, shielded
+from batchd.store.sql import Database, shielded
 
 
 class SqlKeys:
@@ -17,7 +17,7 @@ class SqlKeys:
     async def insert_key(self, key: ApiKey, *, key_hash: str) -> None:
         """Store a key (only its hash; the secret is never stored)."""
         async with self._db.write() as conn:
-            await conn.execute(t.api_keys.insert().values(**as_row(key), key_hash=key_hash))
+            await conn.execute(t.api_keys.insert().values(**t.as_row(key), key_hash=key_hash))
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         row = await self._db.one(select(t.api_keys).where(t.api_keys.c.key_hash == key_hash))

@@ -26,6 +26,9 @@ class BatchStatus(enum.StrEnum):
 TERMINAL_STATUSES = frozenset(
     {BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
 )
+# Unfinished: the batch still holds its owner's quota and counts against its batch limit.
+ACTIVE_STATUSES = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING,
+                   BatchStatus.CANCELLING)
 
 
 class StopReason(enum.StrEnum):

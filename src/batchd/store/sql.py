@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import fcntl
 import functools
 import logging
@@ -29,15 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from batchd.shielding import finish_even_if_cancelled
-from batchd.store.records import (
-    BatchStatus,
-    ChunkProgress,
-)
 
 log = logging.getLogger(__name__)
 _MIGRATIONS = str(Path(__file__).with_name("migrations"))
-ACTIVE = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING,
-           BatchStatus.CANCELLING)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -269,19 +262,3 @@ async def page(conn: AsyncConnection, table: Any, query: Any, *, owner: str | No
     order = (c.seq, c.id) if ascending else (c.seq.desc(), c.id.desc())
     rows = (await conn.execute(query.order_by(*order).limit(limit + 1))).mappings().all()
     return list(rows[:limit]), len(rows) > limit
-
-
-def as_row(record: object) -> dict[str, Any]:
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}  # type: ignore[arg-type]
-
-
-def live_values(progress: ChunkProgress) -> dict[str, int]:
-    return dataclasses.asdict(progress)
-
-
-def done_values(progress: ChunkProgress) -> dict[str, int]:
-    return {"done_ok": progress.n_ok, "done_err": progress.n_err,
-            "done_input_tokens": progress.input_tokens,
-            "done_output_tokens": progress.output_tokens,
-            "done_cached_tokens": progress.cached_tokens}
-

@@ -1,6 +1,10 @@
-"""SQLAlchemy Core tables. Their history lives in `migrations/versions/`; keep both in step."""
+"""SQLAlchemy Core tables, and the row values of the records stored in them. Their history
+lives in `migrations/versions/`; keep both in step."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -15,6 +19,8 @@ from sqlalchemy import (
     Table,
     Text,
 )
+
+from batchd.store.records import ChunkProgress
 
 metadata = MetaData()
 
@@ -227,3 +233,21 @@ upload_parts = Table(
     Column("blob_key", Text, nullable=False),
     Index("ix_upload_parts_upload", "upload_id"),
 )
+
+
+def as_row(record: object) -> dict[str, Any]:
+    """A record's fields as the values of its row."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}  # type: ignore[arg-type]
+
+
+def live_values(progress: ChunkProgress) -> dict[str, int]:
+    """A chunk's progress as its live counts (`n_ok`…: committed and in flight)."""
+    return dataclasses.asdict(progress)
+
+
+def done_values(progress: ChunkProgress) -> dict[str, int]:
+    """A chunk's progress as its committed counts (`done_ok`…)."""
+    return {"done_ok": progress.n_ok, "done_err": progress.n_err,
+            "done_input_tokens": progress.input_tokens,
+            "done_output_tokens": progress.output_tokens,
+            "done_cached_tokens": progress.cached_tokens}

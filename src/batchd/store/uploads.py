@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, or_, select, update
 from batchd.limits.errors import PartLimit, PendingUploadLimit
 from batchd.store import tables as t
 from batchd.store.records import FileRecord, UploadPart, UploadRecord
-from batchd.store.sql import Database, as_row, by_id, lock_owner, next_seq, shielded
+from batchd.store.sql import Database, by_id, lock_owner, next_seq, shielded
 
 
 class SqlUploads:
@@ -35,7 +35,7 @@ class SqlUploads:
                 await lock_owner(conn, upload.owner)
             # The insert comes first: on SQLite it takes the write lock, so the count below
             # sees every other create of this owner.
-            await conn.execute(t.uploads.insert().values(**as_row(upload)))
+            await conn.execute(t.uploads.insert().values(**t.as_row(upload)))
             if max_pending is not None:
                 pending = (await conn.execute(
                     select(func.count()).select_from(t.uploads).where(
@@ -73,7 +73,7 @@ class SqlUploads:
                 raise PartLimit(what="parts", held=int(count), limit=max_parts)
             if max_bytes is not None and held + part.bytes > max_bytes:
                 raise PartLimit(what="bytes", held=int(held), limit=max_bytes)
-            await conn.execute(t.upload_parts.insert().values(**as_row(part)))
+            await conn.execute(t.upload_parts.insert().values(**t.as_row(part)))
         return True
 
     async def part_totals(self, upload_id: str) -> tuple[int, int]:
@@ -127,7 +127,7 @@ class SqlUploads:
             if done.rowcount != 1:
                 return False
             await conn.execute(t.files.insert().values(
-                **as_row(file) | {"seq": next_seq(conn, t.files)}))
+                **t.as_row(file) | {"seq": next_seq(conn, t.files)}))
         return True
 
     @shielded

@@ -16,7 +16,7 @@ from batchd import ids
 from batchd.limits.errors import TooManyTestEvents
 from batchd.store import tables as t
 from batchd.store.records import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from batchd.store.sql import Database, as_row, by_id, lock_owner, notify_work, owned, shielded
+from batchd.store.sql import Database, by_id, lock_owner, notify_work, owned, shielded
 
 
 class _TooMany(Exception):
@@ -62,7 +62,7 @@ class SqlWebhooks:
         try:
             async with self._db.write() as conn:
                 await lock_owner(conn, endpoint.owner)
-                await conn.execute(t.webhook_endpoints.insert().values(**as_row(endpoint)))
+                await conn.execute(t.webhook_endpoints.insert().values(**t.as_row(endpoint)))
                 count = (await conn.execute(
                     select(func.count()).select_from(t.webhook_endpoints)
                     .where(w.owner == endpoint.owner, w.deleted_at.is_(None)))).scalar_one()

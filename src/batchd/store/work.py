@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from batchd.limits.errors import QuotaExceeded
 from batchd.store import tables as t
 from batchd.store.records import (
+    ACTIVE_STATUSES,
     BatchRecord,
     BatchStatus,
     Chunk,
@@ -34,17 +35,7 @@ from batchd.store.records import (
     Lease,
     Part,
 )
-from batchd.store.sql import (
-    ACTIVE,
-    Database,
-    as_row,
-    done_values,
-    live_values,
-    lock_owner,
-    next_seq,
-    notify_work,
-    shielded,
-)
+from batchd.store.sql import Database, lock_owner, next_seq, notify_work, shielded
 from batchd.store.webhooks import record_event
 
 
@@ -206,7 +197,7 @@ class SqlWork:
         async with self._db.write() as conn:
             owner = (await conn.execute(
                 update(t.batches)
-                .where(_batch_fence(batch_id, lease), b.status.in_(ACTIVE))
+                .where(_batch_fence(batch_id, lease), b.status.in_(ACTIVE_STATUSES))
                 .values(
                     status=status, **{stamp: now},
                     output_file_id=output_file.id if output_file else None,
@@ -227,7 +218,7 @@ class SqlWork:
             for record in (output_file, error_file):
                 if record is not None:
                     await conn.execute(t.files.insert().values(
-                        **as_row(record) | {"seq": next_seq(conn, t.files)}))
+                        **t.as_row(record) | {"seq": next_seq(conn, t.files)}))
         return True
 
     # --- periodic housekeeping ---------------------------------------------------------------
@@ -281,7 +272,7 @@ class SqlWork:
         async with self._db.write() as conn:
             result = await conn.execute(
                 update(t.chunks).where(_chunk_fence(chunk, lease))
-                .values(lease_expires_at=now + lease_seconds, **live_values(progress))
+                .values(lease_expires_at=now + lease_seconds, **t.live_values(progress))
             )
             if result.rowcount != 1:
                 return None
@@ -350,8 +341,8 @@ class SqlWork:
         suspects nobody. A release after requests `crashed` the run records them in flight,
         as a death would. A `failed` release (the run failed for no request's doing) counts
         as an attempt and as one of the chunk's `failed_runs`."""
-        values: dict[str, Any] = dict(parts=parts, **done_values(committed),
-                                      **live_values(committed))
+        values: dict[str, Any] = dict(parts=parts, **t.done_values(committed),
+                                      **t.live_values(committed))
         if release:
             values.update(state=ChunkState.PENDING, owner=None, lease_expires_at=None,
                           in_flight=crashed)
@@ -386,7 +377,7 @@ class SqlWork:
             result = await conn.execute(
                 update(t.chunks).where(_chunk_fence(chunk, lease))
                 .values(state=ChunkState.DONE, parts=parts, lease_expires_at=None,
-                        in_flight=None, **done_values(committed), **live_values(committed))
+                        in_flight=None, **t.done_values(committed), **t.live_values(committed))
             )
             if result.rowcount != 1:
                 return False
@@ -444,7 +435,7 @@ async def _enqueued_tokens(conn: AsyncConnection, owner: str, *,
     query = (
         select(bt.model, func.sum(bt.tokens))
         .join(t.batches, b.id == bt.batch_id)
-        .where(b.owner == owner, b.status.in_(ACTIVE))
+        .where(b.owner == owner, b.status.in_(ACTIVE_STATUSES))
         .group_by(bt.model)
     )
     if exclude is not None:
