@@ -1,14 +1,14 @@
-"""One contract, two metadata stores: the same cases on SQLite and on a real PostgreSQL.
+"""One contract, three metadata stores: the same cases on SQLite, on a real PostgreSQL and on
+the in-memory fake. This file holds the races; test_store_work.py and test_store_api.py the
+rest of the verbs.
 
-Several `MetadataStore` instances on one database stand for several processes (each has its
-own connection pool), so races between them are real races in the database.
+Several stores on one database stand for several processes (each `MetadataStore` has its own
+connection pool), so races between them are real races in the database.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
@@ -20,65 +20,22 @@ from batchd.limits.errors import (
     PendingUploadLimit,
     QuotaExceeded,
 )
-from batchd.store.metadata import MetadataStore
 from batchd.store.records import (
-    BatchRecord,
     BatchStatus,
     ChunkPlan,
     ChunkProgress,
     FileRecord,
-    UploadPart,
-    UploadRecord,
 )
-from tests.services import PostgresServer
-
-NOW = 1_750_000_000.0
-LEASE = 30.0
-Stores = Callable[[], Awaitable[MetadataStore]]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    """A factory of stores ("processes") on one fresh, migrated database."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'batchd.sqlite3'}"
-    else:
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        url = server.create_database()
-    opened: list[MetadataStore] = []
-
-    async def open_store() -> MetadataStore:
-        store = MetadataStore(url)
-        await store.migrate()
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        await store.close()
-
-
-def batch_record(owner: str = "alice", **extra: object) -> BatchRecord:
-    return BatchRecord(id=ids.batch_id(), owner=owner, endpoint="/v1/chat/completions",
-                       input_file_id="file-x", completion_window="24h",
-                       status=BatchStatus.VALIDATING, created_at=int(NOW),
-                       expires_at=int(NOW) + 86400, model="m", **extra)  # type: ignore[arg-type]
-
-
-async def running_batch(store: MetadataStore, *, chunks: int, owner: str = "alice",
-                        model: str = "m") -> str:
-    """A batch past validation with `chunks` pending chunks."""
-    record = await store.insert_batch(batch_record(owner))
-    while True:  # other batches may need assembling: leave them leased
-        claim = await store.claim_batch_task(worker="validator", now=NOW, lease_seconds=LEASE)
-        assert claim is not None
-        if claim[0].id == record.id:
-            break
-    plans = [ChunkPlan(chunk_no=n, byte_start=n * 10, byte_end=n * 10 + 10, line_start=n + 1,
-                       n_lines=1) for n in range(chunks)]
-    assert await store.start_batch(record.id, claim[1], plans=plans, total=chunks, model=model,
-                                   tokens={}, token_limit=None, now=int(NOW))
-    return record.id
+from tests.contract.store_builders import (
+    LEASE,
+    NOW,
+    Store,
+    Stores,
+    batch_record,
+    running_batch,
+    upload_part,
+    upload_record,
+)
 
 
 async def test_concurrent_claimers_never_share_a_chunk(stores: Stores) -> None:
@@ -86,7 +43,7 @@ async def test_concurrent_claimers_never_share_a_chunk(stores: Stores) -> None:
     batch_id = await running_batch(first, chunks=60)
     workers = [await stores() for _ in range(6)]
 
-    async def claim_all(n: int, store: MetadataStore) -> list[int]:
+    async def claim_all(n: int, store: Store) -> list[int]:
         got = []
         while (claim := await store.claim_chunk(worker=f"w{n}", now=NOW,
                                                 lease_seconds=LEASE)) is not None:
@@ -191,7 +148,7 @@ async def test_assembly_fences_out_a_worker_whose_lease_lapsed(stores: Stores) -
 async def test_racing_creates_cannot_pass_the_unfinished_batch_limit(stores: Stores) -> None:
     api_processes = [await stores() for _ in range(4)]
 
-    async def create(store: MetadataStore) -> bool:
+    async def create(store: Store) -> bool:
         try:
             await store.insert_batch(batch_record("racer"), max_active=3)
         except ActiveBatchLimit:
@@ -274,18 +231,6 @@ async def test_the_database_clock_corrects_a_skewed_host(
     monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this host runs an hour fast
     await clock.sync()
     assert abs(clock.now() - await store.database_time()) < 0.5
-
-
-def upload_record(owner: str = "alice", size: int = 10) -> UploadRecord:
-    return UploadRecord(id=ids.upload_id(), owner=owner, filename="big.jsonl", purpose="batch",
-                        mime_type="application/jsonl", bytes=size, status="pending",
-                        created_at=int(NOW), expires_at=int(NOW) + 3600)
-
-
-def upload_part(upload: UploadRecord, size: int) -> UploadPart:
-    part_id = ids.upload_part_id()
-    return UploadPart(id=part_id, upload_id=upload.id, created_at=int(NOW), bytes=size,
-                      blob_key=f"uploads/{upload.id}/{part_id}")
 
 
 async def test_a_completion_and_a_cancel_racing_on_one_upload_are_ordered(
