@@ -117,6 +117,7 @@ chunks = Table(
     Column("n_err", Integer, nullable=False, default=0),
     Column("input_tokens", BigInteger, nullable=False, default=0),
     Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_tokens", BigInteger, nullable=False, default=0),
     # Committed result parts (write-once blobs), in order: [{"ok": key|null, "err": key|null}].
     Column("parts", JSON, nullable=False, default=list),
     # Committed totals (checkpoints and the final commit); n_ok… above add in-flight progress.
@@ -124,7 +125,6 @@ chunks = Table(
     Column("done_err", Integer, nullable=False, default=0),
     Column("done_input_tokens", BigInteger, nullable=False, default=0),
     Column("done_output_tokens", BigInteger, nullable=False, default=0),
-    Column("cached_tokens", BigInteger, nullable=False, default=0),
     Column("done_cached_tokens", BigInteger, nullable=False, default=0),
     # What the current run may have started and not yet recorded: {"ids": [...], "alone":
     # bool, "life": the worker process}, written before those requests start. Still set when
