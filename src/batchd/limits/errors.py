@@ -4,6 +4,8 @@ turn into the answers a client sees. Any store, SQL or in-memory, raises these."
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class ActiveBatchLimit(Exception):
     """Creating a batch would give its owner more unfinished batches than allowed."""
@@ -47,3 +49,19 @@ class TooManyTestEvents(Exception):
         super().__init__(f"{limit} test events per {scope} in {window} s")
         self.limit, self.scope, self.window = limit, scope, window
         self.retry_after = max(1, retry_after)
+
+
+def check_test_event_limits(recent: Iterable[tuple[str, int]], *, endpoint_id: str, now: int,
+                            per_endpoint: int, per_owner: int, window: int) -> None:
+    """Refuse one more test event to `endpoint_id` (`TooManyTestEvents`) if `recent`, the
+    (endpoint, time) of its owner's test events in the last `window` seconds, already holds
+    `per_endpoint` of this endpoint's or `per_owner` in all."""
+    times = list(recent)
+    mine = sorted(at for endpoint, at in times if endpoint == endpoint_id)
+    if len(mine) >= per_endpoint:
+        raise TooManyTestEvents(per_endpoint, "endpoint", window,
+                                retry_after=mine[-per_endpoint] + window - now)
+    owners = sorted(at for _, at in times)
+    if len(owners) >= per_owner:
+        raise TooManyTestEvents(per_owner, "owner", window,
+                                retry_after=owners[-per_owner] + window - now)

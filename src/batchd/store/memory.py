@@ -28,7 +28,7 @@ from batchd.limits.errors import (
     PartLimit,
     PendingUploadLimit,
     QuotaExceeded,
-    TooManyTestEvents,
+    check_test_event_limits,
 )
 from batchd.store import tables as t
 from batchd.store.memory_tables import (
@@ -571,20 +571,14 @@ class MemoryStore:
     async def record_test_event(self, endpoint: WebhookEndpoint, *, now: int,
                                 per_endpoint: int, per_owner: int,
                                 window: int = 60) -> str | None:
-        mine_too = {e["id"] for e in self.tables.webhook_endpoints.values()
+        owners_endpoints = {e["id"] for e in self.tables.webhook_endpoints.values()
                     if e["owner"] == endpoint.owner}
         times = [(d["endpoint_id"], d["created_at"])
                  for d in self.tables.webhook_deliveries.values()
-                 if d["endpoint_id"] in mine_too and d["created_at"] > now - window
+                 if d["endpoint_id"] in owners_endpoints and d["created_at"] > now - window
                  and self.tables.webhook_events[d["event_id"]]["type"] == "webhook.test"]
-        mine = sorted(at for endpoint_id, at in times if endpoint_id == endpoint.id)
-        if len(mine) >= per_endpoint:
-            raise TooManyTestEvents(per_endpoint, "endpoint", window,
-                                    retry_after=mine[-per_endpoint] + window - now)
-        owners = sorted(at for _, at in times)
-        if len(owners) >= per_owner:
-            raise TooManyTestEvents(per_owner, "owner", window,
-                                    retry_after=owners[-per_owner] + window - now)
+        check_test_event_limits(times, endpoint_id=endpoint.id, now=now,
+                                per_endpoint=per_endpoint, per_owner=per_owner, window=window)
         return self._record_event(owner=endpoint.owner, type_="webhook.test", now=now,
                                   data={"id": endpoint.id, "object": "webhook_endpoint"},
                                   only=endpoint.id)

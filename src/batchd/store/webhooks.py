@@ -13,7 +13,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from batchd import ids
-from batchd.limits.errors import TooManyTestEvents
+from batchd.limits.errors import check_test_event_limits
 from batchd.store import tables as t
 from batchd.store.records import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from batchd.store.sql import Database, by_id, lock_owner, notify_work, owned, shielded
@@ -114,15 +114,10 @@ class SqlWebhooks:
                       .where(e.type == "webhook.test", d.created_at > since,
                              d.endpoint_id.in_(select(w.id).where(
                                  w.owner == endpoint.owner))))
-            times = [(r.endpoint_id, r.created_at) for r in await conn.execute(recent)]
-            mine = sorted(at for endpoint_id, at in times if endpoint_id == endpoint.id)
-            if len(mine) >= per_endpoint:
-                raise TooManyTestEvents(per_endpoint, "endpoint", window,
-                                     retry_after=mine[-per_endpoint] + window - now)
-            owners = sorted(at for _, at in times)
-            if len(owners) >= per_owner:
-                raise TooManyTestEvents(per_owner, "owner", window,
-                                     retry_after=owners[-per_owner] + window - now)
+            check_test_event_limits(
+                ((r.endpoint_id, r.created_at) for r in await conn.execute(recent)),
+                endpoint_id=endpoint.id, now=now, per_endpoint=per_endpoint,
+                per_owner=per_owner, window=window)
             return await record_event(
                 conn, owner=endpoint.owner, type_="webhook.test", now=now,
                 data={"id": endpoint.id, "object": "webhook_endpoint"}, only=endpoint.id)
