@@ -10,6 +10,7 @@ from batchd.store.metadata import MetadataStore
 from batchd.store.records import (
     BatchRecord,
     BatchStatus,
+    Chunk,
     ChunkPlan,
     FileRecord,
     Lease,
@@ -56,6 +57,14 @@ async def running_batch(store: Store, *, chunks: int, owner: str = "alice",
     assert await store.start_batch(record.id, lease, plans=plans(chunks), total=chunks,
                                    model=model, tokens={}, token_limit=None, now=int(NOW))
     return record.id
+
+
+async def claimed_chunk(store: Store, *, worker: str = "w") -> tuple[str, Chunk, Lease]:
+    """A running batch of one chunk, and that chunk claimed by `worker`."""
+    batch_id = await running_batch(store, chunks=1)
+    claim = await store.claim_chunk(worker=worker, now=NOW, lease_seconds=LEASE)
+    assert claim is not None
+    return batch_id, *claim
 
 
 def file_record(owner: str = "alice", **extra: object) -> FileRecord:

@@ -18,6 +18,7 @@ from tests.contract.store_builders import (
     NOW,
     Stores,
     batch_record,
+    claimed_chunk,
     endpoint,
     file_record,
     plans,
@@ -169,16 +170,14 @@ async def test_a_clean_release_gives_the_attempt_back_and_a_crashed_one_does_not
     stores: Stores,
 ) -> None:
     store = await stores()
-    batch_id = await running_batch(store, chunks=1)
-    claim = await store.claim_chunk(worker="w", now=NOW, lease_seconds=LEASE)
-    assert claim is not None
+    batch_id, chunk, lease = await claimed_chunk(store)
     kept = [{"ok": "batches/x/parts/a", "err": None, "n_ok": 1, "n_err": 0}]
-    assert await store.checkpoint_chunk(claim[0], claim[1], parts=kept,
+    assert await store.checkpoint_chunk(chunk, lease, parts=kept,
                                         committed=ChunkProgress(n_ok=1), now=NOW,
                                         lease_seconds=LEASE, release=True)
-    [chunk] = await store.list_chunks(batch_id)
-    assert chunk.state is ChunkState.PENDING and chunk.owner is None and chunk.attempts == 0
-    assert chunk.parts == kept and chunk.done_ok == 1
+    [row] = await store.list_chunks(batch_id)
+    assert row.state is ChunkState.PENDING and row.owner is None and row.attempts == 0
+    assert row.parts == kept and row.done_ok == 1
     again = await store.claim_chunk(worker="w", now=NOW, lease_seconds=LEASE)
     assert again is not None and again[0].attempts == 1 and again[1].generation == 2
     # Live counts restart from what was committed.
@@ -187,45 +186,41 @@ async def test_a_clean_release_gives_the_attempt_back_and_a_crashed_one_does_not
     assert await store.checkpoint_chunk(again[0], again[1], parts=kept,
                                         committed=ChunkProgress(n_ok=1), now=NOW,
                                         lease_seconds=LEASE, release=True, crashed=crashed)
-    [chunk] = await store.list_chunks(batch_id)
-    assert chunk.state is ChunkState.PENDING and chunk.attempts == 1
-    assert chunk.in_flight == crashed
+    [row] = await store.list_chunks(batch_id)
+    assert row.state is ChunkState.PENDING and row.attempts == 1 and row.in_flight == crashed
 
 
 async def test_a_dead_workers_requests_in_flight_are_charged_to_the_next_run(
     stores: Stores,
 ) -> None:
     store = await stores()
-    batch_id = await running_batch(store, chunks=1)
-    claim = await store.claim_chunk(worker="w1", now=NOW, lease_seconds=LEASE)
-    assert claim is not None
+    batch_id, chunk, lease = await claimed_chunk(store, worker="w1")
     in_flight = {"ids": ["r1", "r2"], "alone": False, "life": "life-1"}
-    assert await store.reserve_chunk(claim[0], claim[1], in_flight=in_flight)
+    assert await store.reserve_chunk(chunk, lease, in_flight=in_flight)
     assert await store.record_crash(owner="w1", life="life-2", cause="SIGSEGV") == 0
     assert await store.record_crash(owner="w1", life="life-1", cause="SIGSEGV") == 1
     taken = await store.claim_chunk(worker="w2", now=LATER, lease_seconds=LEASE)
-    assert taken is not None and taken[1].generation == claim[1].generation + 1
+    assert taken is not None and taken[1].generation == lease.generation + 1
     assert taken[0].attempts == 2 and taken[0].in_flight == {**in_flight, "crash": "SIGSEGV"}
     # The stale run can no longer reserve; the new one records the deaths once.
-    assert not await store.reserve_chunk(claim[0], claim[1], in_flight=in_flight)
-    assert not await store.record_deaths(claim[0], claim[1], strikes={"r1": [9, 9, 9, 9]})
+    assert not await store.reserve_chunk(chunk, lease, in_flight=in_flight)
+    assert not await store.record_deaths(chunk, lease, strikes={"r1": [9, 9, 9, 9]})
     strikes = {"r1": [1, 0, 1, 0], "r2": [1, 0, 1, 0]}
     assert await store.record_deaths(taken[0], taken[1], strikes=strikes)
-    [chunk] = await store.list_chunks(batch_id)
-    assert chunk.strikes == strikes and chunk.in_flight is None
+    [row] = await store.list_chunks(batch_id)
+    assert row.strikes == strikes and row.in_flight is None
     # A crash recorded after the chunk changed hands marks nothing.
     assert await store.record_crash(owner="w1", life="life-1", cause="SIGABRT") == 0
 
 
 async def test_a_restarted_worker_takes_back_what_its_past_life_held(stores: Stores) -> None:
     store = await stores()
-    batch_id = await running_batch(store, chunks=1)
+    batch_id, chunk, lease = await claimed_chunk(store, worker="w1")
     pending = await store.insert_batch(batch_record())
-    chunk = await store.claim_chunk(worker="w1", now=NOW, lease_seconds=LEASE)
     task = await store.claim_batch_task(worker="w1", now=NOW, lease_seconds=LEASE)
-    assert chunk is not None and task is not None and task[0].id == pending.id
+    assert task is not None and task[0].id == pending.id
     in_flight = {"ids": ["r1"], "alone": True, "life": "life-1"}
-    assert await store.reserve_chunk(chunk[0], chunk[1], in_flight=in_flight)
+    assert await store.reserve_chunk(chunk, lease, in_flight=in_flight)
     assert await store.release_leases_of("w1") == 2
     assert await store.release_leases_of("w1") == 0
     # Both are free at once, without waiting for the leases to lapse.
@@ -318,10 +313,8 @@ async def test_assembly_publishes_the_result_files_with_the_final_status_once(
                                     counts=ChunkProgress(), now=int(NOW), total=3)
     done = await store.get_batch(record.id, owner=None)
     assert done is not None and done.status is BatchStatus.CANCELLED and done.total == 3
-    batch_id = await running_batch(store, chunks=1)
-    claim = await store.claim_chunk(worker="w", now=NOW, lease_seconds=LEASE)
-    assert claim is not None
-    assert await store.commit_chunk(claim[0], claim[1], parts=[], now=int(NOW),
+    batch_id, chunk, lease = await claimed_chunk(store)
+    assert await store.commit_chunk(chunk, lease, parts=[], now=int(NOW),
                                     committed=ChunkProgress(n_ok=1))
     assembly = await store.claim_batch_task(worker="a", now=NOW, lease_seconds=LEASE)
     assert assembly is not None and assembly[0].id == batch_id
