@@ -166,7 +166,7 @@ async def test_a_chunk_run_records_its_parts_once_and_the_last_commit_finalizes(
     assert finished.finalizing_at == int(NOW) + 5
 
 
-async def test_a_clean_release_gives_the_attempt_back_and_a_crashed_one_does_not(
+async def test_a_clean_release_gives_the_attempt_back_and_others_do_not(
     stores: Stores,
 ) -> None:
     store = await stores()
@@ -188,6 +188,16 @@ async def test_a_clean_release_gives_the_attempt_back_and_a_crashed_one_does_not
                                         lease_seconds=LEASE, release=True, crashed=crashed)
     [row] = await store.list_chunks(batch_id)
     assert row.state is ChunkState.PENDING and row.attempts == 1 and row.in_flight == crashed
+    assert row.failed_runs == 0
+    # A run that failed for no request's doing counts, as an attempt and as a failed run.
+    third = await store.claim_chunk(worker="w", now=NOW, lease_seconds=LEASE)
+    assert third is not None and third[0].attempts == 2
+    assert await store.checkpoint_chunk(third[0], third[1], parts=kept,
+                                        committed=ChunkProgress(n_ok=1), now=NOW,
+                                        lease_seconds=LEASE, release=True, failed=True)
+    [row] = await store.list_chunks(batch_id)
+    assert (row.state, row.attempts, row.failed_runs) == (ChunkState.PENDING, 2, 1)
+    assert row.in_flight is None
 
 
 async def test_a_dead_workers_requests_in_flight_are_charged_to_the_next_run(
