@@ -9,7 +9,7 @@ from pathlib import Path
 
 from openai import OpenAI
 from openai.types import Batch
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.support.server import Server, start_server, stop_server
 
 from batchd.settings import Settings
 

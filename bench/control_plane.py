@@ -19,7 +19,7 @@ from openai import OpenAI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from tests import services
+from tests.support import backends
 
 from bench.common import instant_server, memory_mb, run_batch
 
@@ -42,7 +42,7 @@ def main() -> None:
                         help="postgres-s3: the server on a PostgreSQL and a SeaweedFS (S3) "
                              "server that this run starts on this machine")
     args = parser.parse_args()
-    services.BACKEND = args.backend
+    backends.BACKEND = args.backend
     print(f"backend: {args.backend}")
     with tempfile.TemporaryDirectory() as tmp, \
             instant_server(Path(tmp), BATCHD_WORKER_CHUNKS="4") as server:

@@ -26,7 +26,7 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.conftest import REPO
+from tests.support.server import REPO
 
 from bench.common import bench_server, run_batch
 

@@ -26,8 +26,8 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.conftest import free_port, wait_for_http
-from tests.services import running_postgres, running_s3
+from tests.support.backends import running_postgres, running_s3
+from tests.support.ports import free_port, wait_for_http
 
 API_KEY = "sk-bench-scale"
 

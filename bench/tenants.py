@@ -34,7 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.webhook_receiver import Receiver, receiving, silent
+from tests.support.webhook_receiver import Receiver, receiving, silent
 
 from bench.common import bench_server
 

@@ -37,7 +37,7 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.conftest import free_port, wait_for_http
+from tests.support.ports import free_port, wait_for_http
 
 from batchd.engines.base import Priority
 from batchd.engines.llamacpp import LlamaCppEngine

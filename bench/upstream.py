@@ -30,7 +30,8 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.conftest import free_port, start_llama_cpp_server
+from tests.support.ports import free_port
+from tests.support.server import start_llama_cpp_server
 
 from bench.common import bench_server
 

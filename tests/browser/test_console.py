@@ -13,9 +13,9 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import OfflinePage
-from tests.conftest import INSTANT_MODELS, batch_line
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.support.browser import OfflinePage
+from tests.support.lines import INSTANT_MODELS, batch_line
+from tests.support.server import Server, start_server, stop_server
 
 CRAWL_MODEL = """
   - id: crawl-model

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import OfflinePage
-from tests.conftest import INSTANT_MODELS
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.support.browser import OfflinePage
+from tests.support.lines import INSTANT_MODELS
+from tests.support.server import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from batchd.store.memory import MemoryStore
 from batchd.store.memory_tables import MemoryTables
 from batchd.store.metadata import MetadataStore
 from tests.contract.store_builders import Store, Stores
-from tests.services import PostgresServer
+from tests.support.backends import PostgresServer
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "memory"])

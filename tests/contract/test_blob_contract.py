@@ -13,7 +13,8 @@ import pytest
 from batchd.errors import ServiceUnavailable
 from batchd.store.blobs import BlobMissing, BlobStore, LocalBlobStore
 from batchd.store.s3_blobs import S3BlobStore
-from tests.services import S3Server, free_port
+from tests.support.backends import S3Server
+from tests.support.ports import free_port
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -1,107 +1,12 @@
-"""The real server as a subprocess, on a free port, with the real default model."""
+"""The end-to-end tier: the real server as a subprocess (tests/support/server.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.services import backend_env
-
-API_KEY = "sk-e2e-test-key"
-REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Server:
-    base_url: str
-    api_key: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def log_once_it_has(self, text: str, timeout: float = 15) -> str:
-        """The server's log once `text` is in it: lines arrive a moment after the request."""
-        deadline = time.monotonic() + timeout
-        while text not in (log := self.log.read_text()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} never reached the log:\n{log[-3000:]}")
-            time.sleep(0.05)
-        return log
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_http(url: str, *, timeout: float = 60,
-                  process: subprocess.Popen[bytes] | None = None) -> bool:
-    """Poll `url` until it answers 200; False on timeout or if `process` exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            return False
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return False
-
-
-def start_server(data_dir: Path, log: Path, *, models: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> Server:
-    port = free_port()
-    env = {**os.environ, "BATCHD_API_KEY": API_KEY, "BATCHD_POLL_SECONDS": "0.1",
-           "BATCHD_HEARTBEAT_SECONDS": "0.2", **backend_env(data_dir), **(extra_env or {})}
-    args = [sys.executable, "-m", "batchd", "serve", "--port", str(port),
-            "--data-dir", str(data_dir)]
-    if models is not None:
-        args += ["--models", str(models)]
-    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    if wait_for_http(f"{base}/healthz", process=process):
-        return Server(base_url=f"{base}/v1", api_key=API_KEY, process=process, log=log)
-    process.kill()
-    raise RuntimeError(f"server did not start:\n{log.read_text()}")
-
-
-def start_llama_cpp_server(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """llama-cpp-python's own OpenAI-compatible server (not batchd's code) on the default
-    model; returns the process and its API root."""
-    from batchd.engines.llamacpp_options import default_model_path
-
-    port = free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
-             "--port", str(port), "--n_ctx", "2048"], stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
-    if not wait_for_http(f"{base}/models", process=process):
-        process.kill()
-        raise RuntimeError(f"llama_cpp.server did not start:\n{log.read_text()}")
-    return process, base
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+from tests.support.server import REPO, Server, start_server, stop_server
 
 
 @pytest.fixture(scope="session")
@@ -110,28 +15,3 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(root / "data", root / "server.log", models=REPO / "models.yaml")
     yield server
     stop_server(server)
-
-
-def run_instant_batch(base_url: str, api_key: str, folder: Path, n: int) -> list[str]:
-    """Uploads n instant-model lines with the SDK, runs them as a batch, waits for it to
-    complete and returns the output file's custom_ids in file order."""
-    from openai import OpenAI
-
-    from tests.conftest import batch_line
-
-    with OpenAI(base_url=base_url, api_key=api_key) as client:
-        path = folder / "in.jsonl"
-        path.write_text("\n".join(batch_line(f"r{i}") for i in range(n)) + "\n")
-        with path.open("rb") as file:
-            uploaded = client.files.create(file=file, purpose="batch")
-        batch = client.batches.create(input_file_id=uploaded.id,
-                                      endpoint="/v1/chat/completions", completion_window="24h")
-        deadline = time.monotonic() + 60
-        while batch.status != "completed" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            batch = client.batches.retrieve(batch.id)
-        assert batch.status == "completed", batch
-        assert batch.request_counts is not None and batch.request_counts.completed == n
-        assert batch.output_file_id is not None
-        lines = client.files.content(batch.output_file_id).text.splitlines()
-        return [str(json.loads(line)["custom_id"]) for line in lines]

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import INSTANT_MODELS, batch_line
-from tests.e2e.conftest import Server, free_port, start_server, stop_server
+from tests.support.lines import INSTANT_MODELS, batch_line
+from tests.support.ports import free_port
+from tests.support.server import Server, start_server, stop_server
 
 # Slow enough that a batch is still running when the test looks at the bar.
 CRAWL_MODEL = """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import free_port
+from tests.support.ports import free_port
 
 # The default set-up (SQLite and the data dir) a newcomer gets: the same on every
 # backend, so run once.

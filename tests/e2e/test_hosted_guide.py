@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 from openai.types import Batch
 
-from tests.e2e.conftest import Server
+from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
 

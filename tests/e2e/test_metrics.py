@@ -8,10 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import INSTANT_MODELS, batch_line
-from tests.e2e.conftest import Server, free_port, start_server, stop_server
+from tests.support.lines import INSTANT_MODELS, batch_line
+from tests.support.metrics import samples, value
+from tests.support.ports import free_port
+from tests.support.server import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +28,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, metrics_port: int) -> Itera
                           extra_env={"BATCHD_METRICS_PORT": str(metrics_port)})
     yield server
     stop_server(server)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-          **labels: str) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def run_batch(client: httpx.Client, lines: list[str]) -> str:

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import INSTANT_MODELS, batch_line
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.support.lines import INSTANT_MODELS, batch_line
+from tests.support.server import Server, start_server, stop_server
 
 STEADY_MODEL = """
   - id: steady-model

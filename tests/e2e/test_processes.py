@@ -12,9 +12,10 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import INSTANT_MODELS
-from tests.e2e.conftest import free_port, run_instant_batch, start_server, stop_server
-from tests.services import backend_env
+from tests.support.backends import backend_env
+from tests.support.lines import INSTANT_MODELS
+from tests.support.ports import free_port
+from tests.support.server import run_instant_batch, start_server, stop_server
 
 
 def batchd(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:

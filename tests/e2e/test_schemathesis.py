@@ -11,8 +11,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import INSTANT_MODELS
-from tests.e2e.conftest import start_server, stop_server
+from tests.support.lines import INSTANT_MODELS
+from tests.support.server import start_server, stop_server
 
 AUTH = {}
 BASE = {}

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import INSTANT_MODELS
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.support.lines import INSTANT_MODELS
+from tests.support.server import Server, start_server, stop_server
 
 SIZE = 300 * 1024 * 1024
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
-from tests.conftest import INSTANT_MODELS, batch_line
-from tests.e2e.conftest import free_port, start_server, stop_server
-from tests.webhook_receiver import receiving
+from tests.support.lines import INSTANT_MODELS, batch_line
+from tests.support.ports import free_port
+from tests.support.server import start_server, stop_server
+from tests.support.webhook_receiver import receiving
 
 ENV = {"BATCHD_WEBHOOK_FIRST_RETRY_SECONDS": "0.5",
        "BATCHD_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}  # the receiver is local

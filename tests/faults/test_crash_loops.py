@@ -13,7 +13,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,11 @@ from typing import Any
 import httpx
 
 from batchd.worker.deaths import CRASHES, DEATHS_ALONE
-from tests.conftest import batch_line
-from tests.e2e.conftest import API_KEY, free_port
-from tests.faults.test_kill9 import TERMINAL, Plug, check_invariants, submit, wait_until
-from tests.services import backend_env, query_one
+from tests.support.backends import query_one
+from tests.support.faults import TERMINAL, Plug, check_invariants, submit, wait_until
+from tests.support.lines import batch_line
+from tests.support.ports import free_port
+from tests.support.server import spawn_server
 
 CRASH_MODELS = """
 models:
@@ -132,12 +132,8 @@ models:
 def _spawn(plug: Plug) -> subprocess.Popen[bytes]:
     """The server, started as start_server starts it but not waited for: to kill it while it
     starts (imports, opens its stores, loads its engines, reads its last life's crash file)."""
-    data = plug.root / "data"
-    env = {**os.environ, "BATCHD_API_KEY": API_KEY, **backend_env(data), **plug.env}
-    args = [sys.executable, "-m", "batchd", "serve", "--port", str(free_port()),
-            "--data-dir", str(data), "--models", str(plug.models)]
-    with (plug.root / "server.log").open("ab") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return spawn_server(plug.root / "data", plug.root / "server.log", port=free_port(),
+                        models=plug.models, extra_env=plug.env)
 
 
 def _in_flight(plug: Plug, batch_id: str) -> dict[str, Any]:

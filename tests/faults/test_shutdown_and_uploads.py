@@ -7,9 +7,9 @@ import socket
 import time
 from pathlib import Path
 
-from tests.conftest import batch_line
-from tests.faults.test_kill9 import FAULT_ENV, TERMINAL, Plug, check_invariants, submit, wait_until
-from tests.services import stored_objects
+from tests.support.backends import stored_objects
+from tests.support.faults import FAULT_ENV, TERMINAL, Plug, check_invariants, submit, wait_until
+from tests.support.lines import batch_line
 
 SLOW_MODELS = """
 models:

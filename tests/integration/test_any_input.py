@@ -15,7 +15,8 @@ from batchd.clock import ManualClock
 from batchd.settings import Settings
 from batchd.worker.context import WorkerContext
 from batchd.worker.runner import Worker
-from tests.conftest import API_KEY, INSTANT_MODELS, batch_line
+from tests.support.harness import API_KEY
+from tests.support.lines import INSTANT_MODELS, batch_line
 
 line = st.one_of(
     st.binary(max_size=80),

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from batchd.app import create_app
 from batchd.settings import Settings
-from tests.conftest import API_KEY, ENDPOINT, INSTANT_MODELS
+from tests.support.harness import API_KEY
+from tests.support.lines import ENDPOINT, INSTANT_MODELS
 
 # Every code point, surrogates included (Hypothesis leaves them out unless asked).
 text = st.one_of(

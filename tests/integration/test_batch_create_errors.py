@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ENDPOINT, Harness, batch_line
+from tests.support.harness import Harness
+from tests.support.lines import ENDPOINT, batch_line
 
 
 @pytest.mark.parametrize(

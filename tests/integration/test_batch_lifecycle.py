@@ -9,7 +9,8 @@ import pytest
 
 from batchd.app import create_app
 from batchd.settings import Settings
-from tests.conftest import API_KEY, ENDPOINT, Harness, batch_line
+from tests.support.harness import API_KEY, Harness
+from tests.support.lines import ENDPOINT, batch_line
 
 
 async def test_a_batch_runs_to_completed_with_one_output_line_per_request(

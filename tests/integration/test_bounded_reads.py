@@ -16,7 +16,8 @@ from batchd import read_budget
 from batchd.api import batches as batches_api
 from batchd.api.console import LINE_BYTES, PAGE_BYTES
 from batchd.read_budget import PIECE_BYTES, ByteBudget
-from tests.conftest import Harness, batch_line
+from tests.support.harness import Harness
+from tests.support.lines import batch_line
 
 
 @pytest.fixture

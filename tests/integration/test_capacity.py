@@ -19,8 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.conftest import Harness, Tenants, batch_line, submit_batch
-from tests.e2e.conftest import free_port
+from tests.support.harness import Harness, Tenants, submit_batch
+from tests.support.lines import batch_line
+from tests.support.ports import free_port
 
 REMOTE_PORT = free_port()
 MODELS = f"""

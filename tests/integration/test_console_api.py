@@ -3,7 +3,8 @@ file's lines (owner-scoped like every other read)."""
 
 from __future__ import annotations
 
-from tests.conftest import Harness, Tenants, batch_line
+from tests.support.harness import Harness, Tenants
+from tests.support.lines import batch_line
 
 
 async def test_a_key_learns_who_it_is_and_its_limits(harness: Harness, tenants: Tenants) -> None:

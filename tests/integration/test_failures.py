@@ -8,7 +8,8 @@ import tempfile
 
 import pytest
 
-from tests.conftest import Harness, batch_line
+from tests.support.harness import Harness
+from tests.support.lines import batch_line
 
 
 async def test_a_hung_request_times_out_is_retried_then_reported(harness: Harness) -> None:

@@ -22,7 +22,7 @@ from batchd.openai.completions import CompletionRequest
 from batchd.openai.embeddings import EmbeddingInputs
 from batchd.serving.completions import COMPLETIONS
 from batchd.serving.operation import Produced
-from tests.conftest import as_owner
+from tests.support.harness import as_owner
 
 pytestmark = pytest.mark.backend_independent
 T = TypeVar("T")

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import Harness, batch_line
+from tests.support.harness import Harness
+from tests.support.lines import batch_line
 
 
 async def test_upload_retrieve_content_roundtrip(harness: Harness) -> None:

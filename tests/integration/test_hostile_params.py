@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import Harness, batch_line
+from tests.support.harness import Harness
+from tests.support.lines import batch_line
 
 
 def _cursor(text: str) -> str:

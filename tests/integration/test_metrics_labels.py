@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batchd import metrics
-from tests.conftest import Harness
+from tests.support.harness import Harness
 
 
 def label_values(text: str) -> dict[str, set[str]]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import Harness
+from tests.support.harness import Harness
 
 
 async def test_models_list_ids_and_aliases(harness: Harness) -> None:

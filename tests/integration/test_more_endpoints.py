@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Harness
+from tests.support.harness import Harness
 
 
 def line(custom_id: str, url: str, body: dict[str, Any]) -> str:

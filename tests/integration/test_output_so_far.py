@@ -7,7 +7,8 @@ import json
 
 import httpx
 
-from tests.conftest import Harness, Tenants, batch_line
+from tests.support.harness import Harness, Tenants
+from tests.support.lines import batch_line
 
 
 async def page(client: httpx.AsyncClient, batch_id: str,

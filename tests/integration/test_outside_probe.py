@@ -13,7 +13,8 @@ import pytest
 
 from batchd.batches.validation import InputValidator
 from batchd.openai.chat import ChatCompletionRequest
-from tests.conftest import ENDPOINT, Harness, Tenants, batch_line
+from tests.support.harness import Harness, Tenants
+from tests.support.lines import ENDPOINT, batch_line
 
 
 def raw_json(body: dict[str, Any]) -> bytes:

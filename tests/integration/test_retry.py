@@ -3,7 +3,8 @@ failed, were cancelled or expired, validated and limited like any other."""
 
 from __future__ import annotations
 
-from tests.conftest import Harness, Tenants, batch_line
+from tests.support.harness import Harness, Tenants
+from tests.support.lines import batch_line
 
 
 async def test_a_cancelled_batch_is_retried_and_the_retry_completes(harness: Harness) -> None:

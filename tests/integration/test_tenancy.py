@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from batchd.settings import Settings
-from tests.conftest import Harness, Tenants, batch_line
+from tests.support.harness import Harness, Tenants
+from tests.support.lines import batch_line
 
 TIERS = """
 default_tier: core

@@ -14,7 +14,8 @@ import pytest
 
 from batchd.files import display_name
 from batchd.uploads import UploadService
-from tests.conftest import Harness, Tenants, batch_line
+from tests.support.harness import Harness, Tenants
+from tests.support.lines import batch_line
 
 
 async def start(client: httpx.AsyncClient, size: int, *, filename: str = "big.jsonl",

@@ -28,8 +28,10 @@ from batchd.engines.base import (
 from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 from batchd.openai.chat import ChatCompletionRequest
 from batchd.settings import Settings
-from tests.conftest import Harness, batch_line
-from tests.e2e.conftest import free_port, start_llama_cpp_server
+from tests.support.harness import Harness
+from tests.support.lines import batch_line
+from tests.support.ports import free_port
+from tests.support.server import start_llama_cpp_server
 
 # The upstream engine against a real server: the same on every backend, so run once.
 pytestmark = pytest.mark.backend_independent

@@ -20,8 +20,8 @@ from batchd.engines.base import ChatResult, Priority
 from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 from batchd.limits.fair_line import FairLine
 from batchd.openai.chat import ChatCompletionRequest
-from tests.conftest import as_owner
-from tests.e2e.conftest import free_port
+from tests.support.harness import as_owner
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.backend_independent
 DELAY = 0.1

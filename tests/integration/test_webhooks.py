@@ -15,8 +15,9 @@ from openai import OpenAI
 
 from batchd.settings import Settings
 from batchd.webhooks.sender import BACKOFF, PER_ENDPOINT, PER_OWNER, WebhookSender
-from tests.conftest import Harness, Tenants, batch_line, submit_batch
-from tests.webhook_receiver import Receiver, receiving, silent
+from tests.support.harness import Harness, Tenants, submit_batch
+from tests.support.lines import batch_line
+from tests.support.webhook_receiver import Receiver, receiving, silent
 
 
 @pytest.fixture(autouse=True)

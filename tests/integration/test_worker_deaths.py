@@ -16,7 +16,8 @@ import pytest
 from batchd.errors import ServiceUnavailable
 from batchd.worker import chunks, deaths, requests
 from batchd.worker.runner import Worker
-from tests.conftest import Harness, batch_line
+from tests.support.harness import Harness
+from tests.support.lines import batch_line
 
 
 async def _ready(harness: Harness, n: int, **extra: Any) -> str:

@@ -13,7 +13,7 @@ import pytest
 from batchd.app import create_app
 from batchd.settings import Settings
 from batchd.worker.runner import Worker, WorkerFailed
-from tests.conftest import API_KEY
+from tests.support.harness import API_KEY
 
 
 async def test_a_dying_loop_stops_the_worker_and_fails_healthz(

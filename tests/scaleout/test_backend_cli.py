@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import PostgresServer, S3Server, free_port
+from tests.support.backends import PostgresServer, S3Server
+from tests.support.ports import free_port
 
 
 def batchd(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:

@@ -21,7 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import Host, Network, PostgresServer, S3Server, wait_for_port
+from tests.support.backends import PostgresServer, S3Server
+from tests.support.netns import Host, Network
+from tests.support.ports import wait_for_port
 
 API_KEY = "sk-many-hosts"
 LEASE_SECONDS = 3.0

@@ -11,8 +11,9 @@ import pytest
 
 from batchd.app import create_app
 from batchd.settings import Settings
-from tests.conftest import API_KEY, INSTANT_MODELS, batch_line
-from tests.services import PostgresServer, S3Server, running_postgres, running_s3
+from tests.support.backends import PostgresServer, S3Server, running_postgres, running_s3
+from tests.support.harness import API_KEY
+from tests.support.lines import INSTANT_MODELS, batch_line
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import INSTANT_MODELS
-from tests.e2e.conftest import REPO, free_port, run_instant_batch, wait_for_http
-from tests.services import PG_BIN, PostgresServer, S3Server
+from tests.support.backends import PG_BIN, PostgresServer, S3Server
+from tests.support.lines import INSTANT_MODELS
+from tests.support.ports import free_port, wait_for_http
+from tests.support.server import REPO, run_instant_batch
 
 
 def scale_out_block() -> list[str]:

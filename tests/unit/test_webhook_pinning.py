@@ -16,7 +16,7 @@ import pytest
 from batchd.webhooks.addresses import IPAddress
 from batchd.webhooks.pinned import AddressNotPublic, PinnedBackend, PinnedTransport
 from batchd.webhooks.sender import failure_reason
-from tests.webhook_receiver import Receiver, receiving
+from tests.support.webhook_receiver import Receiver, receiving
 
 
 class Resolver:
