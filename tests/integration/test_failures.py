@@ -71,7 +71,7 @@ async def test_chunks_are_shared_fairly_between_owners_then_by_deadline(
     harness: Harness,
 ) -> None:
     store, settings = harness.worker.ctx.store, harness.settings
-    services = harness.client._transport.app.state.services  # type: ignore[attr-defined]
+    services = harness.services
     _, secret = await services.keys.create(name="small-owner")
     big = await harness.create_batch(await harness.upload(
         [batch_line(f"big-{i}") for i in range(8)]), completion_window="1h")

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import httpx
-
 from tests.support.harness import Harness
 from tests.support.lines import batch_line
 
@@ -100,8 +98,7 @@ async def test_missing_blob_is_reported_not_crashed_on(harness: Harness) -> None
 
 
 async def test_auth_is_required_and_bad_keys_get_401(harness: Harness) -> None:
-    transport = harness.client._transport
-    async with httpx.AsyncClient(transport=transport, base_url="http://batchd") as anon:
+    async with harness.client_with(None) as anon:
         for headers in ({}, {"Authorization": "Bearer wrong-key-123456"},
                         {"Authorization": "Basic abc"}):
             response = await anon.get("/v1/files", headers=headers)

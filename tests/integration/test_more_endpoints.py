@@ -213,7 +213,7 @@ async def test_a_streamed_completion_refused_before_its_first_event_is_an_http_4
     from batchd.engines.base import EngineRequestError
     from batchd.engines.instant import InstantEngine
 
-    services = harness.client._transport.app.state.services  # type: ignore[attr-defined]
+    services = harness.services
     original = InstantEngine.complete_stream
     too_long = EngineRequestError("This model's maximum context length is 8 tokens.",
                                   code="context_length_exceeded", param="prompt")

@@ -220,7 +220,7 @@ async def test_a_known_field_given_twice_is_refused(harness: Harness) -> None:
 async def test_every_byte_of_an_upload_body_counts_against_the_limit(
     harness: Harness, tenants: Tenants,
 ) -> None:
-    services = harness.client._transport.app.state.services  # type: ignore[attr-defined]
+    services = harness.services
     limit = services.files.upload_limit("batch", None)
     small = await tenants.client("small-uploader")
     services.settings.max_batch_file_bytes = 200_000  # the limit for purpose=batch
@@ -245,7 +245,7 @@ async def test_every_byte_of_an_upload_body_counts_against_the_limit(
 async def test_one_key_cannot_hold_more_than_its_share_of_real_time_slots(
     harness: Harness, tenants: Tenants,
 ) -> None:
-    services = harness.client._transport.app.state.services  # type: ignore[attr-defined]
+    services = harness.services
     greedy, other = await tenants.client("greedy"), await tenants.client("polite")
     hung = {"model": "instant-model", "messages": [{"role": "user", "content": "HANG-ME"}]}
     holding = [asyncio.create_task(greedy.post(ENDPOINT, json={**hung, "n": 4}))
@@ -272,8 +272,7 @@ async def test_one_key_cannot_hold_more_than_its_share_of_real_time_slots(
 
 
 async def test_failed_authentication_is_limited_per_client_address(harness: Harness) -> None:
-    async with httpx.AsyncClient(transport=harness.client._transport,
-                                 base_url="http://batchd") as anonymous:
+    async with harness.client_with(None) as anonymous:
         answers = [(await anonymous.get("/v1/models", headers={
             "Authorization": f"Bearer bd-wrong-{i}"})).status_code for i in range(61)]
         assert answers[:60] == [401] * 60 and answers[60] == 429
@@ -302,8 +301,7 @@ async def test_the_operator_owner_is_reserved_and_keys_are_revoked_by_id(
 
 
 async def test_authentication_comes_before_the_body_is_parsed(harness: Harness) -> None:
-    async with httpx.AsyncClient(transport=harness.client._transport,
-                                 base_url="http://batchd") as anonymous:
+    async with harness.client_with(None) as anonymous:
         for body in (b"{not json", raw_json({"metadata": {"k": "\ud800"}})):
             response = await anonymous.post("/v1/batches", content=body,
                                             headers={"content-type": "application/json"})
@@ -399,7 +397,7 @@ async def test_a_stream_refused_before_its_first_event_gives_its_slots_back(
     from batchd.engines.instant import InstantEngine
     from batchd.errors import InvalidRequest
 
-    services = harness.client._transport.app.state.services  # type: ignore[attr-defined]
+    services = harness.services
     too_long = InvalidRequest("too long", code="context_length_exceeded", param="messages")
 
     def refused_at_once(*_args: object, **_kwargs: object) -> AsyncIterator[object]:

@@ -87,7 +87,7 @@ async def test_keys_of_one_owner_share_its_objects(tenants: Tenants) -> None:
 async def test_revoked_key_stops_working_at_once(harness: Harness, tenants: Tenants) -> None:
     carol = await tenants.client("carol")
     assert (await carol.get("/v1/models")).status_code == 200
-    services = harness.client._transport.app.state.services  # type: ignore[attr-defined]
+    services = harness.services
     assert await services.keys.revoke((await services.keys.resolve("carol")).id) is not None
     response = await carol.get("/v1/models")
     assert response.status_code == 401
@@ -200,8 +200,7 @@ async def test_admin_api_manages_keys_and_needs_an_admin(harness: Harness,
     listed = (await harness.client.get("/admin/keys")).json()["data"]
     assert any(k["name"] == "dave" for k in listed)
     assert all("secret" not in k for k in listed)
-    dave = httpx.AsyncClient(transport=harness.client._transport, base_url="http://batchd",
-                             headers={"Authorization": f"Bearer {body['secret']}"})
+    dave = harness.client_with(body["secret"])
     async with dave:
         assert (await dave.get("/v1/models")).status_code == 200
         revoked = await harness.client.post(f"/admin/keys/{body['id']}/revoke")

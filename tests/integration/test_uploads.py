@@ -121,9 +121,7 @@ async def test_limits_purposes_and_owners(harness: Harness, tenants: Tenants) ->
 
 
 def _uploads(harness: Harness) -> UploadService:
-    app = harness.client._transport.app  # type: ignore[attr-defined]
-    service: UploadService = app.state.services.uploads
-    return service
+    return harness.services.uploads
 
 
 async def test_complete_and_cancel_are_ordered_one_wins_the_other_is_a_400(
