@@ -17,8 +17,6 @@ from openai.types import Batch
 
 from tests.support.server import Server
 
-pytestmark = pytest.mark.e2e
-
 GUIDE_MODELS = ["klusterai/Meta-Llama-3.1-8B-Instruct-Turbo",
                 "klusterai/Meta-Llama-3.3-70B-Instruct-Turbo"]
 

@@ -15,7 +15,6 @@ from openai import OpenAI
 
 from tests.support.server import Server
 
-pytestmark = pytest.mark.e2e
 MODEL = "SmolLM2-135M-Instruct"
 
 

@@ -18,8 +18,6 @@ from openai import OpenAI
 from tests.support.lines import INSTANT_MODELS
 from tests.support.server import Server, start_server, stop_server
 
-pytestmark = pytest.mark.e2e
-
 MODEL = "SmolLM2-135M-Instruct"
 # Every sampling parameter README documents for the llama.cpp engine, each on its own.
 SAMPLING: dict[str, dict[str, Any]] = {
