@@ -35,6 +35,8 @@ class Plug:
 
     def kill(self) -> None:
         assert self.server is not None
+        # A server that died on its own would make the kill a no-op and hide that death.
+        assert self.server.process.poll() is None, "the server had already exited"
         self.server.process.kill()  # SIGKILL: no shutdown code runs
         self.server.process.wait()
         self.kills += 1

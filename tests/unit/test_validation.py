@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchd.batches.validation import InputValidator, ValidationOutcome
+from batchd.batches.validation import UTF8_BOM, InputValidator, ValidationOutcome
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -119,6 +119,13 @@ def test_too_many_requests() -> None:
 def test_any_bytes_give_a_clean_outcome(chunks: list[bytes]) -> None:
     lines = [c.replace(b"\n", b"") + b"\n" for c in chunks]
     outcome = validate(lines)
-    assert outcome.ok or outcome.errors
+    # Every line is accounted for: a request (a blank line is none) or an error naming it.
+    requests = [n for n, line in enumerate(lines, 1)
+                if (line.removeprefix(UTF8_BOM) if n == 1 else line).strip()]
+    assert outcome.total == len(requests)
+    named = [e.line for e in outcome.errors if e.line is not None]
+    assert named == sorted(set(named)) and set(named) <= set(requests)
+    # An empty file is refused too, with a reason.
+    assert outcome.ok == (bool(requests) and not named)
     if outcome.ok:
         assert sum(p.n_lines for p in outcome.plans) == outcome.total
