@@ -16,6 +16,7 @@ from tests.support.backends import backend_env
 from tests.support.lines import INSTANT_MODELS
 from tests.support.ports import free_port
 from tests.support.server import run_instant_batch, start_server, stop_server
+from tests.support.waiting import eventually
 
 
 def batchd(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -128,11 +129,15 @@ def test_the_sdk_retries_through_a_rate_limit(tmp_path: Path) -> None:
                     break
             else:
                 raise AssertionError("never rate limited")
-        refused_before = server.log.read_text().count('/v1/models HTTP/1.1" 429')
+
+        def refusals() -> int:  # access log lines arrive a moment after their answers
+            return server.log.read_text().count('/v1/models HTTP/1.1" 429')
+
+        refused_before = eventually(refusals, what="the refusal above reached the log")
         with OpenAI(base_url=server.base_url, api_key=secret, max_retries=3) as client:
             assert [m.id for m in client.models.list()]  # 429, waits Retry-After, then success
-            refused_after = server.log.read_text().count('/v1/models HTTP/1.1" 429')
-            assert refused_after > refused_before  # it really was refused first
+            # It really was refused first.
+            eventually(lambda: refusals() > refused_before, what="the SDK's refusal was logged")
             with pytest.raises(openai.RateLimitError):
                 for _ in range(100):
                     client.with_options(max_retries=0).models.list()

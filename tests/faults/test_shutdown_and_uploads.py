@@ -10,6 +10,8 @@ from pathlib import Path
 from tests.support.backends import stored_objects
 from tests.support.faults import FAULT_ENV, TERMINAL, Plug, check_invariants, submit, wait_until
 from tests.support.lines import batch_line
+from tests.support.metrics import samples, total
+from tests.support.waiting import eventually
 
 SLOW_MODELS = """
 models:
@@ -29,8 +31,9 @@ def test_sigterm_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path) -> No
     with plug.client() as client:
         batch_id = submit(client, [batch_line(f"r{i}") for i in range(300)])
         wait_until(client, batch_id, {"in_progress"})
-        time.sleep(0.5)
-        before = client.get(f"/batches/{batch_id}").json()["request_counts"]["completed"]
+        before = eventually(
+            lambda: client.get(f"/batches/{batch_id}").json()["request_counts"]["completed"],
+            what="some requests completed before the signal")
     started = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=20) == 0
@@ -54,6 +57,7 @@ def test_an_upload_cut_off_mid_stream_leaves_no_file(tmp_path: Path) -> None:
     server = plug.start()
     try:
         port = int(server.base_url.split(":")[2].split("/")[0])
+        root = server.base_url.removesuffix("/v1")
         boundary = "batchdboundary"
         head = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
                 f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
@@ -66,8 +70,13 @@ def test_an_upload_cut_off_mid_stream_leaves_no_file(tmp_path: Path) -> None:
                 + f"Content-Type: multipart/form-data; boundary={boundary}\r\n".encode()
                 + f"Content-Length: {len(body_start) * 3}\r\n\r\n".encode()
                 + body_start)
-        time.sleep(0.5)
         with plug.client() as client:
+            # The server has seen the upload end (its request is counted once answered or
+            # dropped), so "no file" below is what it left, not what it had yet to store.
+            eventually(lambda: total(samples(client.get(f"{root}/metrics").text),
+                                     "batchd_http_requests_total", method="POST",
+                                     route="/v1/files") == 1,
+                       what="the cut-off upload was dealt with")
             assert client.get("/files").json()["data"] == []
             assert client.get("/models").status_code == 200  # still serving
         assert stored_objects(tmp_path / "data") == []

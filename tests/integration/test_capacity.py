@@ -22,6 +22,7 @@ from starlette.routing import Route
 from tests.support.harness import Harness, Tenants, submit_batch
 from tests.support.lines import batch_line
 from tests.support.ports import free_port
+from tests.support.waiting import eventually_async
 
 REMOTE_PORT = free_port()
 MODELS = f"""
@@ -86,7 +87,9 @@ async def test_a_stalled_model_does_not_hold_up_a_healthy_one(running: Harness) 
                                    for i in range(3)]) for b in range(3)]
     for batch_id in hung:
         await _until_running(client, batch_id)
-    await asyncio.sleep(0.3)  # the hung batches' chunks are claimed and stuck
+    stalled = running.worker.capacity.gate("stalled")
+    await eventually_async(lambda: stalled.in_flight == 9,
+                           what="the hung batches' requests are all stuck in the engine")
     healthy = await submit_batch(client, [batch_line(f"ok-{i}", model="healthy") for i in range(5)])
     batch = await _until_done(client, healthy, timeout=20)
     assert batch["status"] == "completed"
@@ -104,7 +107,8 @@ async def test_a_small_batch_runs_beside_a_big_one_of_another_owner(
     big = await submit_batch(running.client, [batch_line(f"big-{i}", model="slow")
                                          for i in range(3000)])
     await _until_running(running.client, big)
-    await asyncio.sleep(0.5)  # its chunks are claimed
+    slow = running.worker.capacity.models["slow"]
+    await eventually_async(lambda: slow.chunks == 2, what="both chunks of the big batch run")
     other = await tenants.client("small-owner")
     started = time.monotonic()
     small = await submit_batch(other, [batch_line(f"small-{i}", model="slow") for i in range(10)])
@@ -148,7 +152,9 @@ async def test_an_unreachable_upstream_batch_waits_and_resumes_unharmed(
 ) -> None:
     client = running.client
     batch_id = await submit_batch(client, [batch_line(f"r{i}", model="remote") for i in range(6)])
-    await asyncio.sleep(1.5)  # connections refused, retried, handed back, tried again...
+    # Connections refused, retried, and the chunk handed back: the model's breaker is open.
+    remote = running.worker.capacity.models["remote"].breaker
+    await eventually_async(lambda: remote.backoff > 0, what="the upstream was found unreachable")
     batch = await _status(client, batch_id)
     assert batch["status"] == "in_progress"
     assert batch["request_counts"]["failed"] == 0

@@ -12,6 +12,7 @@ from batchd.engines.base import Delta, EngineRequestError, Usage
 from batchd.engines.llamacpp import LlamaCppEngine
 from batchd.engines.llamacpp_options import LlamaCppOptions, default_model_path
 from batchd.openai.chat import ChatCompletionRequest
+from tests.support.waiting import eventually_async
 
 # The engine alone: the same on every backend, so run once.
 pytestmark = pytest.mark.backend_independent
@@ -85,7 +86,9 @@ async def test_logprobs_of_each_token_with_alternatives(engine: LlamaCppEngine) 
 async def test_cancel_stops_generation_promptly(engine: LlamaCppEngine) -> None:
     task = asyncio.create_task(engine.chat(chat("Count from 1 to 1000, one number per line.",
                                                 temperature=0, max_tokens=400)))
-    await asyncio.sleep(0.3)
+    scheduler = engine._scheduler
+    await eventually_async(lambda: any(seq.generated for seq in list(scheduler.active)),
+                           what="the engine is generating the answer")
     assert not task.done()  # 400 tokens take several seconds on a CPU
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -17,3 +17,8 @@ def value(found: Samples, name: str, **labels: str) -> float:
     """The sample with exactly these labels (0 when there is none)."""
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
+
+def total(found: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples that carry these labels, whatever their others."""
+    wanted = set(labels.items())
+    return sum(v for (n, have), v in found.items() if n == name and wanted <= set(have))

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from batchd.worker.watchdog import Watchdog
+from tests.support.waiting import eventually_async
 
 
 async def _lane(dog: Watchdog, calls: list[float]) -> list[str]:
@@ -44,7 +45,8 @@ async def test_a_cancel_from_outside_stays_a_cancel() -> None:
     dog = Watchdog(timeout=60)
     checker = asyncio.create_task(dog.run())
     lane = asyncio.create_task(_lane(dog, [30]))
-    await asyncio.sleep(0.05)
+    await eventually_async(lambda: dog._guards and dog._guards[0]._started is not None,
+                           what="the lane is inside its guarded call")
     lane.cancel()
     with pytest.raises(asyncio.CancelledError):
         await lane
@@ -54,9 +56,10 @@ async def test_a_cancel_from_outside_stays_a_cancel() -> None:
 async def test_a_shutdown_cancel_during_a_timeout_is_not_swallowed() -> None:
     dog = Watchdog(timeout=0.1)
     lane = asyncio.create_task(_lane(dog, [30]))
-    await asyncio.sleep(0.15)
-    guard = dog._guards[0]
-    assert guard.overran(time.monotonic())
+    guard = await eventually_async(lambda: dog._guards and dog._guards[0],
+                                   what="the lane has its guard")
+    await eventually_async(lambda: guard.overran(time.monotonic()),
+                           what="the lane's call has run past its timeout")
     guard.fire()
     lane.cancel()  # shutdown arrives before the lane wakes up
     with pytest.raises(asyncio.CancelledError):
