@@ -3,7 +3,7 @@ queue estimate, per-token judgement, halving on push-back, and decreases only on
 
 from __future__ import annotations
 
-from batchd.engines.upstream import Sent, Target
+from batchd.engines.upstream_limit import Sent, Target
 
 
 def target(limit: float = 32, ceiling: int = 1024) -> Target:
