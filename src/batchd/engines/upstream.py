@@ -98,9 +98,15 @@ class ClientPool:
 
     SHARD = 8
 
-    def __init__(self, **client_options: Any) -> None:
-        # One TLS context for all (each client would load the CA bundle again: 20 ms each).
-        self._options = {"verify": httpx.create_ssl_context(), **client_options}
+    def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None,
+                 **client_options: Any) -> None:
+        """`transport`: what every client sends through instead of the network (tests pass
+        an `httpx.MockTransport`); its connections are then its own business."""
+        if transport is None:
+            # One TLS context for all (each client would load the CA bundle again: 20 ms each).
+            self._options = {"verify": httpx.create_ssl_context(), **client_options}
+        else:
+            self._options = {"transport": transport, **client_options}
         self._shards: list[_Shard] = []
 
     @contextlib.asynccontextmanager
@@ -144,7 +150,9 @@ class _Waiter:
 class UpstreamEngine:
     AVOID_SECONDS = 5.0
 
-    def __init__(self, options: UpstreamOptions, *, model_id: str) -> None:
+    def __init__(self, options: UpstreamOptions, *, model_id: str,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """`transport`: see ClientPool (None: the network)."""
         self.options = options
         self.model = options.model or model_id
         headers = {}
@@ -153,7 +161,7 @@ class UpstreamEngine:
             if not key:
                 raise EngineFailure(f"environment variable {options.api_key_env} is not set")
             headers["Authorization"] = f"Bearer {key}"
-        self.clients = ClientPool(headers=headers,
+        self.clients = ClientPool(transport=transport, headers=headers,
                                   timeout=httpx.Timeout(options.timeout_seconds, connect=10))
         self._line: FairLine[_Waiter] = FairLine()
         self._held_out: asyncio.TimerHandle | None = None  # a grant for waiters holding out
