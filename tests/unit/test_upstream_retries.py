@@ -1,7 +1,7 @@
 """The upstream engine's retries and routing, against an OpenAI-compatible server that is a
 function (httpx.MockTransport): which answers are retried, how often, on which server, and
-what the caller gets in the end. The real wire, and one retry over it, are tested against
-llama_cpp.server in integration/test_upstream_engine.py."""
+what the caller gets in the end; and how an answer is read. The real wire, and one retry
+over it, are tested against llama_cpp.server in integration/test_upstream_engine.py."""
 
 from __future__ import annotations
 
@@ -40,11 +40,18 @@ class FakeUpstream:
                 json={"error": {"message": f"injected {status}", "type": "x",
                                 "param": "temperature" if status == 400 else None,
                                 "code": "injected"}})
+        usage = {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15,
+                 "prompt_tokens_details": {"cached_tokens": 4}}
+        if request.url.path.endswith("/chat/completions"):
+            return httpx.Response(200, json={
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "up",
+                "choices": [{"index": 0, "finish_reason": "length",
+                             "message": {"role": "assistant", "content": "Hello there, friend"}}],
+                "usage": usage})
         return httpx.Response(200, json={
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "up",
-            "choices": [{"index": 0, "finish_reason": "length",
-                         "message": {"role": "assistant", "content": "Hello there, friend"}}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}})
+            "id": "cmpl-fake", "object": "text_completion", "created": 0, "model": "up",
+            "choices": [{"index": 0, "finish_reason": "length", "text": " Paris, of course"}],
+            "usage": usage})
 
 
 def chat(content: str = "Say hello.") -> ChatCompletionRequest:
@@ -110,3 +117,15 @@ async def test_a_dead_server_is_routed_around(make_engine: Maker, upstream: Fake
     assert all(r.choices[0].text for r in results)
     by_url = {t.base_url: t for t in engine.targets}
     assert by_url[DEAD].limit <= 1 and by_url[LIVE].in_flight == 0
+
+
+async def test_chat_and_text_completions_are_read_alike(make_engine: Maker) -> None:
+    from batchd.openai.completions import CompletionRequest
+
+    engine = make_engine(LIVE)
+    completion = await engine.complete(CompletionRequest.model_validate(
+        {"model": "up", "prompt": "The capital of France is", "max_tokens": 6}))
+    for result, text in ((await engine.chat(chat()), "Hello there, friend"),
+                         (completion, " Paris, of course")):
+        assert [(c.text, c.finish_reason) for c in result.choices] == [(text, "length")]
+        assert (result.prompt_tokens, result.completion_tokens, result.cached_tokens) == (9, 6, 4)

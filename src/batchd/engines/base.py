@@ -105,7 +105,13 @@ class Engine(Protocol):
 
 class EngineRequestError(InvalidRequest):
     """The engine refused this request (context too long, unsupported parameter): the
-    caller's fault, reported as a 400 for that request alone."""
+    caller's fault, reported as a 400 for that request alone, or as the 4xx an upstream
+    server answered (`status_code`)."""
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 status_code: int = 400) -> None:
+        super().__init__(message, code=code, param=param)
+        self.status_code = status_code
 
 
 class EngineFailure(ServerError):

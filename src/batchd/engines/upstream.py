@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchd.engines.base import (
@@ -274,12 +274,10 @@ class UpstreamEngine:
             error = {}
         if not isinstance(error, dict):
             error = {"message": str(error)}
-        failure = EngineRequestError(
+        raise EngineRequestError(
             str(error.get("message") or f"The upstream server answered "
                                         f"{response.status_code}."),
-            code=error.get("code"), param=error.get("param"))
-        failure.status_code = response.status_code
-        raise failure
+            code=error.get("code"), param=error.get("param"), status_code=response.status_code)
 
     async def _call(self, path: str, payload: dict[str, Any],
                     read: Callable[[dict[str, Any]], T], tokens: Callable[[T], int],
@@ -318,12 +316,13 @@ class UpstreamEngine:
     async def chat(self, request: ChatCompletionRequest, *,
                    priority: Priority = Priority.REALTIME) -> ChatResult:
         return await self._call("/chat/completions", self._payload(request, stream=False),
-                                _result, lambda r: r.completion_tokens, priority)
+                                lambda body: _result(body, _chat_text),
+                                lambda r: r.completion_tokens, priority)
 
     async def complete(self, request: CompletionRequest, *,
                        priority: Priority = Priority.REALTIME) -> ChatResult:
         return await self._call("/completions", self._completion_payload(request),
-                                _completion_result,
+                                lambda body: _result(body, _completion_text),
                                 lambda r: r.completion_tokens, priority)
 
     async def embed(self, inputs: EmbeddingInputs, *,
@@ -347,8 +346,7 @@ class UpstreamEngine:
                         priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
         payload = self._completion_payload(request)
         payload.update(stream=True, stream_options={"include_usage": True})
-        return self._stream("/completions", payload, lambda choice: choice.get("text") or "",
-                            priority)
+        return self._stream("/completions", payload, _completion_text, priority)
 
     def _completion_payload(self, request: CompletionRequest) -> dict[str, Any]:
         payload = request.model_dump(exclude_none=True)
@@ -377,7 +375,7 @@ class UpstreamEngine:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    chunk = json.loads(data)
+                    chunk = orjson.loads(data)
                     if chunk.get("usage"):
                         usage = Usage(prompt_tokens=chunk["usage"].get("prompt_tokens", 0),
                                       completion_tokens=chunk["usage"].get(
@@ -414,10 +412,20 @@ class UpstreamEngine:
         return self.options.max_concurrency * len(self.targets)
 
 
-def _result(body: dict[str, Any]) -> ChatResult:
+def _chat_text(choice: dict[str, Any]) -> str:
+    text: str = choice["message"].get("content") or ""
+    return text
+
+
+def _completion_text(choice: dict[str, Any]) -> str:
+    text: str = choice.get("text") or ""
+    return text
+
+
+def _result(body: dict[str, Any], text_of: Callable[[dict[str, Any]], str]) -> ChatResult:
+    """A chat or text completion (`text_of` reads a choice's text) as the engine's result."""
     try:
-        choices = [Choice(text=c["message"].get("content") or "",
-                          finish_reason=c.get("finish_reason") or "stop",
+        choices = [Choice(text=text_of(c), finish_reason=c.get("finish_reason") or "stop",
                           logprobs=c.get("logprobs"))
                    for c in sorted(body["choices"], key=lambda c: c.get("index", 0))]
         usage = body.get("usage") or {}
@@ -425,19 +433,6 @@ def _result(body: dict[str, Any]) -> ChatResult:
         return ChatResult(choices=choices, prompt_tokens=usage.get("prompt_tokens", 0),
                           completion_tokens=usage.get("completion_tokens", 0),
                           cached_tokens=cached)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise EngineFailure(f"The upstream server sent a malformed completion: {exc!r}",
-                            code="upstream_error") from exc
-
-
-def _completion_result(body: dict[str, Any]) -> ChatResult:
-    try:
-        choices = [Choice(text=c.get("text") or "", finish_reason=c.get("finish_reason") or "stop",
-                          logprobs=c.get("logprobs"))
-                   for c in sorted(body["choices"], key=lambda c: c.get("index", 0))]
-        usage = body.get("usage") or {}
-        return ChatResult(choices=choices, prompt_tokens=usage.get("prompt_tokens", 0),
-                          completion_tokens=usage.get("completion_tokens", 0))
     except (KeyError, TypeError, AttributeError) as exc:
         raise EngineFailure(f"The upstream server sent a malformed completion: {exc!r}",
                             code="upstream_error") from exc
