@@ -17,6 +17,7 @@ from batchd.settings import Settings
 from batchd.webhooks.sender import BACKOFF, PER_ENDPOINT, PER_OWNER, WebhookSender
 from tests.support.harness import Harness, Tenants, submit_batch
 from tests.support.lines import batch_line
+from tests.support.ports import free_port
 from tests.support.webhook_receiver import Receiver, receiving, silent
 
 
@@ -368,9 +369,7 @@ async def test_delivery_errors_never_say_what_a_name_resolves_to(
 async def test_connection_errors_to_allowed_names_say_no_address(
     harness: Harness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with socket.socket() as probe:  # a port where nothing listens
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     harness.settings.webhook_allowed_hosts = "inside.test"
     fake_dns(monkeypatch, inside_test=[["127.0.0.1"]])
     endpoint = await register(harness.client, f"http://inside.test:{port}/hooks")
