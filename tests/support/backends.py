@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import functools
 import json
 import os
 import secrets
@@ -243,30 +244,25 @@ def running_s3() -> Iterator[S3Server]:
 # S3 server, started once per test run and shared by every test, each with its own database
 # and bucket prefix).
 BACKEND = os.environ.get("BATCHD_TEST_BACKEND", "local")
-_shared: dict[str, PostgresServer | S3Server] = {}
 _envs: dict[Path, dict[str, str]] = {}
 
 
+@functools.cache
 def shared_postgres() -> PostgresServer:
-    if "pg" not in _shared:
-        server = PostgresServer()
-        server.start()
-        atexit.register(server.close)
-        _shared["pg"] = server
-    pg = _shared["pg"]
-    assert isinstance(pg, PostgresServer)
-    return pg
+    """The run's PostgreSQL server: started on first use, closed when the run ends."""
+    server = PostgresServer()
+    server.start()
+    atexit.register(server.close)
+    return server
 
 
+@functools.cache
 def shared_s3() -> S3Server:
-    if "s3" not in _shared:
-        server = S3Server()
-        server.start()
-        atexit.register(server.close)
-        _shared["s3"] = server
-    s3 = _shared["s3"]
-    assert isinstance(s3, S3Server)
-    return s3
+    """The run's S3 server: started on first use, closed when the run ends."""
+    server = S3Server()
+    server.start()
+    atexit.register(server.close)
+    return server
 
 
 def backend_env(data_dir: Path) -> dict[str, str]:
