@@ -14,14 +14,8 @@ from batchd.openai.chat import (
     completion_object,
     usage_object,
 )
-from batchd.serving.operation import (
-    DEFAULT_OUTPUT_TOKENS,
-    Operation,
-    Produced,
-    first_text,
-    opened,
-    text_tokens,
-)
+from batchd.serving.operation import DEFAULT_OUTPUT_TOKENS, Operation, Produced, opened
+from batchd.serving.prompts import first_text, text_tokens
 from batchd.serving.sse import DONE, chunk_writer, error_event
 
 

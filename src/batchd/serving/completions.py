@@ -18,7 +18,8 @@ from batchd.openai.completions import (
     text_completion_object,
     usage_object,
 )
-from batchd.serving.operation import Operation, Produced, opened, text_tokens
+from batchd.serving.operation import Operation, Produced, opened
+from batchd.serving.prompts import text_tokens
 from batchd.serving.sse import DONE, chunk_writer, error_event
 
 CHOICES_AT_ONCE = 8  # of one request, in the engine at once

@@ -6,7 +6,8 @@ from typing import Any
 
 from batchd.engines.base import Engine, Priority
 from batchd.openai.embeddings import EmbeddingRequest, embedding_list_object, shorten
-from batchd.serving.operation import Operation, Produced, text_tokens
+from batchd.serving.operation import Operation, Produced
+from batchd.serving.prompts import text_tokens
 
 
 def _estimate(body: dict[str, Any], request: EmbeddingRequest | None) -> int:

@@ -20,14 +20,8 @@ from batchd.openai.responses import (
     response_object,
     usage_object,
 )
-from batchd.serving.operation import (
-    DEFAULT_OUTPUT_TOKENS,
-    Operation,
-    Produced,
-    first_text,
-    opened,
-    text_tokens,
-)
+from batchd.serving.operation import DEFAULT_OUTPUT_TOKENS, Operation, Produced, opened
+from batchd.serving.prompts import first_text, text_tokens
 from batchd.serving.sse import named_event
 
 log = logging.getLogger(__name__)
