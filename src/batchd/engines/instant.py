@@ -11,32 +11,22 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchd.engines.base import (
-    ChatResult,
-    Choice,
-    Delta,
-    EmbeddingResult,
-    EngineFailure,
-    EngineRequestError,
-    Priority,
-    StreamEvent,
-    Usage,
-)
+from batchd.engines import base
 from batchd.openai.chat import ChatCompletionRequest
 from batchd.openai.completions import CompletionRequest
 from batchd.openai.embeddings import EmbeddingInputs, normalized
 from batchd.openai.sampling import Sampling
 
 
-async def _as_stream(result: ChatResult) -> AsyncIterator[StreamEvent]:
+async def _as_stream(result: base.ChatResult) -> AsyncIterator[base.StreamEvent]:
     """A finished result as a stream: word by word, then the usage."""
     for index, choice in enumerate(result.choices):
         words = choice.text.split(" ")
         for n, word in enumerate(words):
             last = n == len(words) - 1
-            yield Delta(index=index, text=word if n == 0 else " " + word,
+            yield base.Delta(index=index, text=word if n == 0 else " " + word,
                         finish_reason=choice.finish_reason if last else None)
-    yield Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+    yield base.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
 
 
 def _vector(text: str, dims: int) -> list[float]:
@@ -71,9 +61,9 @@ class InstantEngine:
     def __init__(self, options: InstantOptions | None = None) -> None:
         self.options = options or InstantOptions()
 
-    def _answer(self, sampling: Sampling, last: str, index: int) -> Choice:
+    def _answer(self, sampling: Sampling, last: str, index: int) -> base.Choice:
         if self.options.fail_marker and self.options.fail_marker in last:
-            raise EngineFailure("The instant engine was told to fail on this request.")
+            raise base.EngineFailure("The instant engine was told to fail on this request.")
         words = ["echo:", *last.split()]
         if index:
             words.append(f"#{index}")
@@ -85,7 +75,7 @@ class InstantEngine:
         for stop in sampling.stops:
             if stop and stop in text:
                 text, finish = text[: text.index(stop)], "stop"
-        return Choice(text=text, finish_reason=finish)
+        return base.Choice(text=text, finish_reason=finish)
 
     async def _misbehave(self, text: str) -> None:
         """Hang, crash or pause as the options say for a request with this text."""
@@ -102,53 +92,54 @@ class InstantEngine:
             await asyncio.sleep(self.options.delay_seconds)
 
     async def chat(self, request: ChatCompletionRequest, *,
-                   priority: Priority = Priority.REALTIME) -> ChatResult:
+                   priority: base.Priority = base.Priority.REALTIME) -> base.ChatResult:
         messages = request.plain_messages()
         last = str(messages[-1]["content"])
         await self._misbehave(last)
         sampling = request.sampling()
         choices = [self._answer(sampling, last, i) for i in range(request.n)]
-        return ChatResult(
+        return base.ChatResult(
             choices=choices,
             prompt_tokens=sum(3 + len(str(m["content"]).split()) for m in messages),
             completion_tokens=sum(len(c.text.split()) for c in choices),
         )
 
     async def chat_stream(self, request: ChatCompletionRequest, *,
-                          priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
+                          priority: base.Priority = base.Priority.REALTIME,
+                          ) -> AsyncIterator[base.StreamEvent]:
         async for event in _as_stream(await self.chat(request)):
             yield event
 
     async def complete_stream(self, request: CompletionRequest, *,
-                              priority: Priority = Priority.REALTIME
-                              ) -> AsyncIterator[StreamEvent]:
+                              priority: base.Priority = base.Priority.REALTIME
+                              ) -> AsyncIterator[base.StreamEvent]:
         async for event in _as_stream(await self.complete(request)):
             yield event
 
     async def complete(self, request: CompletionRequest, *,
-                       priority: Priority = Priority.REALTIME) -> ChatResult:
+                       priority: base.Priority = base.Priority.REALTIME) -> base.ChatResult:
         prompt = request.single
         text = prompt if isinstance(prompt, str) else " ".join(f"t{t}" for t in prompt)
         await self._misbehave(text)
         sampling = request.sampling()
         choices = [self._answer(sampling, text, i) for i in range(request.n)]
-        return ChatResult(choices=choices, prompt_tokens=len(text.split()),
+        return base.ChatResult(choices=choices, prompt_tokens=len(text.split()),
                           completion_tokens=sum(len(c.text.split()) for c in choices))
 
     async def embed(self, inputs: EmbeddingInputs, *,
-                    priority: Priority = Priority.REALTIME) -> EmbeddingResult:
+                    priority: base.Priority = base.Priority.REALTIME) -> base.EmbeddingResult:
         """Deterministic unit vectors of `embedding_dimensions` from each input's hash."""
         items: list[str] = (inputs.texts if inputs.texts is not None
                             else [" ".join(f"t{t}" for t in ids) for ids in inputs.tokens or []])
         dims = self.options.embedding_dimensions
         if inputs.dimensions is not None and inputs.dimensions > dims:
-            raise EngineRequestError(
+            raise base.EngineRequestError(
                 f"This model's embeddings have {dims} dimensions; 'dimensions' must be at "
                 f"most that.", code="invalid_value", param="dimensions")
         for text in items:
             await self._misbehave(text)
         vectors = [_vector(text, dims) for text in items]
-        return EmbeddingResult(vectors=vectors,
+        return base.EmbeddingResult(vectors=vectors,
                                prompt_tokens=sum(len(t.split()) for t in items))
 
     async def aclose(self) -> None:

@@ -28,18 +28,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchd.engines.base import (
-    ChatResult,
-    Choice,
-    Delta,
-    EmbeddingResult,
-    EngineFailure,
-    EngineRequestError,
-    EngineUnavailable,
-    Priority,
-    StreamEvent,
-    Usage,
-)
+from batchd.engines import base
 from batchd.engines.upstream_limit import Sent, Target
 from batchd.limits.fair_line import FairLine
 from batchd.limits.preparation import work_owner
@@ -159,7 +148,7 @@ class UpstreamEngine:
         if options.api_key_env:
             key = os.environ.get(options.api_key_env)
             if not key:
-                raise EngineFailure(f"environment variable {options.api_key_env} is not set")
+                raise base.EngineFailure(f"environment variable {options.api_key_env} is not set")
             headers["Authorization"] = f"Bearer {key}"
         self.clients = ClientPool(transport=transport, headers=headers,
                                   timeout=httpx.Timeout(options.timeout_seconds, connect=10))
@@ -171,7 +160,7 @@ class UpstreamEngine:
                         for url in options.base_urls]
 
     async def _admit(self, *, avoid: Target | None,
-                     priority: Priority) -> tuple[Target, Sent]:
+                     priority: base.Priority) -> tuple[Target, Sent]:
         """Wait until a server has room and it is this request's turn, then take the server
         with the most room. Chosen at admission, not before waiting: a request queued for
         one server would sit there while another had room. `avoid` (the server that just
@@ -274,14 +263,14 @@ class UpstreamEngine:
             error = {}
         if not isinstance(error, dict):
             error = {"message": str(error)}
-        raise EngineRequestError(
+        raise base.EngineRequestError(
             str(error.get("message") or f"The upstream server answered "
                                         f"{response.status_code}."),
             code=error.get("code"), param=error.get("param"), status_code=response.status_code)
 
     async def _call(self, path: str, payload: dict[str, Any],
                     read: Callable[[dict[str, Any]], T], tokens: Callable[[T], int],
-                    priority: Priority) -> T:
+                    priority: base.Priority) -> T:
         """POST `payload` to `path` of a target with room, retrying overloads and outages on
         other targets with backoff; `read` turns the answer into the result."""
         target: Target | None = None
@@ -310,23 +299,23 @@ class UpstreamEngine:
         message = (f"The upstream servers failed {self.options.max_retries + 1} times; "
                    f"last: {failure}")
         if failure.unavailable:  # the request waits for the server to come back
-            raise EngineUnavailable(message, code="upstream_unavailable")
-        raise EngineFailure(message, code="upstream_error")
+            raise base.EngineUnavailable(message, code="upstream_unavailable")
+        raise base.EngineFailure(message, code="upstream_error")
 
     async def chat(self, request: ChatCompletionRequest, *,
-                   priority: Priority = Priority.REALTIME) -> ChatResult:
+                   priority: base.Priority = base.Priority.REALTIME) -> base.ChatResult:
         return await self._call("/chat/completions", self._payload(request, stream=False),
                                 lambda body: _result(body, _chat_text),
                                 lambda r: r.completion_tokens, priority)
 
     async def complete(self, request: CompletionRequest, *,
-                       priority: Priority = Priority.REALTIME) -> ChatResult:
+                       priority: base.Priority = base.Priority.REALTIME) -> base.ChatResult:
         return await self._call("/completions", self._completion_payload(request),
                                 lambda body: _result(body, _completion_text),
                                 lambda r: r.completion_tokens, priority)
 
     async def embed(self, inputs: EmbeddingInputs, *,
-                    priority: Priority = Priority.REALTIME) -> EmbeddingResult:
+                    priority: base.Priority = base.Priority.REALTIME) -> base.EmbeddingResult:
         payload: dict[str, Any] = {
             "model": self.model, "encoding_format": "float",
             "input": inputs.texts if inputs.texts is not None else inputs.tokens}
@@ -337,13 +326,15 @@ class UpstreamEngine:
                                 lambda r: 0, priority)
 
     def chat_stream(self, request: ChatCompletionRequest, *,
-                    priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
+                    priority: base.Priority = base.Priority.REALTIME,
+                    ) -> AsyncIterator[base.StreamEvent]:
         return self._stream("/chat/completions", self._payload(request, stream=True),
                             lambda choice: (choice.get("delta") or {}).get("content") or "",
                             priority)
 
     def complete_stream(self, request: CompletionRequest, *,
-                        priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
+                        priority: base.Priority = base.Priority.REALTIME,
+                        ) -> AsyncIterator[base.StreamEvent]:
         payload = self._completion_payload(request)
         payload.update(stream=True, stream_options={"include_usage": True})
         return self._stream("/completions", payload, _completion_text, priority)
@@ -356,12 +347,12 @@ class UpstreamEngine:
 
     async def _stream(self, path: str, payload: dict[str, Any],
                       text_of: Callable[[dict[str, Any]], str],
-                      priority: Priority) -> AsyncIterator[StreamEvent]:
+                      priority: base.Priority) -> AsyncIterator[base.StreamEvent]:
         """POST `payload` to `path` with streaming, as deltas (`text_of` a choice) and the
         usage last."""
         target, sent = await self._admit(avoid=None, priority=priority)
         overloaded, pieces = False, 0
-        usage: Usage | None = None
+        usage: base.Usage | None = None
         try:
             async with self.clients.one() as client, client.stream(
                     "POST", f"{target.base_url}{path}", json=payload) as response:
@@ -377,7 +368,7 @@ class UpstreamEngine:
                         break
                     chunk = orjson.loads(data)
                     if chunk.get("usage"):
-                        usage = Usage(prompt_tokens=chunk["usage"].get("prompt_tokens", 0),
+                        usage = base.Usage(prompt_tokens=chunk["usage"].get("prompt_tokens", 0),
                                       completion_tokens=chunk["usage"].get(
                                           "completion_tokens", 0))
                     for choice in chunk.get("choices") or []:
@@ -386,21 +377,21 @@ class UpstreamEngine:
                         logprobs = choice.get("logprobs")
                         tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
                         if text or choice.get("finish_reason") or tokens:
-                            yield Delta(index=choice.get("index", 0), text=text,
+                            yield base.Delta(index=choice.get("index", 0), text=text,
                                         finish_reason=choice.get("finish_reason"),
                                         logprobs=tokens if isinstance(tokens, list) else None)
         except _Retry as retry:
-            raise EngineFailure(f"The upstream server is overloaded: {retry}",
+            raise base.EngineFailure(f"The upstream server is overloaded: {retry}",
                                 code="upstream_error") from retry
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             overloaded = True
-            raise EngineFailure(f"The upstream server failed: {exc}",
+            raise base.EngineFailure(f"The upstream server failed: {exc}",
                                 code="upstream_error") from exc
         finally:
             self._release(target, sent, ok=not overloaded, overloaded=overloaded,
                           tokens=pieces)
         # Servers that do not report streaming usage: one piece is about one token.
-        yield usage or Usage(prompt_tokens=0, completion_tokens=pieces)
+        yield usage or base.Usage(prompt_tokens=0, completion_tokens=pieces)
 
     async def aclose(self) -> None:
         await self.clients.aclose()
@@ -422,30 +413,30 @@ def _completion_text(choice: dict[str, Any]) -> str:
     return text
 
 
-def _result(body: dict[str, Any], text_of: Callable[[dict[str, Any]], str]) -> ChatResult:
+def _result(body: dict[str, Any], text_of: Callable[[dict[str, Any]], str]) -> base.ChatResult:
     """A chat or text completion (`text_of` reads a choice's text) as the engine's result."""
     try:
-        choices = [Choice(text=text_of(c), finish_reason=c.get("finish_reason") or "stop",
+        choices = [base.Choice(text=text_of(c), finish_reason=c.get("finish_reason") or "stop",
                           logprobs=c.get("logprobs"))
                    for c in sorted(body["choices"], key=lambda c: c.get("index", 0))]
         usage = body.get("usage") or {}
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        return ChatResult(choices=choices, prompt_tokens=usage.get("prompt_tokens", 0),
+        return base.ChatResult(choices=choices, prompt_tokens=usage.get("prompt_tokens", 0),
                           completion_tokens=usage.get("completion_tokens", 0),
                           cached_tokens=cached)
     except (KeyError, TypeError, AttributeError) as exc:
-        raise EngineFailure(f"The upstream server sent a malformed completion: {exc!r}",
+        raise base.EngineFailure(f"The upstream server sent a malformed completion: {exc!r}",
                             code="upstream_error") from exc
 
 
-def _embedding_result(body: dict[str, Any], count: int) -> EmbeddingResult:
+def _embedding_result(body: dict[str, Any], count: int) -> base.EmbeddingResult:
     try:
         data = sorted(body["data"], key=lambda d: d.get("index", 0))
         vectors = [[float(x) for x in item["embedding"]] for item in data]
         if len(vectors) != count:
             raise ValueError(f"{len(vectors)} embeddings for {count} inputs")
         usage = body.get("usage") or {}
-        return EmbeddingResult(vectors=vectors, prompt_tokens=usage.get("prompt_tokens", 0))
+        return base.EmbeddingResult(vectors=vectors, prompt_tokens=usage.get("prompt_tokens", 0))
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise EngineFailure(f"The upstream server sent malformed embeddings: {exc!r}",
+        raise base.EngineFailure(f"The upstream server sent malformed embeddings: {exc!r}",
                             code="upstream_error") from exc
