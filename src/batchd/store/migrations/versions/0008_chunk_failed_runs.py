@@ -14,11 +14,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("chunks") as table:
-        table.add_column(sa.Column("failed_runs", sa.Integer, nullable=False,
-                                   server_default="0"))
+    # One column added: a plain ALTER TABLE on both SQLite and PostgreSQL, no batch copy.
+    op.add_column("chunks", sa.Column("failed_runs", sa.Integer, nullable=False,
+                                      server_default="0"))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("chunks") as table:
-        table.drop_column("failed_runs")
+    op.drop_column("chunks", "failed_runs")  # SQLite 3.35+ drops a column in place
