@@ -42,12 +42,8 @@ def _not_found(endpoint_id: str) -> NotFound:
 class WebhookEndpoints:
     def __init__(self, *, store: ApiStore, clock: Clock, settings: Settings,
                  wake: Callable[[], None]) -> None:
-        self.store = store
-        self.clock = clock
-        self.settings = settings
-        # A test event is new work: this process's worker delivers it now, not at its next
-        # poll.
-        self.wake = wake
+        self.store, self.clock, self.settings = store, clock, settings
+        self.wake = wake  # a test event is new work: this process's worker delivers it now
 
     async def create(self, *, caller: str, admin: bool, url: str,
                      events: Sequence[EventType] | None,
