@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from openai import OpenAI
 from openai.types import Batch
+from tests.support import backends
 from tests.support.server import Server, start_server, stop_server
 
 from batchd.settings import Settings
@@ -68,3 +70,18 @@ def instant_server(root: Path, **env: str) -> Iterator[Server]:
                       BATCHD_WORKER_CONCURRENCY="64", BATCHD_MAX_UPLOAD_BYTES=str(1 << 30),
                       **env) as server:
         yield server
+
+
+def control_plane_args(description: str | None, *, lines: int,
+                       upload_mb: int) -> argparse.Namespace:
+    """The options the control-plane benchmarks share; `--backend` is applied at once."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--lines", type=int, default=lines)
+    parser.add_argument("--upload-mb", type=int, default=upload_mb)
+    parser.add_argument("--backend", choices=["local", "postgres-s3"], default="local",
+                        help="postgres-s3: the server on a PostgreSQL and a SeaweedFS (S3) "
+                             "server that this run starts on this machine")
+    args = parser.parse_args()
+    backends.BACKEND = args.backend
+    print(f"backend: {args.backend}")
+    return args

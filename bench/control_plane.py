@@ -7,7 +7,6 @@ MB/s and the server's peak RSS (VmHWM).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -19,9 +18,8 @@ from openai import OpenAI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from tests.support import backends
 
-from bench.common import instant_server, memory_mb, run_batch
+from bench.common import control_plane_args, instant_server, memory_mb, run_batch
 
 
 def write_input(path: Path, lines: int) -> None:
@@ -35,15 +33,7 @@ def write_input(path: Path, lines: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--lines", type=int, default=50_000)
-    parser.add_argument("--upload-mb", type=int, default=200)
-    parser.add_argument("--backend", choices=["local", "postgres-s3"], default="local",
-                        help="postgres-s3: the server on a PostgreSQL and a SeaweedFS (S3) "
-                             "server that this run starts on this machine")
-    args = parser.parse_args()
-    backends.BACKEND = args.backend
-    print(f"backend: {args.backend}")
+    args = control_plane_args(__doc__, lines=50_000, upload_mb=200)
     with tempfile.TemporaryDirectory() as tmp, \
             instant_server(Path(tmp), BATCHD_WORKER_CHUNKS="4") as server:
         root = Path(tmp)

@@ -8,7 +8,6 @@ uploads took only their known fields). Prints figures and the targets beside the
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
@@ -21,22 +20,13 @@ from openai import OpenAI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from tests.support import backends
 
-from bench.common import instant_server, memory_mb, run_batch
+from bench.common import control_plane_args, instant_server, memory_mb, run_batch
 from bench.control_plane import write_input
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--lines", type=int, default=1_000_000)
-    parser.add_argument("--upload-mb", type=int, default=500)
-    parser.add_argument("--backend", choices=["local", "postgres-s3"], default="local",
-                        help="postgres-s3: the server on a PostgreSQL and a SeaweedFS (S3) "
-                             "server that this run starts on this machine")
-    args = parser.parse_args()
-    backends.BACKEND = args.backend
-    print(f"backend: {args.backend}")
+    args = control_plane_args(__doc__, lines=1_000_000, upload_mb=500)
     with tempfile.TemporaryDirectory() as tmp, instant_server(
             Path(tmp), BATCHD_MAX_REQUESTS_PER_BATCH=str(args.lines),
             BATCHD_MAX_BATCH_FILE_BYTES=str(1 << 30)) as server:

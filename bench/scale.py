@@ -26,7 +26,7 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.backends import running_postgres, running_s3
+from tests.support.backends import PostgresServer, S3Server, running
 from tests.support.ports import free_port, wait_for_http
 
 API_KEY = "sk-bench-scale"
@@ -44,7 +44,8 @@ def main() -> None:
           f"requests/s per worker); chunk_lines=64; {os.cpu_count()} cores shared by "
           "PostgreSQL, SeaweedFS, the API and the workers")
     rates: dict[int, float] = {}
-    with running_postgres() as pg, running_s3() as s3, tempfile.TemporaryDirectory() as tmp:
+    with running(PostgresServer) as pg, running(S3Server) as s3, \
+            tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         models = root / "models.yaml"
         models.write_text("models:\n  - id: instant-model\n    engine: instant\n"

@@ -11,20 +11,20 @@ import pytest
 
 from batchd.app import create_app
 from batchd.settings import Settings
-from tests.support.backends import PostgresServer, S3Server, running_postgres, running_s3
+from tests.support.backends import PostgresServer, S3Server, running
 from tests.support.harness import API_KEY
 from tests.support.lines import INSTANT_MODELS, batch_line
 
 
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
-    with running_postgres() as server:  # its own: this test stops it
+    with running(PostgresServer) as server:  # its own: this test stops it
         yield server
 
 
 @pytest.fixture
 def own_s3() -> Iterator[S3Server]:
-    with running_s3() as server:
+    with running(S3Server) as server:
         yield server
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
-import functools
 import json
 import os
 import secrets
@@ -25,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tests.support.ports import free_port
 
@@ -218,19 +218,13 @@ def _free_port_pair(host: str) -> int:
     return free_port(host)
 
 
-@contextlib.contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+Server = TypeVar("Server", "PostgresServer", "S3Server")
 
 
 @contextlib.contextmanager
-def running_s3() -> Iterator[S3Server]:
-    server = S3Server()
+def running(kind: type[Server]) -> Iterator[Server]:
+    """A server of its own for one test or benchmark (one it may stop), closed afterwards."""
+    server = kind()
     server.start()
     try:
         yield server
@@ -247,22 +241,26 @@ BACKEND = os.environ.get("BATCHD_TEST_BACKEND", "local")
 _envs: dict[Path, dict[str, str]] = {}
 
 
-@functools.cache
+_shared: dict[type[Any], Any] = {}
+
+
+def shared(kind: type[Server]) -> Server:
+    """The run's server of `kind`: started on first use, closed when the run ends."""
+    if kind not in _shared:  # a server that failed to start is tried again next time
+        started = kind()
+        started.start()
+        atexit.register(started.close)
+        _shared[kind] = started
+    server: Server = _shared[kind]
+    return server
+
+
 def shared_postgres() -> PostgresServer:
-    """The run's PostgreSQL server: started on first use, closed when the run ends."""
-    server = PostgresServer()
-    server.start()
-    atexit.register(server.close)
-    return server
+    return shared(PostgresServer)
 
 
-@functools.cache
 def shared_s3() -> S3Server:
-    """The run's S3 server: started on first use, closed when the run ends."""
-    server = S3Server()
-    server.start()
-    atexit.register(server.close)
-    return server
+    return shared(S3Server)
 
 
 def backend_env(data_dir: Path) -> dict[str, str]:
