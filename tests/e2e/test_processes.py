@@ -92,6 +92,7 @@ main()
 """
 
 
+@pytest.mark.backend_independent  # a loop's death ends the process whatever the store
 @pytest.mark.parametrize("command", ["serve", "worker"])
 def test_a_process_whose_worker_died_exits_non_zero_saying_why(
     tmp_path: Path, command: str,
