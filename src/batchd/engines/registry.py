@@ -166,9 +166,6 @@ class ModelRegistry:
         """The id of every served model (no aliases), in file order."""
         return [entry.id for entry in self.config.models]
 
-    def lookup(self, name: str) -> ModelConfig | None:
-        return self._by_name.get(name)
-
     def entry(self, name: str) -> ModelConfig:
         """The model called `name` (an id or an alias); OpenAI's 404 if none is served."""
         found = self._by_name.get(name)
@@ -176,9 +173,6 @@ class ModelRegistry:
             raise NotFound(f"The model '{name}' does not exist or you do not have access to "
                            "it.", code="model_not_found", param="model")
         return found
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
 
     def served_id(self, name: str) -> str | None:
         """The id of the model that serves `name` (an id or an alias)."""
