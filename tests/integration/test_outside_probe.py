@@ -338,19 +338,22 @@ async def test_an_empty_stop_string_stops_nothing(harness: Harness) -> None:
         assert response.json()["choices"][0]["message"]["content"] == "echo: a b"
 
 
-@pytest.mark.parametrize(("param", "value"), [
-    ("tools", [{"type": "function", "function": {"name": "f"}}]),
-    ("tool_choice", "auto"),
-    ("functions", [{"name": "f"}]),
-    ("function_call", "auto"),
+@pytest.mark.parametrize(("param", "value", "code"), [
+    ("tools", [{"type": "function", "function": {"name": "f"}}], "unsupported_parameter"),
+    ("tool_choice", "auto", "invalid_value"),  # OpenAI: only allowed when tools are given
+    ("functions", [{"name": "f"}], "unsupported_parameter"),
+    ("function_call", "auto", "unsupported_parameter"),
+    ("guided_json", {"type": "object"}, "unsupported_parameter"),
 ])
-async def test_tools_are_refused_by_name_until_supported(harness: Harness, param: str,
-                                                         value: object) -> None:
+async def test_tools_are_refused_by_name_where_they_would_be_ignored(
+        harness: Harness, param: str, value: object, code: str) -> None:
+    """The instant engine calls no tools; the deprecated `functions` and vLLM's removed
+    `guided_*` fields are refused on every engine."""
     response = await harness.client.post(ENDPOINT, json={
         "model": "instant-model", "messages": [{"role": "user", "content": "x"}], param: value})
     assert response.status_code == 400
     error = response.json()["error"]
-    assert (error["param"], error["code"]) == (param, "unsupported_parameter")
+    assert (error["param"], error["code"]) == (param, code)
 
 
 async def test_chat_requests_openai_would_refuse(harness: Harness) -> None:

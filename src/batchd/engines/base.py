@@ -16,9 +16,14 @@ from batchd.openai.embeddings import EmbeddingInputs
 
 @dataclass(frozen=True, kw_only=True)
 class Choice:
-    text: str
+    text: str  # the answer's content ("" when it is only tool calls)
     finish_reason: str
     logprobs: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's `message.tool_calls`
+    reasoning: str | None = None  # a reasoning model's thinking, apart from the answer
+    # An upstream server's whole `message`, sent on as it came (tool calls, refusal,
+    # reasoning and fields batchd does not know); None: built from the fields above.
+    message: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +32,7 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens, those spent thinking
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +43,10 @@ class Delta:
     text: str
     finish_reason: str | None = None
     logprobs: list[dict[str, Any]] | None = None  # chat format, for the tokens since the last
+    reasoning: str = ""  # a piece of a reasoning model's thinking
+    tool_calls: list[dict[str, Any]] | None = None  # chat-chunk `delta.tool_calls` entries
+    # An upstream chunk's whole `delta`, sent on as it came; None: built from the above.
+    delta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +56,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 StreamEvent = Delta | Usage

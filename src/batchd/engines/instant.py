@@ -93,14 +93,14 @@ class InstantEngine:
 
     async def chat(self, request: ChatCompletionRequest, *,
                    priority: base.Priority = base.Priority.REALTIME) -> base.ChatResult:
-        messages = request.plain_messages()
-        last = str(messages[-1]["content"])
+        messages = _text_messages(request)
+        last = messages[-1]
         await self._misbehave(last)
         sampling = request.sampling()
         choices = [self._answer(sampling, last, i) for i in range(request.n)]
         return base.ChatResult(
             choices=choices,
-            prompt_tokens=sum(3 + len(str(m["content"]).split()) for m in messages),
+            prompt_tokens=sum(3 + len(m.split()) for m in messages),
             completion_tokens=sum(len(c.text.split()) for c in choices),
         )
 
@@ -150,3 +150,28 @@ class InstantEngine:
 
     def max_capacity(self) -> int:
         return self.options.concurrency
+
+
+def _text_messages(request: ChatCompletionRequest) -> list[str]:
+    """Each message's text. This fake engine answers text with text: what asks for more (an
+    image, a tool call, a JSON answer) is refused by name, never silently ignored."""
+    if request.tool_mode()[0] != "none":
+        raise base.EngineRequestError("The instant engine does not call tools.",
+                                      code="unsupported_parameter", param="tools")
+    if request.response_format is not None and request.response_format.type != "text":
+        raise base.EngineRequestError("The instant engine answers text only.",
+                                      code="unsupported_parameter", param="response_format")
+    texts = []
+    for i, message in enumerate(request.messages):
+        content = message.content
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if part.get("type") != "text":
+                    raise base.EngineRequestError(
+                        f"Invalid content type. {part.get('type')} is only supported by "
+                        "certain models.", code="invalid_value",
+                        param=f"messages[{i}].content[{j}]")
+            content = "".join(str(part.get("text", "")) for part in content)
+        texts.append(content or "")
+    return texts
+

@@ -11,9 +11,11 @@ import functools
 import random
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from batchd.engines import llamacpp_chat, reasoning
 from batchd.engines.base import (
     ChatResult,
     Choice,
@@ -25,6 +27,7 @@ from batchd.engines.base import (
     StreamEvent,
     Usage,
 )
+from batchd.engines.constraints import Grammars
 from batchd.engines.llamacpp_embedder import Embedder
 from batchd.engines.llamacpp_options import LlamaCppOptions, default_model_path
 from batchd.engines.llamacpp_scheduler import Finish, Scheduler, Sequence
@@ -80,19 +83,33 @@ class LlamaCppEngine:
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "")
         self._n_vocab: int = self._llama.n_vocab()
+        # Templates that render tools themselves (Hermes, Qwen, Llama 3.1, Mistral) get
+        # them; others get them described in a system message (engines/llamacpp_chat.py).
+        self._template_tools = "tools" in template
         self._scheduler = Scheduler(self._llama, options)
+        self._grammars = Grammars(self._scheduler.vocab)
 
     # --- request → sequences ----------------------------------------------------------------
 
-    def _prompt(self, request: ChatCompletionRequest) -> list[int]:
+    def _prompt(self, request: ChatCompletionRequest) -> Prepared:
+        """The chat's prompt tokens, and what its answer must follow (compiled here, off the
+        event loop: a new schema takes milliseconds to compile)."""
+        chat = llamacpp_chat.plan(request, template_tools=self._template_tools)
         try:
-            text = self._format(messages=request.plain_messages()).prompt
+            text = self._format(messages=chat.messages, tools=chat.tools).prompt
+        except EngineRequestError:
+            raise
         except Exception as exc:
             raise EngineRequestError(f"The messages do not fit the model's chat template: "
                                      f"{exc}", code="invalid_value", param="messages") from exc
         tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=True,
                                                  special=True)
-        return self._fits(tokens, "messages")
+        matchers = None
+        if chat.constraint is not None:
+            matchers = [self._grammars.matcher(chat.constraint) for _ in range(request.n)]
+        thinks = self.options.reasoning is not None
+        return Prepared(tokens=self._fits(tokens, "messages"), chat=chat, matchers=matchers,
+                        reasoning=thinks, opened=thinks and reasoning.thinks_first(text))
 
     def _raw_prompt(self, prompt: str | list[int]) -> list[int]:
         """A completions prompt as it is: no chat template, special tokens as plain text."""
@@ -137,22 +154,16 @@ class LlamaCppEngine:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
         return chain
 
-    def _check(self, request: ChatCompletionRequest) -> None:
-        if request.response_format and request.response_format.get("type") not in (None, "text"):
-            raise EngineRequestError(
-                "response_format other than 'text' is not supported by the llamacpp engine.",
-                code="unsupported_parameter", param="response_format")
-
     def _generator(self) -> Scheduler:
         if self._scheduler is None:  # the registry routes only what a model serves
             raise EngineRequestError("This model does not generate text.",
                                      code="model_not_found", param="model")
         return self._scheduler
 
-    async def _sequences(self, prompt: Callable[[], list[int]], sampling: Sampling,
+    async def _sequences(self, prompt: Callable[[], Prepared], sampling: Sampling,
                          priority: Priority, emit: Callable[[Delta], None],
                          done: Callable[[Sequence, BaseException | None], None],
-                         cancelled: threading.Event) -> list[Sequence]:
+                         cancelled: threading.Event) -> tuple[Prepared, list[Sequence]]:
         self._generator()
         limit = sampling.max_tokens
         if limit is not None and limit > self.n_ctx:
@@ -161,22 +172,27 @@ class LlamaCppEngine:
                 f"{param} is too large: {limit}. This model's context holds at most "
                 f"{self.n_ctx} tokens, prompt and completion together.",
                 code="invalid_value", param=param)
-        tokens = await self._preparation.run(prompt)
+        prepared = await self._preparation.run(prompt)
+        tokens = prepared.tokens
         room = self.n_ctx - len(tokens)
         max_new = min(room if limit is None else limit, room)
         base = sampling.seed if sampling.seed is not None else random.randrange(2**31)
         owner = work_owner.get()
-        return [Sequence(prompt=tokens, sampler=self._sampler(sampling, (base + i) % 2**31),
-                          max_new=max_new, stops=list(sampling.stops), priority=int(priority),
-                          index=i, owner=owner, emit=emit, done=done, cancelled=cancelled,
-                          logprobs=sampling.top_logprobs)
-                for i in range(sampling.n)]
+        think_end = reasoning.CLOSE if self.options.reasoning else None
+        return prepared, [
+            Sequence(prompt=tokens, sampler=self._sampler(sampling, (base + i) % 2**31),
+                     max_new=max_new, stops=list(sampling.stops), priority=int(priority),
+                     index=i, owner=owner, emit=emit, done=done, cancelled=cancelled,
+                     logprobs=sampling.top_logprobs,
+                     matcher=prepared.matchers[i] if prepared.matchers else None,
+                     think_end=think_end, thought=None if think_end else 0,
+                     quiet=prepared.calls_tools)
+            for i in range(sampling.n)]
 
     # --- the async face ---------------------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest, *,
                    priority: Priority = Priority.REALTIME) -> ChatResult:
-        self._check(request)
         return await self._generate(lambda: self._prompt(request), request.sampling(),
                                     priority)
 
@@ -187,7 +203,7 @@ class LlamaCppEngine:
             tokens = await self._preparation.run(lambda: self._raw_prompt(request.single))
             return ChatResult(choices=[Choice(text="", finish_reason="length")] * request.n,
                               prompt_tokens=len(tokens), completion_tokens=0)
-        return await self._generate(lambda: self._raw_prompt(request.single),
+        return await self._generate(lambda: Prepared(tokens=self._raw_prompt(request.single)),
                                     request.sampling(), priority)
 
     async def embed(self, inputs: EmbeddingInputs, *,
@@ -197,7 +213,7 @@ class LlamaCppEngine:
                                      code="model_not_found", param="model")
         return await self._embedder.embed(inputs, priority=priority)
 
-    async def _generate(self, prompt: Callable[[], list[int]], sampling: Sampling,
+    async def _generate(self, prompt: Callable[[], Prepared], sampling: Sampling,
                         priority: Priority) -> ChatResult:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -216,8 +232,8 @@ class LlamaCppEngine:
                     future.set_result(None)
             _post(loop, settle)
 
-        seqs = await self._sequences(prompt, sampling, priority, lambda delta: None, done,
-                                     cancelled)
+        prepared, seqs = await self._sequences(prompt, sampling, priority, lambda delta: None,
+                                               done, cancelled)
         for seq in seqs:
             scheduler.submit(seq)
         try:
@@ -227,27 +243,24 @@ class LlamaCppEngine:
             raise
         if failure:
             raise failure[0]
+        choices = [prepared.choice(s) for s in seqs]
         return ChatResult(
-            choices=[Choice(text=s.text, finish_reason=(s.finish or Finish.STOP).value,
-                            logprobs={"content": s.token_logprobs, "refusal": None}
-                            if s.logprobs is not None else None) for s in seqs],
-            prompt_tokens=len(seqs[0].prompt),
+            choices=choices, prompt_tokens=len(seqs[0].prompt),
             completion_tokens=sum(_output_tokens(s) for s in seqs),
             cached_tokens=seqs[0].reused,
-        )
+            reasoning_tokens=sum(prepared.reasoning_tokens(s) for s in seqs))
 
     def chat_stream(self, request: ChatCompletionRequest, *,
                     priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
-        self._check(request)
         return self._generate_stream(lambda: self._prompt(request), request.sampling(),
                                      priority)
 
     def complete_stream(self, request: CompletionRequest, *,
                         priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
-        return self._generate_stream(lambda: self._raw_prompt(request.single),
+        return self._generate_stream(lambda: Prepared(tokens=self._raw_prompt(request.single)),
                                      request.sampling(), priority)
 
-    async def _generate_stream(self, prompt: Callable[[], list[int]], sampling: Sampling,
+    async def _generate_stream(self, prompt: Callable[[], Prepared], sampling: Sampling,
                                priority: Priority) -> AsyncIterator[StreamEvent]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
@@ -261,9 +274,11 @@ class LlamaCppEngine:
             _post(loop, queue.put_nowait, error)
 
         scheduler = self._generator()
-        seqs = await self._sequences(prompt, sampling, priority, emit, done, cancelled)
+        prepared, seqs = await self._sequences(prompt, sampling, priority, emit, done,
+                                               cancelled)
         for seq in seqs:
             scheduler.submit(seq)
+        pieces = prepared.pieces(len(seqs))
         try:
             while remaining:
                 event = await queue.get()
@@ -271,11 +286,15 @@ class LlamaCppEngine:
                     remaining -= 1
                 elif isinstance(event, BaseException):
                     raise event
-                elif event.text or event.finish_reason or event.logprobs:
-                    yield event
+                else:
+                    event = pieces(event)
+                    if (event.text or event.reasoning or event.tool_calls
+                            or event.finish_reason or event.logprobs):
+                        yield event
             yield Usage(prompt_tokens=len(seqs[0].prompt),
                         completion_tokens=sum(_output_tokens(s) for s in seqs),
-                        cached_tokens=seqs[0].reused)
+                        cached_tokens=seqs[0].reused,
+                        reasoning_tokens=sum(prepared.reasoning_tokens(s) for s in seqs))
         finally:
             cancelled.set()
 
@@ -302,6 +321,79 @@ def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args:
         loop.call_soon_threadsafe(callback, *args)
     except RuntimeError:  # that loop is closed: nobody waits for this any more
         pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepared:
+    """A request made ready to generate: its prompt tokens and, for a chat, how its answer
+    is constrained and read (tool calls, a reasoning model's thinking)."""
+
+    tokens: list[int]
+    chat: llamacpp_chat.ChatPlan | None = None
+    matchers: list[Any] | None = None  # one per choice, for a constrained answer
+    opened: bool = False  # the chat template opened the thinking (`<think>` in the prompt)
+    reasoning: bool = False  # the model thinks first (LlamaCppOptions.reasoning)
+
+    @property
+    def calls_tools(self) -> bool:
+        return self.chat is not None and self.chat.tool_mode != "none"
+
+    def split(self, text: str) -> tuple[str | None, str]:
+        return reasoning.split(text, opened=self.opened) if self.reasoning else (None, text)
+
+    def reasoning_tokens(self, seq: Sequence) -> int:
+        if not self.reasoning:
+            return 0
+        thinking, _ = self.split(seq.text)
+        if thinking is None:
+            return 0
+        return seq.thought if seq.thought is not None else _output_tokens(seq)
+
+    def choice(self, seq: Sequence) -> Choice:
+        """The whole answer of one finished sequence."""
+        finish = (seq.finish or Finish.STOP).value
+        thinking, answer = self.split(seq.text)
+        logprobs = ({"content": seq.token_logprobs, "refusal": None}
+                    if seq.logprobs is not None else None)
+        calls = self._calls(answer, finish)
+        if calls is not None:
+            return Choice(text="", tool_calls=calls, reasoning=thinking, logprobs=logprobs,
+                          finish_reason=self._calls_finish())
+        return Choice(text=answer, reasoning=thinking, finish_reason=finish,
+                      logprobs=logprobs)
+
+    def _calls(self, answer: str, finish: str) -> list[dict[str, Any]] | None:
+        if self.chat is None or finish != Finish.STOP.value:
+            return None  # a call cut short is left as text
+        return llamacpp_chat.tool_calls_of(answer, self.chat)
+
+    def _calls_finish(self) -> str:
+        # OpenAI ends a call of the named function with "stop", a call it chose "tool_calls".
+        return "stop" if self.chat and self.chat.tool_mode == "function" else "tool_calls"
+
+    def pieces(self, n: int) -> Callable[[Delta], Delta]:
+        """What each streamed piece of text becomes: thinking and answer apart, and a tool
+        answer (sent whole, once finished) as its calls."""
+        splitters = ([reasoning.Splitter(opened=self.opened) for _ in range(n)]
+                     if self.reasoning else None)
+        texts = [""] * n
+
+        def piece(delta: Delta) -> Delta:
+            final = delta.finish_reason is not None
+            thinking, answer = "", delta.text
+            if splitters is not None:
+                thinking, answer = splitters[delta.index].feed(delta.text, final=final)
+            if not self.calls_tools:
+                return replace(delta, text=answer, reasoning=thinking)
+            texts[delta.index] += answer
+            calls = self._calls(texts[delta.index], delta.finish_reason or "")
+            if calls is None:
+                return replace(delta, text=answer, reasoning=thinking)
+            return replace(delta, text="", reasoning=thinking,
+                           finish_reason=self._calls_finish(),
+                           tool_calls=[{"index": k, **call} for k, call in enumerate(calls)])
+
+        return piece
 
 
 def _output_tokens(seq: Sequence) -> int:

@@ -67,6 +67,11 @@ class LlamaCppOptions(BaseModel):
     """Shortest common prefix worth reusing. Short chats share little more than the chat
     template and a one-line system prompt (19 of 31 tokens in bench/throughput.py's short
     workload), and reusing even that much cut the tokens to evaluate by a fifth."""
+    reasoning: Literal["deepseek-r1"] | None = None
+    """A reasoning model's answer format: `deepseek-r1` (DeepSeek-R1, its distills, QwQ,
+    Qwen3: thinking up to `</think>`, then the answer) splits the thinking into
+    `message.reasoning_content` and counts it as `reasoning_tokens`; a response format or
+    tool call then constrains only the answer after `</think>`."""
 
     @field_validator("model_path")
     @classmethod

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchd.engines.base import Delta, EngineFailure, Priority
+from batchd.engines.constraints import Masks
 from batchd.engines.llamacpp_options import LlamaCppOptions
 
 
@@ -66,6 +67,16 @@ class Sequence:
     token_logprobs: list[dict[str, Any]] = field(default_factory=list)
     logprobs_sent: int = 0  # of token_logprobs, already streamed
     order: int = 0  # when it was submitted: earlier first, among equals
+    # Constrained decoding (engines/constraints.py): the sequence's llguidance matcher, which
+    # masks every sampled token once `think_end` (if any) has been generated.
+    matcher: Any = None
+    think_end: str | None = None  # a reasoning model's end of thinking (`</think>`)
+    thought: int | None = None  # tokens generated when `think_end` came (None: not yet)
+    quiet: bool = False  # stream nothing until it is finished (tool calls are sent whole)
+
+    @property
+    def constrained(self) -> bool:
+        return self.matcher is not None and (self.think_end is None or self.thought is not None)
 
     @property
     def context(self) -> list[int]:
@@ -126,6 +137,7 @@ class Scheduler:
         self.running = True
         self.reserved_cells = 0
         self.piece = ctypes.create_string_buffer(256)
+        self.masks: Masks | None = None  # made for the first constrained sequence
         self.thread = threading.Thread(target=self._loop, name="llamacpp-scheduler",
                                        daemon=True)
         self.thread.start()
@@ -363,6 +375,7 @@ class Scheduler:
             raise RuntimeError(f"llama_decode returned {status}")
         for seq in self.active:
             seq.n_past += added.get(seq.seq_id, 0)
+        self._mask([(seq, idx) for seq, idx in wants_logits if seq.constrained])
         for seq, idx in wants_logits:
             if not seq.generated:
                 self._remember_prefix(seq)  # its whole prompt is in the cache now
@@ -370,11 +383,26 @@ class Scheduler:
         for seq in [s for s in self.active if s.finish is not None]:
             self._release(seq, None)
 
+    def _mask(self, rows: list[tuple[Sequence, int]]) -> None:
+        """Disallow, in their logits, every token that would break a constrained sequence's
+        grammar (all of this step's masks are computed together)."""
+        if not rows:
+            return
+        if self.masks is None:
+            self.masks = Masks(self.n_vocab, self.options.parallel)
+        self.masks.apply([(seq.matcher, self.lib.llama_get_logits_ith(self.ctx, idx))
+                          for seq, idx in rows])
+
     def _sample(self, seq: Sequence, idx: int) -> None:
         lib = self.lib
         if seq.logprobs is not None:
             logits = lib.llama_get_logits_ith(self.ctx, idx)
         token = lib.llama_sampler_sample(seq.sampler, self.ctx, idx)
+        constrained = seq.constrained
+        if constrained and not seq.matcher.consume_token(token):
+            why = seq.matcher.get_error() or f"token {token} breaks the grammar"
+            self._release(seq, EngineFailure(f"constrained decoding failed: {why}"))
+            return
         if lib.llama_vocab_is_eog(self.vocab, token):  # not part of the output
             seq.finish = Finish.STOP
             self._flush(seq, final=True)
@@ -384,8 +412,12 @@ class Scheduler:
         if seq.logprobs is not None:
             seq.token_logprobs.append(self._logprob_entry(logits, token, piece, seq.logprobs))
         seq.text += seq.decoder.decode(piece)
+        if seq.think_end is not None and seq.thought is None and seq.think_end in seq.text:
+            seq.thought = len(seq.generated)  # the answer (and its grammar) starts now
         if seq.stops and self._hit_stop(seq):
             seq.finish = Finish.STOP
+        elif constrained and seq.matcher.is_stopped():
+            seq.finish = Finish.STOP  # the grammar is complete and allows nothing more
         elif len(seq.generated) >= seq.max_new:
             seq.finish = Finish.LENGTH
         self._flush(seq, final=seq.finish is not None)
@@ -404,8 +436,9 @@ class Scheduler:
         logprobs = values - (peak + math.log(np.exp(values - peak).sum()))
 
         def entry(tok: int, text: bytes) -> dict[str, Any]:
+            # A token a grammar ruled out has no probability: OpenAI writes -9999.0.
             return {"token": text.decode("utf-8", "replace"),
-                    "logprob": float(logprobs[tok]), "bytes": list(text)}
+                    "logprob": max(float(logprobs[tok]), -9999.0), "bytes": list(text)}
 
         best: list[int] = [int(t) for t in np.argsort(logprobs)[::-1][:top]] if top else []
         return {**entry(token, piece),
@@ -423,6 +456,8 @@ class Scheduler:
 
     def _flush(self, seq: Sequence, *, final: bool) -> None:
         """Stream new text, holding back what could still turn out to start a stop string."""
+        if seq.quiet and not final:
+            return
         hold = 0 if final or not seq.stops else max(len(s) for s in seq.stops) - 1
         upto = max(seq.emitted, len(seq.text) - hold)
         if upto > seq.emitted or final:

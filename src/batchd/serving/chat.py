@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from batchd import ids
-from batchd.engines.base import Delta, Engine, Priority, StreamEvent, Usage
+from batchd.engines.base import Choice, Delta, Engine, Priority, StreamEvent, Usage
 from batchd.openai.chat import (
     ChatCompletionRequest,
     choice_object,
@@ -32,6 +32,7 @@ def _estimate(body: dict[str, Any], request: ChatCompletionRequest | None) -> in
 
 
 def _admit(request: ChatCompletionRequest) -> int:
+    request.check()
     return request.n
 
 
@@ -40,12 +41,38 @@ async def _run(engine: Engine, request: ChatCompletionRequest, created: int,
     result = await engine.chat(request, priority=priority)
     body = completion_object(
         model=request.model, created=created,
-        choices=[choice_object(index=i, text=c.text, finish_reason=c.finish_reason,
+        choices=[choice_object(index=i, message=_message(c), finish_reason=c.finish_reason,
                                logprobs=c.logprobs) for i, c in enumerate(result.choices)],
         prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-        cached_tokens=result.cached_tokens)
+        cached_tokens=result.cached_tokens, reasoning_tokens=result.reasoning_tokens)
     return Produced(body=body, input_tokens=result.prompt_tokens,
                     output_tokens=result.completion_tokens, cached_tokens=result.cached_tokens)
+
+
+def _message(choice: Choice) -> dict[str, Any]:
+    """The choice's `message`: an upstream server's as it came, else OpenAI's fields (and,
+    for a reasoning model, its thinking under both names servers use for it)."""
+    if choice.message is not None:
+        return choice.message
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": choice.text if not choice.tool_calls else None,
+                               "refusal": None}
+    if choice.tool_calls:
+        message["tool_calls"] = choice.tool_calls
+    if choice.reasoning is not None:
+        message["reasoning_content"] = message["reasoning"] = choice.reasoning
+    return message
+
+
+def _delta(event: Delta) -> dict[str, Any]:
+    if event.delta is not None:
+        return event.delta
+    delta: dict[str, Any] = {"content": event.text} if event.text else {}
+    if event.reasoning:
+        delta["reasoning_content"] = delta["reasoning"] = event.reasoning
+    if event.tool_calls:
+        delta["tool_calls"] = event.tool_calls
+    return delta
 
 
 async def _stream(engine: Engine, request: ChatCompletionRequest,
@@ -64,14 +91,14 @@ async def _chunks(events: AsyncIterator[StreamEvent], request: ChatCompletionReq
     try:
         async for event in events:
             if isinstance(event, Delta):
-                delta = {"content": event.text} if event.text else {}
+                delta = _delta(event)
                 logprobs = ({"content": event.logprobs, "refusal": None}
                             if event.logprobs is not None else None)
                 yield chunk([{"index": event.index, "delta": delta, "logprobs": logprobs,
                               "finish_reason": event.finish_reason}])
             elif isinstance(event, Usage) and include_usage:
                 yield chunk([], usage_object(event.prompt_tokens, event.completion_tokens,
-                                             event.cached_tokens))
+                                             event.cached_tokens, event.reasoning_tokens))
     except Exception as exc:  # headers are sent: the error is the stream's last event
         yield error_event(exc, "chat completion")
     yield DONE
