@@ -74,7 +74,12 @@ async def test_a_response_from_messages_with_text_parts_and_a_token_limit(
     ({"reasoning": {"effort": "high"}}, "reasoning"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"include": ["message.output_text.logprobs"]}, "include"),
-    ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+    # The instant engine answers text only; the word "json" is in the input, as OpenAI asks.
+    ({"text": {"format": {"type": "json_object"}}, "input": "in json"}, "text.format"),
+    ({"text": {"format": {"type": "json_object"}}}, "input"),
+    ({"text": {"format": {"type": "json_schema", "name": "s"}}}, "text.format.schema"),
+    ({"text": {"format": {"type": "json_schema", "name": "s", "strict": True, "schema": {
+        "type": "object", "properties": {"a": {"type": "string"}}}}}}, "text.format.schema"),
     ({"input": [{"role": "user", "content": [
         {"type": "input_text", "text": "see"},
         {"type": "input_image", "image_url": "https://x/y.png"}]}]}, "input[0].content[1].type"),

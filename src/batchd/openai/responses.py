@@ -7,10 +7,18 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from batchd import ids
-from batchd.errors import BatchdError, InvalidRequest
+from batchd.errors import BatchdError, InvalidRequest, invalid_request_of
 from batchd.openai.base import NOT_SET, OpenAIBaseModel, StrictFloat, refuse_unsupported
 from batchd.openai.chat import ChatCompletionRequest
 from batchd.openai.metadata import check_metadata
@@ -93,10 +101,8 @@ class ResponsesRequest(OpenAIBaseModel):
     def check(self) -> None:
         """Refuse, by name, what is valid JSON but not something batchd can honour."""
         text = dict(self.text or {})
-        fmt = text.pop("format", None)
-        if fmt not in (None, {"type": "text"}):
-            raise InvalidRequest("Only the 'text' output format is supported by batchd.",
-                                 code="unsupported_parameter", param="text.format")
+        self.response_format()
+        text.pop("format", None)
         if text.pop("verbosity", None) not in (None, "medium"):
             raise InvalidRequest("Unsupported parameter: 'text.verbosity' is not supported by "
                                  "batchd yet.", code="unsupported_parameter",
@@ -108,14 +114,41 @@ class ResponsesRequest(OpenAIBaseModel):
         if self.metadata is not None:
             check_metadata(self.metadata)
 
+    def response_format(self) -> dict[str, Any] | None:
+        """`text.format` as chat's `response_format` (None: plain text). The Responses API
+        writes a schema's fields flat (`{"type": "json_schema", "name", "schema", "strict"}`)
+        where chat nests them under `json_schema`."""
+        fmt = (self.text or {}).get("format")
+        if fmt is None:
+            return None
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind not in ("text", "json_object", "json_schema"):
+            raise InvalidRequest("Invalid value for 'text.format.type': expected 'text', "
+                                 "'json_object' or 'json_schema'.", code="invalid_value",
+                                 param="text.format.type")
+        if kind != "json_schema":
+            return {"type": kind}
+        for key in ("name", "schema"):
+            if key not in fmt:
+                raise InvalidRequest(f"Missing required parameter: 'text.format.{key}'.",
+                                     code="missing_required_parameter",
+                                     param=f"text.format.{key}")
+        spec = {key: value for key, value in fmt.items() if key != "type"}
+        return {"type": "json_schema", "json_schema": spec}
+
     def chat(self) -> ChatCompletionRequest:
-        """The chat request the engine runs for it."""
+        """The chat request the engine runs for it (what the chat request refuses is named
+        as this request names it)."""
         self.check()
-        return ChatCompletionRequest.model_validate({
-            "model": self.model, "messages": self.messages(),
-            "max_completion_tokens": self.max_output_tokens,
-            "temperature": self.temperature, "top_p": self.top_p,
-        })
+        with in_responses_terms():
+            chat = ChatCompletionRequest.model_validate({
+                "model": self.model, "messages": self.messages(),
+                "max_completion_tokens": self.max_output_tokens,
+                "temperature": self.temperature, "top_p": self.top_p,
+                "response_format": self.response_format(),
+            })
+            chat.check()
+        return chat
 
 
 def _message(item: Any, where: str) -> dict[str, Any]:
@@ -167,11 +200,31 @@ def in_responses_terms() -> Iterator[None]:
     try:
         yield
     except InvalidRequest as exc:
-        if exc.param in RESPONSES_NAMES:
-            renamed = RESPONSES_NAMES[exc.param]
-            exc.message = exc.message.replace(exc.param, renamed)
+        renamed = _responses_name(exc.param)
+        if renamed != exc.param and exc.param is not None:
+            exc.message = exc.message.replace(exc.param, renamed or "")
             exc.param = renamed
         raise
+    except ValidationError as exc:  # the format given was not a valid one
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        if loc[:2] == ("response_format", "json_schema"):
+            loc = ("text", "format", *loc[2:])
+        elif loc[:1] == ("response_format",):
+            loc = ("text", "format", *loc[1:])
+        raise invalid_request_of(first, loc) from exc
+
+
+def _responses_name(param: str | None) -> str | None:
+    if param is None:
+        return None
+    if param in RESPONSES_NAMES:
+        return RESPONSES_NAMES[param]
+    for chat_name, name in (("response_format.json_schema", "text.format"),
+                            ("response_format", "text.format")):
+        if param.startswith(chat_name):
+            return name + param[len(chat_name):]
+    return param
 
 
 def error_object(exc: BaseException) -> dict[str, Any]:
@@ -184,12 +237,13 @@ def error_object(exc: BaseException) -> dict[str, Any]:
             "message": "The server had an error while processing your request."}
 
 
-def usage_object(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, Any]:
+def usage_object(input_tokens: int, output_tokens: int, cached: int = 0,
+                 reasoning: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": input_tokens + output_tokens,
     }
 
@@ -232,7 +286,7 @@ def response_object(
         "service_tier": "default",
         "store": False,  # batchd keeps no responses to retrieve later
         "temperature": 1.0 if request.temperature is None else request.temperature,
-        "text": {"format": {"type": "text"}},
+        "text": {"format": (request.text or {}).get("format") or {"type": "text"}},
         "tool_choice": request.tool_choice or "auto",
         "tools": [],
         "top_logprobs": 0,

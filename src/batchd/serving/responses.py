@@ -55,7 +55,7 @@ async def _run(engine: Engine, request: ResponsesRequest, created: int,
         completed_at=created if status == "completed" else None,
         output=[output_message(item_id=message_id, text=choice.text, status=status)],
         usage=usage_object(result.prompt_tokens, result.completion_tokens,
-                           result.cached_tokens))
+                           result.cached_tokens, result.reasoning_tokens))
     return Produced(body=body, input_tokens=result.prompt_tokens,
                     output_tokens=result.completion_tokens, cached_tokens=result.cached_tokens)
 
@@ -121,7 +121,7 @@ async def _events(steps: AsyncIterator[StreamEvent], request: ResponsesRequest,
     yield event(f"response.{status}", response=response(
         status, [item], completed_at=created if status == "completed" else None,
         usage=usage_object(usage.prompt_tokens, usage.completion_tokens,
-                           usage.cached_tokens)))
+                           usage.cached_tokens, usage.reasoning_tokens)))
 
 
 RESPONSES = Operation(endpoint="/v1/responses", title="Responses", capability="chat",
