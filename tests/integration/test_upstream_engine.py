@@ -6,6 +6,7 @@ unit/test_upstream_retries.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -35,6 +36,13 @@ from tests.support.server import start_llama_cpp_server
 pytestmark = pytest.mark.backend_independent
 
 Maker = Callable[..., UpstreamEngine]
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}]
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
+                                           "age": {"type": "integer"}},
+          "required": ["name", "age"]}
 
 
 @pytest.fixture(scope="module")
@@ -171,11 +179,47 @@ def settings(settings: Settings, tmp_path: Path, llama_server: str) -> Settings:
 
 
 async def test_a_batch_runs_on_an_upstream_server(harness: Harness) -> None:
-    batch = await harness.run_batch([batch_line(f"r{i}", f"Say {i}.", model="remote-smol",
-                                                max_tokens=4) for i in range(3)])
-    assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 3
-    lines = await harness.lines_of(batch["output_file_id"])
-    assert {line["response"]["body"]["model"] for line in lines} == {"remote-smol"}
+    # Plain lines, a named tool call and a schema in llama-cpp-python's own dialect (its
+    # `json_object` + `schema`: a parameter batchd does not know, passed on as it came).
+    lines = [batch_line(f"r{i}", f"Say {i}.", model="remote-smol", max_tokens=4)
+             for i in range(3)]
+    lines.append(batch_line("tool", "What is the weather in Paris?", model="remote-smol",
+                            max_tokens=40, temperature=0, tools=WEATHER,
+                            tool_choice={"type": "function",
+                                         "function": {"name": "get_weather"}}))
+    lines.append(batch_line("json", "Describe a person as JSON.", model="remote-smol",
+                            max_tokens=60, temperature=0,
+                            response_format={"type": "json_object", "schema": PERSON}))
+    batch = await harness.run_batch(lines)
+    assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 5
+    out = {line["custom_id"]: line["response"]["body"]
+           for line in await harness.lines_of(batch["output_file_id"])}
+    assert {body["model"] for body in out.values()} == {"remote-smol"}
+    (call,) = out["tool"]["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
+    assert out["tool"]["choices"][0]["finish_reason"] == "tool_calls"
+    person = json.loads(out["json"]["choices"][0]["message"]["content"])
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+
+
+async def test_tool_calls_come_back_from_a_real_server_as_it_sent_them(
+        make_engine: Maker, llama_server: str) -> None:
+    engine = make_engine(llama_server)
+    request = chat("What is the weather in Paris?", max_tokens=40, tools=WEATHER,
+                   tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    result = await engine.chat(request)
+    message = result.choices[0].message
+    assert message is not None and message["content"] is None
+    (call,) = message["tool_calls"]
+    assert call["id"] and call["function"]["name"] == "get_weather"
+    arguments = json.loads(call["function"]["arguments"])
+    # Streamed, the call arrives in the server's own pieces, which join to the same call.
+    events = [e async for e in engine.chat_stream(request)]
+    pieces = [call for e in events if isinstance(e, Delta) and e.delta
+              for call in e.delta.get("tool_calls") or []]
+    assert pieces and pieces[0]["function"]["name"] == "get_weather"
+    assert json.loads("".join(p["function"]["arguments"] for p in pieces)) == arguments
 
 
 async def test_text_completions_are_forwarded_to_a_real_server(make_engine: Maker,

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -61,6 +62,10 @@ class UpstreamOptions(BaseModel):
     max_retries: int = Field(default=4, ge=0)
     backoff_seconds: float = Field(default=0.5, gt=0)
     """First retry delay; doubled each time, with jitter, at most 30 s."""
+    image_url_hosts: list[str] = []
+    """Hosts whose http(s) image URLs may be sent on (the upstream server fetches them, so
+    any other host is refused: a user could otherwise make it fetch internal addresses).
+    Data URLs are always sent on."""
 
 
 # Answers that say the server cannot take work now (overloaded, restarting, behind a gateway
@@ -232,7 +237,10 @@ class UpstreamEngine:
         self._grant()  # its slot, and any the limits grew by
 
     def _payload(self, request: ChatCompletionRequest, *, stream: bool) -> dict[str, Any]:
-        body = request.model_dump(exclude_none=True)
+        """The request as the client sent it (every field it set, by its wire name: tools,
+        response_format, any parameter the server may know), for this engine's model."""
+        check_images(request, self.options.image_url_hosts)
+        body = _sent(request)
         body["model"] = self.model
         body["stream"] = stream
         if stream:
@@ -328,28 +336,31 @@ class UpstreamEngine:
     def chat_stream(self, request: ChatCompletionRequest, *,
                     priority: base.Priority = base.Priority.REALTIME,
                     ) -> AsyncIterator[base.StreamEvent]:
-        return self._stream("/chat/completions", self._payload(request, stream=True),
+        return self._stream("/chat/completions", lambda: self._payload(request, stream=True),
                             lambda choice: (choice.get("delta") or {}).get("content") or "",
                             priority)
 
     def complete_stream(self, request: CompletionRequest, *,
                         priority: base.Priority = base.Priority.REALTIME,
                         ) -> AsyncIterator[base.StreamEvent]:
-        payload = self._completion_payload(request)
-        payload.update(stream=True, stream_options={"include_usage": True})
+        def payload() -> dict[str, Any]:
+            return {**self._completion_payload(request), "stream": True,
+                    "stream_options": {"include_usage": True}}
         return self._stream("/completions", payload, _completion_text, priority)
 
     def _completion_payload(self, request: CompletionRequest) -> dict[str, Any]:
-        payload = request.model_dump(exclude_none=True)
+        payload = _sent(request)
         payload["model"] = self.model
         payload.pop("echo", None)  # the endpoint adds the prompt itself, once
         return payload
 
-    async def _stream(self, path: str, payload: dict[str, Any],
+    async def _stream(self, path: str, payload_of: Callable[[], dict[str, Any]],
                       text_of: Callable[[dict[str, Any]], str],
                       priority: base.Priority) -> AsyncIterator[base.StreamEvent]:
-        """POST `payload` to `path` with streaming, as deltas (`text_of` a choice) and the
-        usage last."""
+        """POST the payload to `path` with streaming, as deltas (`text_of` a choice; a chat
+        chunk's whole `delta` kept) and the usage last. The payload is built here, so that a
+        refusal (an image host not allowed) comes from the first event, before any sending."""
+        payload = payload_of()
         target, sent = await self._admit(avoid=None, priority=priority)
         overloaded, pieces = False, 0
         usage: base.Usage | None = None
@@ -368,18 +379,12 @@ class UpstreamEngine:
                         break
                     chunk = orjson.loads(data)
                     if chunk.get("usage"):
-                        usage = base.Usage(prompt_tokens=chunk["usage"].get("prompt_tokens", 0),
-                                      completion_tokens=chunk["usage"].get(
-                                          "completion_tokens", 0))
+                        usage = _stream_usage(chunk["usage"])
                     for choice in chunk.get("choices") or []:
-                        text = text_of(choice)
-                        pieces += bool(text)
-                        logprobs = choice.get("logprobs")
-                        tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-                        if text or choice.get("finish_reason") or tokens:
-                            yield base.Delta(index=choice.get("index", 0), text=text,
-                                        finish_reason=choice.get("finish_reason"),
-                                        logprobs=tokens if isinstance(tokens, list) else None)
+                        event = _delta(choice, text_of)
+                        if event is not None:
+                            pieces += bool(event.text or event.reasoning or event.tool_calls)
+                            yield event
         except _Retry as retry:
             raise base.EngineFailure(f"The upstream server is overloaded: {retry}",
                                 code="upstream_error") from retry
@@ -403,6 +408,76 @@ class UpstreamEngine:
         return self.options.max_concurrency * len(self.targets)
 
 
+def _sent(request: BaseModel) -> dict[str, Any]:
+    """What the client set, by wire name (`schema`, not `schema_`), less top-level nulls;
+    nested values (a JSON schema's `"default": null`) stay exactly as they came."""
+    body = request.model_dump(exclude_unset=True, by_alias=True)
+    return {key: value for key, value in body.items() if value is not None}
+
+
+def check_images(request: ChatCompletionRequest, allowed_hosts: list[str]) -> None:
+    """Refuse an image URL the upstream server would fetch from a host the operator has not
+    allowed (data URLs carry the image itself and always pass)."""
+    for i, message in enumerate(request.messages):
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            param = f"messages[{i}].content[{j}].image_url.url"
+            if not isinstance(url, str):
+                raise base.EngineRequestError("An image_url part needs a `url` string.",
+                                              code="invalid_value", param=param)
+            scheme, host = _scheme_and_host(url)
+            if scheme == "data":
+                continue
+            if scheme not in ("http", "https") or not host:
+                raise base.EngineRequestError(
+                    "Image URLs must be data: URLs or http(s) URLs of allowed hosts.",
+                    code="invalid_image_url", param=param)
+            if host.lower() not in {h.lower() for h in allowed_hosts}:
+                raise base.EngineRequestError(
+                    f"Images from {host} are not allowed on this server: send the image as a "
+                    "data: URL, or ask the operator to add the host to the model's "
+                    "`image_url_hosts`.", code="invalid_image_url", param=param)
+
+
+def _stream_usage(usage: dict[str, Any]) -> base.Usage:
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    return base.Usage(prompt_tokens=usage.get("prompt_tokens", 0),
+                      completion_tokens=usage.get("completion_tokens", 0),
+                      cached_tokens=cached, reasoning_tokens=_reasoning_tokens(usage))
+
+
+def _delta(choice: dict[str, Any], text_of: Callable[[dict[str, Any]], str]) -> base.Delta | None:
+    """A streamed choice as an event (None: it carries nothing). A chat chunk's `delta` is
+    kept whole, so tool-call pieces, refusals and reasoning reach the client as they came."""
+    text = text_of(choice)
+    logprobs = choice.get("logprobs")
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    delta = choice.get("delta")
+    carries = isinstance(delta, dict) and any(
+        value not in (None, "", []) for key, value in delta.items() if key != "role")
+    if not (text or carries or choice.get("finish_reason") or tokens):
+        return None
+    return base.Delta(index=choice.get("index", 0), text=text,
+                      finish_reason=choice.get("finish_reason"),
+                      logprobs=tokens if isinstance(tokens, list) else None,
+                      reasoning=(_reasoning(delta) or "") if isinstance(delta, dict) else "",
+                      tool_calls=delta.get("tool_calls") if isinstance(delta, dict) else None,
+                      delta=delta if carries and isinstance(delta, dict) else None)
+
+
+def _scheme_and_host(url: str) -> tuple[str, str | None]:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced IPv6 bracket and the like
+        return "", None
+    return parts.scheme.lower(), parts.hostname
+
+
 def _chat_text(choice: dict[str, Any]) -> str:
     text: str = choice["message"].get("content") or ""
     return text
@@ -414,19 +489,42 @@ def _completion_text(choice: dict[str, Any]) -> str:
 
 
 def _result(body: dict[str, Any], text_of: Callable[[dict[str, Any]], str]) -> base.ChatResult:
-    """A chat or text completion (`text_of` reads a choice's text) as the engine's result."""
+    """A chat or text completion (`text_of` reads a choice's text) as the engine's result; a
+    chat choice keeps the server's whole `message` (tool calls, refusal, reasoning)."""
     try:
-        choices = [base.Choice(text=text_of(c), finish_reason=c.get("finish_reason") or "stop",
-                          logprobs=c.get("logprobs"))
+        choices = [_choice(c, text_of)
                    for c in sorted(body["choices"], key=lambda c: c.get("index", 0))]
         usage = body.get("usage") or {}
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         return base.ChatResult(choices=choices, prompt_tokens=usage.get("prompt_tokens", 0),
-                          completion_tokens=usage.get("completion_tokens", 0),
-                          cached_tokens=cached)
+                               completion_tokens=usage.get("completion_tokens", 0),
+                               cached_tokens=cached, reasoning_tokens=_reasoning_tokens(usage))
     except (KeyError, TypeError, AttributeError) as exc:
         raise base.EngineFailure(f"The upstream server sent a malformed completion: {exc!r}",
-                            code="upstream_error") from exc
+                                 code="upstream_error") from exc
+
+
+def _choice(c: dict[str, Any], text_of: Callable[[dict[str, Any]], str]) -> base.Choice:
+    message = c.get("message")
+    if not isinstance(message, dict):  # a text completion
+        return base.Choice(text=text_of(c), finish_reason=c.get("finish_reason") or "stop",
+                           logprobs=c.get("logprobs"))
+    return base.Choice(text=text_of(c), finish_reason=c.get("finish_reason") or "stop",
+                       logprobs=c.get("logprobs"), tool_calls=message.get("tool_calls"),
+                       reasoning=_reasoning(message), message=message)
+
+
+def _reasoning(message: dict[str, Any]) -> str | None:
+    """A reasoning model's thinking under either name servers use (vLLM and OpenRouter now
+    say `reasoning`; DeepSeek, SGLang and llama-server `reasoning_content`)."""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    return reasoning if isinstance(reasoning, str) else None
+
+
+def _reasoning_tokens(usage: dict[str, Any]) -> int:
+    details = usage.get("completion_tokens_details") or {}
+    tokens = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return tokens if isinstance(tokens, int) else 0
 
 
 def _embedding_result(body: dict[str, Any], count: int) -> base.EmbeddingResult:
