@@ -165,6 +165,40 @@ def test_tool_choice_required_and_named_come_back_as_tool_calls(client: OpenAI) 
     json.loads(streamed[0].function.arguments)
 
 
+class Move(BaseModel):
+    """Move to an address."""
+
+    to: Address
+    urgent: bool
+
+
+def test_sdk_pydantic_tools_and_auto_with_a_response_format(client: OpenAI) -> None:
+    # The SDK writes a nested model's parameters with `$ref`s into `$defs`.
+    tool = openai.pydantic_function_tool(Move)
+    assert "$defs" in tool["function"]["parameters"]
+    messages: list[Any] = [{"role": "user", "content": "Move me to Oslo, Norway, quickly."}]
+    done = client.chat.completions.parse(model=MODEL, messages=messages, tools=[tool],
+                                         tool_choice="required", temperature=1.0,
+                                         max_tokens=80, seed=3)
+    choice = done.choices[0]
+    if choice.finish_reason == "tool_calls":  # else cut by max_tokens, left as text
+        (call,) = choice.message.tool_calls or []
+        assert isinstance(call.function.parsed_arguments, Move)
+    # `auto` with a response format: a call, or an answer in that format, never free text.
+    labels = {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": {
+        "type": "object", "properties": {"label": {"enum": ["spam", "ham"]}},
+        "required": ["label"], "additionalProperties": False}}}
+    for seed in range(3):
+        answer = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Label: 'win a prize now'"}],
+            tools=[WEATHER], response_format=labels,  # type: ignore[arg-type]
+            temperature=1.0, max_tokens=60, seed=seed).choices[0]
+        if answer.finish_reason == "stop":
+            assert json.loads(answer.message.content or "")["label"] in ("spam", "ham")
+        elif answer.finish_reason == "tool_calls":
+            assert answer.message.tool_calls and answer.message.content is None
+
+
 def refusal(client: OpenAI, **params: Any) -> dict[str, Any]:
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=MODEL, max_tokens=4, **params)

@@ -34,12 +34,30 @@ OBJ = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["
                              "additionalProperties": False}}}, "s.$defs.D", "Missing 'x'"),
     ({**OBJ, "properties": {"a": {"anyOf": [{"type": "string"}, {"properties": {"y": {}}}]}}},
      "s.properties.a.anyOf[1]", "additionalProperties"),
+    # malformed keywords are the schema's mistake too, never a 500
+    ({**OBJ, "properties": 5}, "s.properties", "must be an object"),
+    ({**OBJ, "required": "a"}, "s.required", "array of strings"),
+    ({**OBJ, "properties": {"a": {"anyOf": {"b": {}}}}}, "s.properties.a.anyOf",
+     "must be an array"),
+    ({**OBJ, "properties": {"a": {"type": "object", "properties": True,
+                                  "additionalProperties": False}}},
+     "s.properties.a.properties", "must be an object"),
 ])
 def test_strict_rules_name_the_place_they_break(schema: dict[str, Any], where: str,
                                                  words: str) -> None:
     with pytest.raises(StrictSchemaError) as broken:
         check_strict(schema, "s")
     assert broken.value.where == where and words in str(broken.value)
+
+
+def test_definitions_inside_definitions_cannot_nest_without_end() -> None:
+    schema: dict[str, Any] = {**OBJ}
+    inner = schema
+    for _ in range(3000):
+        inner["$defs"] = {"d": {**OBJ}}
+        inner = inner["$defs"]["d"]
+    with pytest.raises(StrictSchemaError, match="at most 10 levels"):
+        check_strict(schema, "s")
 
 
 def test_a_strict_schema_that_keeps_the_rules_passes() -> None:
@@ -61,10 +79,23 @@ def test_a_strict_schema_that_keeps_the_rules_passes() -> None:
     ("still thinking", True, ("still thinking", "")),
     ("<think>cut sho", False, ("cut sho", "")),
     ("plain answer", False, (None, "plain answer")),
+    # an answer that did not begin thinking is all answer, `</think>` or not (as streamed)
+    ("ab</think>x", False, (None, "ab</think>x")),
 ])
 def test_thinking_and_answer_are_split_at_the_closing_tag(
         text: str, opened: bool, expected: tuple[str | None, str]) -> None:
     assert reasoning.split(text, opened=opened) == expected
+
+
+@pytest.mark.parametrize(("prompt", "sent", "thinks"), [
+    ("<|im_start|>assistant\n<think>\n", "<|im_start|>assistant\n<think>\n", True),
+    ("<|im_start|>assistant\n<think>\n\n</think>\n\n",
+     "<|im_start|>assistant\n<think>\n\n</think>\n\n", False),
+    ("<|Assistant|>", "<|Assistant|><think>\n", True),
+])
+def test_a_reasoning_model_thinks_first_unless_its_template_turned_thinking_off(
+        prompt: str, sent: str, thinks: bool) -> None:
+    assert reasoning.thinking_prompt(prompt) == (sent, thinks)
 
 
 @given(st.text(alphabet="<>/thinkab \n", max_size=40), st.booleans(),
@@ -108,6 +139,14 @@ def test_tool_answers_are_read_back_as_openai_tool_calls() -> None:
     auto = llamacpp_chat.plan(request(tools=TOOLS), template_tools=False)
     assert auto.tool_mode == "auto"
     assert llamacpp_chat.tool_calls_of("Just text.", auto) is None
+    # only calls of the request's functions, with an arguments object, are calls
+    for text in ('{"name":"h","arguments":{}}', '{"name":"f","parameters":{"a":"1"}}',
+                 '{"name":"f","arguments":"a"}', '{"name":"f","arguments":{},"x":1}'):
+        assert llamacpp_chat.tool_calls_of(text, required) is None, text
+    # lines end at "\n" only: a JSON string may hold U+2028 unescaped
+    (odd,) = llamacpp_chat.tool_calls_of(
+        '\n\n{"name":"f","arguments":{"a":"x\u2028y"}}', required) or []
+    assert json.loads(odd["function"]["arguments"]) == {"a": "x\u2028y"}
     assert "You can call these functions" in auto.messages[0]["content"]
 
 

@@ -144,7 +144,10 @@ async def test_streamed_tool_calls_and_reasoning_come_back_as_sent(
     ("file:///etc/passwd", False),
     ("ftp://img.example/cat.png", False),
     ("http://[::1/", False),
-    ("img.example/cat.png", False),
+    ("https://img.example@10.0.0.1/cat.png", False),
+    ("https://img.example\\@10.0.0.1/cat.png", False),
+    (" file:/etc/passwd", False),
+    ("gopher://img.example/cat.png", False),
 ])
 async def test_image_urls_reach_the_server_only_from_allowed_hosts(
         engine: UpstreamEngine, recorder: Recorder, url: str, allowed: bool) -> None:
@@ -162,6 +165,27 @@ async def test_image_urls_reach_the_server_only_from_allowed_hosts(
         assert refused.value.param == "messages[1].content[1].image_url.url"
         assert refused.value.code == "invalid_image_url"
     assert recorder.bodies == []  # refused before anything was sent
+
+
+@pytest.mark.parametrize(("part", "where"), [
+    ({"type": "video_url", "video_url": {"url": "http://10.0.0.1/v.mp4"}}, "video_url.url"),
+    ({"type": "audio_url", "audio_url": "http://10.0.0.1/a.wav"}, "audio_url"),
+    ({"type": "file", "file": {"file_url": "https://10.0.0.1/doc.pdf"}}, "file.file_url"),
+    ({"image_url": {"url": "http://10.0.0.1/cat.png"}}, "type"),  # untyped: type by key
+    ({"type": "new_kind", "sources": [{"uri": "http://10.0.0.1/x"}]}, "sources[0].uri"),
+])
+async def test_every_url_a_server_could_fetch_is_checked(
+        engine: UpstreamEngine, recorder: Recorder, part: dict[str, Any], where: str) -> None:
+    req = request(messages=[{"role": "user", "content": [part]}])
+    with pytest.raises(EngineRequestError) as refused:
+        await engine.chat(req)
+    assert refused.value.param == f"messages[0].content[0].{where}"
+    assert recorder.bodies == []
+    # text is not fetched: a URL in it goes on as written
+    text = [{"type": "text", "text": "http://10.0.0.1/ is down?"},
+            {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]
+    await engine.chat(request(messages=[{"role": "user", "content": text}]))
+    assert recorder.bodies[-1]["messages"][0]["content"] == text
 
 
 async def _first(events: AsyncIterator[object]) -> object:

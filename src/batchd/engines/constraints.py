@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,31 +49,73 @@ def json_constraint(schema: dict[str, Any] | None, param: str) -> Constraint:
     """A JSON value that follows `schema` (None: any JSON object)."""
     import llguidance
 
-    return Constraint(grammar=llguidance.LLMatcher.grammar_from_json_schema(
-        ANY_OBJECT if schema is None else schema, overrides=COMPACT), param=param)
+    _no_options(schema, param)
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            ANY_OBJECT if schema is None else schema, overrides=COMPACT)
+    except (ValueError, TypeError) as exc:
+        raise _cannot(param, exc) from exc
+    return Constraint(grammar=grammar, param=param)
 
 
 def call_schema(name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
-    """One call of function `name` as the model writes it: `{"name":..,"arguments":{..}}`."""
-    return {"type": "object",
-            "properties": {"name": {"const": name}, "arguments": parameters or ANY_OBJECT},
-            "required": ["name", "arguments"], "additionalProperties": False}
+    """One call of function `name` as the model writes it: `{"name":..,"arguments":{..}}`.
+    The parameters' definitions move to this schema's root, where their `$ref`s
+    (`#/$defs/…`, as pydantic writes them) point."""
+    arguments = dict(parameters or ANY_OBJECT)
+    schema: dict[str, Any] = {
+        "type": "object", "properties": {"name": {"const": name}, "arguments": arguments},
+        "required": ["name", "arguments"], "additionalProperties": False,
+        "x-guidance": COMPACT}
+    for key in ("$defs", "definitions"):
+        if key in arguments:
+            schema[key] = arguments.pop(key)
+    return schema
 
 
 def calls_constraint(functions: list[tuple[str, dict[str, Any] | None]], *, several: bool,
-                     or_text: bool) -> Constraint:
+                     or_text: bool, answer: dict[str, Any] | None = None) -> Constraint:
     """Calls of the given functions, one JSON object per line (`several`: one or more, else
-    exactly one); `or_text`: a plain answer instead (any text not starting with `{`)."""
+    exactly one); `or_text`: a plain answer instead (text whose first character, after a
+    little whitespace, is not `{`), or, with `answer`, a JSON value following that schema.
+    A little whitespace may come first (a reasoning model's after `</think>`), never more."""
     import llguidance
 
-    schema = {"anyOf": [call_schema(name, params) for name, params in functions],
-              "x-guidance": COMPACT}
-    calls = 'call ("\\n" call)*' if several else "call"
-    start = f"TEXT | {calls}" if or_text else calls
-    lark = f"start: {start}\ncall: %json {json.dumps(schema)}\n"
-    if or_text:
-        lark += "TEXT: /[^{][\\s\\S]*/\n"
-    return Constraint(grammar=llguidance.LLMatcher.grammar_from_lark(lark), param="tools")
+    for i, (_, parameters) in enumerate(functions):
+        _no_options(parameters, f"tools[{i}].function.parameters")
+    rules = [f"call_{i}: %json {json.dumps(call_schema(name, parameters))}"
+             for i, (name, parameters) in enumerate(functions)]
+    calls = 'LEAD? call ("\\n" call)*' if several else "LEAD? call"
+    lines = [f"call: {' | '.join(f'call_{i}' for i in range(len(functions)))}", *rules,
+             r'LEAD: /[ \t\r\n]{1,4}/']
+    if answer is not None:
+        _no_options(answer, "response_format.json_schema.schema")
+        start = f"LEAD? answer | {calls}"
+        lines.append(f"answer: %json {json.dumps({**answer, 'x-guidance': COMPACT})}")
+    elif or_text:
+        start = f"TEXT | {calls}"
+        lines.append(r"TEXT: /[ \t\r\n]{0,4}[^{ \t\r\n][\s\S]*/")
+    else:
+        start = calls
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_lark("\n".join([f"start: {start}", *lines]))
+    except (ValueError, TypeError) as exc:
+        raise _cannot("tools", exc) from exc
+    return Constraint(grammar=grammar, param="tools")
+
+
+def _no_options(schema: Any, param: str) -> None:
+    """A schema may not set llguidance's own options (`x-guidance`): they could make the
+    answer lenient about the schema, or not JSON at all."""
+    if isinstance(schema, dict) and "x-guidance" in schema:
+        raise EngineRequestError(f"Invalid '{param}.x-guidance': grammar options are not "
+                                 "accepted in schemas.", code="invalid_value",
+                                 param=f"{param}.x-guidance")
+
+
+def _cannot(param: str, exc: Exception) -> EngineRequestError:
+    return EngineRequestError(f"Invalid '{param}': this schema cannot be enforced: {exc}",
+                              code="invalid_value", param=param)
 
 
 class Grammars:
@@ -92,8 +135,20 @@ class Grammars:
             if self._tokenizer is None:
                 import llguidance.llamacpp
 
-                self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
+                with warnings.catch_warnings():
+                    # it reads token attributes through a binding llama-cpp-python renamed
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(
+                        self._vocab, eos_token=self._end_tokens())
             return self._tokenizer
+
+    def _end_tokens(self) -> list[int]:
+        """Every token that ends a generation (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`
+        besides `</s>`), so that a finished grammar can end on whichever the model writes."""
+        import llama_cpp
+
+        count = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        return [t for t in range(count) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
 
     def matcher(self, constraint: Constraint) -> Any:
         """A fresh matcher for `constraint`, or a 400 naming its parameter if the grammar

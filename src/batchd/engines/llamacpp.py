@@ -102,14 +102,16 @@ class LlamaCppEngine:
         except Exception as exc:
             raise EngineRequestError(f"The messages do not fit the model's chat template: "
                                      f"{exc}", code="invalid_value", param="messages") from exc
+        thinks = False
+        if self.options.reasoning is not None:
+            text, thinks = reasoning.thinking_prompt(text)
         tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=True,
                                                  special=True)
         matchers = None
         if chat.constraint is not None:
             matchers = [self._grammars.matcher(chat.constraint) for _ in range(request.n)]
-        thinks = self.options.reasoning is not None
         return Prepared(tokens=self._fits(tokens, "messages"), chat=chat, matchers=matchers,
-                        reasoning=thinks, opened=thinks and reasoning.thinks_first(text))
+                        reasoning=thinks)
 
     def _raw_prompt(self, prompt: str | list[int]) -> list[int]:
         """A completions prompt as it is: no chat template, special tokens as plain text."""
@@ -178,7 +180,7 @@ class LlamaCppEngine:
         max_new = min(room if limit is None else limit, room)
         base = sampling.seed if sampling.seed is not None else random.randrange(2**31)
         owner = work_owner.get()
-        think_end = reasoning.CLOSE if self.options.reasoning else None
+        think_end = reasoning.CLOSE if prepared.reasoning else None
         return prepared, [
             Sequence(prompt=tokens, sampler=self._sampler(sampling, (base + i) % 2**31),
                      max_new=max_new, stops=list(sampling.stops), priority=int(priority),
@@ -331,15 +333,14 @@ class Prepared:
     tokens: list[int]
     chat: llamacpp_chat.ChatPlan | None = None
     matchers: list[Any] | None = None  # one per choice, for a constrained answer
-    opened: bool = False  # the chat template opened the thinking (`<think>` in the prompt)
-    reasoning: bool = False  # the model thinks first (LlamaCppOptions.reasoning)
+    reasoning: bool = False  # the answer starts inside the thinking (reasoning.thinking_prompt)
 
     @property
     def calls_tools(self) -> bool:
         return self.chat is not None and self.chat.tool_mode != "none"
 
     def split(self, text: str) -> tuple[str | None, str]:
-        return reasoning.split(text, opened=self.opened) if self.reasoning else (None, text)
+        return reasoning.split(text, opened=True) if self.reasoning else (None, text)
 
     def reasoning_tokens(self, seq: Sequence) -> int:
         if not self.reasoning:
@@ -374,7 +375,7 @@ class Prepared:
     def pieces(self, n: int) -> Callable[[Delta], Delta]:
         """What each streamed piece of text becomes: thinking and answer apart, and a tool
         answer (sent whole, once finished) as its calls."""
-        splitters = ([reasoning.Splitter(opened=self.opened) for _ in range(n)]
+        splitters = ([reasoning.Splitter(opened=True) for _ in range(n)]
                      if self.reasoning else None)
         texts = [""] * n
 

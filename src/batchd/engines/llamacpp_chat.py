@@ -41,6 +41,7 @@ class ChatPlan:
     constraint: Constraint | None  # what the answer (after any thinking) must follow
     tool_mode: str  # "none", "auto", "required" or "function"
     function: str | None = None  # the named function (tool_mode "function")
+    names: frozenset[str] = frozenset()  # the functions it may call
 
 
 def plan(request: ChatCompletionRequest, *, template_tools: bool) -> ChatPlan:
@@ -59,10 +60,12 @@ def plan(request: ChatCompletionRequest, *, template_tools: bool) -> ChatPlan:
         constraint = json_constraint(chosen.parameters, f"tools[{_index(request, chosen.name)}]"
                                                         ".function.parameters")
     elif mode in ("required", "auto"):
+        # With `auto`, the answer that is not a call follows the response format, if any.
+        answer = _answer_schema(request) if mode == "auto" else None
         constraint = calls_constraint([(f.name, f.parameters) for f in tools],
                                       several=request.parallel_tool_calls is not False,
-                                      or_text=mode == "auto")
-    elif request.response_format is not None and request.response_format.type != "text":
+                                      or_text=mode == "auto", answer=answer)
+    elif _answer_schema(request) is not None:
         spec = request.json_schema
         constraint = json_constraint(spec.schema_ if spec else None,
                                      "response_format.json_schema.schema" if spec
@@ -70,7 +73,16 @@ def plan(request: ChatCompletionRequest, *, template_tools: bool) -> ChatPlan:
     native_tools = ([{"type": "function", "function": f.model_dump(exclude_none=True)}
                      for f in tools] if use_tools and template_tools else None)
     return ChatPlan(messages=messages, tools=native_tools, constraint=constraint,
-                    tool_mode=mode, function=function)
+                    tool_mode=mode, function=function,
+                    names=frozenset(f.name for f in tools))
+
+
+def _answer_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
+    """The schema a JSON answer follows (any object for `json_object`); None: plain text."""
+    if request.response_format is None or request.response_format.type == "text":
+        return None
+    spec = request.json_schema
+    return (spec.schema_ if spec else None) or {"type": "object"}
 
 
 def _index(request: ChatCompletionRequest, name: str) -> int:
@@ -130,23 +142,29 @@ def _with_system(messages: list[dict[str, Any]], text: str) -> list[dict[str, An
 
 
 def tool_calls_of(text: str, plan: ChatPlan) -> list[dict[str, Any]] | None:
-    """The calls in a finished tool answer (None: a plain answer, or one cut short)."""
+    """The calls in a finished tool answer (None: a plain answer, a JSON answer that is not
+    calls, or one cut short). Only calls of the request's functions with an arguments
+    object count, whatever wrote them."""
+    text = text.strip()
     if plan.tool_mode == "function":
-        arguments = _loads(text)
-        if not isinstance(arguments, dict):
-            return None
-        calls = [{"name": plan.function, "arguments": arguments}]
+        calls: list[Any] = [{"name": plan.function, "arguments": _loads(text)}]
     elif plan.tool_mode in ("required", "auto") and text.startswith("{"):
-        calls = [_loads(line) for line in text.splitlines() if line.strip()]
+        # Lines at "\n" only: JSON strings may hold U+2028 and the like unescaped.
+        calls = [_loads(line) for line in text.split("\n") if line.strip()]
     else:
         return None
-    if any(not isinstance(call, dict) for call in calls):
+    if not calls or not all(_is_call(call, plan.names) for call in calls):
         return None
     return [{"id": f"call_{secrets.token_hex(12)}", "type": "function",
              "function": {"name": call["name"],
                           "arguments": json.dumps(call["arguments"], ensure_ascii=False,
                                                   separators=(",", ":"))}}
-            for call in calls if isinstance(call.get("name"), str)] or None
+            for call in calls]
+
+
+def _is_call(call: Any, names: frozenset[str]) -> bool:
+    return (isinstance(call, dict) and set(call) == {"name", "arguments"}
+            and call["name"] in names and isinstance(call["arguments"], dict))
 
 
 def _loads(text: str) -> Any:

@@ -376,7 +376,10 @@ class Scheduler:
         for seq in self.active:
             seq.n_past += added.get(seq.seq_id, 0)
         self._mask([(seq, idx) for seq, idx in wants_logits if seq.constrained])
+        active = set(self.active)  # Sequence compares by identity
         for seq, idx in wants_logits:
+            if seq not in active:
+                continue  # its grammar failed (released by _mask)
             if not seq.generated:
                 self._remember_prefix(seq)  # its whole prompt is in the cache now
             self._sample(seq, idx)
@@ -390,8 +393,16 @@ class Scheduler:
             return
         if self.masks is None:
             self.masks = Masks(self.n_vocab, self.options.parallel)
-        self.masks.apply([(seq.matcher, self.lib.llama_get_logits_ith(self.ctx, idx))
-                          for seq, idx in rows])
+        pointers = [(seq.matcher, self.lib.llama_get_logits_ith(self.ctx, idx))
+                    for seq, idx in rows]
+        try:
+            self.masks.apply(pointers)
+        except Exception:  # one matcher's fault must not fail the others: mask them alone
+            for (seq, _), row in zip(rows, pointers, strict=True):
+                try:
+                    self.masks.apply([row])
+                except Exception as exc:
+                    self._release(seq, EngineFailure(f"constrained decoding failed: {exc}"))
 
     def _sample(self, seq: Sequence, idx: int) -> None:
         lib = self.lib

@@ -7,19 +7,29 @@ from __future__ import annotations
 OPEN, CLOSE = "<think>", "</think>"
 
 
-def thinks_first(prompt_text: str) -> bool:
-    """Whether the chat template opened the thinking already (the answer starts inside it)."""
-    return prompt_text.rstrip().endswith(OPEN)
+def thinking_prompt(prompt_text: str) -> tuple[str, bool]:
+    """The prompt a reasoning model answers, and whether it thinks first. A template that
+    opened the thinking (`<think>` last) is kept; one that closed it empty (thinking switched
+    off, as Qwen3's `enable_thinking: false` does) means no thinking; otherwise the prompt
+    opens it, as DeepSeek advises for R1 (the model then always thinks before it answers, and
+    a grammar never meets an answer that skipped it)."""
+    tail = prompt_text.rstrip()
+    if tail.endswith(OPEN):
+        return prompt_text, True
+    if tail.endswith(CLOSE):
+        return prompt_text, False
+    return f"{prompt_text}{OPEN}\n", True
 
 
 def split(text: str, *, opened: bool) -> tuple[str | None, str]:
-    """(thinking, answer) of a whole generated text. Without `</think>`, a text that began
-    thinking is all thinking (cut short); one that did not is all answer."""
-    stripped = text.lstrip()
-    started = opened or stripped.startswith(OPEN)
+    """(thinking, answer) of a whole generated text. A text that did not begin thinking
+    (`opened`, or `<think>` first) is all answer; one that did, without `</think>`, is all
+    thinking (cut short)."""
+    if not (opened or text.lstrip().startswith(OPEN)):
+        return None, text
     head, found, tail = text.partition(CLOSE)
     if not found:
-        return (_without_open(text), "") if started else (None, text)
+        return _without_open(text), ""
     return _without_open(head), tail.lstrip()
 
 
@@ -46,6 +56,8 @@ class Splitter:
             if not final and OPEN.startswith(self._seen.lstrip()):
                 return "", ""  # it may still open with <think>
             return "", self._take_answer(answer)
+        if not final and OPEN.startswith(self._seen.lstrip()):
+            return "", ""  # it may still be an opening `<think>`, which is not thinking
         if not final and CLOSE not in self._seen:
             thinking = _hold_partial(thinking, CLOSE)
         out_thinking = thinking[self._sent_thinking:]

@@ -19,8 +19,9 @@ import contextlib
 import logging
 import os
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -239,7 +240,7 @@ class UpstreamEngine:
     def _payload(self, request: ChatCompletionRequest, *, stream: bool) -> dict[str, Any]:
         """The request as the client sent it (every field it set, by its wire name: tools,
         response_format, any parameter the server may know), for this engine's model."""
-        check_images(request, self.options.image_url_hosts)
+        check_content_urls(request, self.options.image_url_hosts)
         body = _sent(request)
         body["model"] = self.model
         body["stream"] = stream
@@ -415,35 +416,6 @@ def _sent(request: BaseModel) -> dict[str, Any]:
     return {key: value for key, value in body.items() if value is not None}
 
 
-def check_images(request: ChatCompletionRequest, allowed_hosts: list[str]) -> None:
-    """Refuse an image URL the upstream server would fetch from a host the operator has not
-    allowed (data URLs carry the image itself and always pass)."""
-    for i, message in enumerate(request.messages):
-        if not isinstance(message.content, list):
-            continue
-        for j, part in enumerate(message.content):
-            if not isinstance(part, dict) or part.get("type") != "image_url":
-                continue
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            param = f"messages[{i}].content[{j}].image_url.url"
-            if not isinstance(url, str):
-                raise base.EngineRequestError("An image_url part needs a `url` string.",
-                                              code="invalid_value", param=param)
-            scheme, host = _scheme_and_host(url)
-            if scheme == "data":
-                continue
-            if scheme not in ("http", "https") or not host:
-                raise base.EngineRequestError(
-                    "Image URLs must be data: URLs or http(s) URLs of allowed hosts.",
-                    code="invalid_image_url", param=param)
-            if host.lower() not in {h.lower() for h in allowed_hosts}:
-                raise base.EngineRequestError(
-                    f"Images from {host} are not allowed on this server: send the image as a "
-                    "data: URL, or ask the operator to add the host to the model's "
-                    "`image_url_hosts`.", code="invalid_image_url", param=param)
-
-
 def _stream_usage(usage: dict[str, Any]) -> base.Usage:
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     return base.Usage(prompt_tokens=usage.get("prompt_tokens", 0),
@@ -470,12 +442,59 @@ def _delta(choice: dict[str, Any], text_of: Callable[[dict[str, Any]], str]) -> 
                       delta=delta if carries and isinstance(delta, dict) else None)
 
 
-def _scheme_and_host(url: str) -> tuple[str, str | None]:
+def check_content_urls(request: ChatCompletionRequest, allowed_hosts: list[str]) -> None:
+    """Refuse any URL in a content part (an image's, a video's, an audio file's: whatever the
+    server may fetch) unless it is a data URL or an http(s) URL of a host the operator
+    allowed; text is not fetched and is not looked at."""
+    allowed = {host.lower() for host in allowed_hosts}
+    for i, message in enumerate(request.messages):
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise base.EngineRequestError(
+                    "Each content part needs a `type`.", code="invalid_value",
+                    param=f"messages[{i}].content[{j}].type")
+            for where, url in _urls(part, f"messages[{i}].content[{j}]"):
+                _check_url(url, where, allowed)
+
+
+def _urls(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """(parameter path, value) of every string in a part that names a URL."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not (key in ("text", "refusal") and value.get("type") == key):
+                yield from _urls(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            yield from _urls(item, f"{where}[{k}]")
+    elif isinstance(value, str) and URL_LIKE.match(value):
+        yield where, value
+
+
+# A scheme, as URLs begin (`data:` needs no slash after it).
+URL_LIKE = re.compile(r"^\s*([a-zA-Z][a-zA-Z0-9+.-]*:/|data:)", re.IGNORECASE)
+
+
+def _check_url(url: str, where: str, allowed: set[str]) -> None:
+    url = url.strip()
     try:
         parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname
     except ValueError:  # an unbalanced IPv6 bracket and the like
-        return "", None
-    return parts.scheme.lower(), parts.hostname
+        scheme, host = "", None
+    if scheme == "data":
+        return
+    if (scheme not in ("http", "https") or not host or "@" in parts.netloc
+            or not url.isprintable() or any(c in url for c in "\\ ")):
+        raise base.EngineRequestError(
+            "URLs in content must be data: URLs or plain http(s) URLs of allowed hosts.",
+            code="invalid_image_url", param=where)
+    if host.lower() not in allowed:
+        raise base.EngineRequestError(
+            f"Content from {host} is not allowed on this server: send it as a data: URL, or "
+            "ask the operator to add the host to the model's `image_url_hosts`.",
+            code="invalid_image_url", param=where)
 
 
 def _chat_text(choice: dict[str, Any]) -> str:

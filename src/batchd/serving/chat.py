@@ -94,8 +94,14 @@ async def _chunks(events: AsyncIterator[StreamEvent], request: ChatCompletionReq
                 delta = _delta(event)
                 logprobs = ({"content": event.logprobs, "refusal": None}
                             if event.logprobs is not None else None)
+                finish = event.finish_reason
+                if finish is not None and delta.get("tool_calls"):
+                    # as OpenAI streams calls: the last piece, then the finish on its own
+                    yield chunk([{"index": event.index, "delta": delta, "logprobs": logprobs,
+                                  "finish_reason": None}])
+                    delta, logprobs = {}, None
                 yield chunk([{"index": event.index, "delta": delta, "logprobs": logprobs,
-                              "finish_reason": event.finish_reason}])
+                              "finish_reason": finish}])
             elif isinstance(event, Usage) and include_usage:
                 yield chunk([], usage_object(event.prompt_tokens, event.completion_tokens,
                                              event.cached_tokens, event.reasoning_tokens))
