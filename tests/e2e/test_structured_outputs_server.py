@@ -15,6 +15,7 @@ import jsonschema
 import openai
 import pytest
 from openai import OpenAI
+from openai.types import Batch
 from pydantic import BaseModel, Field
 
 from tests.support.server import Server
@@ -26,6 +27,20 @@ MODEL = "SmolLM2-135M-Instruct"
 def client(real_server: Server) -> Iterator[OpenAI]:
     with OpenAI(base_url=real_server.base_url, api_key=real_server.api_key) as client:
         yield client
+
+
+def run_batch(client: OpenAI, lines: list[dict[str, Any]], *, timeout: float) -> Batch:
+    """Uploads `lines` as a batch input file, runs it and returns the batch once it ended."""
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    batch_file = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(input_file_id=batch_file.id,
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + timeout
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.3)
+        batch = client.batches.retrieve(batch.id)
+    return batch
 
 
 class Colour(enum.Enum):
@@ -93,15 +108,7 @@ def test_a_batch_of_mixed_schemas_validates_at_temperature_one(client: OpenAI) -
                 "name": f"s{i % 4}", "schema": SCHEMAS[i % 4], "strict": True}}
         lines.append({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
                       "body": body})
-    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    batch_file = client.files.create(file=("mixed.jsonl", io.BytesIO(data)), purpose="batch")
-    batch = client.batches.create(input_file_id=batch_file.id,
-                                  endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.monotonic() + 240
-    while batch.status not in ("completed", "failed", "expired", "cancelled"):
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.5)
-        batch = client.batches.retrieve(batch.id)
+    batch = run_batch(client, lines, timeout=240)
     assert batch.status == "completed" and batch.output_file_id, batch
     results = [json.loads(line) for line in
                client.files.content(batch.output_file_id).text.splitlines()]
@@ -254,18 +261,10 @@ def test_refusals_in_a_batch_are_line_errors_and_the_rest_runs(client: OpenAI) -
                 "type": "object", "properties": {"d": {"type": "string", "format": "weird"}}}}}},
         {"messages": [{"role": "user", "content": "Say hi."}]},
     ]
-    data = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST",
-                               "url": "/v1/chat/completions",
-                               "body": {"model": MODEL, "max_tokens": 4, **body}}) + "\n"
-                   for i, body in enumerate(bodies)).encode()
-    batch_file = client.files.create(file=("refusals.jsonl", io.BytesIO(data)), purpose="batch")
-    batch = client.batches.create(input_file_id=batch_file.id,
-                                  endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.monotonic() + 120
-    while batch.status not in ("completed", "failed", "expired", "cancelled"):
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.3)
-        batch = client.batches.retrieve(batch.id)
+    batch = run_batch(client, [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": MODEL, "max_tokens": 4, **body}} for i, body in enumerate(bodies)],
+        timeout=120)
     assert batch.request_counts is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 2)
     assert batch.error_file_id
