@@ -221,3 +221,32 @@ async def test_an_empty_stop_string_stops_nothing(engine: LlamaCppEngine) -> Non
     stopped = await engine.chat(chat("Name a colour.", max_tokens=6, temperature=0,
                                      stop=["", "\u2603"]))
     assert free.choices[0].text and stopped.choices[0].text == free.choices[0].text
+
+
+@pytest.fixture(scope="module")
+def thinker() -> Iterator[LlamaCppEngine]:
+    """SmolLM2 taken for a reasoning model: it never writes `</think>`, so every answer is
+    thinking cut by max_tokens, which is what the plumbing needs to show (the split itself
+    is tested on texts in unit/test_structured_pieces.py)."""
+    engine = LlamaCppEngine(LlamaCppOptions(n_ctx=512, parallel=2, reasoning="deepseek-r1"))
+    yield engine
+    asyncio.run(engine.aclose())
+
+
+async def test_a_reasoning_models_thinking_is_apart_and_counted(
+        thinker: LlamaCppEngine) -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}
+    request = chat("What is 6 times 7? Think first.", max_tokens=12, temperature=0,
+                   response_format=schema)
+    result = await thinker.chat(request)
+    (choice,) = result.choices
+    # thinking is not held to the schema (only the answer after `</think>` would be)
+    assert choice.reasoning and choice.text == "" and choice.finish_reason == "length"
+    assert result.reasoning_tokens == result.completion_tokens == 12
+    events = [e async for e in thinker.chat_stream(request)]
+    deltas = [e for e in events if isinstance(e, Delta)]
+    assert "".join(d.reasoning for d in deltas) == choice.reasoning
+    assert not "".join(d.text for d in deltas)
+    usage = events[-1]
+    assert isinstance(usage, Usage) and usage.reasoning_tokens == 12
