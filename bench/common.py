@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from openai import OpenAI
 from openai.types import Batch
@@ -72,12 +73,16 @@ def instant_server(root: Path, **env: str) -> Iterator[Server]:
         yield server
 
 
-def control_plane_args(description: str | None, *, lines: int,
-                       upload_mb: int) -> argparse.Namespace:
-    """The options the control-plane benchmarks share; `--backend` is applied at once."""
-    parser = argparse.ArgumentParser(description=description)
+def control_plane_args(description: str | None, *, lines: int, upload_mb: int,
+                       extra: dict[str, dict[str, Any]] | None = None) -> argparse.Namespace:
+    """The options the control-plane benchmarks share (and `extra` ones: flag → keyword
+    arguments of `add_argument`); `--backend` is applied at once."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=lines)
     parser.add_argument("--upload-mb", type=int, default=upload_mb)
+    for flag, options in (extra or {}).items():
+        parser.add_argument(flag, **options)
     parser.add_argument("--backend", choices=["local", "postgres-s3"], default="local",
                         help="postgres-s3: the server on a PostgreSQL and a SeaweedFS (S3) "
                              "server that this run starts on this machine")

@@ -140,6 +140,11 @@ class SqlWebhooks:
         claimed twice. Two workers claiming at the same moment may each take an owner's
         share once: the caps hold from the next claim on."""
         d, w = t.webhook_deliveries.c, t.webhook_endpoints.c
+        # Mostly there is nothing due: a read says so without the fair ranking's query or a
+        # write transaction (on SQLite, the one writer's lock that chunk commits queue for).
+        if await self._db.one(select(d.id).where(d.state == "pending", d.next_attempt_at <= now)
+                              .limit(1)) is None:
+            return []
         in_flight = and_(d.state == "pending", d.lease_until >= now)
         free = or_(d.lease_until.is_(None), d.lease_until < now)
         busy_endpoints = (select(d.endpoint_id, func.count().label("n"))

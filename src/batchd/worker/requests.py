@@ -46,7 +46,7 @@ async def run_request(
 
     model = str(body.get("model"))
     try:
-        find_engine(registry, model, operation)  # served still, and for this endpoint
+        engine = find_engine(registry, model, operation)  # served still, for this endpoint
         request = operation.parse(body)
         if getattr(request, "stream", None):
             return http_error(400, "Streaming is not supported in the Batch API.",
@@ -59,7 +59,8 @@ async def run_request(
     except BatchdError as exc:
         return http_error(exc.status_code, exc.message, code=exc.code, param=exc.param)
     for attempt in range(1, retries + 2):
-        engine = find_engine(registry, model, operation)  # a restart may have replaced it
+        if attempt > 1:
+            engine = find_engine(registry, model, operation)  # a restart may have replaced it
         try:
             async with guard:
                 produced = await operation.run(engine, request, int(clock.now()),

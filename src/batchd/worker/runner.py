@@ -44,7 +44,7 @@ class Worker:
         self._windows: dict[str, StartWindow] = {}  # per model key (see ChunkRun)
         self._tasks: list[asyncio.Task[None]] = []
         self._chunk_runs: set[asyncio.Task[bool]] = set()
-        self._wakes: list[asyncio.Event] = []  # one per loop (see _poll)
+        self._wakes: list[tuple[str, asyncio.Event]] = []  # one per loop (see _poll)
         self._on_failure: Callable[[WorkerFailed], None] | None = None
         self.failed: WorkerFailed | None = None  # set when a dying loop stopped the worker
         self._outage: str | None = None  # why the store is unreachable, while it is
@@ -74,10 +74,12 @@ class Worker:
         for task in self._tasks:
             task.add_done_callback(self._on_loop_exit)
 
-    def wake(self) -> None:
-        """New work may be there (a batch was created): poll now instead of after a sleep."""
-        for event in self._wakes:
-            event.set()
+    def wake(self, *loops: str) -> None:
+        """New work may be there (a batch was created): poll now instead of after a sleep;
+        `loops` names the loops to wake (`_poll`'s `what`), all of them by default."""
+        for what, event in self._wakes:
+            if not loops or what in loops:
+                event.set()
 
     def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
         """A loop that dies (each step's failure is caught in `_guarded`, so this is a fault
@@ -181,7 +183,9 @@ class Worker:
         finally:
             self.capacity.models[key].chunks -= 1
             metrics.RUNNING_CHUNKS.dec()
-            self.wake()  # room for another chunk; the batch may be ready to assemble
+            # Room for another chunk; the batch may be ready to assemble. Not the webhook
+            # loop: an ended batch's events come from its assembly, which wakes everyone.
+            self.wake("chunk", "batch task")
 
     async def _deliver_webhooks(self) -> None:
         """Deliveries run as tasks of their own (webhooks/sender.py); on stop, those in
@@ -198,7 +202,7 @@ class Worker:
         shared by all loops, a loop that woke and cleared it could swallow the wake-up meant
         for another that was busy at that moment, which then slept a whole poll interval."""
         wake = asyncio.Event()
-        self._wakes.append(wake)
+        self._wakes.append((what, wake))
         while not self._stopping.is_set():
             wake.clear()
             if not await self._guarded(what, step()):
