@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -129,8 +130,16 @@ def batch_file(path: Path, n: int, model: str) -> None:
                          "messages": [{"role": "user", "content": f"question {i}"}]}}) + "\n")
 
 
-def run_through_batchd(root: Path, urls: list[str], requests: int) -> float:
-    """Create a batch for the upstream model; returns seconds from create to completed."""
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU so far (from /proc), read the same way for batchd and
+    for the plain client that is the floor."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_through_batchd(root: Path, urls: list[str], requests: int) -> tuple[float, float]:
+    """Create a batch for the upstream model; returns seconds from create to completed and
+    the CPU-seconds batchd's process spent meanwhile."""
     models = root / "models.yaml"
     models.write_text("models:\n  - id: gpu\n    engine: upstream\n    base_urls: ["
                       + ", ".join(urls) + "]\n")
@@ -141,7 +150,7 @@ def run_through_batchd(root: Path, urls: list[str], requests: int) -> float:
         with (root / "in.jsonl").open("rb") as data:
             file_id = client.post("/files", files={"file": ("in.jsonl", data)},
                                   data={"purpose": "batch"}).json()["id"]
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_seconds(server.process.pid)
         batch_id = client.post("/batches", json={
             "input_file_id": file_id, "endpoint": "/v1/chat/completions",
             "completion_window": "24h"}).json()["id"]
@@ -149,26 +158,74 @@ def run_through_batchd(root: Path, urls: list[str], requests: int) -> float:
                 "completed", "failed", "cancelled", "expired"):
             time.sleep(0.05)
         took = time.perf_counter() - started
+        cpu = cpu_seconds(server.process.pid) - cpu_before
         assert batch["request_counts"]["completed"] == requests, batch
-        return took
+        return took, cpu
 
 
-def one_server(slots: int, service: float, requests: int) -> None:
+def one_server(slots: int, service: float, requests: int, *, floor: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp, SimulatedServer(slots, service) as sim:
-        end_to_end = run_through_batchd(Path(tmp), [sim.url], requests)
+        end_to_end, cpu = run_through_batchd(Path(tmp), [sim.url], requests)
         stats = sim.collect()
-        ideal = requests / slots * service
-        busy = stats["last"] - stats["first"]
-        print(f"N={slots:>3} slots, {service:g} s a request, {requests} requests: ideal "
-              f"{ideal:.1f} s, server busy {busy:.1f} s -> utilisation {ideal / busy:.2f} "
-              f"(end to end {end_to_end:.1f} s, {ideal / end_to_end:.2f}); peak at the "
-              f"server {stats['peak']}")
+    ideal = requests / slots * service
+    busy = stats["last"] - stats["first"]
+    per_1000 = cpu / requests * 1000
+    print(f"N={slots:>4} slots, {service:g} s a request, {requests} requests: ideal "
+          f"{ideal:.1f} s, server busy {busy:.1f} s -> utilisation {ideal / busy:.2f} "
+          f"(end to end {end_to_end:.1f} s, {ideal / end_to_end:.2f}); peak at the server "
+          f"{stats['peak']}; batchd CPU {cpu:.1f} s = {per_1000:.2f} CPU-s per 1,000 "
+          f"requests ({per_1000:.2f} ms a request)")
+    if floor:
+        with SimulatedServer(slots, service) as sim:
+            took, floor_cpu = plain_client(sim.url, requests, slots)
+        floor_1000 = floor_cpu / requests * 1000
+        print(f"{'':10} floor, a plain asyncio client ({slots} keep-alive connections, "
+              f"HTTP/1.1 by hand) on the same server: {took:.1f} s, {floor_1000:.2f} CPU-s "
+              f"per 1,000 requests; batchd / floor = "
+              f"{per_1000 / floor_1000 if floor_1000 else float('inf'):.1f}")
+
+
+def plain_client(url: str, requests: int, connections: int) -> tuple[float, float]:
+    """The least a client can spend: `connections` keep-alive HTTP/1.1 connections, each
+    sending the next request when its answer is in; returns seconds and this process's
+    CPU-seconds (it runs nothing else meanwhile)."""
+    parsed = httpx.URL(url)
+    path = f"{parsed.path}/chat/completions".encode()
+    host = parsed.host or "127.0.0.1"
+    port = parsed.port or 80
+
+    async def connection(todo: list[int]) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        while todo:
+            i = todo.pop()
+            body = json.dumps({"model": "gpu", "max_tokens": 16, "temperature": 0,
+                               "messages": [{"role": "user", "content": f"question {i}"}]}
+                              ).encode()
+            writer.write(b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json"
+                         b"\r\ncontent-length: %d\r\n\r\n%s"
+                         % (path, host.encode(), len(body), body))
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            answer = json.loads(await reader.readexactly(length))
+            assert answer["choices"], answer
+        writer.close()
+
+    async def run() -> None:
+        todo = list(range(requests))
+        await asyncio.gather(*(connection(todo) for _ in range(min(connections, requests))))
+
+    before, started = os.times(), time.perf_counter()
+    asyncio.run(run())
+    after = os.times()
+    return (time.perf_counter() - started,
+            after.user - before.user + after.system - before.system)
 
 
 def two_servers(small: int, large: int, service: float, requests: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, SimulatedServer(small, service) as a, \
             SimulatedServer(large, service) as b:
-        end_to_end = run_through_batchd(Path(tmp), [a.url, b.url], requests)
+        end_to_end, _ = run_through_batchd(Path(tmp), [a.url, b.url], requests)
         sa, sb = a.collect(), b.collect()
         ideal = requests / (small + large) * service
         busy = max(sa["last"], sb["last"]) - min(sa["first"], sb["first"])
@@ -200,7 +257,7 @@ def llama(requests: int) -> None:
             asyncio.run(_direct(url, 4, 1))  # warm-up
             direct = {c: asyncio.run(_direct(url, requests, c)) for c in (1, 2, 4, 8)}
             best = min(direct, key=direct.__getitem__)
-            through = run_through_batchd(Path(tmp), [url], requests)
+            through, _ = run_through_batchd(Path(tmp), [url], requests)
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -212,15 +269,20 @@ def llama(requests: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", default="16,128,512,pair")
+    parser.add_argument("--only", default="16,128,512,2048,pair")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also drive each server with a plain client, the CPU floor")
     parser.add_argument("--llama", action="store_true")
     args = parser.parse_args()
     print("batchd: default settings (upstream initial_concurrency 32, max_concurrency 1024, "
           "latency_tolerance 1.5; worker poll 0.5 s); each simulated server in a process "
           "of its own")
-    runs = {"16": lambda: one_server(16, 0.1, 3000),
-            "128": lambda: one_server(128, 1.0, 3000),
-            "512": lambda: one_server(512, 2.0, 6000),
+    # Short answers, as classification and extraction batches ask for (max_tokens 16): the
+    # server's slots and service time are what a GPU server's would be, scaled down.
+    runs = {"16": lambda: one_server(16, 0.1, 3000, floor=args.floor),
+            "128": lambda: one_server(128, 1.0, 4000, floor=args.floor),
+            "512": lambda: one_server(512, 1.0, 8000, floor=args.floor),
+            "2048": lambda: one_server(2048, 1.0, 16000, floor=args.floor),
             "pair": lambda: two_servers(64, 192, 1.0, 3000)}
     for name in args.only.split(","):
         runs[name]()
