@@ -1,7 +1,7 @@
 """The upstream engine passes a chat request on as the client sent it (tools, response_format,
 parameters batchd does not know) and the server's message back as it came (tool calls,
 refusal, reasoning under either name), streamed or whole; image URLs reach it only from
-allowed hosts. Against a recording fake server (httpx.MockTransport); the same against
+allowed hosts. Against a recording fake server (tests/support/fake_http.py); the same against
 llama_cpp.server is in integration/test_upstream_engine.py."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from batchd.engines.base import Delta, EngineRequestError, Usage
 from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 from batchd.openai.chat import ChatCompletionRequest
 from batchd.serving.chat import _delta, _message
+from tests.support.fake_http import FakeHttp
 
 BASE = "http://gpu.test/v1"
 TOOLS = [{"type": "function", "function": {
@@ -70,7 +71,7 @@ def recorder() -> Recorder:
 @pytest.fixture
 async def engine(recorder: Recorder) -> AsyncIterator[UpstreamEngine]:
     engine = UpstreamEngine(UpstreamOptions(base_urls=[BASE], image_url_hosts=["img.example"]),
-                            model_id="served-name", transport=httpx.MockTransport(recorder))
+                            model_id="served-name", http=FakeHttp(recorder))
     yield engine
     await engine.aclose()
 

@@ -1,5 +1,5 @@
 """The upstream engine's retries and routing, against an OpenAI-compatible server that is a
-function (httpx.MockTransport): which answers are retried, how often, on which server, and
+function (tests/support/fake_http.py): which answers are retried, how often, on which server, and
 what the caller gets in the end; and how an answer is read. The real wire, and one retry
 over it, are tested against llama_cpp.server in integration/test_upstream_engine.py."""
 
@@ -14,6 +14,7 @@ import pytest
 from batchd.engines.base import EngineFailure, EngineRequestError, EngineUnavailable
 from batchd.engines.upstream import UpstreamEngine, UpstreamOptions
 from batchd.openai.chat import ChatCompletionRequest
+from tests.support.fake_http import FakeHttp
 
 LIVE, DEAD = "http://live.test/v1", "http://dead.test/v1"
 
@@ -72,7 +73,7 @@ async def make_engine(upstream: FakeUpstream) -> AsyncIterator[Maker]:
     def make(*urls: str, **options: float) -> UpstreamEngine:
         engine = UpstreamEngine(UpstreamOptions(base_urls=list(urls), backoff_seconds=0.01,
                                                 **options), model_id="up",
-                                transport=httpx.MockTransport(upstream))
+                                http=FakeHttp(upstream))
         engines.append(engine)
         return engine
 

@@ -15,22 +15,21 @@ then owners in turn, so one tenant's pile of requests does not queue ahead of an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchd.engines import base
+from batchd.engines.upstream_http import AiohttpHttp, Http, Unreachable
 from batchd.engines.upstream_limit import Sent, Target
 from batchd.limits.fair_line import FairLine
 from batchd.limits.preparation import work_owner
@@ -82,55 +81,6 @@ class _Retry(Exception):
         self.unavailable = unavailable
 
 
-class ClientPool:
-    """HTTP clients of at most `SHARD` connections each, the least busy one per request.
-
-    One httpx client for hundreds of requests in flight spends its time in its connection
-    pool (httpcore assigns requests to connections in time that grows with both: encode/
-    httpcore#1035): measured here, 288 requests at once against a 128-slot server took 7.2 s
-    instead of 1.5; in clients of 32 connections, 1.6 s; and at 512 in flight, clients of 8
-    cost a third of the CPU that clients of 32 did."""
-
-    SHARD = 8
-
-    def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None,
-                 **client_options: Any) -> None:
-        """`transport`: what every client sends through instead of the network (tests pass
-        an `httpx.MockTransport`); its connections are then its own business."""
-        if transport is None:
-            # One TLS context for all (each client would load the CA bundle again: 20 ms each).
-            self._options = {"verify": httpx.create_ssl_context(), **client_options}
-        else:
-            self._options = {"transport": transport, **client_options}
-        self._shards: list[_Shard] = []
-
-    @contextlib.asynccontextmanager
-    async def one(self) -> AsyncIterator[httpx.AsyncClient]:
-        shard = min(self._shards, key=lambda s: s.busy, default=None)
-        if shard is None or shard.busy >= self.SHARD:
-            shard = _Shard(httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=self.SHARD,
-                                    max_keepalive_connections=self.SHARD),
-                **self._options))
-            self._shards.append(shard)
-        shard.busy += 1
-        try:
-            yield shard.client
-        finally:
-            shard.busy -= 1
-
-    async def aclose(self) -> None:
-        shards, self._shards = self._shards, []
-        for shard in shards:
-            await shard.client.aclose()
-
-
-@dataclass
-class _Shard:
-    client: httpx.AsyncClient
-    busy: int = 0
-
-
 @dataclass(eq=False)
 class _Waiter:
     """A request waiting for room; granted a server and its slot through `granted`."""
@@ -146,8 +96,8 @@ class UpstreamEngine:
     AVOID_SECONDS = 5.0
 
     def __init__(self, options: UpstreamOptions, *, model_id: str,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        """`transport`: see ClientPool (None: the network)."""
+                 http: Http | None = None) -> None:
+        """`http`: what requests are sent through (None: the network; tests pass a fake)."""
         self.options = options
         self.model = options.model or model_id
         headers = {}
@@ -156,8 +106,8 @@ class UpstreamEngine:
             if not key:
                 raise base.EngineFailure(f"environment variable {options.api_key_env} is not set")
             headers["Authorization"] = f"Bearer {key}"
-        self.clients = ClientPool(transport=transport, headers=headers,
-                                  timeout=httpx.Timeout(options.timeout_seconds, connect=10))
+        self.http = http or AiohttpHttp(headers=headers,
+                                        timeout_seconds=options.timeout_seconds)
         self._line: FairLine[_Waiter] = FairLine()
         self._held_out: asyncio.TimerHandle | None = None  # a grant for waiters holding out
         self.targets = [Target(base_url=url.rstrip("/"), limit=float(options.initial_concurrency),
@@ -258,24 +208,23 @@ class UpstreamEngine:
         await asyncio.sleep(delay)
 
     @staticmethod
-    def _check(response: httpx.Response) -> None:
-        if response.status_code < 400:
+    def _check(status: int, headers: Mapping[str, str], body: bytes) -> None:
+        if status < 400:
             return
-        after = response.headers.get("retry-after")
-        if response.status_code in RETRYABLE:
-            raise _Retry(f"upstream answered {response.status_code}",
+        after = headers.get("retry-after")
+        if status in RETRYABLE:
+            raise _Retry(f"upstream answered {status}",
                          after=float(after) if after and after.replace(".", "").isdigit()
-                         else None, unavailable=response.status_code in UNAVAILABLE)
+                         else None, unavailable=status in UNAVAILABLE)
         try:
-            error = response.json().get("error") or {}
+            error = orjson.loads(body).get("error") or {}
         except (ValueError, AttributeError):
             error = {}
         if not isinstance(error, dict):
             error = {"message": str(error)}
         raise base.EngineRequestError(
-            str(error.get("message") or f"The upstream server answered "
-                                        f"{response.status_code}."),
-            code=error.get("code"), param=error.get("param"), status_code=response.status_code)
+            str(error.get("message") or f"The upstream server answered {status}."),
+            code=error.get("code"), param=error.get("param"), status_code=status)
 
     async def _call(self, path: str, payload: dict[str, Any],
                     read: Callable[[dict[str, Any]], T], tokens: Callable[[T], int],
@@ -284,17 +233,17 @@ class UpstreamEngine:
         other targets with backoff; `read` turns the answer into the result."""
         target: Target | None = None
         failure = _Retry("no attempt")
+        body = orjson.dumps(payload)
         for attempt in range(self.options.max_retries + 1):
             target, sent = await self._admit(avoid=target, priority=priority)
             try:
-                async with self.clients.one() as client:
-                    response = await client.post(f"{target.base_url}{path}", json=payload)
-                self._check(response)
-                result = read(response.json())
+                answer = await self.http.post(f"{target.base_url}{path}", body)
+                self._check(answer.status, answer.headers, answer.body)
+                result = read(_json(answer.body))
             except _Retry as retry:
                 failure = retry
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
-                failure = _Retry(f"{type(exc).__name__}: {exc}")
+            except Unreachable as exc:
+                failure = _Retry(str(exc))
             except BaseException:  # the request's own error, or cancellation
                 self._release(target, sent, ok=False)
                 raise
@@ -366,19 +315,18 @@ class UpstreamEngine:
         overloaded, pieces = False, 0
         usage: base.Usage | None = None
         try:
-            async with self.clients.one() as client, client.stream(
-                    "POST", f"{target.base_url}{path}", json=payload) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    overloaded = response.status_code in RETRYABLE
-                    self._check(response)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
+            async with self.http.stream(f"{target.base_url}{path}",
+                                        orjson.dumps(payload)) as response:
+                if response.status >= 400:
+                    overloaded = response.status in RETRYABLE
+                    self._check(response.status, response.headers, await response.read())
+                async for line in response.lines():
+                    if not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         break
-                    chunk = orjson.loads(data)
+                    chunk = _json(data)
                     if chunk.get("usage"):
                         usage = _stream_usage(chunk["usage"])
                     for choice in chunk.get("choices") or []:
@@ -389,7 +337,7 @@ class UpstreamEngine:
         except _Retry as retry:
             raise base.EngineFailure(f"The upstream server is overloaded: {retry}",
                                 code="upstream_error") from retry
-        except (httpx.TransportError, httpx.TimeoutException) as exc:
+        except Unreachable as exc:
             overloaded = True
             raise base.EngineFailure(f"The upstream server failed: {exc}",
                                 code="upstream_error") from exc
@@ -400,13 +348,22 @@ class UpstreamEngine:
         yield usage or base.Usage(prompt_tokens=0, completion_tokens=pieces)
 
     async def aclose(self) -> None:
-        await self.clients.aclose()
+        await self.http.aclose()
 
     def capacity(self) -> int:
         return sum(int(target.limit) for target in self.targets)
 
     def max_capacity(self) -> int:
         return self.options.max_concurrency * len(self.targets)
+
+
+def _json(data: bytes) -> Any:
+    """An answer's JSON; a body that is not JSON is the server's failure, not the request's."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise base.EngineFailure(f"The upstream server sent something that is not JSON: "
+                                 f"{data[:200]!r}", code="upstream_error") from exc
 
 
 def _sent(request: BaseModel) -> dict[str, Any]:
