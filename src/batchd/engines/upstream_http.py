@@ -74,7 +74,7 @@ class AiohttpHttp:
 
     async def post(self, url: str, body: bytes) -> Answer:
         try:
-            async with self._client().post(url, data=body) as response:
+            async with self._client().post(url, data=_payload(body)) as response:
                 return Answer(status=response.status, headers=response.headers,
                               body=await response.read())
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -83,7 +83,7 @@ class AiohttpHttp:
     @contextlib.asynccontextmanager
     async def stream(self, url: str, body: bytes) -> AsyncIterator[StreamedAnswer]:
         try:
-            async with self._client().post(url, data=body) as response:
+            async with self._client().post(url, data=_payload(body)) as response:
                 yield _Streamed(response)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
@@ -92,6 +92,12 @@ class AiohttpHttp:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _payload(body: bytes) -> aiohttp.BytesPayload:
+    # Ready-made: aiohttp would otherwise look the body's type up in its payload registry
+    # for every request (a few percent of the CPU of a short request, profiled).
+    return aiohttp.BytesPayload(body, content_type="application/json")
 
 
 class _Streamed:
