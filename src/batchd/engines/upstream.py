@@ -232,7 +232,7 @@ class UpstreamEngine:
         """POST `payload` to `path` of a target with room, retrying overloads and outages on
         other targets with backoff; `read` turns the answer into the result."""
         target: Target | None = None
-        failure = _Retry("no attempt")
+        failure: _Retry | None = None
         body = orjson.dumps(payload)
         for attempt in range(self.options.max_retries + 1):
             target, sent = await self._admit(avoid=target, priority=priority)
@@ -251,12 +251,13 @@ class UpstreamEngine:
                 self._release(target, sent, ok=True, tokens=tokens(result))
                 return result
             self._release(target, sent, ok=False, overloaded=True)
+            assert failure is not None  # set by the except that got here
             log.warning("upstream %s: %s (attempt %d)", target.base_url, failure, attempt + 1)
             if attempt < self.options.max_retries:
                 await self._backoff(attempt, failure)
         message = (f"The upstream servers failed {self.options.max_retries + 1} times; "
                    f"last: {failure}")
-        if failure.unavailable:  # the request waits for the server to come back
+        if failure is not None and failure.unavailable:  # it waits for the server to come back
             raise base.EngineUnavailable(message, code="upstream_unavailable")
         raise base.EngineFailure(message, code="upstream_error")
 

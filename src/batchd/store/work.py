@@ -61,15 +61,16 @@ class SqlWork:
                  b.status.in_((BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS,
                                BatchStatus.CANCELLING))),
         )
-        candidate = (
-            select(b.id)
-            .where(needs_work, or_(b.lease_expires_at.is_(None), b.lease_expires_at < now))
-            .order_by(b.expires_at, b.seq)
-            .limit(1)
-            # Concurrent claimers skip a batch another is taking instead of queueing on it.
-            .with_for_update(skip_locked=True, of=t.batches)
-            .scalar_subquery()
-        )
+        first = (select(b.id)
+                 .where(needs_work, or_(b.lease_expires_at.is_(None), b.lease_expires_at < now))
+                 .order_by(b.expires_at, b.seq)
+                 .limit(1))
+        # Mostly no batch needs a task: a read says so without a write transaction (on
+        # SQLite, the one writer's lock that running chunks' checkpoints queue for).
+        if await self._db.one(first) is None:
+            return None
+        # Concurrent claimers skip a batch another is taking instead of queueing on it.
+        candidate = first.with_for_update(skip_locked=True, of=t.batches).scalar_subquery()
         async with self._db.write() as conn:
             row = (await conn.execute(
                 update(t.batches)
