@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(default=0.5, gt=0, description="idle worker polling interval")
     checkpoint_seconds: float = Field(default=1.0, gt=0, description="result flush interval")
     checkpoint_results: int = Field(
-        default=256, ge=1, description="finished results that trigger a flush sooner")
+        default=1024, ge=1, description="finished results that trigger a flush sooner")
     max_attempts: int = Field(
         default=2, ge=1, description="worker crashes (a fatal signal or an error, not a kill "
                                      "without a trace) under a request running alone before "

@@ -38,7 +38,9 @@ async def test_client_chosen_methods_paths_and_models_are_not_label_values(
         await harness.client.get(f"/v1/batches/{batch_id}")
     # A model no models file serves (a line read by a worker with another models file).
     model = f"made-up-{uuid.uuid4().hex}"
-    metrics.finished(model, ok=True, prompt=1, cached=0, completion=1)
+    tally = metrics.Finished()
+    tally.add(model, ok=True, prompt=1, cached=0, completion=1)
+    tally.flush()
     text = (await harness.client.get("/metrics")).text
     assert not [value for value in [*sent, model] if value in text]
     labels = label_values(text)

@@ -96,6 +96,7 @@ class ChunkRun:
         self._reserve_lock = asyncio.Lock()
         self._alone = False  # running one suspect with nothing else of the worker
         self.watchdog = Watchdog(ctx.settings.request_timeout_seconds)
+        self.tally = metrics.Finished()  # flushed to the counters each beat and at the end
 
     async def run(self, input_key: str) -> None:
         try:
@@ -138,6 +139,7 @@ class ChunkRun:
             await finish_even_if_cancelled(self.ledger.checkpoint(release=True))
             raise
         finally:
+            self.tally.flush()  # what the body finished, however it ended
             for helper in helpers:
                 helper.cancel()
             for outcome in await asyncio.gather(*helpers, return_exceptions=True):
@@ -370,9 +372,9 @@ class ChunkRun:
         if served is not None and outcome.ok:
             self.capacity.reachable(served)
         self.ledger.add(outcome)
-        metrics.finished(served or (model if isinstance(model, str) else None), ok=outcome.ok,
-                         prompt=outcome.input_tokens, cached=outcome.cached_tokens,
-                         completion=outcome.output_tokens)
+        self.tally.add(served or (model if isinstance(model, str) else None), ok=outcome.ok,
+                       prompt=outcome.input_tokens, cached=outcome.cached_tokens,
+                       completion=outcome.output_tokens)
         self.finished.add(custom_id)
         if (self.ledger.unsaved >= self.ctx.settings.checkpoint_results
                 and self._next < len(self.todo)):  # else the commit saves them: no extra part
@@ -395,6 +397,7 @@ class ChunkRun:
         settings = self.ctx.settings
         while True:
             await asyncio.sleep(settings.heartbeat_seconds)
+            self.tally.flush()
             try:
                 batch = await self._beat()
             except Exception as exc:  # the store, for a moment: the lease outlasts a few beats
