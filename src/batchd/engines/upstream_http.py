@@ -69,7 +69,8 @@ class AiohttpHttp:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
                 headers=self._headers, timeout=self._timeout, read_bufsize=READ_BUFFER,
-                auto_decompress=True, trust_env=False)
+                # HTTP(S)_PROXY / NO_PROXY are honoured, as they were with httpx.
+                auto_decompress=True, trust_env=True)
         return self._session
 
     async def post(self, url: str, body: bytes) -> Answer:
