@@ -59,6 +59,7 @@ class UpstreamOptions(BaseModel):
     latency_tolerance: float = Field(default=1.5, gt=1)
     """Grow only while latency per token stays under this multiple of the best seen."""
     timeout_seconds: float = Field(default=600.0, gt=0)
+    """The longest wait for the server's next bytes (an answer still streaming is not cut)."""
     max_retries: int = Field(default=4, ge=0)
     backoff_seconds: float = Field(default=0.5, gt=0)
     """First retry delay; doubled each time, with jitter, at most 30 s."""

@@ -60,7 +60,10 @@ class AiohttpHttp:
 
     def __init__(self, *, headers: Mapping[str, str], timeout_seconds: float) -> None:
         self._headers = {"content-type": "application/json", **headers}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, connect=10)
+        # As httpx's were: a limit on each wait for data, not on the whole answer (a long
+        # stream that keeps coming is not cut off).
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=10,
+                                              sock_read=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
