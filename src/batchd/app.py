@@ -41,6 +41,7 @@ from batchd.limits.inflight import InFlight
 from batchd.limits.preparation import Preparation
 from batchd.limits.ratelimit import RateLimiter
 from batchd.limits.tiers import load_tiers
+from batchd.probes import Probes
 from batchd.settings import Settings
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
@@ -55,8 +56,12 @@ log = logging.getLogger(__name__)
 
 
 async def open_services(settings: Settings, *, clock: Clock | None = None,
-                        registry: ModelRegistry | None = None) -> Services:
-    """Open the stores (migrating the schema) and start the engines."""
+                        registry: ModelRegistry | None = None,
+                        probes: Probes | None = None) -> Services:
+    """Open the stores (migrating the schema) and start the engines; `probes` are told
+    which of these it is doing."""
+    probes = probes or Probes()
+    probes.starting("waiting for the database and the object store")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = MetadataStore(settings.resolved_database_url)
     blobs = open_blob_store(settings)
@@ -71,6 +76,7 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
     clock = clock or SystemClock()
     if registry is None:
         registry = load_registry(settings.models, created=int(clock.now()))
+        probes.starting("loading models")
         await registry.start()
     wake = Wakeup()
     batches = BatchService(store=store, blobs=blobs, clock=clock, wake=wake)
@@ -122,13 +128,18 @@ async def start_worker(
 
 
 @asynccontextmanager
-async def serving_metrics(svc: Services) -> AsyncIterator[None]:
-    """Keep the store-wide gauges fresh, and serve metrics on BATCHD_METRICS_PORT if set."""
+async def serving(svc: Services, probes: Probes) -> AsyncIterator[None]:
+    """The running process: the store-wide gauges kept fresh, readiness checked (ready from
+    here on while the stores answer), and draining at the end."""
     metrics.serve_models(svc.registry.served_ids())
     refresher = asyncio.create_task(svc.gauges.keep_fresh(), name="metrics:store-gauges")
     try:
-        with metrics.serving_on_port(svc.settings.metrics_host, svc.settings.metrics_port):
-            yield
+        async with probes.watching(svc.store, svc.blobs):
+            probes.started()
+            try:
+                yield
+            finally:
+                probes.drain()
     finally:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -139,30 +150,32 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
                registry: ModelRegistry | None = None, record_crashes: bool = False,
                on_worker_failure: Callable[[WorkerFailed], None] | None = None) -> FastAPI:
     """`on_worker_failure`: told if the embedded worker stops because one of its loops died
-    (`batchd serve` then exits, so that it is restarted); /healthz fails from then on."""
-    failures: list[WorkerFailed] = []  # the embedded worker's, once it has died
+    (`batchd serve` then exits, so that it is restarted); /healthz fails from then on.
+    `app.state.probes` answer /healthz and /readyz (here and on BATCHD_METRICS_PORT)."""
+    probes = Probes()
 
     def worker_failed(failure: WorkerFailed) -> None:
-        failures.append(failure)
+        probes.died(str(failure))
         if on_worker_failure is not None:
             on_worker_failure(failure)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc = await open_services(settings, clock=clock, registry=registry)
-        app.state.services = svc
-        worker, identity = ((await start_worker(svc, record_crashes=record_crashes,
-                                                on_failure=worker_failed))
-                            if settings.embedded_worker else (None, None))
-        try:
-            async with serving_metrics(svc):
-                yield
-        finally:
-            if worker is not None:
-                await worker.stop(settings.shutdown_grace_seconds)
-            if identity is not None:
-                identity.close()
-            await close_services(svc)
+        with probes.serving(settings.metrics_host, settings.metrics_port):
+            svc = await open_services(settings, clock=clock, registry=registry, probes=probes)
+            app.state.services = svc
+            worker, identity = ((await start_worker(svc, record_crashes=record_crashes,
+                                                    on_failure=worker_failed))
+                                if settings.embedded_worker else (None, None))
+            try:
+                async with serving(svc, probes):
+                    yield
+            finally:
+                if worker is not None:
+                    await worker.stop(settings.shutdown_grace_seconds)
+                if identity is not None:
+                    identity.close()
+                await close_services(svc)
 
     # /docs and /redoc load Swagger UI and ReDoc from the installed package, never a CDN:
     # batchd runs on machines without internet.
@@ -183,11 +196,24 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.add_middleware(DocsContentPolicy, paths=("/docs", "/redoc"))
     app.add_middleware(metrics.HttpMetrics)  # outermost: counts every answer, errors too
 
+    app.state.probes = probes
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
-        if failures:
-            # Answering HTTP is not health: a server whose worker died runs no batch.
-            raise ServiceUnavailable(str(failures[0]), code="worker_failed")
+        """Liveness: fails only when the process must be restarted (its worker died;
+        answering HTTP is not health)."""
+        problem = probes.liveness_problem()
+        if problem is not None:
+            raise ServiceUnavailable(problem, code="worker_failed")
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> dict[str, str]:
+        """Readiness: 503 with the reason while the database or the object store does not
+        answer, or while the process drains after SIGTERM."""
+        problem = probes.readiness_problem()
+        if problem is not None:
+            raise ServiceUnavailable(problem, code="not_ready")
         return {"status": "ok"}
 
     return app

@@ -198,7 +198,7 @@ def serve(
                             http=protocol_with_header_timeout(settings.header_timeout_seconds),
                             timeout_keep_alive=settings.keepalive_timeout_seconds,
                             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
-    server = CleanExitServer(config)
+    server = CleanExitServer(config, on_exit=asgi.state.probes.drain)
     server.run(sockets=[listener])
     if worker_failures:
         _fail([f"batchd serve: {worker_failures[0]}; exiting so that it is restarted"], 1)
@@ -226,11 +226,13 @@ def migrate(data_dir: DataDir = None) -> None:
 def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
     """Run a worker alone (no HTTP), sharing the database and object store with
     `batchd serve --no-worker` and other workers. Its --data-dir holds only its identity."""
-    from batchd.app import close_services, open_services, serving_metrics, start_worker
+    from batchd.app import close_services, open_services, serving, start_worker
+    from batchd.probes import Probes
 
     settings = _settings(data_dir=data_dir, models=models)
     _checked(settings)
     _logging(settings)
+    probes = Probes()
 
     async def run() -> BaseException | None:
         # Handlers first: a SIGTERM during start-up must still end in a clean exit.
@@ -238,23 +240,61 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with _backends(settings):
-            pass  # one clear line, not a traceback, if a backend is unreachable
-        svc = await open_services(settings)
-        # A dying loop stops the worker (runner.py); the process then ends as on SIGTERM.
-        worker, identity = await start_worker(svc, record_crashes=True,
-                                              on_failure=lambda _: stop.set())
-        typer.echo(f"batchd worker {identity.id} running; Ctrl-C to stop")
-        async with serving_metrics(svc):
-            await stop.wait()
-        await worker.stop(settings.shutdown_grace_seconds)
-        identity.close()
-        await close_services(svc)
-        return worker.failed
+        # The probes first: a worker waiting for the database, or loading its models, says so.
+        with probes.serving(settings.metrics_host, settings.metrics_port):
+            probes.starting("waiting for the database and the object store")
+            async with _backends(settings):
+                pass  # one clear line, not a traceback, if a backend is unreachable
+            svc = await open_services(settings, probes=probes)
+
+            def failed(failure: BaseException) -> None:
+                probes.died(str(failure))
+                stop.set()
+
+            # A dying loop stops the worker (runner.py); the process then ends as on SIGTERM.
+            worker, identity = await start_worker(svc, record_crashes=True, on_failure=failed)
+            typer.echo(f"batchd worker {identity.id} running; Ctrl-C to stop")
+            async with serving(svc, probes):
+                await stop.wait()
+            await worker.stop(settings.shutdown_grace_seconds)
+            identity.close()
+            await close_services(svc)
+            return worker.failed
 
     failure = asyncio.run(run())
     if failure is not None:
         _fail([f"batchd worker: {failure}; exiting so that it is restarted"], 1)
+
+
+@app.command()
+def probe(ready: Annotated[bool, typer.Option(
+        "--ready", help="Readiness (/readyz) rather than liveness (/healthz).")] = False,
+) -> None:
+    """Ask the batchd process on this machine whether it is alive (or, with --ready, ready
+    for work): exit 0 if so, 1 with the reason if not. Asks BATCHD_METRICS_PORT when set
+    (every process, workers too, serves the probes there), else the API port. For a
+    container's HEALTHCHECK or an exec probe."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    settings = _settings()
+    port = settings.metrics_port or settings.port
+    host = settings.metrics_host if settings.metrics_port else settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{host}:{port}/{'readyz' if ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            typer.echo(answer.read().decode(errors="replace"))
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = f"HTTP {exc.code}"
+        _fail([f"{url}: {reason}"], status=1)
+    except OSError as exc:
+        _fail([f"{url}: {getattr(exc, 'reason', exc)}"], status=1)
 
 
 def _with_keys(settings: Settings, action: Any) -> Any:

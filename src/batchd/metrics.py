@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import logging
 import time
@@ -146,15 +145,14 @@ class _Callbacks(Collector):
                                 for status, n in self.snapshot.get("batches", {}).items()):
             statuses.add_metric([label], n)
         yield statuses
-        pending = GaugeMetricFamily("batchd_pending_requests", "Requests of running batches "
-                                    "not finished yet: the queue, by model (the whole store; "
-                                    "'*' for batches that name several).", labels=["model"])
         # The store may name models this process does not serve (another host's models
         # file, an older one): those add up under `other`.
-        for label, n in _summed((model_label(model), n)
-                                for model, n in self.snapshot.get("pending", {}).items()):
-            pending.add_metric([label], n)
-        yield pending
+        for name, key, help in _QUEUE_GAUGES:
+            family = GaugeMetricFamily(name, help, labels=["model"])
+            for label, n in _summed((model_label(model), n)
+                                    for model, n in self.snapshot.get(key, {}).items()):
+                family.add_metric([label], n)
+            yield family
         age = GaugeMetricFamily("batchd_store_snapshot_age_seconds", "How old the store-wide "
                                 "gauges are.")
         age.add_metric([], time.time() - self.snapshot_at if self.snapshot_at else -1)
@@ -162,6 +160,18 @@ class _Callbacks(Collector):
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
+
+
+_QUEUE_GAUGES = (
+    ("batchd_backlog_requests", "pending", "Requests of running batches not finished yet, "
+     "waiting for a worker or running on one, by model (the whole store; '*' for chunks "
+     "that name several): what to scale workers on, as it falls only when requests finish."),
+    ("batchd_pending_requests", "pending", "The same as batchd_backlog_requests (its older "
+     "name)."),
+    ("batchd_queued_requests", "queued", "Requests of running batches that no worker has "
+     "taken yet, by model (the whole store): falls as soon as work is assigned, so it cannot "
+     "drive scaling alone."),
+)
 
 
 def _summed(pairs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -238,22 +248,6 @@ class StoreGauges:
             except Exception as exc:  # an outage: keep the last snapshot (its age says so)
                 log.debug("could not refresh the store gauges: %s", exc)
             await asyncio.sleep(every)
-
-
-@contextlib.contextmanager
-def serving_on_port(host: str, port: int | None) -> Iterator[None]:
-    """Metrics on their own port (no key needed there: bind it where only Prometheus reaches)."""
-    if port is None:
-        yield
-        return
-    from prometheus_client import start_http_server
-
-    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
-    try:
-        yield
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
 
 
 class HttpMetrics:

@@ -7,7 +7,8 @@ import contextlib
 import errno
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import FrameType
 
 import h11
 import psutil
@@ -17,7 +18,18 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 class CleanExitServer(uvicorn.Server):
     """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so the process dies by the
-    signal (exit status -15). For batchd a graceful stop is a success: it exits 0 instead."""
+    signal (exit status -15). For batchd a graceful stop is a success: it exits 0 instead.
+    `on_exit` is told at the signal (the readiness probe starts failing at once)."""
+
+    def __init__(self, config: uvicorn.Config, *,
+                 on_exit: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._on_exit is not None:
+            self._on_exit()
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -133,11 +133,15 @@ async def test_progress_and_the_queue_count_what_is_running(stores: Stores) -> N
                                        lease_seconds=LEASE)
     assert await store.live_progress([batch_id, "batch_none"]) == {batch_id: live}
     assert await store.live_progress([]) == {}
+    # The backlog counts the claimed chunk's unfinished line (queued or running); the queue
+    # only the two no worker took.
     assert await store.queue_snapshot() == {
-        "batches": {"in_progress": 1, "validating": 1}, "pending": {"m": 3}}
+        "batches": {"in_progress": 1, "validating": 1}, "pending": {"m": 3},
+        "queued": {"m": 2}}
     assert await store.commit_chunk(claim[0], claim[1], parts=[], now=int(NOW),
                                     committed=ChunkProgress(n_ok=1))
-    assert (await store.queue_snapshot())["pending"] == {"m": 2}
+    snapshot = await store.queue_snapshot()
+    assert snapshot["pending"] == {"m": 2} and snapshot["queued"] == {"m": 2}
 
 
 async def test_an_owner_has_at_most_so_many_endpoints_and_sees_only_its_own(

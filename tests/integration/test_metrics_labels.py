@@ -63,6 +63,7 @@ def test_store_wide_gauges_name_only_served_models_and_known_statuses(
     metrics.serve_models(["a"])
     saved = metrics.CALLBACKS.snapshot
     metrics.CALLBACKS.snapshot = {"pending": {"a": 1, "gone-1": 3, "gone-2": 4, "*": 1},
+                                  "queued": {"a": 1, "gone-1": 2},
                                   "batches": {"completed": 2, "odd": 1, "odder": 2}}
     try:
         families = {f.name: {tuple(s.labels.values()): s.value for s in f.samples}
@@ -70,7 +71,9 @@ def test_store_wide_gauges_name_only_served_models_and_known_statuses(
     finally:
         metrics.CALLBACKS.snapshot = saved
         metrics.serve_models([])
-    assert families["batchd_pending_requests"] == {("a",): 1, ("other",): 7, ("*",): 1}
+    assert families["batchd_backlog_requests"] == {("a",): 1, ("other",): 7, ("*",): 1}
+    assert families["batchd_pending_requests"] == families["batchd_backlog_requests"]
+    assert families["batchd_queued_requests"] == {("a",): 1, ("other",): 2}
     assert families["batchd_batches"] == {("completed",): 2, ("other",): 3}
     assert families["batchd_engine_slots"] == {("a",): 2, ("other",): 4}
     assert families["batchd_engine_busy_slots"] == {("a",): 1, ("other",): 1}

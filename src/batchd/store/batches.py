@@ -100,20 +100,27 @@ class SqlBatches:
             }
 
     async def queue_snapshot(self) -> dict[str, dict[str, int]]:
-        """Batches by status, and the requests of running batches not finished yet by model
-        (for the metrics' store-wide gauges)."""
+        """Batches by status, and the requests of running batches not finished yet by model:
+        all of them (`pending`, queued or running) and those not taken by a worker yet
+        (`queued`), for the metrics' store-wide gauges."""
         b, c = t.batches.c, t.chunks.c
         async with self._db.read() as conn:
             statuses = (await conn.execute(
                 select(b.status, func.count()).group_by(b.status))).all()
-            pending = (await conn.execute(
-                select(c.model, func.sum(c.n_lines - c.done_ok - c.done_err))
+            unfinished = (await conn.execute(
+                select(c.model, c.state, func.sum(c.n_lines - c.done_ok - c.done_err))
                 .join(t.batches, b.id == c.batch_id)
                 .where(b.status == BatchStatus.IN_PROGRESS,
                        c.state.not_in((ChunkState.DONE, ChunkState.FAILED)))
-                .group_by(c.model))).all()
+                .group_by(c.model, c.state))).all()
+        pending: dict[str, int] = {}
+        queued: dict[str, int] = {}
+        for model, state, n in unfinished:
+            pending[model or "*"] = pending.get(model or "*", 0) + int(n or 0)
+            if state == ChunkState.PENDING:
+                queued[model or "*"] = queued.get(model or "*", 0) + int(n or 0)
         return {"batches": {str(status): int(n) for status, n in statuses},
-                "pending": {model or "*": int(n or 0) for model, n in pending}}
+                "pending": pending, "queued": queued}
 
     # --- stopping: a cancel, an expiry, or a failure no request caused --------------------
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from batchd.errors import ServerError, StorageFull
+from batchd.errors import ServerError, ServiceUnavailable, StorageFull
 
 _COPY = 1024 * 1024
 
@@ -74,6 +74,13 @@ class LocalBlobStore:
         except BaseException:
             _unlink_quietly(tmp_name)
             raise
+
+    def check(self) -> None:
+        """The directory is there and writable (the readiness probe's check: a volume that
+        went away or turned read-only)."""
+        if not self._tmp.is_dir() or not os.access(self._tmp, os.W_OK | os.X_OK):
+            raise ServiceUnavailable(f"the blob directory {self.root} is missing or not "
+                                     "writable")
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -84,6 +84,9 @@ class MemoryStore:
     async def migrate(self) -> None:
         """Nothing to do: the tables exist from the start."""
 
+    async def ping(self) -> None:
+        """Always answers: the tables are in this process."""
+
     async def database_time(self) -> float:
         return time.time()
 
@@ -218,12 +221,16 @@ class MemoryStore:
     async def queue_snapshot(self) -> dict[str, dict[str, int]]:
         statuses = Counter(str(b["status"]) for b in self.tables.batches.values())
         pending: dict[str | None, int] = defaultdict(int)
+        queued: dict[str | None, int] = defaultdict(int)
         for c in self.tables.chunks.values():
             if (self.tables.batches[c["batch_id"]]["status"] == BatchStatus.IN_PROGRESS
                     and c["state"] not in _FINISHED):
                 pending[c["model"]] += c["n_lines"] - c["done_ok"] - c["done_err"]
+                if c["state"] == ChunkState.PENDING:
+                    queued[c["model"]] += c["n_lines"] - c["done_ok"] - c["done_err"]
         return {"batches": dict(statuses),
-                "pending": {model or "*": n for model, n in pending.items()}}
+                "pending": {model or "*": n for model, n in pending.items()},
+                "queued": {model or "*": n for model, n in queued.items()}}
 
     async def request_cancel(self, batch_id: str, *, owner: str | None,
                              now: int) -> BatchRecord | None:

@@ -26,6 +26,7 @@ class MetadataStore:
         self.postgres = db.postgres
         self.migrate = db.migrate
         self.database_time = db.database_time
+        self.ping = db.ping
         self.listen_for_work = db.listen_for_work
         self.close = db.close
 

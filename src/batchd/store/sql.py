@@ -155,6 +155,11 @@ class Database:
             await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
             yield
 
+    async def ping(self) -> None:
+        """One round trip to the database (the readiness probe's check)."""
+        async with self._engine.connect() as conn:
+            await conn.execute(select(1))
+
     async def database_time(self) -> float:
         """Seconds since the epoch by the database server's clock (the local clock on
         SQLite, whose database is on this machine)."""
