@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-.PHONY: install serve test lint bench clean screenshots
+.PHONY: install serve test test-container lint bench clean screenshots
 
 $(STAMP): pyproject.toml
 	@echo "Installing batchd into $(VENV): the first install compiles llama.cpp from source (about 8 minutes on 2 cores); later ones reuse pip's cache."
@@ -54,6 +54,21 @@ test: lint $(CHROMIUM) $(PG_INITDB)
 	BATCHD_TEST_BACKEND=postgres-s3 BATCHD_FAULT_KILLS=5 $(VENV)/bin/pytest -m "not backend_independent" \
 		tests/integration tests/e2e tests/faults
 
+# The container tier: builds the image from the Dockerfile (the first build compiles llama.cpp,
+# ~8 minutes on 2 cores; podman's layer cache keeps it), then runs migrate, the API and two
+# workers as containers on PostgreSQL + S3 (tests/container). .ci/run calls it after `make
+# test`. podman, runc and mmdebstrap (for the Debian base, there being no registry) come from
+# the OS registry.
+PODMAN := /usr/bin/podman
+
+$(PODMAN):
+	@echo "Installing Debian's podman, runc and mmdebstrap for the container tier (once)."
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap
+
+test-container: $(STAMP) $(PODMAN) $(PG_INITDB)
+	BATCHD_CONTAINER_TESTS=1 $(VENV)/bin/pytest -s tests/container
+
 # The console screenshots in docs/ (shown in the README) come from the browser tests.
 screenshots: $(STAMP) $(CHROMIUM)
 	BATCHD_SCREENSHOTS=docs $(VENV)/bin/pytest -q tests/browser/test_console.py
@@ -71,6 +86,7 @@ bench: $(STAMP)
 	$(PY) bench/scale.py
 	$(PY) bench/control_plane.py --backend postgres-s3
 	$(PY) bench/memory.py --backend postgres-s3
+	$(PY) bench/container.py
 
 clean:
 	rm -rf $(VENV) batchd-data .pytest_cache .mypy_cache .ruff_cache

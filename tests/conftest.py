@@ -3,6 +3,7 @@ and the in-process harness. Their code lives in tests/support/."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,9 @@ from batchd.settings import Settings
 from tests.support.backends import BACKEND, PostgresServer, S3Server, shared_postgres, shared_s3
 from tests.support.harness import API_KEY, Harness, Tenants, running_harness
 from tests.support.lines import INSTANT_MODELS
+
+# The container tier (tests/container) builds an image: only `make test-container` runs it.
+collect_ignore = [] if os.environ.get("BATCHD_CONTAINER_TESTS") else ["container"]
 
 
 @pytest.fixture

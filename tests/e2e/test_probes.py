@@ -39,6 +39,11 @@ def until(answer: Callable[[], httpx.Response], check: Callable[[httpx.Response]
         time.sleep(0.1)
 
 
+def probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "batchd", "probe", *args], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
 def test_serve_is_not_ready_while_its_object_store_is_down(tmp_path: Path) -> None:
     metrics_port = free_port()
     with running(S3Server) as s3:
@@ -88,6 +93,9 @@ def test_a_worker_serves_its_probes_while_it_starts_runs_and_drains(tmp_path: Pa
         ready = until(lambda: httpx.get(f"{side}/readyz"), lambda r: r.status_code == 200)
         assert ready.json() == {"status": "ok"}
         assert httpx.get(f"{side}/healthz").json() == {"status": "ok"}
+        # `batchd probe`, the image's HEALTHCHECK, asks the metrics port.
+        assert probe(env).returncode == 0
+        assert probe(env, "--ready").stdout.strip() == '{"status":"ok"}'
         # A long request in flight: the worker drains it on SIGTERM, not ready meanwhile.
         with httpx.Client(base_url=server.base_url,
                           headers={"Authorization": f"Bearer {API_KEY}"}) as client:
@@ -103,7 +111,13 @@ def test_a_worker_serves_its_probes_while_it_starts_runs_and_drains(tmp_path: Pa
         draining = until(lambda: httpx.get(f"{side}/readyz"), lambda r: r.status_code == 503)
         assert draining.json()["error"]["message"] == "shutting down (draining after SIGTERM)"
         assert httpx.get(f"{side}/healthz").json() == {"status": "ok"}
+        not_ready = probe(env, "--ready")
+        assert not_ready.returncode == 1
+        assert not_ready.stderr.strip() == (f"{side}/readyz: shutting down (draining after "
+                                            "SIGTERM)")
         assert worker.wait(timeout=60) == 0
+        gone = probe(env)
+        assert gone.returncode == 1 and "Connection refused" in gone.stderr
     finally:
         if worker.poll() is None:
             worker.kill()
