@@ -83,11 +83,12 @@ def test_the_image_runs_as_a_non_root_user_with_its_model_inside(image: str) -> 
     assert models.returncode == 0, models.stderr
     assert "SmolLM2-135M-Instruct  engine=llamacpp" in models.stdout
     assert "klusterai/Meta-Llama-3.1-8B-Instruct-Turbo" in models.stdout
-    config = json.loads(podman("image", "inspect", "--format", "{{json .Config}}", image).stdout)
+    [inspected] = json.loads(podman("image", "inspect", image).stdout)
+    config = inspected["Config"]
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["batchd"] and config["Cmd"] == ["serve"]
     assert "/var/lib/batchd" in config["Volumes"]
-    assert config["Healthcheck"]["Test"] == ["CMD", "batchd", "probe"]
+    assert inspected["Healthcheck"]["Test"] == ["CMD", "batchd", "probe"]
 
 
 def test_the_guide_runs_on_the_scaled_out_containers_and_a_killed_worker_loses_nothing(
@@ -132,7 +133,8 @@ def test_the_guide_runs_on_the_scaled_out_containers_and_a_killed_worker_loses_n
                     for n in range(24)]
         path = tmp_path / "my_batch_request.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in requests))
-        batch_file = client.files.create(file=path.open("rb"), purpose="batch")
+        with path.open("rb") as upload:
+            batch_file = client.files.create(file=upload, purpose="batch")
         batch = client.batches.create(input_file_id=batch_file.id,
                                       endpoint="/v1/chat/completions", completion_window="24h")
 
@@ -161,6 +163,10 @@ def test_the_guide_runs_on_the_scaled_out_containers_and_a_killed_worker_loses_n
         assert sorted(ids) == sorted(r["custom_id"] for r in requests)  # each exactly once
         assert all(line["response"]["status_code"] == 200 for line in lines)
         assert any(b.id == batch.id for b in client.batches.list(limit=10))
+        # The killed worker's chunk was taken over by the other one, once its lease lapsed.
+        survivor_metrics = httpx.get(f"http://127.0.0.1:{workers[1][1]}/metrics").text
+        assert "batchd_chunks_reclaimed_total 0.0" not in survivor_metrics
+        assert "batchd_chunks_reclaimed_total" in survivor_metrics
 
         # The guide's cancel, on the surviving worker.
         other = client.batches.create(input_file_id=batch_file.id,
