@@ -42,7 +42,7 @@ def ensure_base() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     rootfs = CACHE / "bookworm-rootfs.tar"
     if not rootfs.exists():
-        partial = rootfs.with_suffix(".partial")
+        partial = CACHE / "bookworm-rootfs.partial.tar"  # mmdebstrap reads the format off the name
         subprocess.run(["mmdebstrap", "--variant=minbase",
                         "--include=python3,python3-venv,ca-certificates", "bookworm",
                         str(partial)], check=True, capture_output=True, timeout=900)
