@@ -148,11 +148,15 @@ async def serving(svc: Services, probes: Probes) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, *, clock: Clock | None = None,
                registry: ModelRegistry | None = None, record_crashes: bool = False,
-               on_worker_failure: Callable[[WorkerFailed], None] | None = None) -> FastAPI:
+               on_worker_failure: Callable[[WorkerFailed], None] | None = None,
+               probes: Probes | None = None) -> FastAPI:
     """`on_worker_failure`: told if the embedded worker stops because one of its loops died
     (`batchd serve` then exits, so that it is restarted); /healthz fails from then on.
-    `app.state.probes` answer /healthz and /readyz (here and on BATCHD_METRICS_PORT)."""
-    probes = Probes()
+    `app.state.probes` answer /healthz and /readyz (here and on BATCHD_METRICS_PORT).
+    `probes`: ones whose metrics port the caller already serves (`batchd serve` opens it
+    before it waits for the database); by default the lifespan serves it."""
+    serve_port = probes is None
+    probes = probes or Probes()
 
     def worker_failed(failure: WorkerFailed) -> None:
         probes.died(str(failure))
@@ -161,7 +165,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with probes.serving(settings.metrics_host, settings.metrics_port):
+        with probes.serving(settings.metrics_host,
+                            settings.metrics_port if serve_port else None):
             svc = await open_services(settings, clock=clock, registry=registry, probes=probes)
             app.state.services = svc
             worker, identity = ((await start_worker(svc, record_crashes=record_crashes,

@@ -160,6 +160,7 @@ def serve(
 
     from batchd.app import create_app
     from batchd.log_redaction import uvicorn_log_config
+    from batchd.probes import Probes
     from batchd.server import (
         CleanExitServer,
         PortUnavailable,
@@ -175,33 +176,39 @@ def serve(
     except PortUnavailable as exc:
         _fail([str(exc)])
     _logging(settings)
-    secret = asyncio.run(_bootstrap_key(settings))
-    base_url = f"http://{settings.host}:{settings.port}/v1"
-    typer.echo(f"batchd {base_url}")
-    if secret:
-        typer.echo(f"Created the first API key (shown once, keep it): {secret}")
-        typer.echo(f"  export OPENAI_BASE_URL={base_url} OPENAI_API_KEY={secret}")
-    elif settings.api_key:
-        typer.echo("Accepting the key in BATCHD_API_KEY.")
-    worker_failures: list[BaseException] = []
+    # The probes first: a server waiting for its database, or loading its models, says so
+    # on the metrics port (the API port answers once everything has started).
+    probes = Probes()
+    with probes.serving(settings.metrics_host, settings.metrics_port):
+        probes.starting("waiting for the database and the object store")
+        secret = asyncio.run(_bootstrap_key(settings))
+        base_url = f"http://{settings.host}:{settings.port}/v1"
+        typer.echo(f"batchd {base_url}")
+        if secret:
+            typer.echo(f"Created the first API key (shown once, keep it): {secret}")
+            typer.echo(f"  export OPENAI_BASE_URL={base_url} OPENAI_API_KEY={secret}")
+        elif settings.api_key:
+            typer.echo("Accepting the key in BATCHD_API_KEY.")
+        worker_failures: list[BaseException] = []
 
-    def worker_failed(failure: BaseException) -> None:
-        # The server shuts down as on SIGTERM (the lifespan stops the rest), then exits 1.
-        worker_failures.append(failure)
-        server.should_exit = True
+        def worker_failed(failure: BaseException) -> None:
+            # The server shuts down as on SIGTERM (the lifespan stops the rest), then exits 1.
+            worker_failures.append(failure)
+            server.should_exit = True
 
-    # record_crashes: a fatal signal in this process is evidence against what it ran.
-    asgi = create_app(settings, record_crashes=True, on_worker_failure=worker_failed)
-    config = uvicorn.Config(asgi, host=settings.host, port=settings.port,
-                            log_level=settings.log_level,
-                            log_config=uvicorn_log_config(_secrets(settings)),
-                            http=protocol_with_header_timeout(settings.header_timeout_seconds),
-                            timeout_keep_alive=settings.keepalive_timeout_seconds,
-                            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
-    server = CleanExitServer(config, on_exit=asgi.state.probes.drain)
-    server.run(sockets=[listener])
-    if worker_failures:
-        _fail([f"batchd serve: {worker_failures[0]}; exiting so that it is restarted"], 1)
+        # record_crashes: a fatal signal in this process is evidence against what it ran.
+        asgi = create_app(settings, record_crashes=True, on_worker_failure=worker_failed,
+                          probes=probes)
+        config = uvicorn.Config(asgi, host=settings.host, port=settings.port,
+                                log_level=settings.log_level,
+                                log_config=uvicorn_log_config(_secrets(settings)),
+                                http=protocol_with_header_timeout(settings.header_timeout_seconds),
+                                timeout_keep_alive=settings.keepalive_timeout_seconds,
+                                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
+        server = CleanExitServer(config, on_exit=asgi.state.probes.drain)
+        server.run(sockets=[listener])
+        if worker_failures:
+            _fail([f"batchd serve: {worker_failures[0]}; exiting so that it is restarted"], 1)
 
 
 
@@ -238,8 +245,12 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
         # Handlers first: a SIGTERM during start-up must still end in a clean exit.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        def stopping() -> None:
+            probes.drain()  # not ready from the signal on, even while still starting
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stopping)
         # The probes first: a worker waiting for the database, or loading its models, says so.
         with probes.serving(settings.metrics_host, settings.metrics_port):
             probes.starting("waiting for the database and the object store")
@@ -281,11 +292,13 @@ def probe(ready: Annotated[bool, typer.Option(
     settings = _settings()
     port = settings.metrics_port or settings.port
     host = settings.metrics_host if settings.metrics_port else settings.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    url = f"http://{host}:{port}/{'readyz' if ready else 'healthz'}"
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/" \
+          f"{'readyz' if ready else 'healthz'}"
+    # Straight to this machine: a proxy from HTTP_PROXY would answer for it, or fail.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        with opener.open(url, timeout=5) as answer:
             typer.echo(answer.read().decode(errors="replace"))
     except urllib.error.HTTPError as exc:
         try:

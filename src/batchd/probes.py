@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -151,7 +152,11 @@ class Probes:
         if port is None:
             yield
             return
-        server = make_server(host, port, self.wsgi_app(), _ThreadingServer, _QuietHandler)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class: type[_ThreadingServer] = type(
+            "MetricsPortServer", (_ThreadingServer,), {"address_family": family})
+        server: WSGIServer = make_server(host, port, self.wsgi_app(), server_class,
+                                         _QuietHandler)
         thread = threading.Thread(target=server.serve_forever, name="batchd:metrics-port",
                                   daemon=True)
         thread.start()

@@ -136,3 +136,4 @@ def test_the_metrics_port_serves_metrics_and_both_probes() -> None:
         assert dead.status_code == 503 and dead.json()["error"]["code"] == "worker_failed"
     with pytest.raises(httpx.ConnectError):  # closed with the process's services
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+

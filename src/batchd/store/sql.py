@@ -94,6 +94,7 @@ class Database:
         # spinning in SQLite's busy handler (which sleeps in steps of up to 100 ms); other
         # processes are still kept apart by SQLite's own lock.
         self._write_lock = asyncio.Lock() if url.startswith("sqlite") else None
+        self._ping_engine: AsyncEngine | None = None
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -156,8 +157,15 @@ class Database:
             yield
 
     async def ping(self) -> None:
-        """One round trip to the database (the readiness probe's check)."""
-        async with self._engine.connect() as conn:
+        """One round trip to the database (the readiness probe's check), on a connection of
+        its own: a pool that is busy under load is not an outage, and must not make every
+        API process unready at once."""
+        if self._ping_engine is None:
+            connect_args = _POSTGRES_CONNECT_ARGS if self.postgres else {}
+            self._ping_engine = create_async_engine(self.url, poolclass=NullPool,
+                                                    hide_parameters=True,
+                                                    connect_args=connect_args)
+        async with self._ping_engine.connect() as conn:
             await conn.execute(select(1))
 
     async def database_time(self) -> float:
@@ -208,6 +216,8 @@ class Database:
                 conn.terminate()
 
     async def close(self) -> None:
+        if self._ping_engine is not None:
+            await self._ping_engine.dispose()
         await self._engine.dispose()
 
 
