@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed-stamp
 
 # llama-cpp-python compiles llama.cpp from source: build only the library the engine needs.
 # pip keeps the built wheel in its cache, so only the first install pays for the compile.
-export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
+# Built for this machine's CPU, but without Intel AMX: ggml's AMX matmul crashes (SIGSEGV in
+# ggml_backend_amx_mul_mat) when many sequences decode together, as batchd's scheduler does,
+# on the Sapphire Rapids machines this runs on. An explicit -mno-* wins over -march=native.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF "-DCMAKE_C_FLAGS=$(NO_AMX)" "-DCMAKE_CXX_FLAGS=$(NO_AMX)"
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
 .PHONY: install serve test test-container lint bench clean screenshots

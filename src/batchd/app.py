@@ -25,6 +25,7 @@ from batchd.api import (
 )
 from batchd.api import metrics as metrics_api
 from batchd.api import uploads as uploads_api
+from batchd.api import usage as usage_api
 from batchd.api import webhooks as webhooks_api
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import BodyLimit, BodyTimeout, DocsContentPolicy, RateLimitHeaders
@@ -45,6 +46,7 @@ from batchd.probes import Probes
 from batchd.settings import Settings
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
+from batchd.usage import UsageService
 from batchd.webhooks.endpoints import WebhookEndpoints
 from batchd.worker.context import WorkerContext
 from batchd.worker.crashes import record_past_lives
@@ -89,6 +91,7 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
         batches=batches,
         retries=BatchRetry(store=store, blobs=blobs, batches=batches, clock=clock),
         keys=KeyService(store=store, clock=clock),
+        usage=UsageService(store=store, clock=clock, registry=registry),
         webhooks=WebhookEndpoints(store=store, clock=clock, settings=settings, wake=wake),
         tiers=load_tiers(settings.tiers), rate_limiter=RateLimiter(), auth_failures=RateLimiter(),
         realtime=InFlight(per_key=settings.realtime_choices_per_key),
@@ -194,6 +197,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.include_router(metrics_api.router)
     app.include_router(webhooks_api.router)
     app.include_router(uploads_api.router)
+    app.include_router(usage_api.router)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)

@@ -230,3 +230,28 @@ def test_the_sdk_and_the_cli_retry_what_was_cancelled(server: Server, tmp_path: 
         assert first.isdisjoint(second) and first | second == {f"r{i}" for i in range(40)}
         again = batchd(server, "batches", "retry", retry.id, cwd=tmp_path)
         assert again.returncode == 1 and "nothing_to_retry" in again.stderr
+
+
+def test_usage_prints_a_table_by_model_and_batch_and_json(server: Server,
+                                                          tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 4)
+    assert batchd(server, "submit", str(requests), "--wait", "-o", "u.jsonl",
+                  cwd=tmp_path).returncode == 0
+    lines = [json.loads(line) for line in (tmp_path / "u.jsonl").read_text().splitlines()]
+    run = batchd(server, "usage", "--since", "1d", "--by", "model", "--by", "batch",
+                 cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    row = next(line for line in run.stdout.splitlines()
+               if "instant-model" in line and " batch " in f" {line} ")
+    day, model, kind, requests, *tokens = row.split()
+    assert (model, kind, len(tokens)) == ("instant-model", "batch", 3)
+    assert int(requests.replace(",", "")) >= 4 and day.startswith("20")
+    as_json = json.loads(batchd(server, "usage", "--since", "1d", "--by", "batch", "--json",
+                                cwd=tmp_path).stdout)
+    [batch] = [r for bucket in as_json for r in bucket["results"] if r["batch"]]
+    # This module's other batches count too: at least these four lines' tokens.
+    assert batch["input_tokens"] >= sum(
+        line["response"]["body"]["usage"]["prompt_tokens"] for line in lines)
+    bad = batchd(server, "usage", "--by", "colour", cwd=tmp_path)
+    assert bad.returncode == 2 and "--by 'colour'" in bad.stderr
+    assert "total" in run.stdout

@@ -1,6 +1,7 @@
 """Pull the plug: kill -9 the whole server at seeded random moments (and on purpose during
 validation and finalizing), restart it, and check that every batch ends with each custom_id
-exactly once across its output and error files, counts that match, and whole files.
+exactly once across its output and error files, counts that match, and whole files; and that
+the usage recorded equals that of every output line and real-time answer, to the token.
 
 BATCHD_FAULT_KILLS sets the number of random kill points (default 10); BATCHD_FAULT_SEED the
 seed (default: random, printed so a failure can be replayed).
@@ -48,6 +49,27 @@ def wait_for_lease(data_dir: Path, batch_id: str, timeout: float = 30) -> None:
     raise AssertionError(f"{batch_id} was never leased for validation")
 
 
+def check_usage(client: httpx.Client, batch_ids: list[str],
+                real_time: list[dict[str, int]]) -> None:
+    """The usage the Usage API reports equals, to the token, the `usage` of every line in
+    the batches' output files and of every real-time answer: nothing counted twice across
+    the kills, nothing lost."""
+    lines = []
+    for batch_id in batch_ids:
+        output = client.get(f"/batches/{batch_id}").json()["output_file_id"]
+        if output:
+            lines += [json.loads(line)["response"]["body"]["usage"]
+                      for line in client.get(f"/files/{output}/content").text.splitlines()]
+    page = client.get("/organization/usage/completions", params={
+        "start_time": int(time.time()) - 2 * 86400, "bucket_width": "1d", "limit": 3,
+        "group_by": "batch"}).json()
+    got = {r["batch"]: r for bucket in page["data"] for r in bucket["results"]}
+    for batch, usages in ((True, lines), (False, real_time)):
+        assert got[batch]["num_model_requests"] == len(usages)
+        assert got[batch]["input_tokens"] == sum(u["prompt_tokens"] for u in usages)
+        assert got[batch]["output_tokens"] == sum(u["completion_tokens"] for u in usages)
+
+
 def test_kill_nine_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     seed = int(os.environ.get("BATCHD_FAULT_SEED", random.randrange(1_000_000)))
     kills = int(os.environ.get("BATCHD_FAULT_KILLS", "10"))
@@ -58,6 +80,7 @@ def test_kill_nine_at_random_points_loses_and_duplicates_nothing(tmp_path: Path)
     plug = Plug(tmp_path, models, FAULT_ENV)
     plug.start()
     expected: dict[str, set[str]] = {}
+    real_time: list[dict[str, int]] = []  # the usage of every real-time answer received
     phases_hit: set[str] = set()
     try:
         with plug.client() as client:
@@ -83,6 +106,10 @@ def test_kill_nine_at_random_points_loses_and_duplicates_nothing(tmp_path: Path)
                          for i in range(rng.randrange(50, 400))]
                 batch_id = submit(client, lines)
                 expected[batch_id] = {f"r{round_no}-{i}" for i in range(len(lines))}
+                real_time.append(client.post("/chat/completions", json={
+                    "model": "instant-model", "messages": [
+                        {"role": "user", "content": f"real time {round_no}"}]}
+                ).json()["usage"])
                 if round_no % 4 == 3:  # some batches are cancelled around the crash
                     time.sleep(rng.uniform(0, 0.3))
                     client.post(f"/batches/{batch_id}/cancel")
@@ -97,6 +124,7 @@ def test_kill_nine_at_random_points_loses_and_duplicates_nothing(tmp_path: Path)
             for batch_id, ids in expected.items():
                 wait_until(client, batch_id, TERMINAL, timeout=120)
                 check_invariants(client, batch_id, ids)
+            check_usage(client, list(expected), real_time)
     finally:
         if plug.server is not None and plug.server.process.poll() is None:
             stop_server(plug.server)

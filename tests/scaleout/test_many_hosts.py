@@ -171,6 +171,16 @@ def run_the_batch(cluster: Cluster, client: httpx.Client) -> None:
     ids = [json.loads(line)["custom_id"] for line in output]
     assert len(ids) == REQUESTS and set(ids) == {f"req-{n}" for n in range(REQUESTS)}
     assert batch["error_file_id"] is None
+    # Usage counted once per line across the lost host, the partition and the restarts: it
+    # equals the output lines' to the token (this cluster ran nothing else).
+    usages = [json.loads(line)["response"]["body"]["usage"] for line in output]
+    page = client.get("/organization/usage/completions", params={
+        "start_time": int(time.time()) - 86400, "bucket_width": "1d", "limit": 2,
+        "group_by": "batch"}).json()
+    [counted] = [r for bucket in page["data"] for r in bucket["results"]]
+    assert counted["batch"] is True and counted["num_model_requests"] == REQUESTS
+    assert counted["input_tokens"] == sum(u["prompt_tokens"] for u in usages)
+    assert counted["output_tokens"] == sum(u["completion_tokens"] for u in usages)
     # The partitioned host noticed when it came back: either w3 had taken its chunks over
     # (its writes refused: "lost the lease"), or nobody had yet and it claimed them again as
     # a dead worker's, charging and re-running what it had in flight. Exactly once either way

@@ -27,11 +27,12 @@ FLOORS: list[tuple[str, ...]] = [
     ("batchd.engines",),
     # Serving: one request through an engine to OpenAI's answer; shared by the API and worker.
     ("batchd.serving",),
-    # Durable state: records, the metadata store, blobs; and what opens them.
-    ("batchd.store", "batchd.metrics", "batchd.backends"),
-    # Services over the store: files, uploads, keys, batches, webhooks.
+    # Durable state: records, the metadata store, blobs; what opens them, and the probes
+    # that check they answer.
+    ("batchd.store", "batchd.metrics", "batchd.backends", "batchd.probes"),
+    # Services over the store: files, uploads, keys, batches, webhooks, usage and costs.
     ("batchd.files", "batchd.upload_stream", "batchd.uploads", "batchd.keys", "batchd.batches",
-     "batchd.webhooks"),
+     "batchd.webhooks", "batchd.usage"),
     ("batchd.worker",),
     # Faces: HTTP (speaking only to services), then the wiring, the server and the CLI.
     ("batchd.api", "batchd.console"),

@@ -27,7 +27,7 @@ OUTPUT_RESERVED = 3 * OUTPUT_PAGE_BYTES + PIECE_BYTES
 @router.post("", response_model=BatchObject)
 async def create_batch(request: Request, caller: Caller, body: CreateBatchRequest) -> BatchObject:
     return await services(request).batches.create(
-        owner=caller.owner, request=body, tier=caller.tier_name,
+        owner=caller.owner, request=body, tier=caller.tier_name, key_id=caller.key_id,
         max_concurrent=caller.tier.max_concurrent_batches)
 
 

@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 from batchd.api.auth import Principal
 from batchd.api.held import HeldStream
 from batchd.api.state import services
+from batchd.api.usage_meter import UsageMeter
 from batchd.engines.base import Priority
 from batchd.serving.endpoints import find_engine
 from batchd.serving.operation import Operation
@@ -31,16 +32,22 @@ async def serve(request: Request, caller: Principal, operation: Operation,
     slots = operation.admit(body)  # refused before anything is held
     svc = services(request)
     engine = find_engine(svc.registry, body.model, operation)
+    meter = UsageMeter(svc, caller, operation, body.model)
     created = int(svc.clock.now())
     if not getattr(body, "stream", False) or operation.stream is None:
         with svc.realtime.hold(caller.key_id, slots):
             produced = await unless_disconnected(
                 request, operation.run(engine, body, created, Priority.REALTIME))
+        # Counted before it is sent: an answer the store cannot count is not given (503).
+        await meter.add(input_tokens=produced.input_tokens,
+                        output_tokens=produced.output_tokens,
+                        cached_tokens=produced.cached_tokens)
         return produced.body
     # Held until the last byte is sent; Starlette cancels the stream on disconnect.
     release = svc.realtime.acquire(caller.key_id, slots)
     try:
-        events = await unless_disconnected(request, operation.stream(engine, body, created))
+        events = await unless_disconnected(
+            request, operation.stream(meter.metered(engine), body, created))
     except BaseException:
         release()
         raise

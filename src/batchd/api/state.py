@@ -21,6 +21,7 @@ from batchd.settings import Settings
 from batchd.store.blobs import BlobStore
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
+from batchd.usage import UsageService
 from batchd.webhooks.endpoints import WebhookEndpoints
 from batchd.worker.wakeup import Wakeup
 
@@ -37,6 +38,7 @@ class Services:
     batches: BatchService
     retries: BatchRetry
     keys: KeyService
+    usage: UsageService
     webhooks: WebhookEndpoints
     tiers: TiersFile
     rate_limiter: RateLimiter  # requests per minute, per key

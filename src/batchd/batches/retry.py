@@ -82,6 +82,7 @@ class BatchRetry:
                       max_concurrent: int | None) -> BatchObject:
         return await self.batches.create(
             owner=original.owner, tier=tier, max_concurrent=max_concurrent,
+            key_id=original.key_id,  # its usage counts where the original's did
             request=CreateBatchRequest(
                 input_file_id=input_file_id, endpoint=original.endpoint,
                 completion_window=original.completion_window,

@@ -79,6 +79,7 @@ class BatchService:
         self.wake = wake
 
     async def create(self, *, owner: str, request: CreateBatchRequest, tier: str | None = None,
+                     key_id: str | None = None,
                      max_concurrent: int | None = None) -> BatchObject:
         """Accept the batch as `validating`; the file itself is checked in the background,
         and problems in it surface as a `failed` batch, as OpenAI does."""
@@ -103,7 +104,7 @@ class BatchService:
             id=ids.batch_id(), owner=owner, endpoint=request.endpoint,
             input_file_id=request.input_file_id, completion_window=request.completion_window,
             status=BatchStatus.VALIDATING, created_at=now, expires_at=now + window,
-            metadata=metadata, tier=tier,
+            metadata=metadata, tier=tier, key_id=key_id,
             output_expires_after=(request.output_expires_after.seconds
                                   if request.output_expires_after else None),
         )

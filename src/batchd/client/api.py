@@ -153,6 +153,17 @@ class BatchdClient:
     def cancel(self, batch_id: str) -> dict[str, Any]:
         return self._json("POST", f"/batches/{batch_id}/cancel")
 
+    def usage_pages(self, kind: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every page of the Usage API (`kind`: completions or embeddings) for `params`."""
+        page: str | None = None
+        while True:
+            answer = self._json("GET", f"/organization/usage/{kind}",
+                                params={**params, **({"page": page} if page else {})})
+            yield answer
+            page = answer.get("next_page")
+            if not answer.get("has_more") or not page:
+                return
+
     def retry(self, batch_id: str) -> dict[str, Any]:
         """A new batch of the lines that failed (a batchd extension)."""
         return self._json("POST", f"/batches/{batch_id}/retry")

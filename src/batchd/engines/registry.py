@@ -58,6 +58,30 @@ ENGINES: dict[str, Callable[[], EngineKind]] = {
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 
 
+class Prices(BaseModel):
+    """What a model's tokens cost, per million (an internal price for chargeback: the
+    Costs API multiplies usage by it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    currency: str = Field(default="usd", min_length=1, max_length=10)
+    input: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    """Prompt tokens served from the prefix cache (default: the input price)."""
+    output: float = Field(default=0.0, ge=0)
+    batch_discount: float = Field(default=0.5, ge=0, le=1)
+    """The share taken off batch requests' tokens (hosted services give 0.5)."""
+
+    def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int,
+             batch: bool) -> dict[str, float]:
+        """The cost of that usage by line item: input, cached input, output."""
+        share = (1 - self.batch_discount) if batch else 1.0
+        cached = self.input if self.cached_input is None else self.cached_input
+        return {"input": (input_tokens - cached_tokens) * self.input * share / 1e6,
+                "cached input": cached_tokens * cached * share / 1e6,
+                "output": output_tokens * self.output * share / 1e6}
+
+
 class ModelConfig(BaseModel):
     """One entry of the models file. Keys other than these are the engine's own options."""
 
@@ -71,6 +95,7 @@ class ModelConfig(BaseModel):
                                      min_length=1)
     """What the model is for: `chat` (/v1/chat/completions, /v1/responses, /v1/completions),
     `embeddings` (/v1/embeddings), or both."""
+    prices: Prices | None = None
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -173,6 +198,11 @@ class ModelRegistry:
             raise NotFound(f"The model '{name}' does not exist or you do not have access to "
                            "it.", code="model_not_found", param="model")
         return found
+
+    def prices(self, name: str) -> Prices | None:
+        """The prices of the model called `name` (an id or an alias), if it has any."""
+        entry = self._by_name.get(name)
+        return entry.prices if entry is not None else None
 
     def served_id(self, name: str) -> str | None:
         """The id of the model that serves `name` (an id or an alias)."""

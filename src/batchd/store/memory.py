@@ -57,10 +57,13 @@ from batchd.store.records import (
     StopReason,
     UploadPart,
     UploadRecord,
+    UsageAdd,
+    UsageQuery,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
 )
+from batchd.store.usage import COUNTS, batch_usage, new_part_usage
 
 if TYPE_CHECKING:
     from batchd.store.roles import ApiStore, WorkerStore
@@ -476,6 +479,7 @@ class MemoryStore:
         row = self._fenced_chunk(chunk, lease)
         if row is None:
             return False
+        self._record_part_usage(chunk.batch_id, row["parts"], parts, now)
         update(row, parts=parts, **t.done_values(committed), **t.live_values(committed))
         if not release:
             update(row, lease_expires_at=now + lease_seconds)
@@ -496,6 +500,7 @@ class MemoryStore:
         row = self._fenced_chunk(chunk, lease)
         if row is None:
             return False
+        self._record_part_usage(chunk.batch_id, row["parts"], parts, now)
         update(row, state=ChunkState.DONE, parts=parts, lease_expires_at=None, in_flight=None,
                 **t.done_values(committed), **t.live_values(committed))
         batch = self.tables.batches[chunk.batch_id]
@@ -504,6 +509,39 @@ class MemoryStore:
             update(batch, status=BatchStatus.FINALIZING, finalizing_at=now)
             self.tables.notify_work()  # ready to assemble
         return True
+
+    def _record_part_usage(self, batch_id: str, before: list[Part], after: list[Part],
+                           now: float) -> None:
+        by_model = new_part_usage(before, after)
+        if by_model:
+            self._add_usage(batch_usage(self.tables.batches[batch_id], by_model, now))
+
+    def _add_usage(self, adds: Sequence[UsageAdd]) -> None:
+        for add in adds:
+            row = self.tables.usage.setdefault(add.key, {**add.row(), **dict.fromkeys(COUNTS, 0)})
+            for name in COUNTS:
+                row[name] += getattr(add, name)
+
+    async def record_usage(self, adds: Sequence[UsageAdd]) -> None:
+        self._add_usage(adds)
+
+    async def read_usage(self, query: UsageQuery) -> list[dict[str, Any]]:
+        sums: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for row in self.tables.usage.values():
+            if (row["kind"] != query.kind or not query.start <= row["minute"] < query.end
+                    or (query.owner is not None and row["owner"] != query.owner)
+                    or (query.owners and row["owner"] not in query.owners)
+                    or (query.models and row["model"] not in query.models)
+                    or (query.key_ids and row["key_id"] not in query.key_ids)
+                    or (query.batch is not None and row["batch"] != int(query.batch))):
+                continue
+            start = row["minute"] - (row["minute"] - query.start) % query.width
+            key = (start, *(row[name] for name in query.group_by))
+            total = sums.setdefault(key, {"start": start, **{n: row[n] for n in query.group_by},
+                                          **dict.fromkeys(COUNTS, 0)})
+            for name in COUNTS:
+                total[name] += row[name]
+        return [sums[key] for key in sorted(sums)]
 
     async def release_leases_of(self, owner: str) -> int:
         chunks = [c for c in self.tables.chunks.values()

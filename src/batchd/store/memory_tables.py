@@ -67,6 +67,7 @@ class MemoryTables:
     webhook_deliveries: dict[str, Row] = field(default_factory=dict)
     uploads: dict[str, Row] = field(default_factory=dict)
     upload_parts: dict[str, Row] = field(default_factory=dict)
+    usage: dict[tuple[Any, ...], Row] = field(default_factory=dict)
     seq: int = 0  # creation order of files and batches, as PostgreSQL's sequence
     listeners: list[Callable[[], None]] = field(default_factory=list)
 

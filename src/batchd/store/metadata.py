@@ -14,6 +14,7 @@ from batchd.store.files import SqlFiles
 from batchd.store.keys import SqlKeys
 from batchd.store.sql import Database
 from batchd.store.uploads import SqlUploads
+from batchd.store.usage import SqlUsage
 from batchd.store.webhooks import SqlWebhooks
 from batchd.store.work import SqlWork
 
@@ -83,6 +84,10 @@ class MetadataStore:
         self.claim_deliveries = webhooks.claim_deliveries
         self.finish_attempt = webhooks.finish_attempt
         self.list_deliveries = webhooks.list_deliveries
+
+        usage = SqlUsage(db)
+        self.record_usage = usage.record_usage
+        self.read_usage = usage.read_usage
 
         uploads = SqlUploads(db)
         self.insert_upload = uploads.insert_upload

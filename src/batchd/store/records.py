@@ -118,6 +118,7 @@ class BatchRecord(_Record):
     stop_reason: StopReason | None = None
     seq: int = 0
     tier: str | None = None
+    key_id: str | None = None
 
     def __post_init__(self) -> None:
         # Rows carry plain strings; normalise to enums once, here.
@@ -257,3 +258,46 @@ class UploadPart(_Record):
     created_at: int
     bytes: int
     blob_key: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageAdd:
+    """Usage to add to one row."""
+
+    minute: int
+    owner: str
+    key_id: str
+    model: str
+    kind: str
+    batch: bool
+    requests: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.minute, self.owner, self.key_id, self.model, self.kind, int(self.batch))
+
+    def row(self) -> dict[str, Any]:
+        return {"minute": self.minute, "owner": self.owner, "key_id": self.key_id,
+                "model": self.model, "kind": self.kind, "batch": int(self.batch),
+                "requests": self.requests, "input_tokens": self.input_tokens,
+                "cached_tokens": self.cached_tokens, "output_tokens": self.output_tokens}
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageQuery:
+    """Which usage to read, and how to sum it: buckets of `width` seconds from `start`
+    (inclusive) to `end` (exclusive), one result per bucket and combination of `group_by`."""
+
+    kind: str
+    start: int
+    end: int
+    width: int
+    group_by: tuple[str, ...] = ()
+    owner: str | None = None  # None: every owner's (an admin)
+    owners: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    key_ids: tuple[str, ...] = ()
+    batch: bool | None = None

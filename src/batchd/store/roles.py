@@ -28,6 +28,8 @@ from batchd.store.records import (
     StopReason,
     UploadPart,
     UploadRecord,
+    UsageAdd,
+    UsageQuery,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -105,6 +107,9 @@ class ApiStore(UploadVerbs, BatchReads, Protocol):
     async def request_cancel(self, batch_id: str, *, owner: str | None,
                              now: int) -> BatchRecord | None: ...
     async def queue_snapshot(self) -> dict[str, dict[str, int]]: ...
+
+    async def record_usage(self, adds: Sequence[UsageAdd]) -> None: ...
+    async def read_usage(self, query: UsageQuery) -> list[dict[str, Any]]: ...
 
     async def insert_endpoint(self, endpoint: WebhookEndpoint, *,
                               max_per_owner: int) -> bool: ...

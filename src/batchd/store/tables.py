@@ -93,6 +93,7 @@ batches = Table(
     Column("lease_expires_at", Float),
     Column("seq", BigInteger, nullable=False),  # creation order, for stable paging
     Column("tier", String(40)),  # the creating key's tier: its limits apply to the batch
+    Column("key_id", String(64)),  # the creating key: its usage is counted under it
     Index("ix_batches_owner_seq", "owner", "seq"),
     Index("ix_batches_seq", "seq"),
     Index("ix_batches_status", "status"),
@@ -152,6 +153,25 @@ batch_tokens = Table(
     Column("batch_id", String(64), ForeignKey("batches.id"), primary_key=True),
     Column("model", Text, primary_key=True),
     Column("tokens", BigInteger, nullable=False),
+)
+
+# Usage, aggregated as it is written: one row per minute, owner, key, model, kind
+# (completions, embeddings) and batch-or-real-time, whatever the number of requests. Batch
+# usage is added by the fenced write that first records a result part on its chunk (so it is
+# counted once, and never for a part that is refused); real-time usage by the request.
+usage = Table(
+    "usage",
+    metadata,
+    Column("minute", BigInteger, primary_key=True),  # the minute's start, epoch seconds
+    Column("owner", String(200), primary_key=True),
+    Column("key_id", String(64), primary_key=True),  # "" when unknown (older batches)
+    Column("model", Text, primary_key=True),
+    Column("kind", String(20), primary_key=True),
+    Column("batch", Integer, primary_key=True),  # 1: a batch's requests, 0: real time
+    Column("requests", BigInteger, nullable=False, default=0),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
 )
 
 # Periodic jobs (expiry, purges) that one worker of many runs per period: a worker takes the

@@ -36,6 +36,7 @@ from batchd.store.records import (
     Part,
 )
 from batchd.store.sql import Database, lock_owner, next_seq, notify_work, shielded
+from batchd.store.usage import record_part_usage
 from batchd.store.webhooks import record_event
 
 
@@ -354,12 +355,19 @@ class SqlWork:
         else:
             values.update(lease_expires_at=now + lease_seconds)
         async with self._db.write() as conn:
+            before = await _fenced_parts(conn, chunk, lease)
+            if before is None:
+                return False
             result = await conn.execute(
                 update(t.chunks).where(_chunk_fence(chunk, lease)).values(**values)
             )
-            if release and result.rowcount == 1:
+            if result.rowcount != 1:
+                return False
+            await record_part_usage(conn, chunk.batch_id, before, parts, now,
+                                    postgres=self._db.postgres)
+            if release:
                 await notify_work(conn)
-            return result.rowcount == 1
+            return True
 
     @shielded
     async def commit_chunk(
@@ -375,6 +383,9 @@ class SqlWork:
             if self._db.postgres:
                 await conn.execute(select(t.batches.c.id)
                                    .where(t.batches.c.id == chunk.batch_id).with_for_update())
+            before = await _fenced_parts(conn, chunk, lease)
+            if before is None:
+                return False
             result = await conn.execute(
                 update(t.chunks).where(_chunk_fence(chunk, lease))
                 .values(state=ChunkState.DONE, parts=parts, lease_expires_at=None,
@@ -382,6 +393,8 @@ class SqlWork:
             )
             if result.rowcount != 1:
                 return False
+            await record_part_usage(conn, chunk.batch_id, before, parts, now,
+                                    postgres=self._db.postgres)
             await _finalize_if_finished(conn, chunk.batch_id, now=now)
         return True
 
@@ -415,6 +428,15 @@ class SqlWork:
                 .order_by(t.chunks.c.chunk_no)
             )).mappings()
             return [Chunk.from_row(r) for r in rows]
+
+
+async def _fenced_parts(conn: AsyncConnection, chunk: Chunk,
+                        lease: Lease) -> list[Part] | None:
+    """The parts the chunk row names, if this lease still holds it (the row locked until the
+    transaction ends, on PostgreSQL); None if it does not."""
+    row = (await conn.execute(select(t.chunks.c.parts).where(_chunk_fence(chunk, lease))
+                              .with_for_update())).first()
+    return None if row is None else list(row[0] or [])
 
 
 def _batch_fence(batch_id: str, lease: Lease) -> Any:

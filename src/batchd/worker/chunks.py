@@ -371,7 +371,7 @@ class ChunkRun:
         del self.flying[custom_id]
         if served is not None and outcome.ok:
             self.capacity.reachable(served)
-        self.ledger.add(outcome)
+        self.ledger.add(outcome, served)
         self.tally.add(served or (model if isinstance(model, str) else None), ok=outcome.ok,
                        prompt=outcome.input_tokens, cached=outcome.cached_tokens,
                        completion=outcome.output_tokens)

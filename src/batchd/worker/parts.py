@@ -57,12 +57,22 @@ class _Results:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    # By model: [requests answered, input, cached, output tokens] (a part's `usage`).
+    usage: dict[str, list[int]] = field(default_factory=dict)
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, outcome: Outcome, model: str | None) -> None:
         (self.ok if outcome.ok else self.err).append(outcome.line)
         self.input_tokens += outcome.input_tokens
         self.output_tokens += outcome.output_tokens
         self.cached_tokens += outcome.cached_tokens
+        if model is not None and (outcome.ok or outcome.input_tokens or outcome.output_tokens):
+            counts = self.usage.get(model)
+            if counts is None:
+                counts = self.usage[model] = [0, 0, 0, 0]
+            counts[0] += outcome.ok
+            counts[1] += outcome.input_tokens
+            counts[2] += outcome.cached_tokens
+            counts[3] += outcome.output_tokens
 
     def add_error_line(self, line: bytes) -> None:
         self.err.append(line)
@@ -73,19 +83,24 @@ class _Results:
                              input_tokens=self.input_tokens, output_tokens=self.output_tokens,
                              cached_tokens=self.cached_tokens)
 
-    def take(self) -> tuple[list[bytes], list[bytes], ChunkProgress]:
+    def take(self) -> tuple[list[bytes], list[bytes], ChunkProgress, dict[str, list[int]]]:
         """Hand over the unsaved lines (and what they count) and start afresh."""
-        taken = self.ok, self.err, self.pending
-        self.ok, self.err = [], []
+        taken = self.ok, self.err, self.pending, self.usage
+        self.ok, self.err, self.usage = [], [], {}
         self.input_tokens = self.output_tokens = self.cached_tokens = 0
         return taken
 
-    def put_back(self, ok: list[bytes], err: list[bytes], pending: ChunkProgress) -> None:
+    def put_back(self, ok: list[bytes], err: list[bytes], pending: ChunkProgress,
+                 usage: dict[str, list[int]]) -> None:
         """Lines that could not be saved go back in front, for a later flush."""
         self.ok, self.err = ok + self.ok, err + self.err
         self.input_tokens += pending.input_tokens
         self.output_tokens += pending.output_tokens
         self.cached_tokens += pending.cached_tokens
+        for model, counts in usage.items():
+            mine = self.usage.setdefault(model, [0, 0, 0, 0])
+            for n, value in enumerate(counts):
+                mine[n] += value
 
     @property
     def live(self) -> ChunkProgress:
@@ -108,8 +123,10 @@ class PartLedger:
         self._save_wanted = asyncio.Event()
         self._part_seq = 0
 
-    def add(self, outcome: Outcome) -> None:
-        self.results.add(outcome)
+    def add(self, outcome: Outcome, model: str | None) -> None:
+        """A finished request; `model`: the served model that answered (its usage is
+        recorded under it), None if none did."""
+        self.results.add(outcome, model)
 
     def add_error_line(self, line: bytes) -> None:
         self.results.add_error_line(line)
@@ -187,10 +204,12 @@ class PartLedger:
         res = self.results
         if not res.ok and not res.err:
             return None, res.committed
-        ok, err, pending = res.take()
+        ok, err, pending, usage = res.take()
         self._part_seq += 1
+        # `usage` is recorded by the fenced write that first names the part on the chunk row
+        # (store: record_part_usage): counted once, and never if the part is refused.
         part: Part = {"ok": None, "err": None, "n_ok": len(ok), "n_err": len(err),
-                      "b_ok": sum(map(len, ok))}
+                      "b_ok": sum(map(len, ok)), "usage": usage}
         try:
             for kind, lines in (("ok", ok), ("err", err)):
                 if lines:
@@ -199,7 +218,7 @@ class PartLedger:
                     part[kind] = key
         except BaseException:
             # Not saved: put the lines back so a later flush (or the final commit) has them.
-            res.put_back(ok, err, pending)
+            res.put_back(ok, err, pending, usage)
             raise
         return part, res.committed + pending
 
