@@ -1,15 +1,10 @@
-"""Real-time usage, recorded as each answer is produced: a whole answer's once it is made,
-a stream's when its engine reports what it cost (a stream the client abandons before its end
-is not counted: nothing reported it)."""
+"""Real-time usage, recorded as each whole answer is produced, before it is sent. Streamed
+answers are not counted yet."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
-
 from batchd.api.auth import Principal
 from batchd.api.state import Services
-from batchd.engines.base import Engine, Priority, StreamEvent, Usage
 from batchd.serving.operation import Operation
 
 
@@ -31,39 +26,3 @@ class UsageMeter:
             owner=self._caller.owner, key_id=self._caller.key_id, model=self._model,
             endpoint=self._endpoint, requests=requests, input_tokens=input_tokens,
             output_tokens=output_tokens, cached_tokens=cached_tokens)
-
-    def metered(self, engine: Engine) -> Engine:
-        """`engine`, its streams reporting their usage here before passing it on."""
-        return cast(Engine, _MeteredEngine(engine, self._usage))
-
-    async def _usage(self, usage: Usage) -> None:
-        await self.add(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
-                       cached_tokens=usage.cached_tokens)
-
-
-class _MeteredEngine:
-    def __init__(self, engine: Engine, on_usage: Callable[[Usage], Awaitable[None]]) -> None:
-        self._engine = engine
-        self._on_usage = on_usage
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def chat_stream(self, request: Any, *,
-                    priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
-        return self._metered(self._engine.chat_stream(request, priority=priority))
-
-    def complete_stream(self, request: Any, *,
-                        priority: Priority = Priority.REALTIME) -> AsyncIterator[StreamEvent]:
-        return self._metered(self._engine.complete_stream(request, priority=priority))
-
-    async def _metered(self, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
-        try:
-            async for event in events:
-                if isinstance(event, Usage):
-                    await self._on_usage(event)
-                yield event
-        finally:
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
