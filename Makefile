@@ -71,7 +71,7 @@ $(PODMAN):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap
 
 test-container: $(STAMP) $(PODMAN) $(PG_INITDB)
-	BATCHD_CONTAINER_TESTS=1 $(VENV)/bin/pytest -s tests/container
+	BATCHD_CONTAINER_TESTS=1 $(VENV)/bin/pytest -s --timeout 3600 tests/container
 
 # The console screenshots in docs/ (shown in the README) come from the browser tests.
 screenshots: $(STAMP) $(CHROMIUM)

@@ -237,7 +237,8 @@ class StoreGauges:
     async def refresh(self, *, timeout: float | None = None) -> None:
         """Read the snapshot now; if the store cannot answer, raise and keep the last one
         (batchd_store_snapshot_age_seconds says how old it is)."""
-        CALLBACKS.snapshot = await asyncio.wait_for(self._read(), timeout)
+        async with asyncio.timeout(timeout):
+            CALLBACKS.snapshot = await self._read()
         CALLBACKS.snapshot_at = time.time()
 
     async def keep_fresh(self, *, every: float = 10.0) -> None:

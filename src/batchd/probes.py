@@ -96,7 +96,8 @@ class Probes:
         """Reach the database and the object store once, and remember what failed."""
         problem = None
         try:
-            await asyncio.wait_for(store.ping(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await store.ping()
         except TimeoutError:
             problem = f"the database did not answer within {self.timeout:g} s"
         except Exception as exc:
@@ -117,7 +118,8 @@ class Probes:
             return None
         try:
             # shield: a timed-out check goes on in its thread; the next one starts afresh.
-            await asyncio.wait_for(asyncio.shield(asyncio.to_thread(check)), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await asyncio.shield(asyncio.to_thread(check))
         except TimeoutError:
             return f"the object store did not answer within {self.timeout:g} s"
         except Exception as exc:

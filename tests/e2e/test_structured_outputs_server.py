@@ -184,12 +184,16 @@ def test_sdk_pydantic_tools_and_auto_with_a_response_format(client: OpenAI) -> N
     tool = openai.pydantic_function_tool(Move)
     assert "$defs" in tool["function"]["parameters"]
     messages: list[Any] = [{"role": "user", "content": "Move me to Oslo, Norway, quickly."}]
-    done = client.chat.completions.parse(model=MODEL, messages=messages, tools=[tool],
-                                         tool_choice="required", temperature=1.0,
-                                         max_tokens=80, seed=3)
-    choice = done.choices[0]
-    if choice.finish_reason == "tool_calls":  # else cut by max_tokens, left as text
-        (call,) = choice.message.tool_calls or []
+    try:
+        done = client.chat.completions.parse(model=MODEL, messages=messages, tools=[tool],
+                                             tool_choice="required", temperature=1.0,
+                                             max_tokens=160, seed=3)
+    except openai.LengthFinishReasonError as cut:
+        # A small model may still be writing a string at max_tokens (the sampled answer
+        # depends on what the prompt cache held): the SDK refuses to parse a `length` answer.
+        assert cut.completion.choices[0].finish_reason == "length"
+    else:
+        (call,) = done.choices[0].message.tool_calls or []
         assert isinstance(call.function.parsed_arguments, Move)
     # `auto` with a response format: a call, or an answer in that format, never free text.
     labels = {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": {

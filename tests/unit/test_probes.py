@@ -137,3 +137,22 @@ def test_the_metrics_port_serves_metrics_and_both_probes() -> None:
     with pytest.raises(httpx.ConnectError):  # closed with the process's services
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
 
+
+
+class YieldingStore:
+    """A database that answers after one turn of the event loop."""
+
+    async def ping(self) -> None:
+        await asyncio.sleep(0)
+
+
+@pytest.mark.timeout(20)
+async def test_the_checks_end_whenever_they_are_stopped() -> None:
+    # Python 3.11's asyncio.wait_for returned the result of a check that finished just as the
+    # wait was cancelled, swallowing the cancellation: the checks then ran on and a shutdown
+    # waited for them forever. Stop them at every moment of a few rounds.
+    for turns in range(40):
+        async with asyncio.timeout(5):
+            async with Probes(every=0).watching(YieldingStore(), Blobs()):
+                for _ in range(turns):
+                    await asyncio.sleep(0)

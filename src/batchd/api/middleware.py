@@ -100,7 +100,8 @@ class BodyTimeout:
             if complete:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.seconds)
+                async with asyncio.timeout(self.seconds):
+                    message = await receive()
             except TimeoutError:
                 raise BodyRefused(408, f"The request body did not arrive within "
                                   f"{self.seconds:g} seconds of its last piece.",

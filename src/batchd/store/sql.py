@@ -198,7 +198,8 @@ class Database:
                     log.warning("cannot listen for new work (polling meanwhile): %s", exc)
                     warned = True
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await stopping.wait()
                 delay = min(delay * 2, 30.0)
                 continue
             delay, warned = 1.0, False
@@ -207,9 +208,11 @@ class Database:
                 wake()
                 while not stopping.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), 10)
+                        async with asyncio.timeout(10):
+                            await stopping.wait()
                     # A cut-off network shows only when something is sent.
-                    await asyncio.wait_for(conn.execute("SELECT 1"), 10)
+                    async with asyncio.timeout(10):
+                        await conn.execute("SELECT 1")
             except Exception as exc:
                 log.debug("stopped listening for work: %s", exc)
             finally:

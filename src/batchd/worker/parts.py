@@ -155,8 +155,8 @@ class PartLedger:
         refused: the chunk is no longer this run's."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._save_wanted.wait(),
-                                       self.ctx.settings.checkpoint_seconds)
+                async with asyncio.timeout(self.ctx.settings.checkpoint_seconds):
+                    await self._save_wanted.wait()
             self._save_wanted.clear()
             if self.unsaved:
                 # Shielded: if the chunk finishes meanwhile and this task is cancelled, the

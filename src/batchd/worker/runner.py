@@ -207,8 +207,8 @@ class Worker:
             wake.clear()
             if not await self._guarded(what, step()):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(),
-                                           self.ctx.settings.poll_seconds if polls else None)
+                    async with asyncio.timeout(self.ctx.settings.poll_seconds if polls else None):
+                        await wake.wait()
 
     async def _guarded(self, what: str, step: Awaitable[object]) -> bool:
         """Run one step; a failure is logged and the loop goes on. While the database or the
@@ -248,7 +248,8 @@ class Worker:
                     self.wake()
                 await self._guarded("purge", self.files.purge_deleted())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), period)
+                async with asyncio.timeout(period):
+                    await self._stopping.wait()
 
     async def _my_turn(self, period: float) -> bool:
         # A little under the period, so the turn is due again when this worker looks next.
