@@ -23,6 +23,7 @@ from batchd.api import (
     models,
     responses,
 )
+from batchd.api import estimates as estimates_api
 from batchd.api import metrics as metrics_api
 from batchd.api import uploads as uploads_api
 from batchd.api import usage as usage_api
@@ -36,6 +37,7 @@ from batchd.batches.service import BatchService
 from batchd.clock import Clock, SystemClock
 from batchd.engines.registry import ModelRegistry, load_registry
 from batchd.errors import ServiceUnavailable
+from batchd.estimates import EstimateService
 from batchd.files import FileService
 from batchd.keys import KeyService
 from batchd.limits.inflight import InFlight
@@ -92,6 +94,8 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
         retries=BatchRetry(store=store, blobs=blobs, batches=batches, clock=clock),
         keys=KeyService(store=store, clock=clock),
         usage=UsageService(store=store, clock=clock, registry=registry),
+        estimates=EstimateService(store=store, blobs=blobs, registry=registry, clock=clock,
+                                  settings=settings),
         webhooks=WebhookEndpoints(store=store, clock=clock, settings=settings, wake=wake),
         tiers=load_tiers(settings.tiers), rate_limiter=RateLimiter(), auth_failures=RateLimiter(),
         realtime=InFlight(per_key=settings.realtime_choices_per_key),
@@ -101,6 +105,7 @@ async def open_services(settings: Settings, *, clock: Clock | None = None,
 
 
 async def close_services(svc: Services) -> None:
+    svc.estimates.close()  # before the engines: never free a model under its tokenizer
     await svc.registry.aclose()
     svc.preparation.close()
     if isinstance(svc.clock, DatabaseClock):
@@ -198,6 +203,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.include_router(webhooks_api.router)
     app.include_router(uploads_api.router)
     app.include_router(usage_api.router)
+    app.include_router(estimates_api.router)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)

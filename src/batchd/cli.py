@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from batchd.client.commands import install as install_client_commands
+from batchd.client.estimate import estimate as client_estimate
 from batchd.client.usage import usage as client_usage
 from batchd.errors import BatchdError
 from batchd.settings import Settings
@@ -24,6 +25,7 @@ app.add_typer(keys_app, name="keys")
 # The client commands (submit, watch, results, batches, files): batchd/client/commands.py.
 install_client_commands(app)
 app.command("usage")(client_usage)
+app.command("estimate")(client_estimate)
 
 
 def _print_version(asked: bool) -> None:

@@ -355,3 +355,23 @@ async def test_housekeeping_turns_follow_the_period(stores: Stores) -> None:
     assert await store.take_turn("expiry", now=NOW, every=60)
     assert not await store.take_turn("expiry", now=NOW + 59, every=60)
     assert await store.take_turn("expiry", now=NOW + 60, every=60)
+
+
+async def test_a_chunk_run_spans_its_first_claim_to_its_commit(stores: Stores) -> None:
+    # What a file's estimate measures a model's throughput by: a chunk taken over after a
+    # lapsed lease still began when it was first claimed.
+    store = await stores()
+    await running_batch(store, chunks=1)
+    first = await store.claim_chunk(worker="w1", now=NOW, lease_seconds=LEASE)
+    assert first is not None
+    again = await store.claim_chunk(worker="w2", now=LATER, lease_seconds=LEASE)
+    assert again is not None
+    assert await store.recent_chunk_runs(model="m", since=NOW - 1) == []  # not done yet
+    assert await store.commit_chunk(again[0], again[1], parts=[],
+                                    committed=ChunkProgress(n_ok=3, n_err=1, output_tokens=9),
+                                    now=LATER + 2.5)
+    (run,) = await store.recent_chunk_runs(model="m", since=NOW - 1)
+    assert (run.started_at, run.finished_at, run.lines, run.output_tokens) == (
+        NOW, LATER + 2.5, 4, 9)
+    assert await store.recent_chunk_runs(model="m", since=LATER + 3) == []
+    assert await store.recent_chunk_runs(model="other", since=NOW - 1) == []

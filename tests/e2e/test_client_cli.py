@@ -255,3 +255,23 @@ def test_usage_prints_a_table_by_model_and_batch_and_json(server: Server,
     bad = batchd(server, "usage", "--by", "colour", cwd=tmp_path)
     assert bad.returncode == 2 and "--by 'colour'" in bad.stderr
     assert "total" in run.stdout
+
+
+def test_estimate_prints_each_model_and_deletes_what_it_uploaded(server: Server,
+                                                                 tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 3)
+    files_before = batchd(server, "files", "list", "--json", cwd=tmp_path).stdout
+    run = batchd(server, "estimate", str(requests), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    row = next(line for line in run.stdout.splitlines() if line.startswith("instant-model"))
+    assert row.split()[1] == "3"  # requests
+    assert "estimated from characters" in run.stdout
+    assert batchd(server, "files", "list", "--json", cwd=tmp_path).stdout == files_before
+    kept = json.loads(batchd(server, "estimate", str(requests), "--keep", "--json",
+                             cwd=tmp_path).stdout)
+    assert kept["requests"] == 3 and kept["input_file_id"].startswith("file-")
+    again = json.loads(batchd(server, "estimate", kept["input_file_id"], "--json",
+                              cwd=tmp_path).stdout)
+    assert again["models"] == kept["models"]
+    wrong = batchd(server, "estimate", "nothing-here", cwd=tmp_path)
+    assert wrong.returncode == 2 and "neither a file here nor a file id" in wrong.stderr

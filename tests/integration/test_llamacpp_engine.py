@@ -12,6 +12,7 @@ from batchd.engines.base import Delta, EngineRequestError, Usage
 from batchd.engines.llamacpp import LlamaCppEngine
 from batchd.engines.llamacpp_options import LlamaCppOptions, default_model_path
 from batchd.openai.chat import ChatCompletionRequest
+from batchd.openai.completions import CompletionRequest
 from tests.support.waiting import eventually_async
 
 # The engine alone: the same on every backend, so run once.
@@ -250,3 +251,19 @@ async def test_a_reasoning_models_thinking_is_apart_and_counted(
     assert not "".join(d.text for d in deltas)
     usage = events[-1]
     assert isinstance(usage, Usage) and usage.reasoning_tokens == 12
+
+
+async def test_counted_prompt_tokens_are_those_the_answer_reports(
+    engine: LlamaCppEngine,
+) -> None:
+    # What a file's estimate counts is what the model then bills: the same chat template and
+    # tokenizer, for chats (with a system prompt and a tool), text completions and both.
+    chat = ChatCompletionRequest.model_validate({
+        "model": "m", "max_tokens": 1, "messages": [
+            {"role": "system", "content": "You label things."},
+            {"role": "user", "content": "Label: 'win a prize now' ünïcode"}]})
+    answer = await engine.chat(chat)
+    assert engine.count_tokens(chat) == answer.prompt_tokens
+    text = CompletionRequest.model_validate({"model": "m", "prompt": "Once upon a",
+                                             "max_tokens": 1})
+    assert engine.count_tokens(text) == (await engine.complete(text)).prompt_tokens

@@ -16,6 +16,7 @@ from batchd import __version__
 from batchd.cli import app
 from batchd.client import commands
 from batchd.client.terminal import safe
+from batchd.client.watch import clock_text, seconds_left
 
 BATCH_IDS = [f"batch_acf43{n:x}{'0' * 18}" for n in range(3)]  # 30 characters, as real
 FILE_IDS = [f"file-{n}" + "9" * 23 for n in range(3)]
@@ -129,3 +130,13 @@ def test_safe_escapes_controls_and_keeps_the_rest() -> None:
 def test_version_prints_the_package_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"batchd {__version__}"
+
+
+def test_the_time_left_is_the_batch_s_own_pace_since_it_started_running() -> None:
+    running = {"status": "in_progress", "in_progress_at": 100,
+               "request_counts": {"total": 100, "completed": 20, "failed": 5}}
+    assert seconds_left(running, now=110) == 30.0  # 25 in 10 s: 75 more in 30 s
+    assert clock_text(seconds_left(running, now=110)) == "0:00:30"
+    assert seconds_left({**running, "status": "finalizing"}, now=110) is None
+    assert seconds_left({**running, "request_counts": {"total": 100}}, now=110) is None
+    assert clock_text(None) == "-:--:--" and clock_text(3725.9) == "1:02:05"

@@ -30,9 +30,10 @@ FLOORS: list[tuple[str, ...]] = [
     # Durable state: records, the metadata store, blobs; what opens them, and the probes
     # that check they answer.
     ("batchd.store", "batchd.metrics", "batchd.backends", "batchd.probes"),
-    # Services over the store: files, uploads, keys, batches, webhooks, usage and costs.
+    # Services over the store: files, uploads, keys, batches, webhooks, usage and costs, and
+    # estimates of what a file would cost and take.
     ("batchd.files", "batchd.upload_stream", "batchd.uploads", "batchd.keys", "batchd.batches",
-     "batchd.webhooks", "batchd.usage"),
+     "batchd.webhooks", "batchd.usage", "batchd.estimates"),
     ("batchd.worker",),
     # Faces: HTTP (speaking only to services), then the wiring, the server and the CLI.
     ("batchd.api", "batchd.console"),

@@ -10,6 +10,7 @@ from batchd.batches.retry import BatchRetry
 from batchd.batches.service import BatchService
 from batchd.clock import Clock
 from batchd.engines.registry import ModelRegistry
+from batchd.estimates import EstimateService
 from batchd.files import FileService
 from batchd.keys import KeyService
 from batchd.limits.inflight import InFlight
@@ -39,6 +40,7 @@ class Services:
     retries: BatchRetry
     keys: KeyService
     usage: UsageService
+    estimates: EstimateService  # a batch input file's cost and time, before it runs
     webhooks: WebhookEndpoints
     tiers: TiersFile
     rate_limiter: RateLimiter  # requests per minute, per key

@@ -78,6 +78,11 @@ class InputValidator:
     def lines_read(self) -> int:
         return self._line_no
 
+    @property
+    def error_count(self) -> int:
+        """Lines found wrong so far (listed or not)."""
+        return len(self._errors) + self._unlisted_errors
+
     def feed(self, raw: bytes) -> None:
         start = self._offset
         self._offset += len(raw)

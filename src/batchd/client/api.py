@@ -100,6 +100,10 @@ class BatchdClient:
     def delete_file(self, file_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/files/{file_id}")
 
+    def estimate(self, file_id: str, *, endpoint: str | None = None) -> dict[str, Any]:
+        body = {"endpoint": endpoint} if endpoint else {}
+        return self._json("POST", f"/files/{file_id}/estimate", json=body, timeout=None)
+
     def download(self, file_id: str, dest: Path, *, progress: Progress | None = None) -> int:
         """Stream a file's content to `dest` (written whole or not at all); its size."""
         partial = dest.with_name(dest.name + ".partial")

@@ -12,7 +12,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from batchd.client.api import BatchdClient, ClientError
@@ -48,13 +47,34 @@ def output_tokens(batch: dict[str, Any]) -> int:
     return int((batch.get("usage") or {}).get("output_tokens", 0))
 
 
+def seconds_left(batch: dict[str, Any], *, now: float) -> float | None:
+    """Time left for a running batch at its own pace since it started running (the server's
+    counts, so a watch started late knows at once); None before anything has finished."""
+    completed, failed, total = done_of(batch)
+    started = batch.get("in_progress_at")
+    if batch.get("status") != "in_progress" or not started or now <= started:
+        return None
+    finished = completed + failed
+    if finished <= 0 or total <= finished:
+        return None
+    return float((total - finished) * (now - float(started)) / finished)
+
+
+def clock_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
 def watch(client: BatchdClient, batch_id: str, console: Console, *,
           poll_seconds: float = POLL_SECONDS) -> dict[str, Any]:
     """Show the batch's progress until it reaches a final status; returns it then.
 
     The bar counts finished requests (completed + failed) of the total; beside it: failures,
     generated tokens per second since watching began, elapsed time and the time left at the
-    current pace. Rate limits and a briefly unavailable server are waited out."""
+    batch's own pace since it started running. Rate limits and a briefly unavailable server
+    are waited out."""
     columns = (
         # The status comes from the server: shown escaped, and never read as markup.
         TextColumn("{task.fields[status]:<11}", markup=False, style="bold"),
@@ -63,13 +83,13 @@ def watch(client: BatchdClient, batch_id: str, console: Console, *,
         TextColumn("failed {task.fields[failed]}"),
         TextColumn("{task.fields[rate]:>10}"),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
     )
     started = time.monotonic()
     first_tokens: int | None = None
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(batch_id, total=None, status="…", failed=0, rate="")
+        task = bar.add_task(batch_id, total=None, status="…", failed=0, rate="",
+                            eta=clock_text(None))
         patience = 0.0  # the first look fails at once (a wrong id, URL or key)
         while True:
             batch = poll_batch(client, batch_id, patience=patience)
@@ -80,7 +100,8 @@ def watch(client: BatchdClient, batch_id: str, console: Console, *,
             elapsed = max(time.monotonic() - started, 1e-6)
             rate = f"{(tokens - first_tokens) / elapsed:,.1f} tok/s"
             bar.update(task, total=total or None, completed=completed + failed,
-                       status=safe(batch["status"]), failed=failed, rate=rate)
+                       status=safe(batch["status"]), failed=failed, rate=rate,
+                       eta=clock_text(seconds_left(batch, now=time.time())))
             if batch["status"] in TERMINAL:
                 return batch
             time.sleep(poll_seconds)

@@ -105,6 +105,13 @@ class Engine(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def count_tokens(self, request: ChatCompletionRequest | CompletionRequest | EmbeddingInputs,
+                     ) -> int | None:
+        """A request's prompt tokens by the model's own tokenizer (and chat template); None
+        where the engine has none (an upstream server, the instant engine). Blocking: call
+        it off the event loop."""
+        ...
+
     def capacity(self) -> int:
         """Requests worth having in flight now (batch work fills this, no more)."""
         ...

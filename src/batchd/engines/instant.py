@@ -145,6 +145,10 @@ class InstantEngine:
     async def aclose(self) -> None:
         return None
 
+    def count_tokens(self, request: ChatCompletionRequest | CompletionRequest | EmbeddingInputs,
+                     ) -> int | None:
+        return None  # no tokenizer here: estimates count characters
+
     def capacity(self) -> int:
         return self.options.concurrency
 

@@ -94,6 +94,28 @@ class LlamaCppEngine:
     def _prompt(self, request: ChatCompletionRequest) -> Prepared:
         """The chat's prompt tokens, and what its answer must follow (compiled here, off the
         event loop: a new schema takes milliseconds to compile)."""
+        chat, tokens, thinks = self._chat_tokens(request)
+        matchers = None
+        if chat.constraint is not None:
+            matchers = [self._grammars.matcher(chat.constraint) for _ in range(request.n)]
+        return Prepared(tokens=self._fits(tokens, "messages"), chat=chat, matchers=matchers,
+                        reasoning=thinks)
+
+    def count_tokens(self, request: ChatCompletionRequest | CompletionRequest | EmbeddingInputs,
+                     ) -> int | None:
+        """The prompt's tokens as this model reads them: its tokenizer, after its chat
+        template (for a batch input file's estimate)."""
+        if isinstance(request, EmbeddingInputs):
+            if self._embedder is None:
+                return None
+            return sum(len(tokens) for tokens in self._embedder.tokens_of(request))
+        self._generator()
+        if isinstance(request, ChatCompletionRequest):
+            return len(self._chat_tokens(request)[1])
+        return len(self._raw_prompt(request.single))
+
+    def _chat_tokens(self, request: ChatCompletionRequest,
+                     ) -> tuple[llamacpp_chat.ChatPlan, list[int], bool]:
         chat = llamacpp_chat.plan(request, template_tools=self._template_tools)
         try:
             text = self._format(messages=chat.messages, tools=chat.tools).prompt
@@ -107,11 +129,7 @@ class LlamaCppEngine:
             text, thinks = reasoning.thinking_prompt(text)
         tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=True,
                                                  special=True)
-        matchers = None
-        if chat.constraint is not None:
-            matchers = [self._grammars.matcher(chat.constraint) for _ in range(request.n)]
-        return Prepared(tokens=self._fits(tokens, "messages"), chat=chat, matchers=matchers,
-                        reasoning=thinks)
+        return chat, tokens, thinks
 
     def _raw_prompt(self, prompt: str | list[int]) -> list[int]:
         """A completions prompt as it is: no chat template, special tokens as plain text."""

@@ -352,6 +352,10 @@ class UpstreamEngine:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    def count_tokens(self, request: ChatCompletionRequest | CompletionRequest | EmbeddingInputs,
+                     ) -> int | None:
+        return None  # no tokenizer here: estimates count characters
+
     def capacity(self) -> int:
         return sum(int(target.limit) for target in self.targets)
 

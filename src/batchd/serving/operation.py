@@ -55,6 +55,9 @@ class Operation:
     # shape): requests of a chunk that begin alike run one after another, so the engine's
     # prefix cache serves them instead of thrashing between prompts. "" groups nothing.
     prompt_lead: Callable[[dict[str, Any]], str] = lambda body: ""
+    # What an engine tokenizes of a validated request (Engine.count_tokens): the request
+    # itself, or what it becomes (a Responses request's chat, an embeddings request's inputs).
+    counted: Callable[[Any], Any] = lambda request: request
 
     def parse(self, body: dict[str, Any]) -> Any:
         """The validated request (pydantic's ValidationError for a bad body)."""

@@ -126,4 +126,5 @@ async def _events(steps: AsyncIterator[StreamEvent], request: ResponsesRequest,
 
 RESPONSES = Operation(endpoint="/v1/responses", title="Responses", capability="chat",
                       required="input", request_type=ResponsesRequest, cost=_estimate,
-                      admit=_admit, run=_run, stream=_stream, prompt_lead=_prompt_lead)
+                      admit=_admit, run=_run, stream=_stream, prompt_lead=_prompt_lead,
+                      counted=lambda request: request.chat())

@@ -19,6 +19,7 @@ from batchd.store.records import (
     BatchRecord,
     BatchStatus,
     ChunkProgress,
+    ChunkRun,
     ChunkState,
     StopReason,
 )
@@ -121,6 +122,18 @@ class SqlBatches:
                 queued[model or "*"] = queued.get(model or "*", 0) + int(n or 0)
         return {"batches": {str(status): int(n) for status, n in statuses},
                 "pending": pending, "queued": queued}
+
+    async def recent_chunk_runs(self, *, model: str, since: float,
+                                limit: int = 5000) -> list[ChunkRun]:
+        """The chunks of `model` done since `since`, newest first (for its throughput)."""
+        c = t.chunks.c
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                select(c.started_at, c.finished_at, c.done_ok + c.done_err, c.done_output_tokens)
+                .where(c.model == model, c.finished_at >= since, c.started_at.is_not(None))
+                .order_by(c.finished_at.desc()).limit(limit))).all()
+        return [ChunkRun(started_at=float(r[0]), finished_at=float(r[1]), lines=int(r[2]),
+                         output_tokens=int(r[3])) for r in rows]
 
     # --- stopping: a cancel, an expiry, or a failure no request caused --------------------
 

@@ -50,6 +50,7 @@ from batchd.store.records import (
     Chunk,
     ChunkPlan,
     ChunkProgress,
+    ChunkRun,
     ChunkState,
     FileRecord,
     Lease,
@@ -234,6 +235,16 @@ class MemoryStore:
         return {"batches": dict(statuses),
                 "pending": {model or "*": n for model, n in pending.items()},
                 "queued": {model or "*": n for model, n in queued.items()}}
+
+    async def recent_chunk_runs(self, *, model: str, since: float,
+                                limit: int = 5000) -> list[ChunkRun]:
+        done = [c for c in self.tables.chunks.values()
+                if c["model"] == model and c["started_at"] is not None
+                and c["finished_at"] is not None and c["finished_at"] >= since]
+        done.sort(key=lambda c: c["finished_at"], reverse=True)
+        return [ChunkRun(started_at=c["started_at"], finished_at=c["finished_at"],
+                         lines=c["done_ok"] + c["done_err"],
+                         output_tokens=c["done_output_tokens"]) for c in done[:limit]]
 
     async def request_cancel(self, batch_id: str, *, owner: str | None,
                              now: int) -> BatchRecord | None:
@@ -424,6 +435,7 @@ class MemoryStore:
         # Live counts restart from what the chunk has committed.
         update(row, state=ChunkState.LEASED, owner=worker, generation=row["generation"] + 1,
                 attempts=row["attempts"] + 1, lease_expires_at=now + lease_seconds,
+                started_at=now if row["started_at"] is None else row["started_at"],
                 n_ok=row["done_ok"], n_err=row["done_err"],
                 input_tokens=row["done_input_tokens"], output_tokens=row["done_output_tokens"],
                 cached_tokens=row["done_cached_tokens"])
@@ -495,18 +507,18 @@ class MemoryStore:
 
     async def commit_chunk(
         self, chunk: Chunk, lease: Lease, *, parts: list[Part],
-        committed: ChunkProgress, now: int,
+        committed: ChunkProgress, now: float,
     ) -> bool:
         row = self._fenced_chunk(chunk, lease)
         if row is None:
             return False
         self._record_part_usage(chunk.batch_id, row["parts"], parts, now)
         update(row, state=ChunkState.DONE, parts=parts, lease_expires_at=None, in_flight=None,
-                **t.done_values(committed), **t.live_values(committed))
+               finished_at=now, **t.done_values(committed), **t.live_values(committed))
         batch = self.tables.batches[chunk.batch_id]
         if (batch["status"] == BatchStatus.IN_PROGRESS and batch["stop_reason"] is None
                 and all(c["state"] in _FINISHED for c in self._chunks_of(chunk.batch_id))):
-            update(batch, status=BatchStatus.FINALIZING, finalizing_at=now)
+            update(batch, status=BatchStatus.FINALIZING, finalizing_at=int(now))
             self.tables.notify_work()  # ready to assemble
         return True
 

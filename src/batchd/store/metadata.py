@@ -52,6 +52,7 @@ class MetadataStore:
         self.list_batches = batches.list_batches
         self.live_progress = batches.live_progress
         self.queue_snapshot = batches.queue_snapshot
+        self.recent_chunk_runs = batches.recent_chunk_runs
         self.request_cancel = batches.request_cancel
         self.mark_expired = batches.mark_expired
         self.stop_batch = batches.stop_batch

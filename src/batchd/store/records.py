@@ -177,6 +177,16 @@ class Chunk(_Record):
                              cached_tokens=self.done_cached_tokens)
 
 
+@dataclass(frozen=True)
+class ChunkRun:
+    """A finished chunk's span, from its first claim to its commit, and what it did then."""
+
+    started_at: float
+    finished_at: float
+    lines: int
+    output_tokens: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class ChunkProgress:
     """What a chunk has produced so far (live counts) or in total (at commit)."""

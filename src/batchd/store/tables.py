@@ -141,7 +141,12 @@ chunks = Table(
     # Runs that failed for no request's doing (a fault in batchd, not a death): after
     # BATCHD_MAX_ATTEMPTS of them the chunk's remaining requests are failed, not run again.
     Column("failed_runs", Integer, nullable=False, default=0),
+    # When the chunk was first claimed and when it was done (seconds, the workers' clock):
+    # what the model gets through while it has work, for a file's estimate.
+    Column("started_at", Float),
+    Column("finished_at", Float),
     Index("ix_chunks_claim", "state", "deadline"),
+    Index("ix_chunks_finished", "finished_at"),
 )
 
 # Tokens a batch may consume per model (prompt estimate + maximum output), counted at

@@ -372,7 +372,7 @@ class SqlWork:
     @shielded
     async def commit_chunk(
         self, chunk: Chunk, lease: Lease, *, parts: list[Part],
-        committed: ChunkProgress, now: int,
+        committed: ChunkProgress, now: float,
     ) -> bool:
         """Mark the chunk done, fenced; the last chunk moves its batch to `finalizing`.
 
@@ -389,13 +389,14 @@ class SqlWork:
             result = await conn.execute(
                 update(t.chunks).where(_chunk_fence(chunk, lease))
                 .values(state=ChunkState.DONE, parts=parts, lease_expires_at=None,
-                        in_flight=None, **t.done_values(committed), **t.live_values(committed))
+                        in_flight=None, finished_at=now, **t.done_values(committed),
+                        **t.live_values(committed))
             )
             if result.rowcount != 1:
                 return False
             await record_part_usage(conn, chunk.batch_id, before, parts, now,
                                     postgres=self._db.postgres)
-            await _finalize_if_finished(conn, chunk.batch_id, now=now)
+            await _finalize_if_finished(conn, chunk.batch_id, now=int(now))
         return True
 
     @shielded
@@ -528,6 +529,7 @@ def _claim_chunk_statement(*, any_model: bool) -> Any:
         .values(state=ChunkState.LEASED, owner=bindparam("worker"),
                 generation=c.generation + 1, attempts=c.attempts + 1,
                 lease_expires_at=bindparam("lease_until"),
+                started_at=func.coalesce(c.started_at, bindparam("now")),
                 n_ok=c.done_ok, n_err=c.done_err, input_tokens=c.done_input_tokens,
                 output_tokens=c.done_output_tokens, cached_tokens=c.done_cached_tokens)
         .returning(*t.chunks.c)

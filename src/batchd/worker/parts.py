@@ -195,7 +195,7 @@ class PartLedger:
             parts = self.parts + ([part] if part else [])
             committed = await self._through_outage(lambda: self.ctx.store.commit_chunk(
                 self.chunk, self.lease, parts=parts, committed=totals,
-                now=int(self.ctx.clock.now())), parts=parts, done=True)
+                now=self.ctx.clock.now()), parts=parts, done=True)
             if not committed:
                 await self._drop(part)
 
