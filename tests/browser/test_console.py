@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -264,3 +266,94 @@ def test_models_and_a_streamed_reply_at_phone_width(
     expect(page.get_by_role("heading", name="Batches")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(shots / "console-batches-phone.png"), full_page=True)
+
+
+def api_client(server: Server, key: str) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"},
+                        timeout=30)
+
+
+def run_batch(client: httpx.Client, lines: list[str]) -> dict[str, Any]:
+    data = ("\n".join(lines) + "\n").encode()
+    file_id = client.post("/files", files={"file": ("u.jsonl", data)},
+                          data={"purpose": "batch"}).json()["id"]
+    batch = client.post("/batches", json={"input_file_id": file_id, "completion_window": "24h",
+                                          "endpoint": "/v1/chat/completions"}).json()
+    deadline = time.monotonic() + 60
+    while batch["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        batch = client.get(f"/batches/{batch['id']}").json()
+    assert batch["status"] == "completed", batch
+    return dict(batch)
+
+
+def chart_numbers(page: Page, name: str) -> dict[str, Any]:
+    numbers: dict[str, Any] = page.evaluate(f"window.batchdCharts[{name!r}].numbers")
+    return numbers
+
+
+def test_usage_charts_show_what_the_usage_api_returns(
+    server: Server, keys: dict[str, str], offline_page: OfflinePage, shots: Path,
+) -> None:
+    with api_client(server, keys["bob"]) as bob:
+        batch = run_batch(bob, [batch_line(f"u{i}", "tally these words") for i in range(5)])
+        assert bob.post("/chat/completions", json={
+            "model": "instant-model", "messages": [{"role": "user", "content": "hi"}]}
+        ).status_code == 200
+    page = offline_page.page
+    sign_in(page, server, keys["bob"])
+    with page.expect_response(lambda r: "/organization/usage/completions" in r.url
+                              and "group_by=model" in r.url) as by_model, \
+         page.expect_response(lambda r: "group_by=batch" in r.url) as by_batch:
+        page.get_by_role("link", name="Usage").click()
+    expect(page.locator("#chart-tokens canvas").first).to_be_attached()
+    # The bars are the API's numbers: tokens per model per bucket, requests batch/real time.
+    buckets = by_model.value.json()["data"]
+    tokens = chart_numbers(page, "usage-tokens")
+    assert tokens["times"] == [b["start_time"] for b in buckets]
+    drawn = {s["label"]: s["values"] for s in tokens["series"]}
+    assert drawn == {"instant-model": [sum(r["input_tokens"] + r["output_tokens"]
+                                           for r in b["results"]) for b in buckets]}
+    requests = {s["label"]: sum(s["values"])
+                for s in chart_numbers(page, "usage-requests")["series"]}
+    assert requests == {"batch": 5, "real time": 1}
+    assert sum(r["num_model_requests"] for b in by_batch.value.json()["data"]
+               for r in b["results"]) == 6
+    # bob's usage is exactly his batch's usage and his one answer's.
+    assert sum(drawn["instant-model"]) >= batch["usage"]["total_tokens"]
+    totals = page.get_by_role("table", name="Usage totals by model")
+    expect(totals.locator("tr", has_text="instant-model").locator("td").nth(1)).to_have_text("6")
+    expect(page.get_by_text("No prices are set")).to_be_visible()
+    page.screenshot(path=str(shots / "console-usage.png"), full_page=True)
+    # Readable on a phone: the charts shrink to the page, nothing scrolls sideways.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_function("window.batchdCharts['usage-tokens'].plot.width <= 390")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(shots / "console-usage-phone.png"), full_page=True)
+    # A batch's page charts its progress: finished and failed requests over time.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(console_url(server) + f"#/batch/{batch['id']}")
+    expect(page.locator("#progress-chart canvas").first).to_be_attached()
+    progress = {s["label"]: s["values"] for s in chart_numbers(page, "batch-progress")["series"]}
+    assert progress["finished"][0] == 0 and progress["finished"][-1] == 5
+    assert progress["failed"][-1] == 0
+    assert offline_page.blocked == []
+
+
+def test_an_admin_sees_usage_per_owner(
+    server: Server, keys: dict[str, str], offline_page: OfflinePage,
+) -> None:
+    with api_client(server, keys["alice"]) as alice:
+        run_batch(alice, [batch_line("o1", "owner words")])
+    page = offline_page.page
+    sign_in(page, server, keys["ops"])
+    with page.expect_response(lambda r: "group_by=project_id" in r.url) as by_owner:
+        page.get_by_role("link", name="Usage").click()
+    expect(page.locator("#chart-owners canvas").first).to_be_attached()
+    owners = {s["label"]: sum(s["values"]) for s in chart_numbers(page, "usage-owners")["series"]}
+    answered: dict[str, int] = {}
+    for bucket in by_owner.value.json()["data"]:
+        for r in bucket["results"]:
+            answered[r["project_id"]] = (answered.get(r["project_id"], 0) + r["input_tokens"]
+                                         + r["output_tokens"])
+    assert owners == answered and len(owners) >= 2

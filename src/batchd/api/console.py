@@ -79,6 +79,13 @@ async def session(request: Request, caller: Caller) -> Session:
                 for m in svc.registry.config.models])
 
 
+@api.get("/batches/{batch_id}/progress")
+async def batch_progress(request: Request, caller: Caller, batch_id: str) -> dict[str, Any]:
+    """The batch's finished and failed requests and output tokens over time, as each chunk
+    was done (a batchd extension, for the console's chart)."""
+    return await services(request).batches.progress(owner=caller.scope, batch_id=batch_id)
+
+
 class LinePage(BaseModel):
     object: Literal["list"] = "list"
     # Each line's JSON object; a line longer than LINE_BYTES is

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from batchd import ids
 from batchd.batches.partial import Frontier, Page, output_page
+from batchd.batches.timeline import progress_timeline
 from batchd.clock import Clock
 from batchd.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from batchd.limits.errors import ActiveBatchLimit
@@ -134,6 +136,13 @@ class BatchService:
 
     async def get(self, *, owner: str | None, batch_id: str) -> BatchObject:
         return await self._present(await self.record(owner=owner, batch_id=batch_id))
+
+    async def progress(self, *, owner: str | None, batch_id: str) -> dict[str, Any]:
+        """Its finished and failed requests and output tokens over time (timeline.py)."""
+        record = await self.record(owner=owner, batch_id=batch_id)
+        live = (await self.store.live_progress([record.id])).get(record.id)
+        return progress_timeline(record, await self.store.list_chunks(record.id), live,
+                                 now=self.clock.now())
 
     async def list(
         self, *, owner: str | None, after: str | None, limit: int

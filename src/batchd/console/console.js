@@ -215,7 +215,7 @@ function route() {
     }
   }
   const pages = { batches: batchesPage, batch: (g) => batchPage(g, id, sub), files: filesPage,
-                  keys: keysPage, models: modelsPage };
+                  keys: keysPage, models: modelsPage, usage: usagePage };
   (pages[tab] || batchesPage)(gen).catch((e) => {
     if (e instanceof Stale || e.status === 401 || gen !== state.gen) return;
     view(h("h1", {}, "Something went wrong"), h("p", { role: "alert", class: "error" },
@@ -398,20 +398,55 @@ async function batchPage(gen, id, sub) {
         "Errors in the input file")) : "");
   };
   render();
+  const chart = progressChart(batch.id);
   const parts = [h("p", {}, h("a", { href: "#/batches" }, "← Batches")),
-                 h("h1", { class: "mono" }, batch.id), summary, actions, errors];
+                 h("h1", { class: "mono" }, batch.id), summary, actions, chart.section, errors];
   const results = sub === "results" ? resultsSection(gen, () => batch) : null;
   if (results) parts.push(results.section);
   view(...parts);
+  await chart.load(gen);
   poll(gen, async () => {
     if (!ACTIVE.includes(batch.status)) return;
     const before = batch;
     batch = await api(`/v1/batches/${encodeURIComponent(batch.id)}`);
     current(gen);
     render();
+    await chart.load(gen);
     if (results && (batch.output_file_id !== before.output_file_id ||
                     batch.error_file_id !== before.error_file_id)) results.reload();
   });
+}
+
+// Finished and failed requests over time (as each chunk was done), and output tokens per
+// second between those moments.
+function progressChart(batchId) {
+  const box = h("div", { id: "progress-chart", class: "chart" });
+  const note = h("p", { class: "muted" });
+  const section = h("section", { "aria-labelledby": "progress-title" },
+    h("h2", { id: "progress-title" }, "Progress over time"), note, box);
+  const load = async (gen) => {
+    const progress = await api(`/admin/batches/${encodeURIComponent(batchId)}/progress`);
+    current(gen);
+    const points = progress.points;
+    if (points.length < 2) {
+      note.textContent = "Nothing finished yet.";
+      return;
+    }
+    note.textContent = "";
+    const times = points.map((p) => p.at);
+    const rate = points.map((p, i) => {
+      if (i === 0) return 0;
+      const seconds = p.at - points[i - 1].at;
+      return seconds > 0 ? (p.output_tokens - points[i - 1].output_tokens) / seconds : 0;
+    });
+    linesOverTime(box, "batch-progress", {
+      times, leftUnit: "requests", rightUnit: "tokens/s",
+      left: [{ label: "finished", values: points.map((p) => p.completed + p.failed) },
+             { label: "failed", values: points.map((p) => p.failed) }],
+      right: [{ label: "output tokens/s", values: rate }],
+    });
+  };
+  return { section, load };
 }
 
 function resultsSection(gen, getBatch) {
@@ -666,6 +701,126 @@ async function keysPage(gen) {
 }
 
 // --- models and a chat box ---------------------------------------------------------------
+
+// --- usage -------------------------------------------------------------------------------
+
+const RANGES = { "24h": { seconds: 86400, width: "1h", step: 3600 },
+                 "7d": { seconds: 7 * 86400, width: "1d", step: 86400 },
+                 "30d": { seconds: 30 * 86400, width: "1d", step: 86400 } };
+
+async function usagePages(kind, query) {
+  const buckets = [];
+  let page = null;
+  do {
+    const params = new URLSearchParams(query);
+    if (page) params.set("page", page);
+    const answer = await api(`/v1/organization/${kind}?${params}`);
+    buckets.push(...answer.data);
+    page = answer.has_more ? answer.next_page : null;
+  } while (page);
+  return buckets;
+}
+
+// One series per value of `key` in the buckets' results, each as long as the buckets.
+function seriesBy(buckets, key, value, label = (v) => String(v)) {
+  const names = [...new Set(buckets.flatMap((b) => b.results.map((r) => r[key])))].sort();
+  return names.map((name) => ({
+    label: label(name),
+    values: buckets.map((b) => b.results.filter((r) => r[key] === name)
+      .reduce((total, r) => total + value(r), 0)),
+  }));
+}
+
+function totalsTable(label, headers, rows) {
+  return table(headers, rows.map((cells) => h("tr", {}, cells.map(
+    (cell, i) => h("td", { class: i ? "mono" : "wrap" }, cell)))), label);
+}
+
+async function usagePage(gen) {
+  const admin = state.session.role === "admin";
+  const range = h("select", { id: "usage-range" },
+    Object.keys(RANGES).map((r) => h("option", { value: r }, r === "24h" ? "Last 24 hours"
+                                                            : `Last ${parseInt(r)} days`)));
+  range.value = "7d";
+  const kind = h("select", { id: "usage-kind" },
+    h("option", { value: "completions" }, "Completions"),
+    h("option", { value: "embeddings" }, "Embeddings"));
+  const body = h("div");
+  view(h("h1", {}, "Usage"),
+       h("p", { class: "muted" }, admin ? "Every owner's usage (an admin key)."
+                                        : `The usage of ${state.session.owner}.`),
+       h("div", { class: "row" }, h("label", {}, "Range", range), h("label", {}, "Kind", kind)),
+       body);
+  const load = async () => {
+    const chosen = RANGES[range.value];
+    const end = Math.floor(Date.now() / 1000);
+    const start = Math.floor((end - chosen.seconds) / chosen.step) * chosen.step + chosen.step;
+    const base = { start_time: start, bucket_width: chosen.width,
+                   limit: Math.ceil(chosen.seconds / chosen.step) + 1 };
+    const path = `usage/${kind.value}`;
+    const byModel = await usagePages(path, { ...base, group_by: "model" });
+    const byBatch = kind.value === "completions"
+      ? await usagePages(path, { ...base, group_by: "batch" }) : null;
+    const byOwner = admin ? await usagePages(path, { ...base, group_by: "project_id" }) : null;
+    const costs = await usagePages("costs", { start_time: Math.floor(start / 86400) * 86400,
+                                              group_by: "line_item",
+                                              limit: Math.ceil(chosen.seconds / 86400) + 1 });
+    current(gen);
+    const times = byModel.map((b) => b.start_time);
+    const tokens = (r) => r.input_tokens + (r.output_tokens || 0);
+    const sections = [];
+    const chart = (id, title, note) => {
+      const box = h("div", { id, class: "chart" });
+      sections.push(h("section", { "aria-labelledby": `${id}-title` },
+        h("h2", { id: `${id}-title` }, title), note ? h("p", { class: "muted" }, note) : null,
+        box));
+      return box;
+    };
+    const models = seriesBy(byModel, "model", tokens);
+    const tokensBox = chart("chart-tokens", "Tokens by model",
+                            models.length ? "Prompt and output tokens per bucket."
+                                          : "No usage in this range.");
+    const requestsBox = chart("chart-requests", byBatch ? "Requests: batch and real time"
+                                                        : "Requests");
+    const ownersBox = admin ? chart("chart-owners", "Tokens by owner") : null;
+    const unpriced = new Set(costs.flatMap((b) => b.unpriced_models || []));
+    const costSeries = seriesBy(costs, "line_item", (r) => r.amount.value,
+                                (item) => item).filter((s) => s.values.some((v) => v > 0));
+    const costBox = chart("chart-costs", "Cost per day", costSeries.length ? null
+      : "No prices are set for the models used (the models file's prices): costs show as 0.");
+    const totals = models.map((m) => {
+      const rows = byModel.flatMap((b) => b.results.filter((r) => r.model === m.label));
+      const sum = (f) => rows.reduce((t, r) => t + f(r), 0);
+      return [m.label, sum((r) => r.num_model_requests).toLocaleString(),
+              sum((r) => r.input_tokens).toLocaleString(),
+              sum((r) => r.output_tokens || 0).toLocaleString(),
+              unpriced.has(m.label) ? "no prices" : ""];
+    });
+    sections.push(h("section", { "aria-labelledby": "usage-totals-title" },
+      h("h2", { id: "usage-totals-title" }, "Totals"),
+      totalsTable("Usage totals by model", ["Model", "Requests", "Prompt tokens",
+                                            "Output tokens", ""], totals)));
+    body.replaceChildren(...sections);
+    stackedBars(tokensBox, "usage-tokens", { times, series: models, unit: "tokens" });
+    const requests = byBatch
+      ? seriesBy(byBatch, "batch", (r) => r.num_model_requests,
+                 (b) => (b ? "batch" : "real time"))
+      : [{ label: "requests", values: byModel.map((b) => b.results.reduce(
+          (t, r) => t + r.num_model_requests, 0)) }];
+    stackedBars(requestsBox, "usage-requests", { times, series: requests, unit: "requests" });
+    if (ownersBox) {
+      stackedBars(ownersBox, "usage-owners",
+                  { times, series: seriesBy(byOwner, "project_id", tokens), unit: "tokens" });
+    }
+    stackedBars(costBox, "usage-costs", { times: costs.map((b) => b.start_time),
+                                          series: costSeries,
+                                          unit: (costs[0]?.results[0]?.amount.currency
+                                                 || "usd").toUpperCase() });
+  };
+  range.addEventListener("change", guard(load));
+  kind.addEventListener("change", guard(load));
+  await load();
+}
 
 async function modelsPage(gen) {
   current(gen);

@@ -165,6 +165,8 @@ class Chunk(_Record):
     in_flight: dict[str, Any] | None = None
     strikes: dict[str, list[int]] | None = None
     failed_runs: int = 0  # runs that failed for no request's doing (worker/chunks.py)
+    started_at: float | None = None  # first claimed
+    finished_at: float | None = None  # committed done
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", ChunkState(self.state))
