@@ -5,6 +5,7 @@ name the parameter."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,12 @@ async def usage(client: httpx.AsyncClient, kind: str = "completions",
     return dict(answer.json())
 
 
+def events(stream: str) -> list[dict[str, Any]]:
+    """The JSON objects of a stream of server-sent events."""
+    return [json.loads(line[5:]) for line in stream.splitlines()
+            if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+
+
 def results(page: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for bucket in page["data"] for r in bucket["results"]]
 
@@ -41,10 +48,19 @@ async def test_batch_and_real_time_usage_add_up_to_the_token(
     answers = [(await alice.post("/v1/chat/completions", json={
         "model": "instant-model", "messages": [{"role": "user", "content": "hi " * n}]})).json()
         for n in range(1, 3)]
+    # Streams are counted too, with or without a usage chunk for the client.
     streamed = await alice.post("/v1/chat/completions", json={
-        "model": "instant-model", "stream": True, "stream_options": {"include_usage": False},
+        "model": "instant-model", "stream": True, "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": "stream this"}]})
     assert streamed.status_code == 200
+    [stream_usage] = [chunk["usage"] for chunk in events(streamed.text) if chunk.get("usage")]
+    quiet = await alice.post("/v1/completions", json={
+        "model": "instant-model", "stream": True, "prompt": ["one two", "three"]})
+    assert quiet.status_code == 200 and '"usage"' not in quiet.text
+    responses = await alice.post("/v1/responses", json={
+        "model": "instant-model", "stream": True, "input": "a streamed response"})
+    [completed] = [e for e in events(responses.text) if e.get("type") == "response.completed"]
+    response_usage = completed["response"]["usage"]
     embedded = (await alice.post("/v1/embeddings", json={
         "model": "embed-model", "input": ["one two", "three"]})).json()
 
@@ -61,9 +77,16 @@ async def test_batch_and_real_time_usage_add_up_to_the_token(
     assert by_batch[True]["input_tokens"] == batch["usage"]["input_tokens"]
     assert by_batch[True]["output_tokens"] == batch["usage"]["output_tokens"]
     real = by_batch[False]
-    assert real["num_model_requests"] == 2  # two whole answers (streams are not counted yet)
-    assert real["input_tokens"] == sum(a["usage"]["prompt_tokens"] for a in answers)
-    assert real["output_tokens"] == sum(a["usage"]["completion_tokens"] for a in answers)
+    # Two whole answers and three streams (the completion's two prompts are one request).
+    assert real["num_model_requests"] == 5
+    # The instant engine: a prompt's tokens are its words, "echo: …" one token a word.
+    quiet_usage = {"prompt_tokens": 3, "completion_tokens": 2 + 3}
+    assert real["input_tokens"] == sum(a["usage"]["prompt_tokens"] for a in answers) + \
+        stream_usage["prompt_tokens"] + quiet_usage["prompt_tokens"] + \
+        response_usage["input_tokens"]
+    assert real["output_tokens"] == sum(a["usage"]["completion_tokens"] for a in answers) + \
+        stream_usage["completion_tokens"] + quiet_usage["completion_tokens"] + \
+        response_usage["output_tokens"]
     for result in bucket["results"]:
         assert result["object"] == "organization.usage.completions.result"
         assert result["project_id"] == "alice" and result["model"] == "instant-model"

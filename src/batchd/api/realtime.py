@@ -47,7 +47,7 @@ async def serve(request: Request, caller: Principal, operation: Operation,
     release = svc.realtime.acquire(caller.key_id, slots)
     try:
         events = await unless_disconnected(
-            request, operation.stream(engine, body, created))
+            request, operation.stream(engine, body, created, meter.add_usage))
     except BaseException:
         release()
         raise

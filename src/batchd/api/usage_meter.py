@@ -1,10 +1,11 @@
-"""Real-time usage, recorded as each whole answer is produced, before it is sent. Streamed
-answers are not counted yet."""
+"""Real-time usage, recorded as each whole answer is produced, before it is sent; a streamed
+answer's when the engine reports it at the end, before the stream's last events."""
 
 from __future__ import annotations
 
 from batchd.api.auth import Principal
 from batchd.api.state import Services
+from batchd.engines.base import Usage
 from batchd.serving.operation import Operation
 
 
@@ -26,3 +27,7 @@ class UsageMeter:
             owner=self._caller.owner, key_id=self._caller.key_id, model=self._model,
             endpoint=self._endpoint, requests=requests, input_tokens=input_tokens,
             output_tokens=output_tokens, cached_tokens=cached_tokens)
+
+    async def add_usage(self, usage: Usage) -> None:
+        await self.add(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+                       cached_tokens=usage.cached_tokens)

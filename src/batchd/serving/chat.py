@@ -14,7 +14,13 @@ from batchd.openai.chat import (
     completion_object,
     usage_object,
 )
-from batchd.serving.operation import DEFAULT_OUTPUT_TOKENS, Operation, Produced, opened
+from batchd.serving.operation import (
+    DEFAULT_OUTPUT_TOKENS,
+    CountUsage,
+    Operation,
+    Produced,
+    opened,
+)
 from batchd.serving.prompts import first_text, text_tokens
 from batchd.serving.sse import DONE, chunk_writer, error_event
 
@@ -75,13 +81,13 @@ def _delta(event: Delta) -> dict[str, Any]:
     return delta
 
 
-async def _stream(engine: Engine, request: ChatCompletionRequest,
-                  created: int) -> AsyncIterator[bytes]:
-    return _chunks(await opened(engine.chat_stream(request)), request, created)
+async def _stream(engine: Engine, request: ChatCompletionRequest, created: int,
+                  count: CountUsage) -> AsyncIterator[bytes]:
+    return _chunks(await opened(engine.chat_stream(request)), request, created, count)
 
 
 async def _chunks(events: AsyncIterator[StreamEvent], request: ChatCompletionRequest,
-                  created: int) -> AsyncIterator[bytes]:
+                  created: int, count: CountUsage) -> AsyncIterator[bytes]:
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     chunk = chunk_writer(chunk_id=ids.chat_completion_id(), object_type="chat.completion.chunk",
                          created=created, model=request.model, include_usage=include_usage)
@@ -102,9 +108,11 @@ async def _chunks(events: AsyncIterator[StreamEvent], request: ChatCompletionReq
                     delta, logprobs = {}, None
                 yield chunk([{"index": event.index, "delta": delta, "logprobs": logprobs,
                               "finish_reason": finish}])
-            elif isinstance(event, Usage) and include_usage:
-                yield chunk([], usage_object(event.prompt_tokens, event.completion_tokens,
-                                             event.cached_tokens, event.reasoning_tokens))
+            elif isinstance(event, Usage):
+                await count(event)
+                if include_usage:
+                    yield chunk([], usage_object(event.prompt_tokens, event.completion_tokens,
+                                                 event.cached_tokens, event.reasoning_tokens))
     except Exception as exc:  # headers are sent: the error is the stream's last event
         yield error_event(exc, "chat completion")
     yield DONE

@@ -5,6 +5,7 @@ few at a time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from batchd.openai.completions import (
     text_completion_object,
     usage_object,
 )
-from batchd.serving.operation import Operation, Produced, opened
+from batchd.serving.operation import CountUsage, Operation, Produced, opened
 from batchd.serving.prompts import text_tokens
 from batchd.serving.sse import DONE, chunk_writer, error_event
 
@@ -90,8 +91,8 @@ async def _run(engine: Engine, request: CompletionRequest, created: int,
                     cached_tokens=cached)
 
 
-async def _stream(engine: Engine, request: CompletionRequest,
-                  created: int) -> AsyncIterator[bytes]:
+async def _stream(engine: Engine, request: CompletionRequest, created: int,
+                  count: CountUsage) -> AsyncIterator[bytes]:
     prompts = request.prompts()
     # As chat and responses: an engine's refusal before the first event (a prompt too long
     # for the context) is the HTTP error it would be without stream, not a 200.
@@ -101,7 +102,7 @@ async def _stream(engine: Engine, request: CompletionRequest,
     except BaseException:
         await merged.aclose()
         raise
-    return _chunks(events, request, prompts, created, merged.aclose)
+    return _chunks(events, request, prompts, created, merged.aclose, count)
 
 
 async def _merged(engine: Engine, request: CompletionRequest,
@@ -150,16 +151,18 @@ async def _merged(engine: Engine, request: CompletionRequest,
 
 
 async def _chunks(events: AsyncIterator[tuple[int, Delta | Usage]], request: CompletionRequest,
-                  prompts: list[Prompt], created: int,
-                  stop: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
+                  prompts: list[Prompt], created: int, stop: Callable[[], Awaitable[None]],
+                  count: CountUsage) -> AsyncIterator[bytes]:
     """`text_completion` chunks as OpenAI streams them: each choice's text in pieces (its
     `index` is prompt * n + choice, as in the whole object), `finish_reason` on its last
     piece, with `stream_options.include_usage` a last chunk with no choices and the usage,
-    then `[DONE]`. However it ends, `stop` ends the prompts still running at once."""
+    then `[DONE]`. However it ends, `stop` ends the prompts still running at once, and the
+    usage of the prompts that finished is counted."""
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     chunk = chunk_writer(chunk_id=ids.text_completion_id(), object_type="text_completion",
                          created=created, model=request.model, include_usage=include_usage)
     usage = Usage(prompt_tokens=0, completion_tokens=0)
+    counted = False
     try:
         if request.echo:  # the prompt comes first, as its own piece of each choice
             yield chunk([completion_choice(index=p * request.n + i, text=str(prompt),
@@ -175,10 +178,15 @@ async def _chunks(events: AsyncIterator[tuple[int, Delta | Usage]], request: Com
                               completion_tokens=usage.completion_tokens
                               + event.completion_tokens,
                               cached_tokens=usage.cached_tokens + event.cached_tokens)
+        counted = True
+        await count(usage)
         if include_usage:
             yield chunk([], usage_object(usage.prompt_tokens, usage.completion_tokens,
                                          usage.cached_tokens))
     except Exception as exc:  # headers are sent: the error is the stream's last event
+        if not counted and usage.prompt_tokens:  # what the prompts that finished cost
+            with contextlib.suppress(Exception):
+                await count(usage)
         yield error_event(exc, "text completion")
     finally:
         await stop()

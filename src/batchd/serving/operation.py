@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from batchd.engines.base import Capability, Engine, Priority
+from batchd.engines.base import Capability, Engine, Priority, Usage
 
 T = TypeVar("T")
 
@@ -29,7 +29,10 @@ class Produced:
 
 
 Runner = Callable[[Engine, Any, int, Priority], Awaitable[Produced]]
-Streamer = Callable[[Engine, Any, int], Awaitable[AsyncIterator[bytes]]]
+# Told a streamed answer's usage once the engine reports it, before the last events are
+# sent (real-time usage metering); a failure it raises ends the stream with an error event.
+CountUsage = Callable[[Usage], Awaitable[None]]
+Streamer = Callable[[Engine, Any, int, CountUsage], Awaitable[AsyncIterator[bytes]]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +50,7 @@ class Operation:
     # held or run; returns how many sequences it puts in the engine at once.
     admit: Callable[[Any], int]
     run: Runner  # (engine, admitted request, created, priority) -> the whole answer
-    # (engine, admitted request, created) -> the answer's server-sent events, opened: an
+    # (engine, admitted request, created, count) -> the answer's server-sent events, opened: an
     # engine's refusal before the first event is raised by the await, before any header is
     # sent. None: the endpoint has no streamed form.
     stream: Streamer | None = None

@@ -20,7 +20,13 @@ from batchd.openai.responses import (
     response_object,
     usage_object,
 )
-from batchd.serving.operation import DEFAULT_OUTPUT_TOKENS, Operation, Produced, opened
+from batchd.serving.operation import (
+    DEFAULT_OUTPUT_TOKENS,
+    CountUsage,
+    Operation,
+    Produced,
+    opened,
+)
 from batchd.serving.prompts import first_text, text_tokens
 from batchd.serving.sse import named_event
 
@@ -60,16 +66,16 @@ async def _run(engine: Engine, request: ResponsesRequest, created: int,
                     output_tokens=result.completion_tokens, cached_tokens=result.cached_tokens)
 
 
-async def _stream(engine: Engine, request: ResponsesRequest,
-                  created: int) -> AsyncIterator[bytes]:
+async def _stream(engine: Engine, request: ResponsesRequest, created: int,
+                  count: CountUsage) -> AsyncIterator[bytes]:
     chat = request.chat()
     with in_responses_terms():
         steps = await opened(engine.chat_stream(chat))
-    return _events(steps, request, created)
+    return _events(steps, request, created, count)
 
 
 async def _events(steps: AsyncIterator[StreamEvent], request: ResponsesRequest,
-                  created: int) -> AsyncIterator[bytes]:
+                  created: int, count: CountUsage) -> AsyncIterator[bytes]:
     """The event sequence OpenAI sends for one text message, which the SDK's stream
     helpers assemble: created, in_progress, the item and its part opened, text deltas, the
     text, part and item done, then completed (or incomplete, or failed)."""
@@ -105,6 +111,7 @@ async def _events(steps: AsyncIterator[StreamEvent], request: ResponsesRequest,
                         finish = step.finish_reason
                 else:
                     usage = step
+                    await count(usage)
     except Exception as exc:  # headers are sent: the failure is the stream's last event
         if not isinstance(exc, BatchdError):
             log.exception("a streamed response failed")
