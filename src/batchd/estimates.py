@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from batchd.batches.validation import InputValidator
+from batchd.batches.validation import UTF8_BOM, InputValidator
 from batchd.clock import Clock
 from batchd.engines.registry import ModelRegistry
 from batchd.errors import InvalidRequest
@@ -115,8 +115,9 @@ class FileScan:
                 return
             errors = validator.error_count
             validator.feed(raw)
-            if validator.error_count == errors and raw.strip():
-                self._add(raw)
+            line = raw.removeprefix(UTF8_BOM)  # as the validator reads the first line
+            if validator.error_count == errors and line.strip():
+                self._add(line)
 
     def _add(self, raw: bytes) -> None:
         body: dict[str, Any] = orjson.loads(raw)["body"]
@@ -178,7 +179,7 @@ class EstimateService:
             raise InvalidRequest(f"File {file.id} has purpose '{file.purpose}'; only a batch "
                                  "input file (purpose 'batch') can be estimated.",
                                  code="invalid_request", param="file_id")
-        endpoint = endpoint or self._endpoint_of(file)
+        endpoint = endpoint or await self.reading.run(lambda: self._endpoint_of(file))
         if endpoint not in OPERATIONS:
             raise InvalidRequest(f"Invalid 'endpoint': {endpoint!r} is not a batch endpoint "
                                  f"(one of {', '.join(sorted(OPERATIONS))}).",
@@ -201,8 +202,10 @@ class EstimateService:
     def _endpoint_of(self, file: FileRecord) -> str:
         """The `url` of the file's first request (what the batch would most likely be)."""
         for raw in self.blobs.lines(file.blob_key):
+            if not raw.strip():
+                continue
             try:
-                url = orjson.loads(raw).get("url")
+                url = orjson.loads(raw.removeprefix(UTF8_BOM)).get("url")
             except (orjson.JSONDecodeError, AttributeError):
                 continue
             return url if isinstance(url, str) else "/v1/chat/completions"

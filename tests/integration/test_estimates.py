@@ -97,6 +97,15 @@ async def test_bad_estimates_are_clear_400s_and_404s(harness: Harness) -> None:
     assert embeddings["requests"] == 0 and embeddings["errors"][0]["code"] == "invalid_url"
 
 
+async def test_a_file_saved_with_a_bom_and_blank_lines_is_estimated_as_it_would_run(
+    harness: Harness,
+) -> None:
+    data = ("\ufeff\n" + batch_line("a") + "\n\n" + batch_line("b") + "\n").encode()
+    body = (await estimate(harness.client, await harness.upload(data))).json()
+    assert body["valid"] is True and body["requests"] == 2
+    assert body["endpoint"] == "/v1/chat/completions"
+
+
 def test_throughput_counts_time_with_any_chunk_running_once() -> None:
     runs = [ChunkRun(0.0, 2.0, 10, 100), ChunkRun(1.0, 3.0, 10, 100),  # overlapping
             ChunkRun(10.0, 11.0, 5, 0)]  # after an idle gap, which is not counted
