@@ -12,6 +12,7 @@ requests queued before this file's.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 from batchd.batches.validation import UTF8_BOM, InputValidator
 from batchd.clock import Clock
 from batchd.engines.registry import ModelRegistry
-from batchd.errors import InvalidRequest
+from batchd.errors import InvalidRequest, NotFound
 from batchd.limits.preparation import Preparation
 from batchd.serving.endpoints import OPERATIONS, find_engine
 from batchd.serving.operation import Operation
@@ -35,6 +36,17 @@ EXACT_LINES = 20_000  # per model: beyond it, prompts are scaled from their byte
 PIECE_LINES = 2_000  # read per turn on the estimate thread (another owner's turn between)
 THROUGHPUT_WINDOW = 3600.0  # seconds of recent chunks the throughput is measured over
 WINDOW_SECONDS = {"24h": 24 * 3600}
+
+
+@contextlib.contextmanager
+def closed_after(lines: Iterator[bytes]) -> Iterator[Iterator[bytes]]:
+    """`lines`, closed however the reading ends (an open file, or an S3 stream)."""
+    try:
+        yield lines
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass(frozen=True)
@@ -84,7 +96,11 @@ class ModelTally:
     def method(self) -> str:
         if not self.counted_requests:
             return "estimate"
-        return "tokenizer" if self.counted_requests == self.requests else "tokenizer_scaled"
+        if self.counted_requests == self.requests:
+            return "tokenizer"
+        # Past EXACT_LINES the rest are scaled; requests the tokenizer could not take (the
+        # model would refuse them) were estimated from characters.
+        return "tokenizer_scaled" if not self.estimated_tokens else "tokenizer_partly"
 
 
 @dataclass
@@ -116,7 +132,7 @@ class FileScan:
             errors = validator.error_count
             validator.feed(raw)
             line = raw.removeprefix(UTF8_BOM)  # as the validator reads the first line
-            if validator.error_count == errors and line.strip():
+            if validator.error_count == errors and line.strip() and not validator.too_many:
                 self._add(line)
 
     def _add(self, raw: bytes) -> None:
@@ -174,7 +190,10 @@ class EstimateService:
         self.reading.close()
 
     async def estimate_file(self, file: FileRecord, *, endpoint: str | None,
-                            completion_window: str = "24h") -> dict[str, Any]:
+                            max_requests: int, completion_window: str = "24h",
+                            ) -> dict[str, Any]:
+        """`max_requests`: the most a batch of the caller's tier may hold (as creation
+        checks it)."""
         if file.purpose != "batch":
             raise InvalidRequest(f"File {file.id} has purpose '{file.purpose}'; only a batch "
                                  "input file (purpose 'batch') can be estimated.",
@@ -187,42 +206,54 @@ class EstimateService:
         if completion_window not in WINDOW_SECONDS:
             raise InvalidRequest("Invalid 'completion_window': only '24h' is supported.",
                                  code="invalid_value", param="completion_window")
-        tally = await self._read(file, endpoint)
+        tally = await self._read(file, endpoint, max_requests)
         now = self.clock.now()
-        queued = (await self.store.queue_snapshot())["pending"]
+        queued: dict[str, int] = {}  # by served model (chunks name it as the file did)
+        for name, pending in (await self.store.queue_snapshot())["pending"].items():
+            served = self.registry.served_id(name) or name
+            queued[served] = queued.get(served, 0) + pending
         models = []
         for model, counts in sorted(tally.models.items()):
-            runs = await self.store.recent_chunk_runs(model=model,
+            runs = await self.store.recent_chunk_runs(models=self._names_of(model),
                                                       since=now - THROUGHPUT_WINDOW)
             models.append(self._model_estimate(model, counts, throughput(runs),
                                                queued.get(model, 0)))
         return self._file_estimate(file, tally, models, now=now,
                                    window=WINDOW_SECONDS[completion_window])
 
+    def _names_of(self, model: str) -> list[str]:
+        """The served model's id and aliases: what a batch's chunks may name it by."""
+        try:
+            entry = self.registry.entry(model)
+        except NotFound:
+            return [model]
+        return [entry.id, *entry.aliases]
+
     def _endpoint_of(self, file: FileRecord) -> str:
         """The `url` of the file's first request (what the batch would most likely be)."""
-        for raw in self.blobs.lines(file.blob_key):
-            if not raw.strip():
-                continue
-            try:
-                url = orjson.loads(raw.removeprefix(UTF8_BOM)).get("url")
-            except (orjson.JSONDecodeError, AttributeError):
-                continue
-            return url if isinstance(url, str) else "/v1/chat/completions"
+        with closed_after(self.blobs.lines(file.blob_key)) as lines:
+            for raw in lines:
+                if not raw.strip():
+                    continue
+                try:
+                    url = orjson.loads(raw.removeprefix(UTF8_BOM)).get("url")
+                except (orjson.JSONDecodeError, AttributeError):
+                    continue
+                return url if isinstance(url, str) else "/v1/chat/completions"
         return "/v1/chat/completions"
 
-    async def _read(self, file: FileRecord, endpoint: str) -> FileTally:
+    async def _read(self, file: FileRecord, endpoint: str, max_requests: int) -> FileTally:
         validator = InputValidator(
             endpoint=endpoint, served_model=self.registry.served_id,
-            capabilities=self.registry.capabilities,
-            max_requests=self.settings.max_requests_per_batch,
+            capabilities=self.registry.capabilities, max_requests=max_requests,
             chunk_lines=self.settings.chunk_lines,
             max_listed_errors=self.settings.max_listed_errors)
         tally = FileTally(endpoint=endpoint, validator=validator)
-        scan = FileScan(lines=iter(self.blobs.lines(file.blob_key)), tally=tally,
-                        operation=OPERATIONS[endpoint], registry=self.registry)
-        while not scan.done:
-            await self.reading.run(scan.piece)
+        with closed_after(self.blobs.lines(file.blob_key)) as lines:
+            scan = FileScan(lines=lines, tally=tally, operation=OPERATIONS[endpoint],
+                            registry=self.registry)
+            while not scan.done:
+                await self.reading.run(scan.piece)
         return tally
 
     def _model_estimate(self, model: str, counts: ModelTally, measured: Throughput | None,

@@ -357,21 +357,24 @@ async def test_housekeeping_turns_follow_the_period(stores: Stores) -> None:
     assert await store.take_turn("expiry", now=NOW + 60, every=60)
 
 
-async def test_a_chunk_run_spans_its_first_claim_to_its_commit(stores: Stores) -> None:
-    # What a file's estimate measures a model's throughput by: a chunk taken over after a
-    # lapsed lease still began when it was first claimed.
+async def test_a_chunk_run_once_spans_its_claim_to_its_commit(stores: Stores) -> None:
+    # What a file's estimate measures a model's throughput by; a chunk taken over after a
+    # lapsed lease is left out (its span holds the time nobody ran it).
     store = await stores()
-    await running_batch(store, chunks=1)
-    first = await store.claim_chunk(worker="w1", now=NOW, lease_seconds=LEASE)
-    assert first is not None
-    again = await store.claim_chunk(worker="w2", now=LATER, lease_seconds=LEASE)
-    assert again is not None
-    assert await store.recent_chunk_runs(model="m", since=NOW - 1) == []  # not done yet
-    assert await store.commit_chunk(again[0], again[1], parts=[],
+    await running_batch(store, chunks=2)
+    once = await store.claim_chunk(worker="w1", now=NOW, lease_seconds=LEASE)
+    twice = await store.claim_chunk(worker="w1", now=NOW, lease_seconds=LEASE)
+    assert once is not None and twice is not None
+    assert await store.recent_chunk_runs(models=["m"], since=NOW - 1) == []  # not done yet
+    assert await store.commit_chunk(once[0], once[1], parts=[],
                                     committed=ChunkProgress(n_ok=3, n_err=1, output_tokens=9),
-                                    now=LATER + 2.5)
-    (run,) = await store.recent_chunk_runs(model="m", since=NOW - 1)
+                                    now=NOW + 2.5)
+    again = await store.claim_chunk(worker="w2", now=LATER, lease_seconds=LEASE)
+    assert again is not None and again[0].chunk_no == twice[0].chunk_no
+    assert await store.commit_chunk(again[0], again[1], parts=[],
+                                    committed=ChunkProgress(n_ok=1), now=LATER + 1)
+    (run,) = await store.recent_chunk_runs(models=["alias", "m"], since=NOW - 1)
     assert (run.started_at, run.finished_at, run.lines, run.output_tokens) == (
-        NOW, LATER + 2.5, 4, 9)
-    assert await store.recent_chunk_runs(model="m", since=LATER + 3) == []
-    assert await store.recent_chunk_runs(model="other", since=NOW - 1) == []
+        NOW, NOW + 2.5, 4, 9)
+    assert await store.recent_chunk_runs(models=["m"], since=NOW + 3) == []
+    assert await store.recent_chunk_runs(models=["other"], since=NOW - 1) == []

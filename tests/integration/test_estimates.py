@@ -69,8 +69,9 @@ async def test_an_estimate_sums_each_model_and_lists_what_would_fail(harness: Ha
 
 
 async def test_an_estimate_learns_from_what_ran(harness: Harness) -> None:
-    await harness.run_batch([batch_line(f"w{n}", "one two three four", max_tokens=50)
-                             for n in range(6)])
+    # Run under an alias: the chunks name the model as the file did.
+    await harness.run_batch([batch_line(f"w{n}", "one two three four", max_tokens=50,
+                                        model="org/instant-alias") for n in range(6)])
     file_id = await harness.upload([batch_line(f"r{n}", "x") for n in range(4)])
     model = (await estimate(harness.client, file_id)).json()["models"][0]
     # The instant engine answers "echo: <the message>", one token a word.

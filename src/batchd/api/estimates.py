@@ -3,7 +3,7 @@ would cost and when it would be done, before it is created."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
@@ -20,7 +20,7 @@ class EstimateParams(BaseModel):
 
     # The batch's endpoint; by default the `url` of the file's first request.
     endpoint: str | None = None
-    completion_window: Literal["24h"] = "24h"
+    completion_window: str = "24h"  # the only one (anything else: a 400 naming it)
 
 
 @router.post("/{file_id}/estimate")
@@ -29,5 +29,9 @@ async def estimate_file(request: Request, caller: Caller, file_id: str,
     svc = services(request)
     record = await svc.files.get(owner=caller.scope, file_id=file_id)
     params = params or EstimateParams()
+    # As batch creation counts them: the server's limit, or the caller's tier's if lower.
+    limit = svc.settings.max_requests_per_batch
+    max_requests = min(limit, caller.tier.max_batch_requests or limit)
     return await svc.estimates.estimate_file(record, endpoint=params.endpoint,
+                                             max_requests=max_requests,
                                              completion_window=params.completion_window)

@@ -404,14 +404,14 @@ async function batchPage(gen, id, sub) {
   const results = sub === "results" ? resultsSection(gen, () => batch) : null;
   if (results) parts.push(results.section);
   view(...parts);
-  await chart.load(gen);
+  await chart.load(gen, batch);
   poll(gen, async () => {
     if (!ACTIVE.includes(batch.status)) return;
     const before = batch;
     batch = await api(`/v1/batches/${encodeURIComponent(batch.id)}`);
     current(gen);
     render();
-    await chart.load(gen);
+    await chart.load(gen, batch);
     if (results && (batch.output_file_id !== before.output_file_id ||
                     batch.error_file_id !== before.error_file_id)) results.reload();
   });
@@ -424,9 +424,24 @@ function progressChart(batchId) {
   const note = h("p", { class: "muted" });
   const section = h("section", { "aria-labelledby": "progress-title" },
     h("h2", { id: "progress-title" }, "Progress over time"), note, box);
-  const load = async (gen) => {
-    const progress = await api(`/admin/batches/${encodeURIComponent(batchId)}/progress`);
+  let loadedAt = 0, loadedDone = -1;
+  // Again when the counts have moved, at most every 10 s (a trial key has 30 requests a
+  // minute for the page's polls); a failure is said under the chart, never over the page.
+  const load = async (gen, batch) => {
+    const done = batch ? counts(batch).done : 0;
+    if (loadedDone >= 0 && batch && ACTIVE.includes(batch.status)
+        && (done === loadedDone || Date.now() - loadedAt < 10_000)) return;
+    let progress;
+    try {
+      progress = await api(`/admin/batches/${encodeURIComponent(batchId)}/progress`);
+    } catch (e) {
+      if (e instanceof Stale || e.status === 401) throw e;
+      note.textContent = `The chart is not up to date: ${e.message}`;
+      return;
+    }
     current(gen);
+    loadedAt = Date.now();
+    loadedDone = done;
     const points = progress.points;
     if (points.length < 2) {
       note.textContent = "Nothing finished yet.";
@@ -708,7 +723,8 @@ const RANGES = { "24h": { seconds: 86400, width: "1h", step: 3600 },
                  "7d": { seconds: 7 * 86400, width: "1d", step: 86400 },
                  "30d": { seconds: 30 * 86400, width: "1d", step: 86400 } };
 
-async function usagePages(kind, query) {
+// Every page's buckets; `unpriced` collects the costs pages' models without prices.
+async function usagePages(kind, query, unpriced = null) {
   const buckets = [];
   let page = null;
   do {
@@ -716,6 +732,7 @@ async function usagePages(kind, query) {
     if (page) params.set("page", page);
     const answer = await api(`/v1/organization/${kind}?${params}`);
     buckets.push(...answer.data);
+    if (unpriced) (answer.unpriced_models || []).forEach((m) => unpriced.add(m));
     page = answer.has_more ? answer.next_page : null;
   } while (page);
   return buckets;
@@ -762,9 +779,11 @@ async function usagePage(gen) {
     const byBatch = kind.value === "completions"
       ? await usagePages(path, { ...base, group_by: "batch" }) : null;
     const byOwner = admin ? await usagePages(path, { ...base, group_by: "project_id" }) : null;
+    const unpriced = new Set();
     const costs = await usagePages("costs", { start_time: Math.floor(start / 86400) * 86400,
                                               group_by: "line_item",
-                                              limit: Math.ceil(chosen.seconds / 86400) + 1 });
+                                              limit: Math.ceil(chosen.seconds / 86400) + 1 },
+                                   unpriced);
     current(gen);
     const times = byModel.map((b) => b.start_time);
     const tokens = (r) => r.input_tokens + (r.output_tokens || 0);
@@ -783,7 +802,6 @@ async function usagePage(gen) {
     const requestsBox = chart("chart-requests", byBatch ? "Requests: batch and real time"
                                                         : "Requests");
     const ownersBox = admin ? chart("chart-owners", "Tokens by owner") : null;
-    const unpriced = new Set(costs.flatMap((b) => b.unpriced_models || []));
     const costSeries = seriesBy(costs, "line_item", (r) => r.amount.value,
                                 (item) => item).filter((s) => s.values.some((v) => v > 0));
     const costBox = chart("chart-costs", "Cost per day", costSeries.length ? null

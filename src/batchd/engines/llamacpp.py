@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import random
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from batchd.engines.base import (
     EmbeddingResult,
     EngineFailure,
     EngineRequestError,
+    EngineUnavailable,
     Priority,
     StreamEvent,
     Usage,
@@ -60,6 +62,7 @@ class LlamaCppEngine:
         self._embedder: Embedder | None = None
         self._scheduler: Scheduler | None = None
         self._preparation = Preparation()  # templates and tokenizing, off the event loop
+        self._counting = _Users()  # other threads counting tokens with the model (estimates)
         if "embeddings" in serves:
             self._embedder = Embedder(path, options, self._preparation)
         if "chat" in serves:
@@ -104,15 +107,16 @@ class LlamaCppEngine:
     def count_tokens(self, request: ChatCompletionRequest | CompletionRequest | EmbeddingInputs,
                      ) -> int | None:
         """The prompt's tokens as this model reads them: its tokenizer, after its chat
-        template (for a batch input file's estimate)."""
-        if isinstance(request, EmbeddingInputs):
-            if self._embedder is None:
-                return None
-            return sum(len(tokens) for tokens in self._embedder.tokens_of(request))
-        self._generator()
-        if isinstance(request, ChatCompletionRequest):
-            return len(self._chat_tokens(request)[1])
-        return len(self._raw_prompt(request.single))
+        template (for a batch input file's estimate). The model is not freed meanwhile."""
+        with self._counting.use():
+            if isinstance(request, EmbeddingInputs):
+                if self._embedder is None:
+                    return None
+                return sum(len(tokens) for tokens in self._embedder.tokens_of(request))
+            self._generator()
+            if isinstance(request, ChatCompletionRequest):
+                return len(self._chat_tokens(request)[1])
+            return sum(len(self._raw_prompt(prompt)) for prompt in request.prompts())
 
     def _chat_tokens(self, request: ChatCompletionRequest,
                      ) -> tuple[llamacpp_chat.ChatPlan, list[int], bool]:
@@ -328,11 +332,40 @@ class LlamaCppEngine:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._preparation.close)  # nothing tokenizes any more
+        await asyncio.to_thread(self._counting.close)
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.stop)
             await asyncio.to_thread(self._llama.close)
         if self._embedder is not None:
             await asyncio.to_thread(self._embedder.close)
+
+
+class _Users:
+    """Threads of others' using the model (an estimate counting tokens): the model is freed
+    only once they are done, and none starts after that (a restart, a shutdown)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._users = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[None]:
+        with self._changed:
+            if self._closed:
+                raise EngineUnavailable("The engine is being shut down or restarted.")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._users -= 1
+                self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.wait_for(lambda: self._users == 0)
 
 
 def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:

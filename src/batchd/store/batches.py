@@ -123,14 +123,16 @@ class SqlBatches:
         return {"batches": {str(status): int(n) for status, n in statuses},
                 "pending": pending, "queued": queued}
 
-    async def recent_chunk_runs(self, *, model: str, since: float,
+    async def recent_chunk_runs(self, *, models: Sequence[str], since: float,
                                 limit: int = 5000) -> list[ChunkRun]:
-        """The chunks of `model` done since `since`, newest first (for its throughput)."""
+        """The chunks of `models` (a model's id and aliases) done since `since` in one run,
+        newest first (for its throughput: a chunk run twice spans the time between)."""
         c = t.chunks.c
         async with self._db.read() as conn:
             rows = (await conn.execute(
                 select(c.started_at, c.finished_at, c.done_ok + c.done_err, c.done_output_tokens)
-                .where(c.model == model, c.finished_at >= since, c.started_at.is_not(None))
+                .where(c.model.in_(list(models)), c.finished_at >= since, c.attempts == 1,
+                       c.started_at.is_not(None))
                 .order_by(c.finished_at.desc()).limit(limit))).all()
         return [ChunkRun(started_at=float(r[0]), finished_at=float(r[1]), lines=int(r[2]),
                          output_tokens=int(r[3])) for r in rows]

@@ -236,10 +236,10 @@ class MemoryStore:
                 "pending": {model or "*": n for model, n in pending.items()},
                 "queued": {model or "*": n for model, n in queued.items()}}
 
-    async def recent_chunk_runs(self, *, model: str, since: float,
+    async def recent_chunk_runs(self, *, models: Sequence[str], since: float,
                                 limit: int = 5000) -> list[ChunkRun]:
         done = [c for c in self.tables.chunks.values()
-                if c["model"] == model and c["started_at"] is not None
+                if c["model"] in models and c["attempts"] == 1 and c["started_at"] is not None
                 and c["finished_at"] is not None and c["finished_at"] >= since]
         done.sort(key=lambda c: c["finished_at"], reverse=True)
         return [ChunkRun(started_at=c["started_at"], finished_at=c["finished_at"],
