@@ -361,7 +361,7 @@ async def test_a_chunk_run_once_spans_its_claim_to_its_commit(stores: Stores) ->
     # What a file's estimate measures a model's throughput by; a chunk taken over after a
     # lapsed lease is left out (its span holds the time nobody ran it).
     store = await stores()
-    await running_batch(store, chunks=2)
+    batch_id = await running_batch(store, chunks=2)
     once = await store.claim_chunk(worker="w1", now=NOW, lease_seconds=LEASE)
     twice = await store.claim_chunk(worker="w1", now=NOW, lease_seconds=LEASE)
     assert once is not None and twice is not None
@@ -378,3 +378,7 @@ async def test_a_chunk_run_once_spans_its_claim_to_its_commit(stores: Stores) ->
         NOW, NOW + 2.5, 4, 9)
     assert await store.recent_chunk_runs(models=["m"], since=NOW + 3) == []
     assert await store.recent_chunk_runs(models=["other"], since=NOW - 1) == []
+    # The batch's progress over time: each chunk when it was done, in that order.
+    assert [(d.finished_at, d.done_ok, d.done_err, d.done_output_tokens)
+            for d in await store.chunks_done(batch_id)] == [
+        (NOW + 2.5, 3, 1, 9), (LATER + 1, 1, 0, 0)]

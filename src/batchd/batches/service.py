@@ -141,7 +141,7 @@ class BatchService:
         """Its finished and failed requests and output tokens over time (timeline.py)."""
         record = await self.record(owner=owner, batch_id=batch_id)
         live = (await self.store.live_progress([record.id])).get(record.id)
-        return progress_timeline(record, await self.store.list_chunks(record.id), live,
+        return progress_timeline(record, await self.store.chunks_done(record.id), live,
                                  now=self.clock.now())
 
     async def list(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from batchd.store.records import BatchRecord, Chunk, ChunkProgress
+from batchd.store.records import BatchRecord, ChunkDone, ChunkProgress
 
 MAX_POINTS = 300  # a chart 390 px wide shows no more
 
@@ -23,7 +23,7 @@ class Point:
                 "output_tokens": self.output_tokens}
 
 
-def progress_timeline(batch: BatchRecord, chunks: list[Chunk], live: ChunkProgress | None,
+def progress_timeline(batch: BatchRecord, chunks: list[ChunkDone], live: ChunkProgress | None,
                       *, now: float) -> dict[str, Any]:
     """Cumulative counts at each chunk's commit (at most MAX_POINTS, the last of each time
     slice kept), from when the batch started running; a running batch's last point is now,
@@ -32,14 +32,12 @@ def progress_timeline(batch: BatchRecord, chunks: list[Chunk], live: ChunkProgre
     points: list[Point] = []
     if start is not None:
         points.append(Point(float(start), 0, 0, 0))
-        done = sorted((c for c in chunks if c.finished_at is not None),
-                      key=lambda c: c.finished_at or 0.0)
         completed = failed = tokens = 0
-        for chunk in done:
+        for chunk in sorted(chunks, key=lambda c: c.finished_at):
             completed += chunk.done_ok
             failed += chunk.done_err
             tokens += chunk.done_output_tokens
-            points.append(Point(chunk.finished_at or 0.0, completed, failed, tokens))
+            points.append(Point(chunk.finished_at, completed, failed, tokens))
         running = batch.status in ("in_progress", "finalizing", "cancelling")
         if running and live is not None:
             points.append(Point(max(now, points[-1].at), live.n_ok, live.n_err,

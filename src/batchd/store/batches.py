@@ -18,6 +18,7 @@ from batchd.store.records import (
     ACTIVE_STATUSES,
     BatchRecord,
     BatchStatus,
+    ChunkDone,
     ChunkProgress,
     ChunkRun,
     ChunkState,
@@ -122,6 +123,17 @@ class SqlBatches:
                 queued[model or "*"] = queued.get(model or "*", 0) + int(n or 0)
         return {"batches": {str(status): int(n) for status, n in statuses},
                 "pending": pending, "queued": queued}
+
+    async def chunks_done(self, batch_id: str) -> list[ChunkDone]:
+        """The batch's chunks done so far, in the order they were done (only the columns
+        its progress chart needs: not the parts)."""
+        c = t.chunks.c
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                select(c.finished_at, c.done_ok, c.done_err, c.done_output_tokens)
+                .where(c.batch_id == batch_id, c.finished_at.is_not(None))
+                .order_by(c.finished_at, c.chunk_no))).all()
+        return [ChunkDone(float(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     async def recent_chunk_runs(self, *, models: Sequence[str], since: float,
                                 limit: int = 5000) -> list[ChunkRun]:

@@ -48,6 +48,7 @@ from batchd.store.records import (
     BatchRecord,
     BatchStatus,
     Chunk,
+    ChunkDone,
     ChunkPlan,
     ChunkProgress,
     ChunkRun,
@@ -235,6 +236,12 @@ class MemoryStore:
         return {"batches": dict(statuses),
                 "pending": {model or "*": n for model, n in pending.items()},
                 "queued": {model or "*": n for model, n in queued.items()}}
+
+    async def chunks_done(self, batch_id: str) -> list[ChunkDone]:
+        done = sorted((c for c in self._chunks_of(batch_id) if c["finished_at"] is not None),
+                      key=lambda c: (c["finished_at"], c["chunk_no"]))
+        return [ChunkDone(c["finished_at"], c["done_ok"], c["done_err"],
+                          c["done_output_tokens"]) for c in done]
 
     async def recent_chunk_runs(self, *, models: Sequence[str], since: float,
                                 limit: int = 5000) -> list[ChunkRun]:

@@ -53,6 +53,7 @@ class MetadataStore:
         self.live_progress = batches.live_progress
         self.queue_snapshot = batches.queue_snapshot
         self.recent_chunk_runs = batches.recent_chunk_runs
+        self.chunks_done = batches.chunks_done
         self.request_cancel = batches.request_cancel
         self.mark_expired = batches.mark_expired
         self.stop_batch = batches.stop_batch

@@ -165,8 +165,6 @@ class Chunk(_Record):
     in_flight: dict[str, Any] | None = None
     strikes: dict[str, list[int]] | None = None
     failed_runs: int = 0  # runs that failed for no request's doing (worker/chunks.py)
-    started_at: float | None = None  # first claimed
-    finished_at: float | None = None  # committed done
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", ChunkState(self.state))
@@ -177,6 +175,16 @@ class Chunk(_Record):
                              input_tokens=self.done_input_tokens,
                              output_tokens=self.done_output_tokens,
                              cached_tokens=self.done_cached_tokens)
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """When a chunk was done, and what it recorded (a batch's progress over time)."""
+
+    finished_at: float
+    done_ok: int
+    done_err: int
+    done_output_tokens: int
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from batchd.store.records import (
     BatchRecord,
     BatchStatus,
     Chunk,
+    ChunkDone,
     ChunkPlan,
     ChunkProgress,
     ChunkRun,
@@ -108,6 +109,7 @@ class ApiStore(UploadVerbs, BatchReads, Protocol):
     async def request_cancel(self, batch_id: str, *, owner: str | None,
                              now: int) -> BatchRecord | None: ...
     async def queue_snapshot(self) -> dict[str, dict[str, int]]: ...
+    async def chunks_done(self, batch_id: str) -> list[ChunkDone]: ...
     async def recent_chunk_runs(self, *, models: Sequence[str], since: float,
                                 limit: int = 5000) -> list[ChunkRun]: ...
 
