@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -46,6 +45,7 @@ from batchd.limits.ratelimit import RateLimiter
 from batchd.limits.tiers import load_tiers
 from batchd.probes import Probes
 from batchd.settings import Settings
+from batchd.shielding import stop_then_wait
 from batchd.store.metadata import MetadataStore
 from batchd.uploads import UploadService
 from batchd.usage import UsageService
@@ -140,7 +140,8 @@ async def serving(svc: Services, probes: Probes) -> AsyncIterator[None]:
     """The running process: the store-wide gauges kept fresh, readiness checked (ready from
     here on while the stores answer), and draining at the end."""
     metrics.serve_models(svc.registry.served_ids())
-    refresher = asyncio.create_task(svc.gauges.keep_fresh(), name="metrics:store-gauges")
+    stop = asyncio.Event()
+    refresher = asyncio.create_task(svc.gauges.keep_fresh(stop), name="metrics:store-gauges")
     try:
         async with probes.watching(svc.store, svc.blobs):
             probes.started()
@@ -149,9 +150,7 @@ async def serving(svc: Services, probes: Probes) -> AsyncIterator[None]:
             finally:
                 probes.drain()
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        await stop_then_wait(refresher, stop, within=10)
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None,

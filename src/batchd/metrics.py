@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import time
@@ -241,14 +242,17 @@ class StoreGauges:
             CALLBACKS.snapshot = await self._read()
         CALLBACKS.snapshot_at = time.time()
 
-    async def keep_fresh(self, *, every: float = 10.0) -> None:
-        """Refresh every `every` seconds (runs as a task while the process serves metrics)."""
-        while True:
+    async def keep_fresh(self, stop: asyncio.Event, *, every: float = 10.0) -> None:
+        """Refresh every `every` seconds until `stop` is set (runs as a task while the
+        process serves metrics)."""
+        while not stop.is_set():
             try:
                 await self.refresh()
             except Exception as exc:  # an outage: keep the last snapshot (its age says so)
                 log.debug("could not refresh the store gauges: %s", exc)
-            await asyncio.sleep(every)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every):
+                    await stop.wait()
 
 
 class HttpMetrics:

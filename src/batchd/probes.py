@@ -31,6 +31,7 @@ from prometheus_client import make_wsgi_app
 
 from batchd.backends import outage
 from batchd.metrics import REGISTRY
+from batchd.shielding import stop_then_wait
 
 log = logging.getLogger(__name__)
 
@@ -126,23 +127,26 @@ class Probes:
             return outage(exc) or f"the object store check failed ({type(exc).__name__}: {exc})"
         return None
 
-    async def watch(self, store: Pingable, blobs: object) -> None:
-        """Check every `every` seconds until cancelled."""
-        while True:
-            await self.check(store, blobs)
-            await asyncio.sleep(self.every)
+    async def watch(self, store: Pingable, blobs: object, stop: asyncio.Event) -> None:
+        """Check every `every` seconds until `stop` is set."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.every):
+                    await stop.wait()
+            if not stop.is_set():
+                await self.check(store, blobs)
 
     @contextlib.asynccontextmanager
     async def watching(self, store: Pingable, blobs: object) -> Any:
-        """Checks first once (so that readiness starts from a fact), then in the background."""
+        """Checks first once (so that readiness starts from a fact), then in the background.
+        At the end a check under way is let finish (it is bounded by `timeout`)."""
         await self.check(store, blobs)
-        task = asyncio.create_task(self.watch(store, blobs), name="probes:watch")
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.watch(store, blobs, stop), name="probes:watch")
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_then_wait(task, stop, within=2 * self.timeout)
 
     # --- the metrics port -------------------------------------------------------------------
 

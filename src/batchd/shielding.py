@@ -5,6 +5,7 @@ hold a lock or lose a saved part), without asyncio reporting its later failure a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -27,3 +28,18 @@ async def finish_even_if_cancelled(work: Awaitable[R]) -> R:
 def _abandoned_done(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("work whose caller had gone failed: %r", task.exception())
+
+
+async def stop_then_wait(task: asyncio.Task[Any], stop: asyncio.Event, *,
+                         within: float) -> None:
+    """End a background loop that watches `stop`: set it, and give `task` up to `within`
+    seconds to end by itself, so that a database call under way finishes (one cut off while
+    it connects leaves its connection open); only then cancel it."""
+    stop.set()
+    try:
+        async with asyncio.timeout(within):
+            await asyncio.shield(task)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
