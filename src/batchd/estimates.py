@@ -1,5 +1,4 @@
-"""What a batch input file will cost and when it would be done, before it is submitted; and
-when a running batch will be done.
+"""What a batch input file will cost and when it would be done, before it is submitted.
 
 A file's estimate reads it once, as batch creation would validate it, and sums per model:
 its requests, their prompt tokens (by the model's own tokenizer and chat template where the
@@ -13,6 +12,7 @@ requests queued before this file's.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +25,7 @@ from batchd.clock import Clock
 from batchd.engines.registry import ModelRegistry
 from batchd.errors import InvalidRequest, NotFound
 from batchd.limits.preparation import Preparation
+from batchd.openai.batches import COMPLETION_WINDOWS
 from batchd.serving.endpoints import OPERATIONS, find_engine
 from batchd.serving.operation import Operation
 from batchd.settings import Settings
@@ -32,10 +33,10 @@ from batchd.store.blobs import BlobStore
 from batchd.store.records import ChunkRun, FileRecord
 from batchd.store.roles import ApiStore
 
+DEFAULT_ENDPOINT = "/v1/chat/completions"
 EXACT_LINES = 20_000  # per model: beyond it, prompts are scaled from their bytes
 PIECE_LINES = 2_000  # read per turn on the estimate thread (another owner's turn between)
 THROUGHPUT_WINDOW = 3600.0  # seconds of recent chunks the throughput is measured over
-WINDOW_SECONDS = {"24h": 24 * 3600}
 
 
 @contextlib.contextmanager
@@ -129,14 +130,11 @@ class FileScan:
             if raw is None or validator.too_many:
                 self.done = True
                 return
-            errors = validator.error_count
-            validator.feed(raw)
-            line = raw.removeprefix(UTF8_BOM)  # as the validator reads the first line
-            if validator.error_count == errors and line.strip() and not validator.too_many:
-                self._add(line)
+            item = validator.feed(raw)
+            if item is not None:
+                self._add(item["body"], size=len(raw))
 
-    def _add(self, raw: bytes) -> None:
-        body: dict[str, Any] = orjson.loads(raw)["body"]
+    def _add(self, body: dict[str, Any], *, size: int) -> None:
         model = str(body["model"])
         served = self.registry.served_id(model) or model
         tally = self.tally.models.setdefault(served, ModelTally())
@@ -152,18 +150,17 @@ class FileScan:
         if not tally.tokenizer:
             tally.estimated_tokens += prompt_estimate
         elif tally.counted_requests >= EXACT_LINES:
-            tally.uncounted_bytes += len(raw)
+            tally.uncounted_bytes += size
         else:
-            counted = self._count(model, request)
+            counted = self._count(tally, model, request)
             if counted is None:
                 tally.estimated_tokens += prompt_estimate
             else:
                 tally.counted_requests += 1
                 tally.counted_tokens += counted
-                tally.counted_bytes += len(raw)
+                tally.counted_bytes += size
 
-    def _count(self, model: str, request: Any) -> int | None:
-        tally = self.tally.models[self.registry.served_id(model) or model]
+    def _count(self, tally: ModelTally, model: str, request: Any) -> int | None:
         try:
             counted = find_engine(self.registry, model, self.operation).count_tokens(
                 self.operation.counted(request))
@@ -198,15 +195,20 @@ class EstimateService:
             raise InvalidRequest(f"File {file.id} has purpose '{file.purpose}'; only a batch "
                                  "input file (purpose 'batch') can be estimated.",
                                  code="invalid_request", param="file_id")
-        endpoint = endpoint or await self.reading.run(lambda: self._endpoint_of(file))
-        if endpoint not in OPERATIONS:
-            raise InvalidRequest(f"Invalid 'endpoint': {endpoint!r} is not a batch endpoint "
-                                 f"(one of {', '.join(sorted(OPERATIONS))}).",
-                                 code="invalid_value", param="endpoint")
-        if completion_window not in WINDOW_SECONDS:
-            raise InvalidRequest("Invalid 'completion_window': only '24h' is supported.",
+        window = COMPLETION_WINDOWS.get(completion_window)
+        if window is None:
+            raise InvalidRequest(f"Invalid 'completion_window': {completion_window!r} (one of "
+                                 f"{', '.join(COMPLETION_WINDOWS)}, as for a batch).",
                                  code="invalid_value", param="completion_window")
-        tally = await self._read(file, endpoint, max_requests)
+        with closed_after(self.blobs.lines(file.blob_key)) as lines:
+            if endpoint is None:  # the first request's url, read off the same pass
+                head, endpoint = await self.reading.run(lambda: _first_url(lines))
+                lines = itertools.chain(head, lines)
+            if endpoint not in OPERATIONS:
+                raise InvalidRequest(f"Invalid 'endpoint': {endpoint!r} is not a batch "
+                                     f"endpoint (one of {', '.join(sorted(OPERATIONS))}).",
+                                     code="invalid_value", param="endpoint")
+            tally = await self._read(lines, endpoint, max_requests)
         now = self.clock.now()
         queued: dict[str, int] = {}  # by served model (chunks name it as the file did)
         for name, pending in (await self.store.queue_snapshot())["pending"].items():
@@ -218,8 +220,8 @@ class EstimateService:
                                                       since=now - THROUGHPUT_WINDOW)
             models.append(self._model_estimate(model, counts, throughput(runs),
                                                queued.get(model, 0)))
-        return self._file_estimate(file, tally, models, now=now,
-                                   window=WINDOW_SECONDS[completion_window])
+        return self._file_estimate(file, tally, models, now=now, window=window,
+                                   window_name=completion_window)
 
     def _names_of(self, model: str) -> list[str]:
         """The served model's id and aliases: what a batch's chunks may name it by."""
@@ -229,31 +231,18 @@ class EstimateService:
             return [model]
         return [entry.id, *entry.aliases]
 
-    def _endpoint_of(self, file: FileRecord) -> str:
-        """The `url` of the file's first request (what the batch would most likely be)."""
-        with closed_after(self.blobs.lines(file.blob_key)) as lines:
-            for raw in lines:
-                if not raw.strip():
-                    continue
-                try:
-                    url = orjson.loads(raw.removeprefix(UTF8_BOM)).get("url")
-                except (orjson.JSONDecodeError, AttributeError):
-                    continue
-                return url if isinstance(url, str) else "/v1/chat/completions"
-        return "/v1/chat/completions"
-
-    async def _read(self, file: FileRecord, endpoint: str, max_requests: int) -> FileTally:
+    async def _read(self, lines: Iterator[bytes], endpoint: str,
+                    max_requests: int) -> FileTally:
         validator = InputValidator(
             endpoint=endpoint, served_model=self.registry.served_id,
             capabilities=self.registry.capabilities, max_requests=max_requests,
             chunk_lines=self.settings.chunk_lines,
             max_listed_errors=self.settings.max_listed_errors)
         tally = FileTally(endpoint=endpoint, validator=validator)
-        with closed_after(self.blobs.lines(file.blob_key)) as lines:
-            scan = FileScan(lines=lines, tally=tally, operation=OPERATIONS[endpoint],
-                            registry=self.registry)
-            while not scan.done:
-                await self.reading.run(scan.piece)
+        scan = FileScan(lines=lines, tally=tally, operation=OPERATIONS[endpoint],
+                        registry=self.registry)
+        while not scan.done:
+            await self.reading.run(scan.piece)
         return tally
 
     def _model_estimate(self, model: str, counts: ModelTally, measured: Throughput | None,
@@ -290,7 +279,7 @@ class EstimateService:
         }
 
     def _file_estimate(self, file: FileRecord, tally: FileTally, models: list[dict[str, Any]],
-                       *, now: float, window: int) -> dict[str, Any]:
+                       *, now: float, window: int, window_name: str) -> dict[str, Any]:
         outcome = tally.validator.finish()
         seconds = [m["expected_seconds"] for m in models]
         known = None if not models or None in seconds else max(seconds)
@@ -311,6 +300,22 @@ class EstimateService:
                      "unpriced_models": unpriced},
             "expected_seconds": known,
             "expected_completed_at": None if known is None else int(now + known),
+            "completion_window": window_name,
             "fits_completion_window": None if known is None else known <= window,
             "created_at": int(now),
         }
+
+
+def _first_url(lines: Iterator[bytes]) -> tuple[list[bytes], str]:
+    """The `url` of the first request among the first 100 lines (what the batch would most
+    likely be), and the lines read to find it (the validation reads them next)."""
+    head: list[bytes] = []
+    for raw in itertools.islice(lines, 100):  # a file of broken lines is not held whole
+        head.append(raw)
+        try:
+            item = orjson.loads(raw.removeprefix(UTF8_BOM))
+        except orjson.JSONDecodeError:
+            continue  # blank or broken: the validation says so
+        url = item.get("url") if isinstance(item, dict) else None
+        return head, url if isinstance(url, str) else DEFAULT_ENDPOINT
+    return head, DEFAULT_ENDPOINT

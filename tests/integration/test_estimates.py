@@ -17,7 +17,7 @@ from batchd.app import create_app
 from batchd.estimates import throughput
 from batchd.settings import Settings
 from batchd.store.records import ChunkRun
-from tests.support.harness import API_KEY, BASE_URL, Harness
+from tests.support.harness import API_KEY, BASE_URL, Harness, Tenants
 from tests.support.lines import INSTANT_MODELS, batch_line
 
 
@@ -86,8 +86,12 @@ async def test_bad_estimates_are_clear_400s_and_404s(harness: Harness) -> None:
     batch_file = await harness.upload([batch_line("a")])
     wrong = await estimate(harness.client, batch_file, endpoint="/v1/nothing")
     assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "endpoint"
-    window = await estimate(harness.client, batch_file, completion_window="1h")
+    window = await estimate(harness.client, batch_file, completion_window="5h")
     assert window.status_code == 400
+    assert window.json()["error"]["param"] == "completion_window"
+    # The windows a batch may have: a short one can be judged against.
+    short = (await estimate(harness.client, batch_file, completion_window="1h")).json()
+    assert short["completion_window"] == "1h"
     assert (await estimate(harness.client, "file-missing")).status_code == 404
     # Another owner's file is not there at all.
     _, secret = await harness.services.keys.create(name="other", owner="other")
@@ -96,6 +100,19 @@ async def test_bad_estimates_are_clear_400s_and_404s(harness: Harness) -> None:
     # The endpoint given wins over the lines' url: here every line is then wrong.
     embeddings = (await estimate(harness.client, batch_file, endpoint="/v1/embeddings")).json()
     assert embeddings["requests"] == 0 and embeddings["errors"][0]["code"] == "invalid_url"
+
+
+async def test_the_caller_s_tier_limits_the_requests_as_batch_creation_does(
+    harness: Harness, tenants: Tenants,
+) -> None:
+    trial = await tenants.client("trial-key", owner="tried", tier="trial")  # 1,000 a batch
+    data = ("\n".join(batch_line(f"t{n}") for n in range(1_001)) + "\n").encode()
+    file_id = (await trial.post("/v1/files", files={"file": ("big.jsonl", data)},
+                                data={"purpose": "batch"})).json()["id"]
+    body = (await estimate(trial, file_id)).json()
+    assert body["valid"] is False and body["errors"][0]["code"] == "too_many_tasks"
+    assert body["requests"] == 1_000
+    assert (await estimate(harness.client, await harness.upload(data))).json()["valid"]
 
 
 async def test_a_file_saved_with_a_bom_and_blank_lines_is_estimated_as_it_would_run(

@@ -23,6 +23,7 @@ from batchd.api.held import HeldResponse
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
 from batchd.errors import NotFound
+from batchd.limits.tiers import batch_request_limit
 from batchd.line_reader import Line, LineReader
 from batchd.read_budget import MIB, PIECE_BYTES
 
@@ -68,8 +69,7 @@ async def session(request: Request, caller: Caller) -> Session:
     settings = svc.settings
     upload = svc.files.upload_limit(None, caller.tier.max_upload_bytes)
     batch_file = svc.files.upload_limit("batch", caller.tier.max_upload_bytes)
-    requests = min(settings.max_requests_per_batch,
-                   caller.tier.max_batch_requests or settings.max_requests_per_batch)
+    requests = batch_request_limit(caller.tier, settings.max_requests_per_batch)
     return Session(
         owner=caller.owner, role=caller.role, tier=caller.tier_name,
         limits=SessionLimits(max_upload_bytes=upload, max_batch_file_bytes=batch_file,

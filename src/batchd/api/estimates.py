@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from batchd.api.auth import Caller
 from batchd.api.routing import AuthenticatedRoute
 from batchd.api.state import services
+from batchd.limits.tiers import batch_request_limit
 
 router = APIRouter(prefix="/v1/files", tags=["files"], route_class=AuthenticatedRoute)
 
@@ -20,7 +21,7 @@ class EstimateParams(BaseModel):
 
     # The batch's endpoint; by default the `url` of the file's first request.
     endpoint: str | None = None
-    completion_window: str = "24h"  # the only one (anything else: a 400 naming it)
+    completion_window: str = "24h"  # as a batch's (another: a 400 naming it)
 
 
 @router.post("/{file_id}/estimate")
@@ -29,9 +30,7 @@ async def estimate_file(request: Request, caller: Caller, file_id: str,
     svc = services(request)
     record = await svc.files.get(owner=caller.scope, file_id=file_id)
     params = params or EstimateParams()
-    # As batch creation counts them: the server's limit, or the caller's tier's if lower.
-    limit = svc.settings.max_requests_per_batch
-    max_requests = min(limit, caller.tier.max_batch_requests or limit)
-    return await svc.estimates.estimate_file(record, endpoint=params.endpoint,
-                                             max_requests=max_requests,
-                                             completion_window=params.completion_window)
+    return await svc.estimates.estimate_file(
+        record, endpoint=params.endpoint,
+        max_requests=batch_request_limit(caller.tier, svc.settings.max_requests_per_batch),
+        completion_window=params.completion_window)

@@ -78,32 +78,30 @@ class InputValidator:
     def lines_read(self) -> int:
         return self._line_no
 
-    @property
-    def error_count(self) -> int:
-        """Lines found wrong so far (listed or not)."""
-        return len(self._errors) + self._unlisted_errors
-
-    def feed(self, raw: bytes) -> None:
+    def feed(self, raw: bytes) -> dict[str, Any] | None:
+        """Take the next line; returns it parsed if it is a request that may run (None for
+        a blank line, a wrong one, or one past the limit)."""
         start = self._offset
         self._offset += len(raw)
         self._line_no += 1
         if start == 0 and raw.startswith(UTF8_BOM):  # as editors on Windows save files
             raw, start = raw[len(UTF8_BOM):], len(UTF8_BOM)  # chunks begin after it
         if self.too_many or not raw.strip():
-            return  # blank lines are not requests
+            return None  # blank lines are not requests
         self._total += 1
         if self._total > self.max_requests:
             self.too_many = True
-            return
-        error = self._check(raw)
-        if error is not None:
-            self._record(error)
+            return None
+        checked = self._check(raw)
+        if isinstance(checked, LineError):
+            self._record(checked)
         if self._open is None:
             self._open = (start, self._line_no, 0)
         byte_start, line_start, n = self._open
         self._open = (byte_start, line_start, n + 1)
         if n + 1 >= self.chunk_lines:
             self._close_chunk()
+        return None if isinstance(checked, LineError) else checked
 
     def _close_chunk(self) -> None:
         if self._open is None:
@@ -119,7 +117,8 @@ class InputValidator:
         else:
             self._unlisted_errors += 1
 
-    def _check(self, raw: bytes) -> LineError | None:
+    def _check(self, raw: bytes) -> LineError | dict[str, Any]:
+        """The line's error, or the line parsed."""
         line = self._line_no
         try:
             item = orjson.loads(raw)
@@ -178,7 +177,7 @@ class InputValidator:
         self._seen.add(digest)
         self._models.add(model)
         self._tokens[served] = self._tokens.get(served, 0) + operation.estimate(body)
-        return None
+        return item
 
     def finish(self) -> ValidationOutcome:
         self._close_chunk()

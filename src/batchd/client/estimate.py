@@ -3,7 +3,6 @@ it is submitted (POST /v1/files/{id}/estimate)."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +27,8 @@ from batchd.client.watch import clock_text
 METHODS = {"tokenizer": "counted by the model's tokenizer",
            "tokenizer_scaled": "counted by the model's tokenizer (the first 20,000; the rest "
                                "scaled by size)",
+           "tokenizer_partly": "counted by the model's tokenizer, but for requests it would "
+                               "refuse (estimated from characters)",
            "estimate": "estimated from characters (no tokenizer for this model)"}
 
 
@@ -63,8 +64,11 @@ def estimate(
             answer = client.estimate(file_id, endpoint=endpoint)
         finally:
             if uploaded and not keep:
-                with contextlib.suppress(Exception):  # the estimate's own error matters more
+                try:
                     client.delete_file(file_id)
+                except Exception as exc:  # said, not raised: the estimate's own error matters
+                    _err().print(f"could not delete the uploaded {safe(file_id)}: "
+                                 f"{safe(str(exc))}", highlight=False)
     if as_json:
         _print_json(answer)
         return
@@ -93,7 +97,8 @@ def _print(answer: dict[str, Any], *, kept: str | None) -> None:
     seconds = answer["expected_seconds"]
     if seconds is not None:
         fits = "within" if answer["fits_completion_window"] else "NOT within"
-        out.print(f"expected to finish in {clock_text(seconds)}, {fits} the 24h window "
+        out.print(f"expected to finish in {clock_text(seconds)}, {fits} the "
+                  f"{safe(answer['completion_window'])} window "
                   "(everything queued ahead first, at the recent pace)", highlight=False)
     if answer["cost"]["unpriced_models"]:
         out.print("no prices set for: " + ", ".join(safe(m) for m in

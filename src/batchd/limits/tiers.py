@@ -27,6 +27,12 @@ class Tier(BaseModel):
     """Prompt + maximum output tokens of one owner's unfinished batches, per model."""
 
 
+def batch_request_limit(tier: Tier, server_limit: int) -> int:
+    """The most requests a batch of `tier` may hold: the server's limit, or the tier's if
+    lower (beyond it, a batch could never run)."""
+    return min(server_limit, tier.max_batch_requests or server_limit)
+
+
 class TiersFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -5,7 +5,7 @@ few at a time."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,6 +25,8 @@ from batchd.serving.sse import DONE, chunk_writer, error_event
 
 CHOICES_AT_ONCE = 8  # of one request, in the engine at once
 PROMPT_LEAD = 256  # characters of a prompt that group it (few-shot prompts share examples)
+
+log = logging.getLogger(__name__)
 
 
 def prompts_at_once(n: int) -> int:
@@ -185,8 +187,10 @@ async def _chunks(events: AsyncIterator[tuple[int, Delta | Usage]], request: Com
                                          usage.cached_tokens))
     except Exception as exc:  # headers are sent: the error is the stream's last event
         if not counted and usage.prompt_tokens:  # what the prompts that finished cost
-            with contextlib.suppress(Exception):
+            try:
                 await count(usage)
+            except Exception as missed:  # the stream's own error goes on to the client
+                log.warning("a failed stream's usage could not be counted: %s", missed)
         yield error_event(exc, "text completion")
     finally:
         await stop()

@@ -15,6 +15,7 @@ import orjson
 from batchd import ids
 from batchd.batches import results
 from batchd.batches.validation import UTF8_BOM
+from batchd.limits.tiers import batch_request_limit
 from batchd.store.blobs import BlobMissing
 from batchd.store.records import (
     BatchRecord,
@@ -27,7 +28,6 @@ from batchd.store.records import (
     StopReason,
 )
 from batchd.worker.batch_lease import Abandoned, with_lease
-from batchd.worker.batch_validation import max_requests
 from batchd.worker.context import WorkerContext
 from batchd.worker.inputs import chunk_requests, input_key_of
 
@@ -131,8 +131,9 @@ async def assemble(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
             if never_validated:
                 assert stop_reason is not None
                 unrun = 0
+                limit = batch_request_limit(tier, ctx.settings.max_requests_per_batch)
                 for line in _never_validated_lines(ctx, input_key, stop_reason.error_code,
-                                                   max_requests(ctx, tier), stop):
+                                                   limit, stop):
                     err.write(line)
                     unrun += 1
                 totals = ChunkProgress(n_err=unrun)

@@ -7,18 +7,10 @@ import threading
 
 from batchd.batches.validation import InputValidator, LineError, ValidationOutcome
 from batchd.limits.errors import QuotaExceeded
-from batchd.limits.tiers import Tier
+from batchd.limits.tiers import batch_request_limit
 from batchd.store.records import BatchRecord, Lease
 from batchd.worker.batch_lease import Abandoned, with_lease
 from batchd.worker.context import WorkerContext
-
-
-def max_requests(ctx: WorkerContext, tier: Tier) -> int:
-    """The most requests a batch of `tier` may hold: beyond it, a batch could never run."""
-    limits = [ctx.settings.max_requests_per_batch]
-    if tier.max_batch_requests is not None:
-        limits.append(tier.max_batch_requests)
-    return min(limits)
 
 
 def _fail(errors: list[LineError]) -> ValidationOutcome:
@@ -41,7 +33,8 @@ async def validate(ctx: WorkerContext, batch: BatchRecord, lease: Lease) -> None
         validator = InputValidator(
             endpoint=batch.endpoint, served_model=ctx.registry.served_id,
             capabilities=ctx.registry.capabilities,
-            max_requests=max_requests(ctx, tier), chunk_lines=settings.chunk_lines,
+            max_requests=batch_request_limit(tier, settings.max_requests_per_batch),
+            chunk_lines=settings.chunk_lines,
             max_listed_errors=settings.max_listed_errors,
         )
 
