@@ -7,7 +7,9 @@ usage itself never changes)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,21 +32,60 @@ class CostTotals:
     unpriced: set[str] = field(default_factory=set)
 
 
+class GroupCommit:
+    """Real-time usage written in shared transactions: every answer waits until its usage
+    is durable (as before it is sent), but the answers that finish while one write runs go
+    together in the next, so a busy server makes one write per round, not per answer."""
+
+    def __init__(self, write: Callable[[list[UsageAdd]], Awaitable[None]]) -> None:
+        self._write = write
+        self._waiting: list[tuple[UsageAdd, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def add(self, usage: UsageAdd) -> None:
+        """Returns once `usage` is written; raises what the write raised."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((usage, done))
+        if self._writer is None or self._writer.done():
+            # Its own task: an answer whose client goes away does not cut the others' write.
+            self._writer = asyncio.create_task(self._write_all(), name="usage:group-commit")
+        await done
+
+    async def _write_all(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                await self._write([usage for usage, _ in group])
+            except asyncio.CancelledError:  # shutting down: nobody is left to answer
+                for _, done in group:
+                    done.cancel()
+                raise
+            except Exception as exc:
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in group:
+                    if not done.done():
+                        done.set_result(None)
+
+
 class UsageService:
     def __init__(self, *, store: ApiStore, clock: Clock, registry: ModelRegistry) -> None:
         self.store = store
         self.clock = clock
         self.registry = registry
+        self._realtime = GroupCommit(store.record_usage)
 
     async def add_realtime(self, *, owner: str, key_id: str, model: str, endpoint: str,
                            requests: int, input_tokens: int, output_tokens: int,
                            cached_tokens: int = 0) -> None:
         """One real-time answer's usage (or a part of it: `requests` 0 for the rest)."""
-        await self.store.record_usage([UsageAdd(
+        await self._realtime.add(UsageAdd(
             minute=minute_of(self.clock.now()), owner=owner, key_id=key_id,
             model=self.registry.served_id(model) or model, kind=usage_kind(endpoint),
             batch=False, requests=requests, input_tokens=input_tokens,
-            cached_tokens=cached_tokens, output_tokens=output_tokens)])
+            cached_tokens=cached_tokens, output_tokens=output_tokens))
 
     async def read(self, query: UsageQuery) -> list[dict[str, Any]]:
         return await self.store.read_usage(query)

@@ -105,13 +105,14 @@ async def test_real_time_and_batch_usage_share_rows_and_buckets(stores: Stores) 
     for add in adds:
         await store.record_usage([add])
     await store.record_usage([adds[0]])  # adds to its row
+    await store.record_usage([adds[2], adds[2]])  # one write adding twice to one row
     per_minute = await totals(store, start=MINUTE, end=MINUTE + 180, width=60)
     assert [(r["start"], r["requests"], r["input_tokens"]) for r in per_minute] == [
-        (MINUTE, 2, 10), (MINUTE + 60, 1, 5), (MINUTE + 120, 1, 5)]
+        (MINUTE, 2, 10), (MINUTE + 60, 1, 5), (MINUTE + 120, 3, 15)]
     assert [(r["owner"], r["requests"]) for r in await totals(store, group_by=("owner",))] \
-        == [("alice", 3), ("bob", 1)]
-    assert [r["requests"] for r in await totals(store, owner="bob")] == [1]
+        == [("alice", 3), ("bob", 3)]
+    assert [r["requests"] for r in await totals(store, owner="bob")] == [3]
     assert await totals(store, models=("nope",)) == []
-    assert [r["requests"] for r in await totals(store, batch=False)] == [4]
+    assert [r["requests"] for r in await totals(store, batch=False)] == [6]
     [embedded] = await totals(store, kind="embeddings", group_by=("batch", "key_id"))
     assert (embedded["batch"], embedded["key_id"], embedded["input_tokens"]) == (1, "key_b", 8)

@@ -68,9 +68,18 @@ def batch_usage(batch: dict[str, Any], by_model: dict[str, list[int]],
 async def add_usage(conn: AsyncConnection, adds: Iterable[UsageAdd], *,
                     postgres: bool) -> None:
     """Add to the rows, in key order (two transactions adding to the same rows then take
-    their locks in the same order: no deadlock)."""
-    rows = [a.row() for a in sorted(adds, key=lambda a: a.key)
-            if a.requests or a.input_tokens or a.output_tokens or a.cached_tokens]
+    their locks in the same order: no deadlock), adds to the same row summed first (one
+    statement may not change a row twice on PostgreSQL)."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for add in adds:
+        row = merged.get(add.key)
+        if row is None:
+            merged[add.key] = add.row()
+        else:
+            for name in COUNTS:
+                row[name] += getattr(add, name)
+    rows = [row for _, row in sorted(merged.items())
+            if any(row[name] for name in COUNTS)]
     if not rows:
         return
     insert = (postgres_insert if postgres else sqlite_insert)(t.usage)
