@@ -14,12 +14,15 @@ answers from a function, as httpx's MockTransport did.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+from aiohttp.helpers import basicauth_from_netrc, get_env_proxy_for_url, netrc_from_env
+from yarl import URL
 
 
 class Unreachable(Exception):
@@ -55,8 +58,37 @@ class Http(Protocol):
 READ_BUFFER = 1 << 20
 
 
+@dataclass(frozen=True)
+class _Route:
+    """How requests reach one server: through which proxy, with which credentials."""
+
+    proxy: URL | None = None
+    proxy_auth: aiohttp.BasicAuth | None = None
+    # From ~/.netrc, when no key is configured: the Authorization header it gives.
+    headers: Mapping[str, str] | None = None
+
+
+def _route_of(origin: URL, *, keyed: bool) -> _Route:
+    """HTTP(S)_PROXY, NO_PROXY and ~/.netrc for one server, as httpx's `trust_env` read
+    them (blocking: it may read files)."""
+    try:
+        proxy, proxy_auth = get_env_proxy_for_url(origin)
+    except LookupError:  # none set, or NO_PROXY names the host
+        proxy, proxy_auth = None, None
+    headers = None
+    if not keyed and origin.host is not None:
+        with contextlib.suppress(LookupError):
+            auth = basicauth_from_netrc(netrc_from_env(), origin.host)
+            headers = {"Authorization": auth.encode()}
+    return _Route(proxy=proxy, proxy_auth=proxy_auth, headers=headers)
+
+
 class AiohttpHttp:
-    """One session for every server of an engine, made on first use (inside the loop)."""
+    """One session for every server of an engine, made on first use (inside the loop).
+
+    The environment's proxies and ~/.netrc are read once per server, at its first request,
+    not by aiohttp's `trust_env` for every request: that ran two lookups on a thread per
+    request, a quarter of batchd's CPU per upstream request at 512 in flight (profiled)."""
 
     def __init__(self, *, headers: Mapping[str, str], timeout_seconds: float) -> None:
         self._headers = {"content-type": "application/json", **headers}
@@ -65,6 +97,10 @@ class AiohttpHttp:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=10,
                                               sock_read=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
+        self._keyed = any(name.lower() == "authorization" for name in headers)
+        # By URL (a few: each server's endpoints), parsed once, with its server's route.
+        self._routes: dict[str, tuple[URL, _Route]] = {}
+        self._route_lock = asyncio.Lock()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -72,13 +108,31 @@ class AiohttpHttp:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
                 headers=self._headers, timeout=self._timeout, read_bufsize=READ_BUFFER,
-                # HTTP(S)_PROXY / NO_PROXY are honoured, as they were with httpx.
-                auto_decompress=True, trust_env=True)
+                # HTTP(S)_PROXY / NO_PROXY are honoured, as with httpx, by `_route`.
+                auto_decompress=True, trust_env=False)
         return self._session
+
+    async def _route(self, url: str) -> tuple[URL, _Route]:
+        known = self._routes.get(url)
+        if known is None:
+            async with self._route_lock:
+                known = self._routes.get(url)
+                if known is None:
+                    where = URL(url)
+                    route = await asyncio.to_thread(_route_of, where.origin(),
+                                                    keyed=self._keyed)
+                    known = self._routes[url] = (where, route)
+        return known
+
+    async def _post(self, url: str, body: bytes,
+                    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        where, route = await self._route(url)
+        return self._client().post(where, data=_payload(body), proxy=route.proxy,
+                                   proxy_auth=route.proxy_auth, headers=route.headers)
 
     async def post(self, url: str, body: bytes) -> Answer:
         try:
-            async with self._client().post(url, data=_payload(body)) as response:
+            async with await self._post(url, body) as response:
                 return Answer(status=response.status, headers=response.headers,
                               body=await response.read())
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -87,7 +141,7 @@ class AiohttpHttp:
     @contextlib.asynccontextmanager
     async def stream(self, url: str, body: bytes) -> AsyncIterator[StreamedAnswer]:
         try:
-            async with self._client().post(url, data=_payload(body)) as response:
+            async with await self._post(url, body) as response:
                 yield _Streamed(response)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
