@@ -44,6 +44,29 @@ async def test_a_waiter_cancelled_as_a_place_frees_neither_leaks_nor_breaks() ->
     assert gate.in_flight == 1
 
 
+async def test_room_nobody_waits_for_cues_one_claim_until_the_gate_fills_or_is_rearmed(
+) -> None:
+    """The worker claims another chunk when its model's engine has room that no request of
+    its chunks waits for (their tail, or a grown limit), once per cue: a worker with nothing
+    left to claim does not ask the store at every answer."""
+    cues: list[int] = []
+    gate = ModelGate(lambda: 2, on_idle=lambda: cues.append(gate.in_flight))
+    await gate.acquire()
+    await gate.acquire()
+    waiter = asyncio.create_task(gate.acquire())  # full: a request waits
+    await asyncio.sleep(0)
+    gate.release()  # its place goes to the waiter: no room nobody waits for
+    await waiter
+    assert cues == []
+    gate.release()  # room, and nobody waits
+    gate.release()  # still room: cued already
+    assert cues == [1]
+    gate.rearm()  # a chunk was claimed: its requests may leave room again
+    await gate.acquire()
+    gate.release()
+    assert cues == [1, 0]
+
+
 def test_a_breaker_backs_off_longer_each_time_and_ignores_late_answers() -> None:
     breaker = Breaker()
     assert breaker.trip(now=0.0) == 2.0 and not breaker.allows(1.0)

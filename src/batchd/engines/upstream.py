@@ -52,7 +52,7 @@ class UpstreamOptions(BaseModel):
     """The model name to send upstream (default: this entry's id)."""
     api_key_env: str | None = None
     """Environment variable holding the upstream API key, if it needs one."""
-    initial_concurrency: int = Field(default=32, ge=1)
+    initial_concurrency: int = Field(default=128, ge=1)
     """Requests in flight per server at the start (the limit then finds the server's size)."""
     max_concurrency: int = Field(default=1024, ge=1)
     """Most requests in flight per server, whatever the limit finds."""

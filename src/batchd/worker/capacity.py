@@ -35,11 +35,20 @@ MIXED = "*"
 
 
 class ModelGate:
-    """A FIFO semaphore whose size is read from the engine at each admission and release."""
+    """A FIFO semaphore whose size is read from the engine at each admission and release.
 
-    def __init__(self, capacity: Callable[[], int]) -> None:
+    `on_idle` is called when a release leaves a place that nobody waits for: the worker's cue
+    to claim another chunk at once rather than at its next poll (the tail of its chunks no
+    longer fills the engine, or the engine's capacity grew). Once per cue: it is armed again
+    when requests have to wait or a chunk is claimed (`rearm`), so a worker with nothing left
+    to claim does not ask the store at every answer."""
+
+    def __init__(self, capacity: Callable[[], int],
+                 on_idle: Callable[[], None] | None = None) -> None:
         self.capacity = capacity
+        self.on_idle = on_idle
         self.in_flight = 0
+        self._armed = True
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
@@ -51,6 +60,7 @@ class ModelGate:
         if not self._waiters and self.in_flight < self.capacity():
             self.in_flight += 1
             return
+        self._armed = True
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -66,6 +76,13 @@ class ModelGate:
     def release(self) -> None:
         self.in_flight -= 1
         self.admit()
+        if self._armed and not self._waiters and self.in_flight < self.capacity():
+            self._armed = False
+            if self.on_idle is not None:
+                self.on_idle()
+
+    def rearm(self) -> None:
+        self._armed = True
 
     def admit(self) -> None:
         """Let waiters in while there is room (also after the engine's capacity grew)."""
@@ -113,13 +130,16 @@ class ModelSlots:
 class Capacity:
     """The worker's gates, breakers and chunk counts, one set per served model."""
 
-    def __init__(self, registry: ModelRegistry, *, cap: int | None, chunks: int) -> None:
+    def __init__(self, registry: ModelRegistry, *, cap: int | None, chunks: int,
+                 on_idle: Callable[[], None] | None = None) -> None:
+        """`on_idle`: a model's gate, full until now, has room nobody waits for."""
         self.registry = registry
         self.cap = cap
         self.chunks_per_model = chunks
         self.models: dict[str, ModelSlots] = {}
         for model_id in registry.served_ids():
-            self.models[model_id] = ModelSlots(gate=ModelGate(self._capacity_of(model_id)))
+            self.models[model_id] = ModelSlots(gate=ModelGate(self._capacity_of(model_id),
+                                                                 on_idle=on_idle))
         self.models[MIXED] = ModelSlots(gate=ModelGate(lambda: 0))
         # Every name (id and aliases) batches may carry for each model, for claims.
         self.names: dict[str, list[str]] = {MIXED: []}

@@ -40,7 +40,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._gate = RequestGate()
         self.capacity = Capacity(ctx.registry, cap=ctx.settings.worker_concurrency,
-                                 chunks=ctx.settings.worker_chunks)
+                                 chunks=ctx.settings.worker_chunks,
+                                 on_idle=lambda: self.wake("chunk"))
         self._windows: dict[str, StartWindow] = {}  # per model key (see ChunkRun)
         self._tasks: list[asyncio.Task[None]] = []
         self._chunk_runs: set[asyncio.Task[bool]] = set()
@@ -166,7 +167,9 @@ class Worker:
         batch = await ctx.store.get_batch(chunk.batch_id, owner=None)
         served = ctx.registry.served_id(batch.model) if batch and batch.model else None
         key = served or MIXED
-        self.capacity.models[key].chunks += 1
+        slots = self.capacity.models[key]
+        slots.chunks += 1
+        slots.gate.rearm()  # its requests may leave room again: claim again when they do
         return chunk, lease, key
 
     async def _run_chunk(self, chunk: Chunk, lease: Lease, key: str) -> None:
