@@ -15,7 +15,6 @@ from batchd.engines import base
 from batchd.openai.chat import ChatCompletionRequest
 from batchd.openai.completions import CompletionRequest
 from batchd.openai.embeddings import EmbeddingInputs, normalized
-from batchd.openai.sampling import Sampling
 
 
 async def _as_stream(result: base.ChatResult) -> AsyncIterator[base.StreamEvent]:
@@ -61,18 +60,18 @@ class InstantEngine:
     def __init__(self, options: InstantOptions | None = None) -> None:
         self.options = options or InstantOptions()
 
-    def _answer(self, sampling: Sampling, last: str, index: int) -> base.Choice:
+    def _answer(self, limit: int | None, stops: list[str], last: str, index: int
+                ) -> base.Choice:
         if self.options.fail_marker and self.options.fail_marker in last:
             raise base.EngineFailure("The instant engine was told to fail on this request.")
         words = ["echo:", *last.split()]
         if index:
             words.append(f"#{index}")
-        limit = sampling.max_tokens
         finish = "stop"
         if limit is not None and len(words) > limit:
             words, finish = words[:limit], "length"
         text = " ".join(words)
-        for stop in sampling.stops:
+        for stop in stops:
             if stop and stop in text:
                 text, finish = text[: text.index(stop)], "stop"
         return base.Choice(text=text, finish_reason=finish)
@@ -96,13 +95,15 @@ class InstantEngine:
         messages = _text_messages(request)
         last = messages[-1]
         await self._misbehave(last)
-        sampling = request.sampling()
-        choices = [self._answer(sampling, last, i) for i in range(request.n)]
-        return base.ChatResult(
-            choices=choices,
-            prompt_tokens=sum(3 + len(m.split()) for m in messages),
-            completion_tokens=sum(len(c.text.split()) for c in choices),
-        )
+        limit, stops = request.output_limit, request.stop_list
+        choices = [self._answer(limit, stops, last, i) for i in range(request.n)]
+        prompt = completion = 0
+        for text in messages:
+            prompt += 3 + len(text.split())
+        for choice in choices:
+            completion += len(choice.text.split())
+        return base.ChatResult(choices=choices, prompt_tokens=prompt,
+                               completion_tokens=completion)
 
     async def chat_stream(self, request: ChatCompletionRequest, *,
                           priority: base.Priority = base.Priority.REALTIME,
@@ -122,7 +123,8 @@ class InstantEngine:
         text = prompt if isinstance(prompt, str) else " ".join(f"t{t}" for t in prompt)
         await self._misbehave(text)
         sampling = request.sampling()
-        choices = [self._answer(sampling, text, i) for i in range(request.n)]
+        choices = [self._answer(sampling.max_tokens, list(sampling.stops), text, i)
+                   for i in range(request.n)]
         return base.ChatResult(choices=choices, prompt_tokens=len(text.split()),
                           completion_tokens=sum(len(c.text.split()) for c in choices))
 
@@ -168,6 +170,9 @@ def _text_messages(request: ChatCompletionRequest) -> list[str]:
     texts = []
     for i, message in enumerate(request.messages):
         content = message.content
+        if isinstance(content, str):
+            texts.append(content)
+            continue
         if isinstance(content, list):
             for j, part in enumerate(content):
                 if part.get("type") != "text":

@@ -109,7 +109,7 @@ class Target:
         self.estimates.clear()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one per upstream request (see engines/base.Choice)
 class Sent:
     at: float  # monotonic time it was sent
     with_in_flight: int  # requests at the server then, itself included

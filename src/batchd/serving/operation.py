@@ -18,7 +18,7 @@ T = TypeVar("T")
 DEFAULT_OUTPUT_TOKENS = 1024
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True, slots=True)  # not frozen: one per request (engines/base.Choice)
 class Produced:
     """One request's response body and what it cost."""
 

@@ -329,13 +329,16 @@ class ChunkRun:
                 gate.release()
             await self.gate.wait_open()
         ctx = self.ctx
+        if door:
+            self.gate.enter()
         try:
-            with self.gate.inside() if door else contextlib.nullcontext():
-                return await run_request(
-                    custom_id=request[0], body=request[1], operation=self.operation,
-                    registry=ctx.registry,
-                    clock=ctx.clock, guard=guard, retries=ctx.settings.request_retries)
+            return await run_request(
+                custom_id=request[0], body=request[1], operation=self.operation,
+                registry=ctx.registry,
+                clock=ctx.clock, guard=guard, retries=ctx.settings.request_retries)
         finally:
+            if door:
+                self.gate.leave()
             if gate is not None:
                 gate.release()
 

@@ -109,6 +109,8 @@ def isolation_groups(requests: Iterable[R], strikes: Strikes,
     before the rest (struck by a crash with a trace; most-suspected first), the rest (run as
     usual, once-suspected first), and suspect groups to run alone after the rest (struck
     only by deaths without a trace)."""
+    if not strikes:  # nobody was in flight at a death: all run as usual, in order
+        return [], list(requests), []
     suspects: list[R] = []
     rest: list[R] = []
     for request in requests:

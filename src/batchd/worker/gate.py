@@ -34,16 +34,15 @@ class RequestGate:
         while not self._open.is_set():
             await self._open.wait()
 
-    def inside(self) -> _Inside:
-        """Enter at once; only while `is_open` (the caller checked, with no await since)."""
+    def enter(self) -> None:
+        """Enter at once; only while `is_open` (the caller checked, with no await since).
+        Every batch request passes here: plain calls, no context manager object."""
         assert self._open.is_set(), "the door is closed: wait_open() first"
-        return _Inside(self)
-
-    def _enter(self) -> None:
         self._inside += 1
-        self._empty.clear()
+        if self._inside == 1:
+            self._empty.clear()
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
         self._inside -= 1
         if not self._inside:
             self._empty.set()
@@ -60,18 +59,3 @@ class RequestGate:
             finally:
                 self._open.set()
 
-
-class _Inside:
-    """`RequestGate.inside`'s block: a plain class, as every batch request passes through it
-    (a generator-based context manager costs several times as much)."""
-
-    __slots__ = ("_gate",)
-
-    def __init__(self, gate: RequestGate) -> None:
-        self._gate = gate
-
-    def __enter__(self) -> None:
-        self._gate._enter()
-
-    def __exit__(self, *exc: object) -> None:
-        self._gate._leave()

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from batchd import metrics
 from batchd.backends import outage
 from batchd.files import FileService
-from batchd.store.records import BatchStatus, Chunk, Lease
+from batchd.store.records import BatchRecord, BatchStatus, Chunk, Lease
 from batchd.uploads import UploadService
 from batchd.webhooks.sender import WebhookSender
 from batchd.worker.batch_assembly import assemble
@@ -43,6 +43,8 @@ class Worker:
                                  chunks=ctx.settings.worker_chunks,
                                  on_idle=lambda: self.wake("chunk"))
         self._windows: dict[str, StartWindow] = {}  # per model key (see ChunkRun)
+        # Each batch's input blob, looked up once (its file's key never changes).
+        self._input_keys: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._chunk_runs: set[asyncio.Task[bool]] = set()
         self._wakes: list[tuple[str, asyncio.Event]] = []  # one per loop (see _poll)
@@ -134,16 +136,17 @@ class Worker:
         claim = await self._claim()
         if claim is None:
             return False
-        chunk, lease, key = claim
+        chunk = claim[0]
         # Its own task, so a failure is logged here or nowhere (the lease then lapses and
         # the chunk is claimed again).
-        task = asyncio.create_task(self._guarded("chunk run", self._run_chunk(chunk, lease, key)),
+        task = asyncio.create_task(self._guarded("chunk run", self._run_chunk(*claim)),
                                    name=f"worker:chunk:{chunk.batch_id}/{chunk.chunk_no}")
         self._chunk_runs.add(task)
         task.add_done_callback(self._chunk_runs.discard)
         return True
 
-    async def _claim(self, *, any_model: bool = False) -> tuple[Chunk, Lease, str] | None:
+    async def _claim(self, *, any_model: bool = False,
+                     ) -> tuple[Chunk, Lease, str, BatchRecord | None] | None:
         """Claim a chunk of a model with room (`any_model`: of any model), counted against
         that model until its run ends."""
         ctx = self.ctx
@@ -170,14 +173,19 @@ class Worker:
         slots = self.capacity.models[key]
         slots.chunks += 1
         slots.gate.rearm()  # its requests may leave room again: claim again when they do
-        return chunk, lease, key
+        return chunk, lease, key, batch
 
-    async def _run_chunk(self, chunk: Chunk, lease: Lease, key: str) -> None:
+    async def _run_chunk(self, chunk: Chunk, lease: Lease, key: str,
+                         batch: BatchRecord | None) -> None:
+        """`batch`: the chunk's, as read when it was claimed."""
         ctx = self.ctx
         try:
-            batch = await ctx.store.get_batch(chunk.batch_id, owner=None)
             assert batch is not None
-            input_key = await input_key_of(ctx, batch)
+            input_key = self._input_keys.get(batch.id)
+            if input_key is None:
+                if len(self._input_keys) >= 4096:
+                    self._input_keys.clear()
+                input_key = self._input_keys[batch.id] = await input_key_of(ctx, batch)
             lanes = self.capacity.lanes(key)
             window = self._windows.setdefault(key, StartWindow(lanes))
             await ChunkRun(ctx, chunk, lease, gate=self._gate, capacity=self.capacity,
