@@ -274,7 +274,18 @@ class ChunkRun:
     async def _lane(self) -> None:
         guard = self.watchdog.guard()
         try:
-            while (request := await self._next_request()) is not None:
+            while True:
+                # The next request, recorded as in flight before it starts: most are within
+                # the recorded window already (no coroutine for them: this runs per request).
+                index = self._next
+                if (index < self._reserved_upto and index < len(self.todo)
+                        and not self._halted()):
+                    self._next += 1
+                    request: Request | None = self.todo[index]
+                else:
+                    request = await self._next_request()
+                if request is None:
+                    break
                 await self._run_one(request, guard)
             # None: nothing left, or stopping: the rest stays for the next run
         finally:
