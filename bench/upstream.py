@@ -2,12 +2,15 @@
 
 A simulated GPU inference server runs inside this script: N slots, a fixed service time per
 request, and a FIFO queue beyond N (as a saturated vLLM does). A batch goes through the real
-batchd server (`engine: upstream`, default settings: the adaptive limit starts at 32) and the
+batchd server (`engine: upstream`, default settings: the adaptive limit starts at 128) and the
 script prints utilisation = ideal time (requests / N * service time) / the time the server was
-busy (first request in to last answer out), for N = 16, 128 and 512 and for two servers of
-different sizes (where the larger should get proportionally more of the work). Targets: ≥ 0.8
-at every N. With `--llama` it also compares batchd against driving a real `llama_cpp.server`
-on the default model directly at its best concurrency (target ≥ 0.95).
+busy (first request in to last answer out) beside batchd's CPU per request (user + system of
+its process), for N = 16, 128, 512 and 2,048 and for two servers of different sizes (where the
+larger should get proportionally more of the work), and the CPU of a plain asyncio client on
+the same server as the floor. Targets: ≥ 0.9 at 512 slots, ≤ 0.5 ms of batchd CPU a request,
+≥ 0.8 at every N up to 512 (2,048 is capped by `max_concurrency` 1,024). With `--llama` it
+also compares batchd against driving a real `llama_cpp.server` on the default model directly
+at its best concurrency (target ≥ 0.95).
 
     .venv/bin/python bench/upstream.py [--only 16,128,512,pair] [--llama]
 """
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.ports import free_port
 from tests.support.server import start_llama_cpp_server
 
+from batchd.engines.upstream import UpstreamOptions
 from bench.common import bench_server
 
 _ANSWER = json.dumps({
@@ -274,9 +278,12 @@ def main() -> None:
                         help="also drive each server with a plain client, the CPU floor")
     parser.add_argument("--llama", action="store_true")
     args = parser.parse_args()
-    print("batchd: default settings (upstream initial_concurrency 32, max_concurrency 1024, "
-          "latency_tolerance 1.5; worker poll 0.5 s); each simulated server in a process "
-          "of its own")
+    defaults = UpstreamOptions.model_fields
+    print(f"batchd: default settings (upstream initial_concurrency "
+          f"{defaults['initial_concurrency'].default}, max_concurrency "
+          f"{defaults['max_concurrency'].default}, latency_tolerance "
+          f"{defaults['latency_tolerance'].default}; worker poll 0.5 s); each simulated "
+          "server in a process of its own")
     # Short answers, as classification and extraction batches ask for (max_tokens 16): the
     # server's slots and service time are what a GPU server's would be, scaled down.
     runs = {"16": lambda: one_server(16, 0.1, 3000, floor=args.floor),
