@@ -132,7 +132,7 @@ class Capacity:
 
     def __init__(self, registry: ModelRegistry, *, cap: int | None, chunks: int,
                  on_idle: Callable[[], None] | None = None) -> None:
-        """`on_idle`: a model's gate, full until now, has room nobody waits for."""
+        """`on_idle`: a model's gate has room nobody waits for (once a cue: see ModelGate)."""
         self.registry = registry
         self.cap = cap
         self.chunks_per_model = chunks

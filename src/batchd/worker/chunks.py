@@ -340,15 +340,17 @@ class ChunkRun:
                 gate.release()
             await self.gate.wait_open()
         ctx = self.ctx
-        if door:
-            self.gate.enter()
+        entered = False
         try:
+            if door:
+                self.gate.enter()
+                entered = True
             return await run_request(
                 custom_id=request[0], body=request[1], operation=self.operation,
                 registry=ctx.registry,
                 clock=ctx.clock, guard=guard, retries=ctx.settings.request_retries)
         finally:
-            if door:
+            if entered:
                 self.gate.leave()
             if gate is not None:
                 gate.release()
