@@ -167,20 +167,20 @@ async def test_a_request_whose_run_raises_is_narrowed_down_logged_and_failed_alo
 async def test_a_run_that_keeps_failing_for_no_request_s_doing_ends_after_max_attempts(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A fault in the run itself, not in any request's (here: handing out a request once two
+    """A fault in the run itself, not in any request's (here: starting a request once two
     have finished raises), is counted: after BATCHD_MAX_ATTEMPTS such runs the chunk's
     remaining requests are failed, instead of the chunk going back to run again without end."""
     harness.settings.chunk_lines = 10
-    real = chunks.ChunkRun._next_request
+    real = chunks.ChunkRun._run_one
     runs: set[int] = set()  # the lease generation of each run
 
-    async def next_request(self: chunks.ChunkRun) -> Any:
+    async def run_one(self: chunks.ChunkRun, *args: Any, **kwargs: Any) -> Any:
         runs.add(self.lease.generation)
         if len(self.finished) >= 2:
             raise RuntimeError("a bug in the scheduler")
-        return await real(self)
+        return await real(self, *args, **kwargs)
 
-    monkeypatch.setattr(chunks.ChunkRun, "_next_request", next_request)
+    monkeypatch.setattr(chunks.ChunkRun, "_run_one", run_one)
     batch_id = await _ready(harness, 10)
     with caplog.at_level(logging.ERROR):
         await harness.worker.drain(max_steps=50)  # the run used to be handed back forever
@@ -203,21 +203,23 @@ async def test_a_run_that_keeps_failing_for_no_request_s_doing_ends_after_max_at
 async def test_a_run_cut_short_by_an_outage_counts_for_nothing(
     harness: Harness, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = chunks.ChunkRun._next_request
+    real = chunks.ChunkRun._run_one
     outages = iter([ServiceUnavailable("the database is unavailable")] * 3)
+    raised: list[Exception] = []
 
-    async def next_request(self: chunks.ChunkRun) -> Any:
+    async def run_one(self: chunks.ChunkRun, *args: Any, **kwargs: Any) -> Any:
         if (outage := next(outages, None)) is not None:
+            raised.append(outage)
             raise outage
-        return await real(self)
+        return await real(self, *args, **kwargs)
 
-    monkeypatch.setattr(chunks.ChunkRun, "_next_request", next_request)
+    monkeypatch.setattr(chunks.ChunkRun, "_run_one", run_one)
     batch_id = await _ready(harness, 2)  # one chunk
     await harness.worker.drain()
     batch = await harness.batch(batch_id)
     assert batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
     [chunk] = await harness.worker.ctx.store.list_chunks(batch_id)
-    assert chunk.failed_runs == 0
+    assert chunk.failed_runs == 0 and len(raised) == 3
 
 
 async def test_a_short_run_keeps_what_it_finished(harness: Harness) -> None:

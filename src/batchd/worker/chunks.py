@@ -236,7 +236,10 @@ class ChunkRun:
         for group in first:
             if not await self._run_alone(group):
                 return
-        if self.todo and not self._halted():
+        # The first window is recorded before the lanes start: else every lane but one
+        # would queue at the reservation's lock for it (hundreds, for an upstream model).
+        if (self.todo and not self._halted() and await self._extend_reservation(0)
+                and not self._halted()):
             async with asyncio.TaskGroup() as lanes:
                 for _ in range(min(len(self.todo), self._lanes)):
                     lanes.create_task(self._lane())
