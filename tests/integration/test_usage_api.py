@@ -114,6 +114,23 @@ async def test_a_user_key_sees_only_its_owner_s_usage(harness: Harness, tenants:
     assert only_bob["num_model_requests"] == 2
 
 
+@pytest.mark.parametrize("into_the_minute", [0.0, 0.2, 30.0, 59.9])
+async def test_usage_of_the_minute_begun_now_is_counted(
+    harness: Harness, into_the_minute: float,
+) -> None:
+    # Usage is kept a minute to a row, from the minute's first second: a page that ends now
+    # (no end_time) must hold this minute's row even in its first second, as a program that
+    # reads usage right after its batch ended would find (it was left out then).
+    harness.clock.advance(60 - harness.clock.now() % 60 + into_the_minute)
+    await harness.client.post("/v1/chat/completions", json={
+        "model": "instant-model", "messages": [{"role": "user", "content": "hi"}]})
+    for width in ("1m", "1d"):
+        start = int(harness.clock.now()) // 60 * 60 - 60
+        page = await usage(harness.client, start_time=start, bucket_width=width)
+        assert sum(r["num_model_requests"] for r in results(page)) == 1, (width, page)
+        assert page["data"][-1]["end_time"] > harness.clock.now()
+
+
 async def test_buckets_are_listed_empty_or_not_and_paged(harness: Harness) -> None:
     await harness.client.post("/v1/chat/completions", json={
         "model": "instant-model", "messages": [{"role": "user", "content": "hi"}]})

@@ -84,7 +84,9 @@ def _params(request: Request, caller: Principal, kind: str, now: int, *,
     assert start is not None
     end = _integer(request, "end_time")
     if end is None:
-        end = now
+        # Up to now, this second included: usage is kept a minute to a row that begins at
+        # the minute, so in a minute's first second an end of int(now) left its row out.
+        end = now + 1
     if end <= start:
         raise InvalidRequest("'end_time' must be after 'start_time'.", code="invalid_value",
                              param="end_time")
