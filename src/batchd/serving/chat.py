@@ -21,7 +21,7 @@ from batchd.serving.operation import (
     Produced,
     opened,
 )
-from batchd.serving.prompts import first_text, text_tokens
+from batchd.serving.prompts import first_text, plain_count, text_tokens
 from batchd.serving.sse import DONE, chunk_writer, error_event
 
 
@@ -29,12 +29,31 @@ def estimate_prompt_tokens(messages: object) -> int:
     """Chat messages' estimate: their text plus a few tokens each."""
     if not isinstance(messages, list):
         return 0
-    return sum(4 + text_tokens(m) for m in messages)
+    total = 0
+    for message in messages:
+        content = message.get("content") if type(message) is dict else None
+        if type(content) is str:  # the common shape, as text_tokens counts it
+            total += 5 + len(content) // 4
+        else:
+            total += 4 + text_tokens(message)
+    return total
 
 
 def _estimate(body: dict[str, Any], request: ChatCompletionRequest | None) -> int:
     output = request.n * (request.output_limit or DEFAULT_OUTPUT_TOKENS) if request else 0
     return estimate_prompt_tokens(body.get("messages")) + output
+
+
+def _quick_estimate(body: dict[str, Any]) -> int | None:
+    """`_estimate` from plain fields, as ChatCompletionRequest would read them."""
+    n = body.get("n", 1)
+    newer, older = body.get("max_completion_tokens"), body.get("max_tokens")
+    if not (plain_count(n, least=1, most=16)
+            and (newer is None or plain_count(newer, least=1))
+            and (older is None or plain_count(older, least=1))):
+        return None
+    return estimate_prompt_tokens(body.get("messages")) + n * (newer or older
+                                                               or DEFAULT_OUTPUT_TOKENS)
 
 
 def _admit(request: ChatCompletionRequest) -> int:
@@ -120,5 +139,5 @@ async def _chunks(events: AsyncIterator[StreamEvent], request: ChatCompletionReq
 
 CHAT = Operation(endpoint="/v1/chat/completions", title="Chat Completions", capability="chat",
                  required="messages", request_type=ChatCompletionRequest, cost=_estimate,
-                 admit=_admit, run=_run, stream=_stream,
+                 admit=_admit, run=_run, stream=_stream, quick_cost=_quick_estimate,
                  prompt_lead=lambda body: first_text(body.get("messages")))

@@ -33,4 +33,5 @@ async def _run(engine: Engine, request: EmbeddingRequest, created: int,
 EMBEDDINGS = Operation(endpoint="/v1/embeddings", title="Embeddings", capability="embeddings",
                        required="input", request_type=EmbeddingRequest, cost=_estimate,
                        admit=_admit, run=_run,
+                       quick_cost=lambda body: _estimate(body, None),  # reads no field
                        counted=lambda request: request.inputs())

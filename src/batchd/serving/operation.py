@@ -61,13 +61,23 @@ class Operation:
     # What an engine tokenizes of a validated request (Engine.count_tokens): the request
     # itself, or what it becomes (a Responses request's chat, an embeddings request's inputs).
     counted: Callable[[Any], Any] = lambda request: request
+    # `cost` read from the raw body alone, when every field it reads is plain JSON that the
+    # validated request would hold as sent (an int in range, or absent); None: not so, ask
+    # the validated request. Validating a body only for its cost was most of the time a
+    # batch spent validating. A body that then fails for another field is counted as if it
+    # ran: an upper bound, and still never one thing counted and another run.
+    quick_cost: Callable[[dict[str, Any]], int | None] = lambda body: None
 
     def parse(self, body: dict[str, Any]) -> Any:
         """The validated request (pydantic's ValidationError for a bad body)."""
         return self.request_type.model_validate(body)
 
     def estimate(self, body: dict[str, Any]) -> int:
-        """For enqueued-token quotas: what `cost` says, read through the model that runs it."""
+        """For enqueued-token quotas: what `cost` says, read through the model that runs it
+        (or straight from the body, where that reads the same: `quick_cost`)."""
+        quick = self.quick_cost(body)
+        if quick is not None:
+            return quick
         try:
             request = self.parse(body)
         except ValidationError:

@@ -25,6 +25,12 @@ def text_tokens(value: object) -> int:
     return total
 
 
+def plain_count(value: object, *, least: int, most: int | None = None) -> bool:
+    """Whether a JSON value is an int (not a bool, not a float) in [least, most]: what a
+    strict integer field holds as sent."""
+    return type(value) is int and value >= least and (most is None or value <= most)
+
+
 def first_text(items: object) -> str:
     """The text of a string, or of a list's first message (`content` as a string)."""
     if isinstance(items, str):

@@ -10,6 +10,7 @@ from typing import Any
 from batchd.engines.base import Delta, Engine, Priority, StreamEvent, Usage
 from batchd.errors import BatchdError
 from batchd.openai.responses import (
+    MIN_OUTPUT_TOKENS,
     ResponsesRequest,
     error_object,
     finished_status,
@@ -27,7 +28,7 @@ from batchd.serving.operation import (
     Produced,
     opened,
 )
-from batchd.serving.prompts import first_text, text_tokens
+from batchd.serving.prompts import first_text, plain_count, text_tokens
 from batchd.serving.sse import named_event
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,15 @@ log = logging.getLogger(__name__)
 def _estimate(body: dict[str, Any], request: ResponsesRequest | None) -> int:
     output = (request.max_output_tokens or DEFAULT_OUTPUT_TOKENS) if request else 0
     return text_tokens(body.get("instructions")) + text_tokens(body.get("input")) + output
+
+
+def _quick_estimate(body: dict[str, Any]) -> int | None:
+    """`_estimate` from a plain `max_output_tokens`, as ResponsesRequest would read it."""
+    most = body.get("max_output_tokens")
+    if most is not None and not plain_count(most, least=MIN_OUTPUT_TOKENS):
+        return None
+    return (text_tokens(body.get("instructions")) + text_tokens(body.get("input"))
+            + (most or DEFAULT_OUTPUT_TOKENS))
 
 
 def _prompt_lead(body: dict[str, Any]) -> str:
@@ -134,4 +144,5 @@ async def _events(steps: AsyncIterator[StreamEvent], request: ResponsesRequest,
 RESPONSES = Operation(endpoint="/v1/responses", title="Responses", capability="chat",
                       required="input", request_type=ResponsesRequest, cost=_estimate,
                       admit=_admit, run=_run, stream=_stream, prompt_lead=_prompt_lead,
+                      quick_cost=_quick_estimate,
                       counted=lambda request: request.chat())
