@@ -4,6 +4,8 @@ the worker's ordering, how it begins."""
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 
 def text_tokens(value: object) -> int:
     """A tokenizer-free estimate: about 4 characters a token (token ids count one each), the
@@ -25,7 +27,7 @@ def text_tokens(value: object) -> int:
     return total
 
 
-def plain_count(value: object, *, least: int, most: int | None = None) -> bool:
+def plain_count(value: object, *, least: int, most: int | None = None) -> TypeGuard[int]:
     """Whether a JSON value is an int (not a bool, not a float) in [least, most]: what a
     strict integer field holds as sent."""
     return type(value) is int and value >= least and (most is None or value <= most)
