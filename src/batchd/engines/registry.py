@@ -228,6 +228,11 @@ class ModelRegistry:
         entry = self._by_name[name]
         return self._engines[entry.id]
 
+    def engine_of_id(self, model_id: str) -> Engine:
+        """The engine of the model with this id (not an alias): the current one, after a
+        restart too."""
+        return self._engines[model_id]
+
     async def restart(self, name: str, broken: Engine) -> None:
         """Replace a hung or crashed engine with a fresh instance. Several requests may
         report the same broken engine; only the first restarts it."""

@@ -56,9 +56,16 @@ class ModelGate:
         """Free places that nobody waits for."""
         return 0 if self._waiters else max(0, self.capacity() - self.in_flight)
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a place if one is free and nobody waits for it (no coroutine: every batch
+        request passes here, and most find room)."""
         if not self._waiters and self.in_flight < self.capacity():
             self.in_flight += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         self._armed = True
         waiter = asyncio.get_running_loop().create_future()
@@ -147,9 +154,13 @@ class Capacity:
             self.names.setdefault(registry.served_id(name) or MIXED, []).append(name)
 
     def _capacity_of(self, model_id: str) -> Callable[[], int]:
+        engine_of = self.registry.engine_of_id  # per acquire: the fewest lookups
+        cap = self.cap
+
         def capacity() -> int:
-            size = max(1, self.registry.engine_for(model_id).capacity())
-            return size if self.cap is None else min(size, self.cap)
+            size = engine_of(model_id).capacity()
+            size = size if size > 1 else 1
+            return size if cap is None or size < cap else cap
         return capacity
 
     def gate(self, model_id: str) -> ModelGate:

@@ -38,7 +38,7 @@ from batchd.worker.gate import RequestGate
 from batchd.worker.inputs import Request, read_requests
 from batchd.worker.parts import PartLedger, done_custom_ids
 from batchd.worker.prompt_order import prefix_key
-from batchd.worker.requests import Outcome, run_request
+from batchd.worker.requests import run_request
 from batchd.worker.watchdog import Guard, Watchdog
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,9 @@ class ChunkRun:
         self._alone = False  # running one suspect with nothing else of the worker
         self.watchdog = Watchdog(ctx.settings.request_timeout_seconds)
         self.tally = metrics.Finished()  # flushed to the counters each beat and at the end
+        self._models: dict[str, tuple[str | None, ModelGate | None]] = {}  # see _model_of
+        self._retries = ctx.settings.request_retries
+        self._save_after = ctx.settings.checkpoint_results
 
     async def run(self, input_key: str) -> None:
         try:
@@ -118,8 +121,8 @@ class ChunkRun:
             self.finished.add(cid)
         # Requests that share a model and a leading prompt go to the engine together, so its
         # prefix cache serves them one after another instead of thrashing between prompts.
-        todo = sorted((r for r in requests if r[0] not in done and r[0] not in poison),
-                      key=prefix_key(self.operation))
+        todo = sorted((r for r in requests if r[0] not in done and r[0] not in poison)
+                      if done or poison else requests, key=prefix_key(self.operation))
         if self.chunk.failed_runs >= self.ctx.settings.max_attempts:
             await self._give_up(todo)
             return
@@ -329,13 +332,27 @@ class ChunkRun:
         self._halt(lost=True)
         return False
 
-    async def _call(self, request: Request, guard: Guard, gate: ModelGate | None, *,
-                    door: bool) -> Outcome:
-        """Run the request once it holds its model's place and (unless `door` is False:
-        a suspect group already holds it) is inside the worker's door. It never waits at
-        the door while holding a place."""
+    def _model_of(self, model: object) -> tuple[str | None, ModelGate | None]:
+        """The served model a request's `model` names, and its gate (looked up once a run:
+        this runs per request)."""
+        found = self._models.get(model) if isinstance(model, str) else None
+        if found is None:
+            served = self.ctx.registry.served_id(model) if isinstance(model, str) else None
+            found = (served, self.capacity.gate(served) if served is not None else None)
+            if isinstance(model, str):
+                self._models[model] = found
+        return found
+
+    async def _run_one(self, request: Request, guard: Guard, *, door: bool = True) -> None:
+        """Run a request once it holds its model's place and (unless `door` is False: a
+        suspect group already holds it) is inside the worker's door. It never waits at the
+        door while holding a place."""
+        custom_id, body = request
+        self.flying[custom_id] = None
+        model = body.get("model")
+        served, gate = self._model_of(model)
         while True:
-            if gate is not None:
+            if gate is not None and not gate.try_acquire():
                 await gate.acquire()
             if not door or self.gate.is_open:
                 break
@@ -348,25 +365,9 @@ class ChunkRun:
             if door:
                 self.gate.enter()
                 entered = True
-            return await run_request(
-                custom_id=request[0], body=request[1], operation=self.operation,
-                registry=ctx.registry,
-                clock=ctx.clock, guard=guard, retries=ctx.settings.request_retries)
-        finally:
-            if entered:
-                self.gate.leave()
-            if gate is not None:
-                gate.release()
-
-    async def _run_one(self, request: Request, guard: Guard, *, door: bool = True) -> None:
-        custom_id, body = request
-        self.flying[custom_id] = None
-        ctx = self.ctx
-        model = body.get("model")
-        served = ctx.registry.served_id(model) if isinstance(model, str) else None
-        gate = self.capacity.gate(served) if served is not None else None
-        try:
-            outcome = await self._call(request, guard, gate, door=door)
+            outcome = await run_request(
+                custom_id=custom_id, body=body, operation=self.operation,
+                registry=ctx.registry, clock=ctx.clock, guard=guard, retries=self._retries)
         except EngineUnavailable:
             # Not the request's fault: hand the chunk back unharmed and let the model's
             # breaker keep it (and its kind) away until the engine answers again.
@@ -387,6 +388,11 @@ class ChunkRun:
                           custom_id)
             self.crashed.append(custom_id)
             return
+        finally:
+            if entered:
+                self.gate.leave()
+            if gate is not None:
+                gate.release()
         del self.flying[custom_id]
         if served is not None and outcome.ok:
             self.capacity.reachable(served)
@@ -395,7 +401,7 @@ class ChunkRun:
                        prompt=outcome.input_tokens, cached=outcome.cached_tokens,
                        completion=outcome.output_tokens)
         self.finished.add(custom_id)
-        if (self.ledger.unsaved >= self.ctx.settings.checkpoint_results
+        if (self.ledger.unsaved >= self._save_after
                 and self._next < len(self.todo)):  # else the commit saves them: no extra part
             self.ledger.save_soon()
 
