@@ -20,42 +20,45 @@ from collections.abc import AsyncIterator
 class RequestGate:
     def __init__(self) -> None:
         self._inside = 0
-        self._empty = asyncio.Event()
-        self._empty.set()
-        self._open = asyncio.Event()
-        self._open.set()
+        # Set while `alone()` waits for those inside to leave: resolved by the last to leave.
+        self._drained: asyncio.Future[None] | None = None
+        # Plain attributes, read and kept by every batch request: no Event call per request
+        # (`_opened` is only for those who wait while it is shut).
+        self.is_open = True
+        self._opened = asyncio.Event()
+        self._opened.set()
         self._alone = asyncio.Lock()
 
-    @property
-    def is_open(self) -> bool:
-        return self._open.is_set()
-
     async def wait_open(self) -> None:
-        while not self._open.is_set():
-            await self._open.wait()
+        while not self.is_open:
+            await self._opened.wait()
 
     def enter(self) -> None:
         """Enter at once; only while `is_open` (the caller checked, with no await since).
         Every batch request passes here: plain calls, no context manager object."""
-        assert self._open.is_set(), "the door is closed: wait_open() first"
+        assert self.is_open, "the door is closed: wait_open() first"
         self._inside += 1
-        if self._inside == 1:
-            self._empty.clear()
 
     def leave(self) -> None:
         self._inside -= 1
-        if not self._inside:
-            self._empty.set()
+        drained = self._drained
+        if not self._inside and drained is not None and not drained.done():
+            drained.set_result(None)
 
     @contextlib.asynccontextmanager
     async def alone(self) -> AsyncIterator[None]:
         """Nothing else of this worker runs until the block ends."""
         async with self._alone:
-            self._open.clear()
+            self.is_open = False
+            self._opened.clear()
             try:
                 while self._inside:
-                    await self._empty.wait()
+                    self._drained = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._drained
+                    finally:
+                        self._drained = None
                 yield
             finally:
-                self._open.set()
-
+                self.is_open = True
+                self._opened.set()
