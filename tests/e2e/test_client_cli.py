@@ -192,6 +192,7 @@ def test_the_live_bar_is_drawn_in_a_terminal_and_ctrl_c_detaches(
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait()  # reaped here: never a "still running" warning in a later test
         os.close(leader)
 
 
