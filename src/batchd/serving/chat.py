@@ -39,9 +39,15 @@ def estimate_prompt_tokens(messages: object) -> int:
     return total
 
 
+def _cost(body: dict[str, Any], n: int, limit: int | None) -> int:
+    """The prompt's estimate and the most output `n` choices of at most `limit` may make."""
+    return estimate_prompt_tokens(body.get("messages")) + n * (limit or DEFAULT_OUTPUT_TOKENS)
+
+
 def _estimate(body: dict[str, Any], request: ChatCompletionRequest | None) -> int:
-    output = request.n * (request.output_limit or DEFAULT_OUTPUT_TOKENS) if request else 0
-    return estimate_prompt_tokens(body.get("messages")) + output
+    if request is None:
+        return estimate_prompt_tokens(body.get("messages"))
+    return _cost(body, request.n, request.output_limit)
 
 
 def _quick_estimate(body: dict[str, Any]) -> int | None:
@@ -52,8 +58,7 @@ def _quick_estimate(body: dict[str, Any]) -> int | None:
             and (newer is None or plain_count(newer, least=1))
             and (older is None or plain_count(older, least=1))):
         return None
-    return estimate_prompt_tokens(body.get("messages")) + n * (newer or older
-                                                               or DEFAULT_OUTPUT_TOKENS)
+    return _cost(body, n, newer or older)  # output_limit's own reading
 
 
 def _admit(request: ChatCompletionRequest) -> int:

@@ -34,9 +34,13 @@ from batchd.serving.sse import named_event
 log = logging.getLogger(__name__)
 
 
+def _prompt_estimate(body: dict[str, Any]) -> int:
+    return text_tokens(body.get("instructions")) + text_tokens(body.get("input"))
+
+
 def _estimate(body: dict[str, Any], request: ResponsesRequest | None) -> int:
     output = (request.max_output_tokens or DEFAULT_OUTPUT_TOKENS) if request else 0
-    return text_tokens(body.get("instructions")) + text_tokens(body.get("input")) + output
+    return _prompt_estimate(body) + output
 
 
 def _quick_estimate(body: dict[str, Any]) -> int | None:
@@ -44,8 +48,7 @@ def _quick_estimate(body: dict[str, Any]) -> int | None:
     most = body.get("max_output_tokens")
     if most is not None and not plain_count(most, least=MIN_OUTPUT_TOKENS):
         return None
-    return (text_tokens(body.get("instructions")) + text_tokens(body.get("input"))
-            + (most or DEFAULT_OUTPUT_TOKENS))
+    return _prompt_estimate(body) + (most or DEFAULT_OUTPUT_TOKENS)
 
 
 def _prompt_lead(body: dict[str, Any]) -> str:

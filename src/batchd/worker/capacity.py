@@ -154,13 +154,9 @@ class Capacity:
             self.names.setdefault(registry.served_id(name) or MIXED, []).append(name)
 
     def _capacity_of(self, model_id: str) -> Callable[[], int]:
-        engine_of = self.registry.engine_of_id  # per acquire: the fewest lookups
-        cap = self.cap
-
-        def capacity() -> int:
-            size = engine_of(model_id).capacity()
-            size = size if size > 1 else 1
-            return size if cap is None or size < cap else cap
+        def capacity() -> int:  # per acquire: the engine by its id, one lookup
+            size = max(1, self.registry.engine_of_id(model_id).capacity())
+            return size if self.cap is None else min(size, self.cap)
         return capacity
 
     def gate(self, model_id: str) -> ModelGate:

@@ -335,12 +335,13 @@ class ChunkRun:
     def _model_of(self, model: object) -> tuple[str | None, ModelGate | None]:
         """The served model a request's `model` names, and its gate (looked up once a run:
         this runs per request)."""
-        found = self._models.get(model) if isinstance(model, str) else None
+        if not isinstance(model, str):
+            return None, None
+        found = self._models.get(model)
         if found is None:
-            served = self.ctx.registry.served_id(model) if isinstance(model, str) else None
-            found = (served, self.capacity.gate(served) if served is not None else None)
-            if isinstance(model, str):
-                self._models[model] = found
+            served = self.ctx.registry.served_id(model)
+            gate = self.capacity.gate(served) if served is not None else None
+            found = self._models[model] = (served, gate)
         return found
 
     async def _run_one(self, request: Request, guard: Guard, *, door: bool = True) -> None:
