@@ -176,7 +176,8 @@ def test_the_live_bar_is_drawn_in_a_terminal_and_ctrl_c_detaches(
     leader, follower = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "batchd", "submit", str(requests), "--wait"], cwd=tmp_path,
-        env=client_env(server, TERM="xterm-256color"), stdin=follower, stdout=follower,
+        env=client_env(server, TERM="xterm-256color", PYTHONFAULTHANDLER="1"), stdin=follower,
+        stdout=follower,
         stderr=follower)
     os.close(follower)
     try:
@@ -184,7 +185,11 @@ def test_the_live_bar_is_drawn_in_a_terminal_and_ctrl_c_detaches(
         assert "in_progress" in seen and "━" in seen and "tok/s" in seen, seen
         assert "ETA" in seen
         process.send_signal(signal.SIGINT)
-        seen += read_pty(leader, process, time.monotonic() + 10)
+        seen += read_pty(leader, process, time.monotonic() + 20)
+        if process.poll() is None:  # hung: its threads' stacks (faulthandler) say where
+            process.send_signal(signal.SIGABRT)
+            seen += read_pty(leader, process, time.monotonic() + 5)
+            pytest.fail(f"the client did not exit within 20 s of Ctrl-C:\n{seen}")
         assert process.wait(10) == 130
         assert "detached" in seen and "batchd watch batch_" in seen, seen
         batch_id = seen.split("batchd watch ")[1].split()[0]
