@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from batchd import event_loop
 from batchd.client.commands import install as install_client_commands
 from batchd.client.estimate import estimate as client_estimate
 from batchd.client.usage import usage as client_usage
@@ -168,8 +169,8 @@ def serve(
     from batchd.server import (
         CleanExitServer,
         PortUnavailable,
+        guarded_protocol,
         listen,
-        protocol_with_header_timeout,
     )
 
     settings = _settings(host=host, port=port, data_dir=data_dir, models=models,
@@ -206,7 +207,8 @@ def serve(
         config = uvicorn.Config(asgi, host=settings.host, port=settings.port,
                                 log_level=settings.log_level,
                                 log_config=uvicorn_log_config(_secrets(settings)),
-                                http=protocol_with_header_timeout(settings.header_timeout_seconds),
+                                http=guarded_protocol(settings.header_timeout_seconds),
+                                loop=settings.event_loop,
                                 timeout_keep_alive=settings.keepalive_timeout_seconds,
                                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
         server = CleanExitServer(config, on_exit=asgi.state.probes.drain)
@@ -276,7 +278,7 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
             await close_services(svc)
             return worker.failed
 
-    failure = asyncio.run(run())
+    failure = event_loop.run(run(), settings.event_loop)
     if failure is not None:
         _fail([f"batchd worker: {failure}; exiting so that it is restarted"], 1)
 

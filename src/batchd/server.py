@@ -1,4 +1,4 @@
-"""The uvicorn server batchd runs under, with the connection timeouts uvicorn lacks."""
+"""The uvicorn server batchd runs under, with the bounds on headers uvicorn lacks."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import socket
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-import h11
+import httptools
 import psutil
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CleanExitServer(uvicorn.Server):
@@ -42,54 +42,82 @@ class CleanExitServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-class HeaderTimeoutProtocol(H11Protocol):
-    """uvicorn's h11 protocol, plus a limit on how long a client may take to send a request's
-    headers. uvicorn closes a connection idle between requests (keep-alive timeout) but waits
-    forever once a byte of the next request has come: a client dribbling header bytes (or
-    sending half its headers and stopping) would hold a connection for good.
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (llhttp, in C: a quarter of a small request's CPU went to
+    h11's pure-Python parsing), plus two bounds on a request's headers that uvicorn lacks:
 
-    The clock starts when the connection opens and again when a response is complete; it stops
-    when the request's headers are all in. Body reads are bounded in the app (`BodyTimeout`)."""
+    - time: uvicorn closes a connection idle between requests (keep-alive timeout) but waits
+      forever once a byte of the next request has come, so a client dribbling header bytes
+      (or sending half its headers and stopping) would hold a connection for good. The clock
+      starts when the connection opens and again when a response is complete; it stops when
+      the request's headers are all in. Body reads are bounded in the app (`BodyTimeout`).
+    - size: llhttp sets none, and uvicorn keeps every header it is given, so a client could
+      grow one connection's memory for as long as the clock runs. Past `header_limit` bytes
+      (the URL and the headers) the request is refused with a 400 and the connection closed,
+      as h11 refused past its 16 KiB."""
 
     header_timeout: float = 10.0
+    header_limit: int = 64 * 1024
 
     _header_timer: asyncio.TimerHandle | None = None
+    _awaiting_headers = False
+    _header_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_header_timer()
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:  # the request line and headers are in
-            self._disarm_header_timer()
+    def on_message_begin(self) -> None:
+        self._header_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if not self.transport.is_closing():
             self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
         super().connection_lost(exc)
 
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.header_limit:
+            # Stops the parser; uvicorn answers a parser error with a 400 and closes.
+            raise httptools.HttpParserCallbackError(
+                f"request headers over {self.header_limit} bytes")
+
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
+        self._awaiting_headers = True
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
 
     def _disarm_header_timer(self) -> None:
+        self._awaiting_headers = False
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self._awaiting_headers and not self.transport.is_closing():
             self.transport.close()
 
 
-def protocol_with_header_timeout(seconds: float) -> type[H11Protocol]:
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
+def guarded_protocol(header_timeout: float) -> type[HttpToolsProtocol]:
+    return type("GuardedProtocol", (GuardedProtocol,), {"header_timeout": header_timeout})
 
 
 class PortUnavailable(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,9 @@ class Settings(BaseSettings):
     keepalive_timeout_seconds: int = Field(
         default=5, ge=1, description="idle connection kept open between requests")
     embedded_worker: bool = True
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto", description="the event loop of `serve` and `worker`: uvloop where it is "
+                                    "installed (auto), or asyncio's own")
 
     max_requests_per_batch: int = Field(default=50_000, ge=1)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)

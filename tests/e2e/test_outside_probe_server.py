@@ -4,6 +4,7 @@ the log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -181,6 +182,29 @@ def test_slow_or_half_sent_headers_and_bodies_are_timed_out(instant_server: Serv
     # A normal client is unaffected.
     assert httpx.get(f"{instant_server.base_url}/models", headers={
         "Authorization": f"Bearer {instant_server.api_key}"}).status_code == 200
+
+
+@pytest.mark.backend_independent  # the HTTP server's bounds, before any store is touched
+def test_headers_past_64_kib_are_refused_and_the_connection_closed(
+    instant_server: Server,
+) -> None:
+    auth = b"Authorization: Bearer " + instant_server.api_key.encode() + b"\r\n"
+    for name, headers in (("one long header", b"X-Big: " + b"a" * 70_000 + b"\r\n"),
+                          ("many short ones", b"".join(b"X-%d: %s\r\n" % (n, b"b" * 90)
+                                                       for n in range(800))),
+                          ("a long URL", b"")):
+        path = b"/v1/models" + (b"?q=" + b"c" * 70_000 if name == "a long URL" else b"")
+        with _connect(instant_server) as sock:
+            with contextlib.suppress(OSError):  # it may close before all is sent
+                sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + auth + headers
+                             + b"\r\n")
+            answer = _closed_within(sock, 5)
+            assert answer.startswith(b"HTTP/1.1 400"), (name, answer[:200])
+    # Just under the bound is an ordinary request.
+    with _connect(instant_server) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth
+                     + b"X-Big: " + b"d" * 60_000 + b"\r\n\r\n")
+        assert _closed_within(sock, 5).startswith(b"HTTP/1.1 200")
 
 
 def test_credentials_never_reach_the_log(instant_server: Server) -> None:
