@@ -19,6 +19,18 @@ from batchd.settings import Settings
 INSTANT_MODELS = "models:\n  - id: instant-model\n    engine: instant\n"
 
 
+def event_loop_said() -> str:
+    """Which loop the batchd processes run on here, for a bench's header: uvicorn picks
+    uvloop whenever it is installed, so an earlier commit run beside this one gets it too."""
+    import importlib.util
+    import os
+    name = os.environ.get("BATCHD_EVENT_LOOP", "auto")
+    has = importlib.util.find_spec("uvloop") is not None
+    loop = "asyncio" if name == "asyncio" or not has else "uvloop"
+    there = "installed" if has else "absent"
+    return f"event loop {loop} (BATCHD_EVENT_LOOP={name}; uvloop {there})"
+
+
 def memory_mb(pid: int, field: str = "VmRSS") -> float:
     """A process's resident memory now (VmRSS) or at its peak (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

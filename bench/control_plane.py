@@ -32,7 +32,7 @@ from openai import OpenAI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from bench.common import control_plane_args, instant_server, memory_mb
+from bench.common import control_plane_args, event_loop_said, instant_server, memory_mb
 
 REPO = Path(__file__).resolve().parents[1]
 # The last commit measured before the control plane lost half its speed (issue #28).
@@ -128,7 +128,8 @@ def main() -> None:
                                                "('none': skip)"),
         "--rounds": dict(type=int, default=3, help="batches on each side, alternated")})
     print(f"instant engine, {args.lines} lines, BATCHD_CHUNK_LINES=1000, "
-          f"BATCHD_WORKER_CONCURRENCY=64, BATCHD_WORKER_CHUNKS=4, default worker timing")
+          f"BATCHD_WORKER_CONCURRENCY=64, BATCHD_WORKER_CHUNKS=4, default worker timing; "
+          f"{event_loop_said()}, for both commits")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         path = root / "input.jsonl"

@@ -38,7 +38,7 @@ from tests.support.ports import free_port
 from tests.support.server import start_llama_cpp_server
 
 from batchd.engines.upstream import UpstreamOptions
-from bench.common import bench_server
+from bench.common import bench_server, event_loop_said
 
 _ANSWER = json.dumps({
     "id": "chatcmpl-sim", "object": "chat.completion", "created": 0, "model": "gpu",
@@ -282,8 +282,9 @@ def main() -> None:
     print(f"batchd: default settings (upstream initial_concurrency "
           f"{defaults['initial_concurrency'].default}, max_concurrency "
           f"{defaults['max_concurrency'].default}, latency_tolerance "
-          f"{defaults['latency_tolerance'].default}; worker poll 0.5 s); each simulated "
-          "server in a process of its own")
+          f"{defaults['latency_tolerance'].default}; worker poll 0.5 s; {event_loop_said()}); "
+          "each simulated server in a process of its own (uvicorn's own choice of loop and "
+          "parser, as vLLM's); the floor's client on asyncio's loop")
     # Short answers, as classification and extraction batches ask for (max_tokens 16): the
     # server's slots and service time are what a GPU server's would be, scaled down.
     runs = {"16": lambda: one_server(16, 0.1, 3000, floor=args.floor),
