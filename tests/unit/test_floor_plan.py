@@ -35,10 +35,11 @@ FLOORS: list[tuple[str, ...]] = [
     ("batchd.files", "batchd.upload_stream", "batchd.uploads", "batchd.keys", "batchd.batches",
      "batchd.webhooks", "batchd.usage", "batchd.estimates"),
     ("batchd.worker",),
-    # Faces: HTTP (speaking only to services), then the wiring, the server and the CLI.
+    # Faces: HTTP (speaking only to services), then the wiring, the server (and the event loop
+    # it and the worker run on) and the CLI.
     ("batchd.api", "batchd.console"),
     ("batchd.app",),
-    ("batchd.server",),
+    ("batchd.server", "batchd.event_loop"),
     ("batchd.cli", "batchd.__main__"),
 ]
 
