@@ -61,14 +61,29 @@ class GuardedProtocol(HttpToolsProtocol):
 
     _header_timer: asyncio.TimerHandle | None = None
     _awaiting_headers = False
+    # A request's header block as llhttp hands it over (its URL and each finished header),
+    # and the raw bytes of reads that began and ended inside it: httptools gathers a header
+    # that has not ended in C and tells nobody, so only the raw count bounds one that never
+    # ends. Neither counts a byte outside the block, so neither refuses a long body.
     _header_bytes = 0
+    _raw_header_bytes = 0
+    _in_headers = True  # a new connection's first bytes begin a request
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_header_timer()
 
+    def data_received(self, data: bytes) -> None:
+        began_inside = self._in_headers
+        super().data_received(data)
+        if began_inside and self._in_headers and not self.transport.is_closing():
+            self._raw_header_bytes += len(data)
+            if self._raw_header_bytes > self.header_limit:
+                self._refuse_headers()
+
     def on_message_begin(self) -> None:
-        self._header_bytes = 0
+        self._header_bytes = self._raw_header_bytes = 0
+        self._in_headers = True
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -80,12 +95,16 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._disarm_header_timer()
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        # The clock runs for the next request's headers only if none has come yet: a
+        # pipelined request already parsed (now started, `self.cycle`) may take its time.
+        if not self.transport.is_closing() and (self.cycle is None
+                                                or self.cycle.response_complete):
             self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -98,6 +117,12 @@ class GuardedProtocol(HttpToolsProtocol):
             # Stops the parser; uvicorn answers a parser error with a 400 and closes.
             raise httptools.HttpParserCallbackError(
                 f"request headers over {self.header_limit} bytes")
+
+    def _refuse_headers(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.send_400_response("Request headers are too large.")  # and closes
+        else:  # an earlier request's answer is under way: a 400 would land inside it
+            self.transport.close()
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()

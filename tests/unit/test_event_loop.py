@@ -1,9 +1,10 @@
 import asyncio
 
 import pytest
-import uvloop
 
 from batchd import event_loop
+
+uvloop = pytest.importorskip("uvloop")  # not on Windows (pyproject)
 
 
 async def _loop_type() -> type:
