@@ -168,6 +168,13 @@ def read_pty(fd: int, process: subprocess.Popen[bytes], until: float) -> str:
     return out.decode(errors="replace")
 
 
+def interruptible() -> None:
+    """Ctrl-C's default in the child, whatever this suite inherited: a shell that starts it in
+    the background (`make test &`, nohup) ignores SIGINT, the ignore passes down, and Python
+    then leaves it ignored, as a program should, so the client would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.backend_independent  # drawing and Ctrl-C are the client's own
 def test_the_live_bar_is_drawn_in_a_terminal_and_ctrl_c_detaches(
     server: Server, tmp_path: Path,
@@ -177,8 +184,7 @@ def test_the_live_bar_is_drawn_in_a_terminal_and_ctrl_c_detaches(
     process = subprocess.Popen(
         [sys.executable, "-m", "batchd", "submit", str(requests), "--wait"], cwd=tmp_path,
         env=client_env(server, TERM="xterm-256color", PYTHONFAULTHANDLER="1"), stdin=follower,
-        stdout=follower,
-        stderr=follower)
+        stdout=follower, stderr=follower, preexec_fn=interruptible)
     os.close(follower)
     try:
         seen = read_pty(leader, process, time.monotonic() + 4)
