@@ -1,8 +1,15 @@
 """The upstream engine's HTTP client on real sockets: the environment's proxies, NO_PROXY and
-~/.netrc are honoured as httpx's `trust_env` honoured them, read once per server."""
+~/.netrc are honoured as httpx's `trust_env` honoured them, read once per server; and what the
+engine relies on from the client: lines however chunks cut them, headers by any case, a
+compressed answer opened, and every way of getting no answer (refused, silent, cancelled)
+told apart from an answer."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gzip
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchd.engines.upstream_http import AiohttpHttp
+from batchd.engines.upstream_http import AiohttpHttp, Unreachable
 
 pytestmark = pytest.mark.backend_independent
 
@@ -22,7 +29,8 @@ async def _serve(name: str) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
 
     async def answer(request: web.Request) -> web.Response:
         seen.append({"target": request.raw_path,
-                     "authorization": request.headers.get("Authorization", "")})
+                     "authorization": request.headers.get("Authorization", ""),
+                     "proxy": request.headers.get("Proxy-Authorization", "")})
         return web.json_response({"server": name})
 
     app = web.Application()
@@ -72,7 +80,7 @@ async def test_a_direct_request_without_proxies(upstream: tuple[str, list[dict[s
     origin, seen = upstream
     assert await _who(AiohttpHttp(headers={}, timeout_seconds=10),
                       f"{origin}/v1/chat/completions") == "upstream"
-    assert seen == [{"target": "/v1/chat/completions", "authorization": ""}]
+    assert seen == [{"target": "/v1/chat/completions", "authorization": "", "proxy": ""}]
 
 
 async def test_requests_go_through_the_environments_proxy(
@@ -122,3 +130,123 @@ async def test_the_environment_is_read_once_per_server(
     finally:
         await http.aclose()
     assert len(upstream[1]) == 2 and proxy[1] == []
+
+
+async def test_a_proxys_credentials_in_its_url_are_sent_to_it_alone(
+        upstream: tuple[str, list[dict[str, str]]], proxy: tuple[str, list[dict[str, str]]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy[0].replace("http://", "http://bob:p%40ss@"))
+    assert await _who(AiohttpHttp(headers={}, timeout_seconds=10),
+                      f"{upstream[0]}/v1/chat/completions") == "proxy"
+    assert proxy[1][0]["proxy"] == "Basic Ym9iOnBAc3M="  # bob:p@ss
+    assert proxy[1][0]["authorization"] == ""
+
+
+@contextlib.asynccontextmanager
+async def _raw_server(answer: bytes | None, closed: asyncio.Event | None = None,
+                      ) -> AsyncIterator[str]:
+    """A server that reads one request's head and then sends `answer` in pieces of 7 bytes
+    (or, with None, nothing: it waits until the client goes, and sets `closed`); yields the
+    URL to post to, and closes every connection it holds on leaving."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if answer is None:
+                while await reader.read(1024):
+                    pass
+                if closed is not None:
+                    closed.set()
+            else:
+                for start in range(0, len(answer), 7):
+                    writer.write(answer[start:start + 7])
+                    await writer.drain()
+                    await asyncio.sleep(0)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1/chat/completions"
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
+        for writer in writers:
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def test_streamed_lines_come_whole_however_the_chunks_cut_them() -> None:
+    events = b"data: {\"a\": 1}\n\ndata: {\"b\": 2}\n\ndata: [DONE]\n\n"
+    head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n")
+    body = b"".join(b"%x\r\n%s\r\n" % (len(events[i:i + 5]), events[i:i + 5])
+                    for i in range(0, len(events), 5)) + b"0\r\n\r\n"
+    http = AiohttpHttp(headers={}, timeout_seconds=10)
+    async with _raw_server(head + body) as url:
+        try:
+            async with http.stream(url, b"{}") as response:
+                assert response.status == 200
+                lines = [line async for line in response.lines()]
+        finally:
+            await http.aclose()
+    assert lines == [b'data: {"a": 1}\n', b"\n", b'data: {"b": 2}\n', b"\n",
+                     b"data: [DONE]\n", b"\n"]
+
+
+async def test_headers_are_read_by_any_case_and_a_compressed_answer_is_opened() -> None:
+    body = gzip.compress(b'{"error": "busy"}')
+    http = AiohttpHttp(headers={}, timeout_seconds=10)
+    async with _raw_server(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\ncontent-encoding: gzip\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)) as url:
+        try:
+            answer = await http.post(url, b"{}")
+        finally:
+            await http.aclose()
+    assert answer.status == 429
+    assert answer.headers.get("retry-after") == answer.headers["Retry-After"] == "3"
+    assert orjson.loads(answer.body) == {"error": "busy"}
+
+
+async def test_a_refused_connection_and_a_silent_server_are_unreachable() -> None:
+    async with _raw_server(None) as url:
+        pass  # nobody listens there now
+    http = AiohttpHttp(headers={}, timeout_seconds=0.5)
+    try:
+        with pytest.raises(Unreachable, match=r"(?i)connect"):
+            await http.post(url, b"{}")
+        async with _raw_server(None) as silent:
+            started = time.monotonic()
+            with pytest.raises(Unreachable, match="Timeout"):
+                await http.post(silent, b"{}")
+            assert time.monotonic() - started < 5
+            with pytest.raises(Unreachable, match="Timeout"):
+                async with http.stream(silent, b"{}"):
+                    pass
+    finally:
+        await http.aclose()
+
+
+async def test_a_cancelled_request_closes_its_connection() -> None:
+    """So a GPU server stops generating what nobody will read (vLLM aborts a request whose
+    client went), and no connection is left waiting."""
+    closed = asyncio.Event()
+    http = AiohttpHttp(headers={}, timeout_seconds=60)
+    async with _raw_server(None, closed) as url:
+        try:
+            sending = asyncio.create_task(http.post(url, b"{}"))
+            await asyncio.sleep(0.3)
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+            await asyncio.wait_for(closed.wait(), 5)  # the server saw the client go
+        finally:
+            await http.aclose()
