@@ -87,10 +87,12 @@ async def test_requests_go_through_the_environments_proxy(
         upstream: tuple[str, list[dict[str, str]]], proxy: tuple[str, list[dict[str, str]]],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy[0])
-    http = AiohttpHttp(headers={}, timeout_seconds=10)
+    http = AiohttpHttp(headers={"Authorization": "Bearer k"}, timeout_seconds=10)
     url = f"{upstream[0]}/v1/chat/completions"
     assert await _who(http, url) == "proxy"
     assert proxy[1][0]["target"] == url  # a proxy's request line: the whole URL
+    # The key is the server's (forwarded as Authorization), never the proxy's credentials.
+    assert proxy[1][0]["authorization"] == "Bearer k" and proxy[1][0]["proxy"] == ""
     assert upstream[1] == []
 
 
@@ -136,15 +138,46 @@ async def test_a_proxys_credentials_in_its_url_are_sent_to_it_alone(
         upstream: tuple[str, list[dict[str, str]]], proxy: tuple[str, list[dict[str, str]]],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy[0].replace("http://", "http://bob:p%40ss@"))
-    assert await _who(AiohttpHttp(headers={}, timeout_seconds=10),
-                      f"{upstream[0]}/v1/chat/completions") == "proxy"
-    assert proxy[1][0]["proxy"] == "Basic Ym9iOnBAc3M="  # bob:p@ss
-    assert proxy[1][0]["authorization"] == ""
+    for headers in ({}, {"Authorization": "Bearer k"}):
+        assert await _who(AiohttpHttp(headers=headers, timeout_seconds=10),
+                          f"{upstream[0]}/v1/chat/completions") == "proxy"
+    assert [(s["proxy"], s["authorization"]) for s in proxy[1]] == [
+        ("Basic Ym9iOnBAc3M=", ""), ("Basic Ym9iOnBAc3M=", "Bearer k")]  # bob:p@ss
+
+
+async def test_a_tunnel_to_an_https_server_takes_the_proxys_credentials_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CONNECT carries Proxy-Authorization and nothing of the key, which goes only inside
+    the tunnel (this proxy refuses the tunnel: the request is unreachable)."""
+    heads: list[bytes] = []
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://bob:p%40ss@127.0.0.1:{port}")
+    http = AiohttpHttp(headers={"Authorization": "Bearer k"}, timeout_seconds=10)
+    try:
+        with pytest.raises(Unreachable):
+            await http.post("https://gpu.example:8443/v1/chat/completions", b"{}")
+    finally:
+        await http.aclose()
+        server.close()
+        await server.wait_closed()
+    request_line, *lines = heads[0].decode().strip().split("\r\n")
+    assert request_line.startswith("CONNECT gpu.example:8443 ")
+    said = {name.lower(): value for name, _, value in (h.partition(": ") for h in lines)}
+    assert said["proxy-authorization"] == "Basic Ym9iOnBAc3M="
+    assert "authorization" not in said and "Bearer" not in heads[0].decode()
 
 
 @contextlib.asynccontextmanager
 async def _raw_server(answer: bytes | None, closed: asyncio.Event | None = None,
-                      ) -> AsyncIterator[str]:
+                      received: asyncio.Event | None = None) -> AsyncIterator[str]:
     """A server that reads one request's head and then sends `answer` in pieces of 7 bytes
     (or, with None, nothing: it waits until the client goes, and sets `closed`); yields the
     URL to post to, and closes every connection it holds on leaving."""
@@ -154,6 +187,8 @@ async def _raw_server(answer: bytes | None, closed: asyncio.Event | None = None,
         writers.append(writer)
         try:
             await reader.readuntil(b"\r\n\r\n")
+            if received is not None:
+                received.set()
             if answer is None:
                 while await reader.read(1024):
                     pass
@@ -238,12 +273,12 @@ async def test_a_refused_connection_and_a_silent_server_are_unreachable() -> Non
 async def test_a_cancelled_request_closes_its_connection() -> None:
     """So a GPU server stops generating what nobody will read (vLLM aborts a request whose
     client went), and no connection is left waiting."""
-    closed = asyncio.Event()
+    closed, received = asyncio.Event(), asyncio.Event()
     http = AiohttpHttp(headers={}, timeout_seconds=60)
-    async with _raw_server(None, closed) as url:
+    async with _raw_server(None, closed, received) as url:
         try:
             sending = asyncio.create_task(http.post(url, b"{}"))
-            await asyncio.sleep(0.3)
+            await asyncio.wait_for(received.wait(), 10)  # the request is at the server
             sending.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await sending

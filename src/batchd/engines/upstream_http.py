@@ -69,28 +69,28 @@ READ_BUFFER = 1 << 20
 
 @dataclass(frozen=True)
 class _Route:
-    """How requests reach one server: through which proxy, with which credentials."""
+    """How requests reach one server: through which proxy, with which headers."""
 
+    # Every request's headers: the configured ones (the key's Authorization), else ~/.netrc's
+    # Authorization; and Proxy-Authorization for plain HTTP through a proxy that wants it.
+    headers: Mapping[str, str]
     proxy: URL | None = None
-    # For a tunnel's CONNECT: Proxy-Authorization from the proxy URL's credentials.
+    # For a tunnel's CONNECT (an https server through a proxy): its Proxy-Authorization.
     proxy_headers: Mapping[str, str] | None = None
-    # From ~/.netrc, when no key is configured: the Authorization header it gives; and
-    # Proxy-Authorization, for plain HTTP through a proxy that wants credentials.
-    headers: Mapping[str, str] | None = None
 
 
-def _route_of(origin: URL, *, keyed: bool) -> _Route:
+def _route_of(origin: URL, headers: Mapping[str, str], *, keyed: bool) -> _Route:
     """HTTP(S)_PROXY, NO_PROXY and ~/.netrc for one server, as httpx's `trust_env` read
     them (blocking: it may read files)."""
     try:
         proxy, proxy_auth = get_env_proxy_for_url(origin)
     except LookupError:  # none set, or NO_PROXY names the host
         proxy, proxy_auth = None, None
-    headers = None
+    sent = dict(headers)
     if not keyed and origin.host is not None:
         with contextlib.suppress(LookupError):
             auth = basicauth_from_netrc(netrc_from_env(), origin.host)
-            headers = {"Authorization": auth.encode()}
+            sent["Authorization"] = auth.encode()
     proxy_headers = None
     if proxy_auth is not None:
         # aiohttp deprecates `proxy_auth`, and its `proxy_headers` reach only a tunnel's
@@ -99,8 +99,8 @@ def _route_of(origin: URL, *, keyed: bool) -> _Route:
         if origin.scheme == "https":
             proxy_headers = said
         else:
-            headers = {**(headers or {}), **said}
-    return _Route(proxy=proxy, proxy_headers=proxy_headers, headers=headers)
+            sent.update(said)
+    return _Route(headers=sent, proxy=proxy, proxy_headers=proxy_headers)
 
 
 class AiohttpHttp:
@@ -125,9 +125,12 @@ class AiohttpHttp:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             # No cap of its own: the engine's adaptive limits decide what is in flight.
+            # No default headers: aiohttp starts a proxy's headers from them, and would send
+            # the key's Authorization to the proxy as Proxy-Authorization. Each request
+            # carries its route's.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                headers=self._headers, timeout=self._timeout, read_bufsize=READ_BUFFER,
+                timeout=self._timeout, read_bufsize=READ_BUFFER,
                 # HTTP(S)_PROXY / NO_PROXY are honoured, as with httpx, by `_route`.
                 auto_decompress=True, trust_env=False)
         return self._session
@@ -140,7 +143,7 @@ class AiohttpHttp:
                 if known is None:
                     where = URL(url)
                     route = await asyncio.to_thread(_route_of, where.origin(),
-                                                    keyed=self._keyed)
+                                                    self._headers, keyed=self._keyed)
                     known = self._routes[url] = (where, route)
         return known
 
