@@ -145,48 +145,22 @@ async def test_a_proxys_credentials_in_its_url_are_sent_to_it_alone(
         ("Basic Ym9iOnBAc3M=", ""), ("Basic Ym9iOnBAc3M=", "Bearer k")]  # bob:p@ss
 
 
-async def test_a_tunnel_to_an_https_server_takes_the_proxys_credentials_alone(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CONNECT carries Proxy-Authorization and nothing of the key, which goes only inside
-    the tunnel (this proxy refuses the tunnel: the request is unreachable)."""
-    heads: list[bytes] = []
-
-    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        heads.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    monkeypatch.setenv("HTTPS_PROXY", f"http://bob:p%40ss@127.0.0.1:{port}")
-    http = AiohttpHttp(headers={"Authorization": "Bearer k"}, timeout_seconds=10)
-    try:
-        with pytest.raises(Unreachable):
-            await http.post("https://gpu.example:8443/v1/chat/completions", b"{}")
-    finally:
-        await http.aclose()
-        server.close()
-        await server.wait_closed()
-    request_line, *lines = heads[0].decode().strip().split("\r\n")
-    assert request_line.startswith("CONNECT gpu.example:8443 ")
-    said = {name.lower(): value for name, _, value in (h.partition(": ") for h in lines)}
-    assert said["proxy-authorization"] == "Basic Ym9iOnBAc3M="
-    assert "authorization" not in said and "Bearer" not in heads[0].decode()
-
-
 @contextlib.asynccontextmanager
 async def _raw_server(answer: bytes | None, closed: asyncio.Event | None = None,
-                      received: asyncio.Event | None = None) -> AsyncIterator[str]:
-    """A server that reads one request's head and then sends `answer` in pieces of 7 bytes
-    (or, with None, nothing: it waits until the client goes, and sets `closed`); yields the
-    URL to post to, and closes every connection it holds on leaving."""
+                      received: asyncio.Event | None = None,
+                      heads: list[bytes] | None = None) -> AsyncIterator[str]:
+    """A server that reads one request's head (kept in `heads`, and `received` set) and then
+    sends `answer` in pieces of 7 bytes (or, with None, nothing: it waits until the client
+    goes, and sets `closed`); yields a URL on it, and closes every connection it holds on
+    leaving."""
     writers: list[asyncio.StreamWriter] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.append(writer)
         try:
-            await reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            if heads is not None:
+                heads.append(head)
             if received is not None:
                 received.set()
             if answer is None:
@@ -216,6 +190,27 @@ async def _raw_server(answer: bytes | None, closed: asyncio.Event | None = None,
         for writer in writers:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+async def test_a_tunnel_to_an_https_server_takes_the_proxys_credentials_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CONNECT carries Proxy-Authorization and nothing of the key, which goes only inside
+    the tunnel (this proxy refuses the tunnel: the request is unreachable)."""
+    heads: list[bytes] = []
+    http = AiohttpHttp(headers={"Authorization": "Bearer k"}, timeout_seconds=10)
+    async with _raw_server(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n",
+                           heads=heads) as url:
+        monkeypatch.setenv("HTTPS_PROXY", url.replace("http://", "http://bob:p%40ss@"))
+        try:
+            with pytest.raises(Unreachable):
+                await http.post("https://gpu.example:8443/v1/chat/completions", b"{}")
+        finally:
+            await http.aclose()
+    request_line, *lines = heads[0].decode().strip().split("\r\n")
+    assert request_line.startswith("CONNECT gpu.example:8443 ")
+    said = {name.lower(): value for name, _, value in (h.partition(": ") for h in lines)}
+    assert said["proxy-authorization"] == "Basic Ym9iOnBAc3M="
+    assert "authorization" not in said and "Bearer" not in heads[0].decode()
 
 
 async def test_streamed_lines_come_whole_however_the_chunks_cut_them() -> None:
