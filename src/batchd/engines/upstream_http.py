@@ -11,8 +11,8 @@ short requests a second: the client must not be what limits it.
 Why not a Rust client (measured 2026-12-06 with a one-off script, not kept: those clients are
 not dependencies; each client alone in a fresh process on uvloop against bench/upstream.py's
 simulated server, 8,000 requests 512 at a time, the same body and headers, alternated):
-aiohttp 0.43-0.53 ms of CPU a request, pyreqwest
-0.22-0.25, rnet 0.31-0.41, pyqwest 0.42-0.50, the hand-written client 0.14. pyreqwest took
+aiohttp 0.43-0.53 ms of CPU a request, pyreqwest 0.22-0.25, rnet 0.31-0.41, pyqwest
+0.42-0.50, the hand-written client 0.14. pyreqwest took
 batchd's whole CPU a request from 0.86-0.98 to 0.67-0.78 ms, but a cancelled request kept its
 connection open until the server answered (even after the client was closed): a GPU server
 would go on generating for a batch that was cancelled, so it fails the engine's cancellation
