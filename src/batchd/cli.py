@@ -12,7 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from batchd import event_loop
+from batchd import event_loop, garbage
 from batchd.client.commands import install as install_client_commands
 from batchd.client.estimate import estimate as client_estimate
 from batchd.client.usage import usage as client_usage
@@ -212,6 +212,7 @@ def serve(
                                 timeout_keep_alive=settings.keepalive_timeout_seconds,
                                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds))
         server = CleanExitServer(config, on_exit=asgi.state.probes.drain)
+        garbage.settle_after_start_up()  # the app is built; the models load in its lifespan
         server.run(sockets=[listener])
         if worker_failures:
             _fail([f"batchd serve: {worker_failures[0]}; exiting so that it is restarted"], 1)
@@ -270,6 +271,7 @@ def worker_command(data_dir: DataDir = None, models: ModelsOpt = None) -> None:
 
             # A dying loop stops the worker (runner.py); the process then ends as on SIGTERM.
             worker, identity = await start_worker(svc, record_crashes=True, on_failure=failed)
+            garbage.settle_after_start_up()
             typer.echo(f"batchd worker {identity.id} running; Ctrl-C to stop")
             async with serving(svc, probes):
                 await stop.wait()

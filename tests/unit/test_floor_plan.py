@@ -36,10 +36,10 @@ FLOORS: list[tuple[str, ...]] = [
      "batchd.webhooks", "batchd.usage", "batchd.estimates"),
     ("batchd.worker",),
     # Faces: HTTP (speaking only to services), then the wiring, the server (and the event loop
-    # it and the worker run on) and the CLI.
+    # it and the worker run on, and how their processes collect garbage) and the CLI.
     ("batchd.api", "batchd.console"),
     ("batchd.app",),
-    ("batchd.server", "batchd.event_loop"),
+    ("batchd.server", "batchd.event_loop", "batchd.garbage"),
     ("batchd.cli", "batchd.__main__"),
 ]
 
