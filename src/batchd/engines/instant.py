@@ -59,6 +59,9 @@ class InstantEngine:
 
     def __init__(self, options: InstantOptions | None = None) -> None:
         self.options = options or InstantOptions()
+        opts = self.options
+        # Most runs set none of these: no coroutine per request to find that out.
+        self._misbehaves = bool(opts.hang_marker or opts.crash_marker or opts.delay_seconds)
 
     def _answer(self, limit: int | None, stops: list[str], last: str, index: int
                 ) -> base.Choice:
@@ -94,7 +97,8 @@ class InstantEngine:
                    priority: base.Priority = base.Priority.REALTIME) -> base.ChatResult:
         messages = _text_messages(request)
         last = messages[-1]
-        await self._misbehave(last)
+        if self._misbehaves:
+            await self._misbehave(last)
         limit, stops = request.output_limit, request.stop_list
         choices = [self._answer(limit, stops, last, i) for i in range(request.n)]
         prompt = completion = 0
@@ -121,7 +125,8 @@ class InstantEngine:
                        priority: base.Priority = base.Priority.REALTIME) -> base.ChatResult:
         prompt = request.single
         text = prompt if isinstance(prompt, str) else " ".join(f"t{t}" for t in prompt)
-        await self._misbehave(text)
+        if self._misbehaves:
+            await self._misbehave(text)
         sampling = request.sampling()
         choices = [self._answer(sampling.max_tokens, list(sampling.stops), text, i)
                    for i in range(request.n)]
@@ -138,7 +143,7 @@ class InstantEngine:
             raise base.EngineRequestError(
                 f"This model's embeddings have {dims} dimensions; 'dimensions' must be at "
                 f"most that.", code="invalid_value", param="dimensions")
-        for text in items:
+        for text in items if self._misbehaves else ():
             await self._misbehave(text)
         vectors = [_vector(text, dims) for text in items]
         return base.EmbeddingResult(vectors=vectors,

@@ -7,6 +7,7 @@ each, naming the model and the key.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,8 +98,8 @@ class ModelConfig(BaseModel):
     `embeddings` (/v1/embeddings), or both."""
     prices: Prices | None = None
 
-    @property
-    def capabilities(self) -> frozenset[str]:
+    @functools.cached_property
+    def capabilities(self) -> frozenset[str]:  # once: batch validation asks for every line
         return frozenset(self.serves)
 
     @property
