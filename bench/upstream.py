@@ -187,6 +187,47 @@ def one_server(slots: int, service: float, requests: int, *, floor: bool) -> Non
               f"HTTP/1.1 by hand) on the same server: {took:.1f} s, {floor_1000:.2f} CPU-s "
               f"per 1,000 requests; batchd / floor = "
               f"{per_1000 / floor_1000 if floor_1000 else float('inf'):.1f}")
+        with SimulatedServer(slots, service) as sim, \
+                multiprocessing.get_context("spawn").Pool(1) as pool:
+            took, client_cpu = pool.apply(client_alone, (sim.url, requests, slots))
+        client_1000 = client_cpu / requests * 1000
+        print(f"{'':10} batchd's HTTP client alone (its aiohttp session, {slots} at once, "
+              f"batchd's loop and garbage collection, JSON in and out) on the same server: "
+              f"{took:.1f} s, {client_1000:.2f} CPU-s per 1,000 requests = "
+              f"{client_1000 / per_1000:.0%} of batchd's")
+
+
+def client_alone(url: str, requests: int, at_once: int) -> tuple[float, float]:
+    """The share of batchd's CPU that is its HTTP client: the upstream engine's own client
+    (engines/upstream_http.py), `at_once` requests in flight, on the loop batchd runs on,
+    bodies encoded and answers decoded as the engine does; run in a fresh process, returns
+    seconds and that process's CPU-seconds."""
+    import orjson
+
+    from batchd import event_loop, garbage
+    from batchd.engines.upstream_http import AiohttpHttp
+    from batchd.settings import Settings
+
+    async def run() -> None:
+        http = AiohttpHttp(headers={}, timeout_seconds=600)
+        gate = asyncio.Semaphore(at_once)
+
+        async def one(i: int) -> None:
+            async with gate:
+                answer = await http.post(f"{url}/chat/completions", orjson.dumps({
+                    "model": "gpu", "max_tokens": 16, "temperature": 0,
+                    "messages": [{"role": "user", "content": f"question {i}"}]}))
+                assert answer.status == 200 and orjson.loads(answer.body)["choices"]
+
+        await asyncio.gather(*(one(i) for i in range(requests)))
+        await http.aclose()
+
+    garbage.settle_after_start_up()  # as batchd's processes collect garbage
+    before, started = os.times(), time.perf_counter()
+    event_loop.run(run(), Settings().event_loop)
+    after = os.times()
+    return (time.perf_counter() - started,
+            after.user - before.user + after.system - before.system)
 
 
 def plain_client(url: str, requests: int, connections: int) -> tuple[float, float]:
