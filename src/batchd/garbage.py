@@ -14,8 +14,9 @@ about 100 ms each time. So, once the process has started:
   say) waits at most 50,000 allocations, a few megabytes, before the next young collection.
 
 Together they cut the collector's CPU about tenfold and batchd's CPU per upstream request by
-a fifth. Tests and embedders that build the app themselves keep Python's settings: only the
-command line calls this."""
+an eighth to a fifth (0.93 and 1.02 ms against 0.82 and 0.82 at 512 slots, alternated).
+Tests and embedders that build the app themselves keep Python's settings: only the command
+line calls this."""
 
 from __future__ import annotations
 
