@@ -125,7 +125,7 @@ async def test_an_owner_can_cancel_only_its_own_unfinished_batches(stores: Store
 async def test_progress_and_the_queue_count_what_is_running(stores: Stores) -> None:
     store = await stores()
     batch_id = await running_batch(store, chunks=3, model="m")
-    await store.insert_batch(batch_record())
+    unstarted = await store.insert_batch(batch_record())
     claim = await store.claim_chunk(worker="w", now=NOW, lease_seconds=LEASE)
     assert claim is not None
     live = ChunkProgress(n_ok=1, n_err=1, input_tokens=5, output_tokens=6, cached_tokens=1)
@@ -133,6 +133,14 @@ async def test_progress_and_the_queue_count_what_is_running(stores: Stores) -> N
                                        lease_seconds=LEASE)
     assert await store.live_progress([batch_id, "batch_none"]) == {batch_id: live}
     assert await store.live_progress([]) == {}
+    # What a poll reads, in one: the batch and the same sums, for its owner alone.
+    record = await store.get_batch(batch_id, owner=None)
+    assert await store.get_batch_progress(batch_id, owner=None) == (record, live)
+    assert record is not None and record.owner != "mallory"
+    assert await store.get_batch_progress(batch_id, owner="mallory") is None
+    assert await store.get_batch_progress("batch_none", owner=None) is None
+    # Not yet validated: no chunks, nothing live.
+    assert await store.get_batch_progress(unstarted.id, owner=None) == (unstarted, None)
     # The backlog counts the claimed chunk's unfinished line (queued or running); the queue
     # only the two no worker took.
     assert await store.queue_snapshot() == {

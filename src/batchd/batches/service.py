@@ -36,6 +36,10 @@ KNOWN_ENDPOINTS = (
 )
 
 
+def _not_found(batch_id: str) -> NotFound:
+    return NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+
+
 def batch_object(record: BatchRecord, live: ChunkProgress | None = None) -> BatchObject:
     """The wire object of a stored batch. `live` carries counts summed from chunks while the
     batch runs; a terminal batch has its final counts on the record itself."""
@@ -125,7 +129,7 @@ class BatchService:
         """The stored batch, if `owner` may see it (None: anyone's); 404 otherwise."""
         record = await self.store.get_batch(batch_id, owner=owner)
         if record is None:
-            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+            raise _not_found(batch_id)
         return record
 
     async def _present(self, record: BatchRecord) -> BatchObject:
@@ -135,7 +139,11 @@ class BatchService:
         return batch_object(record, live)
 
     async def get(self, *, owner: str | None, batch_id: str) -> BatchObject:
-        return await self._present(await self.record(owner=owner, batch_id=batch_id))
+        """The batch as clients poll it: one read of the store."""
+        found = await self.store.get_batch_progress(batch_id, owner=owner)
+        if found is None:
+            raise _not_found(batch_id)
+        return batch_object(*found)
 
     async def progress(self, *, owner: str | None, batch_id: str) -> dict[str, Any]:
         """Its finished and failed requests and output tokens over time (timeline.py)."""

@@ -204,6 +204,14 @@ class MemoryStore:
         row = self.tables.batches.get(batch_id)
         return read(BatchRecord, row) if row and owns(owner, row) else None
 
+    async def get_batch_progress(
+        self, batch_id: str, *, owner: str | None,
+    ) -> tuple[BatchRecord, ChunkProgress | None] | None:
+        record = await self.get_batch(batch_id, owner=owner)
+        if record is None:
+            return None
+        return record, (await self.live_progress([batch_id])).get(batch_id)
+
     async def list_batches(
         self, *, owner: str | None, after: str | None, limit: int
     ) -> tuple[list[BatchRecord], bool]:

@@ -49,6 +49,7 @@ class MetadataStore:
         batches = SqlBatches(db)
         self.insert_batch = batches.insert_batch
         self.get_batch = batches.get_batch
+        self.get_batch_progress = batches.get_batch_progress
         self.list_batches = batches.list_batches
         self.live_progress = batches.live_progress
         self.queue_snapshot = batches.queue_snapshot
