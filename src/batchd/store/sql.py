@@ -110,10 +110,10 @@ class Database:
         """A connection for reads, closed at the end of its `async with` block."""
         return self._engine.connect()
 
-    async def one(self, query: Any) -> RowMapping | None:
-        """The first row `query` reads, if any."""
+    async def one(self, query: Any, values: dict[str, Any] | None = None) -> RowMapping | None:
+        """The first row `query` reads (given its bound `values`), if any."""
         async with self.read() as conn:
-            return (await conn.execute(query)).mappings().first()
+            return (await conn.execute(query, values)).mappings().first()
 
     @shielded
     async def migrate(self) -> None:
