@@ -10,10 +10,11 @@ usage is added as each answer is produced.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, cast, func, select
+from sqlalchemy import BigInteger, and_, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -82,11 +83,22 @@ async def add_usage(conn: AsyncConnection, adds: Iterable[UsageAdd], *,
             if any(row[name] for name in COUNTS)]
     if not rows:
         return
+    await conn.execute(_usage_upsert(postgres), rows)
+
+
+@functools.cache
+def _usage_upsert(postgres: bool) -> Any:
+    """Add the bound rows' counts to theirs, or insert them. Built once per dialect: building
+    it cost about 0.6 ms of CPU, more than running it, at every chunk checkpoint and commit."""
     insert = (postgres_insert if postgres else sqlite_insert)(t.usage)
-    statement = insert.on_conflict_do_update(
+    return insert.on_conflict_do_update(
         index_elements=list(KEY),
         set_={name: t.usage.c[name] + insert.excluded[name] for name in COUNTS})
-    await conn.execute(statement, rows)
+
+
+# Whose usage a batch's is (built once, as `_usage_upsert`).
+_BATCH_ACCOUNT = (select(t.batches.c.owner, t.batches.c.key_id, t.batches.c.endpoint)
+                  .where(t.batches.c.id == bindparam("batch_id")))
 
 
 async def record_part_usage(conn: AsyncConnection, batch_id: str, before: Sequence[Part],
@@ -96,9 +108,7 @@ async def record_part_usage(conn: AsyncConnection, batch_id: str, before: Sequen
     by_model = new_part_usage(before, after)
     if not by_model:
         return
-    b = t.batches.c
-    batch = (await conn.execute(select(b.owner, b.key_id, b.endpoint)
-                                .where(b.id == batch_id))).mappings().one()
+    batch = (await conn.execute(_BATCH_ACCOUNT, {"batch_id": batch_id})).mappings().one()
     await add_usage(conn, batch_usage(dict(batch), by_model, now), postgres=postgres)
 
 

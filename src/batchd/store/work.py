@@ -273,9 +273,9 @@ class SqlWork:
         The returned batch tells the worker whether to stop (cancel, expiry)."""
         async with self._db.write() as conn:
             result = await conn.execute(
-                update(t.chunks).where(_chunk_fence(chunk, lease))
-                .values(lease_expires_at=now + lease_seconds, **t.live_values(progress))
-            )
+                update(t.chunks).where(_CHUNK_FENCE)
+                .values(lease_expires_at=now + lease_seconds, **t.live_values(progress)),
+                _fenced(chunk, lease))
             if result.rowcount != 1:
                 return None
             row = (await conn.execute(
@@ -290,9 +290,8 @@ class SqlWork:
         the worker dies, the next run knows whom to suspect."""
         async with self._db.write() as conn:
             result = await conn.execute(
-                update(t.chunks).where(_chunk_fence(chunk, lease))
-                .values(in_flight=in_flight)
-            )
+                update(t.chunks).where(_CHUNK_FENCE).values(in_flight=in_flight),
+                _fenced(chunk, lease))
             return result.rowcount == 1
 
     @shielded
@@ -301,9 +300,9 @@ class SqlWork:
         """Charge the previous run's death to its in-flight requests, once (fenced)."""
         async with self._db.write() as conn:
             result = await conn.execute(
-                update(t.chunks).where(_chunk_fence(chunk, lease))
-                .values(strikes=strikes or None, in_flight=None)
-            )
+                update(t.chunks).where(_CHUNK_FENCE)
+                .values(strikes=strikes or None, in_flight=None),
+                _fenced(chunk, lease))
             return result.rowcount == 1
 
     @shielded
@@ -359,8 +358,7 @@ class SqlWork:
             if before is None:
                 return False
             result = await conn.execute(
-                update(t.chunks).where(_chunk_fence(chunk, lease)).values(**values)
-            )
+                update(t.chunks).where(_CHUNK_FENCE).values(**values), _fenced(chunk, lease))
             if result.rowcount != 1:
                 return False
             await record_part_usage(conn, chunk.batch_id, before, parts, now,
@@ -387,11 +385,11 @@ class SqlWork:
             if before is None:
                 return False
             result = await conn.execute(
-                update(t.chunks).where(_chunk_fence(chunk, lease))
+                update(t.chunks).where(_CHUNK_FENCE)
                 .values(state=ChunkState.DONE, parts=parts, lease_expires_at=None,
                         in_flight=None, finished_at=now, **t.done_values(committed),
-                        **t.live_values(committed))
-            )
+                        **t.live_values(committed)),
+                _fenced(chunk, lease))
             if result.rowcount != 1:
                 return False
             await record_part_usage(conn, chunk.batch_id, before, parts, now,
@@ -435,8 +433,7 @@ async def _fenced_parts(conn: AsyncConnection, chunk: Chunk,
                         lease: Lease) -> list[Part] | None:
     """The parts the chunk row names, if this lease still holds it (the row locked until the
     transaction ends, on PostgreSQL); None if it does not."""
-    row = (await conn.execute(select(t.chunks.c.parts).where(_chunk_fence(chunk, lease))
-                              .with_for_update())).first()
+    row = (await conn.execute(_FENCED_PARTS, _fenced(chunk, lease))).first()
     return None if row is None else list(row[0] or [])
 
 
@@ -446,11 +443,22 @@ def _batch_fence(batch_id: str, lease: Lease) -> Any:
                 b.lease_generation == lease.generation)
 
 
-def _chunk_fence(chunk: Chunk, lease: Lease) -> Any:
-    c = t.chunks.c
-    return and_(c.batch_id == chunk.batch_id, c.chunk_no == chunk.chunk_no,
-                c.owner == lease.owner, c.generation == lease.generation,
-                c.state == ChunkState.LEASED)
+# The chunk held under a lease: built once (five comparisons cost a quarter of a millisecond
+# of CPU to build, at each of a run's fenced writes); its values are bound by `_fenced`.
+_CHUNK_FENCE = and_(t.chunks.c.batch_id == bindparam("fence_batch_id"),
+                    t.chunks.c.chunk_no == bindparam("fence_chunk_no"),
+                    t.chunks.c.owner == bindparam("fence_owner"),
+                    t.chunks.c.generation == bindparam("fence_generation"),
+                    t.chunks.c.state == ChunkState.LEASED)
+
+
+def _fenced(chunk: Chunk, lease: Lease) -> dict[str, Any]:
+    """The values `_CHUNK_FENCE` is executed with."""
+    return {"fence_batch_id": chunk.batch_id, "fence_chunk_no": chunk.chunk_no,
+            "fence_owner": lease.owner, "fence_generation": lease.generation}
+
+
+_FENCED_PARTS = select(t.chunks.c.parts).where(_CHUNK_FENCE).with_for_update()
 
 
 async def _enqueued_tokens(conn: AsyncConnection, owner: str, *,
