@@ -137,6 +137,7 @@ async def test_progress_and_the_queue_count_what_is_running(stores: Stores) -> N
     record = await store.get_batch(batch_id, owner=None)
     assert await store.get_batch_progress(batch_id, owner=None) == (record, live)
     assert record is not None and record.owner != "mallory"
+    assert await store.get_batch_progress(batch_id, owner=record.owner) == (record, live)
     assert await store.get_batch_progress(batch_id, owner="mallory") is None
     assert await store.get_batch_progress("batch_none", owner=None) is None
     # Not yet validated: no chunks, nothing live.

@@ -143,8 +143,9 @@ class InstantEngine:
             raise base.EngineRequestError(
                 f"This model's embeddings have {dims} dimensions; 'dimensions' must be at "
                 f"most that.", code="invalid_value", param="dimensions")
-        for text in items if self._misbehaves else ():
-            await self._misbehave(text)
+        if self._misbehaves:
+            for text in items:
+                await self._misbehave(text)
         vectors = [_vector(text, dims) for text in items]
         return base.EmbeddingResult(vectors=vectors,
                                prompt_tokens=sum(len(t.split()) for t in items))

@@ -122,17 +122,11 @@ class SqlBatches:
         c = t.chunks.c
         async with self._db.read() as conn:
             rows = await conn.execute(
-                select(
-                    c.batch_id,
-                    func.sum(c.n_ok), func.sum(c.n_err),
-                    func.sum(c.input_tokens), func.sum(c.output_tokens),
-                    func.sum(c.cached_tokens),
-                ).where(c.batch_id.in_(batch_ids)).group_by(c.batch_id)
-            )
+                select(c.batch_id, *(func.sum(c[name]) for name in _PROGRESS))
+                .where(c.batch_id.in_(batch_ids)).group_by(c.batch_id))
             return {  # int(): PostgreSQL sums integers as numeric
-                r[0]: ChunkProgress(n_ok=int(r[1] or 0), n_err=int(r[2] or 0),
-                                    input_tokens=int(r[3] or 0), output_tokens=int(r[4] or 0),
-                                    cached_tokens=int(r[5] or 0))
+                r[0]: ChunkProgress(**{name: int(value or 0)
+                                       for name, value in zip(_PROGRESS, r[1:], strict=True)})
                 for r in rows
             }
 
