@@ -169,8 +169,11 @@ def run_through_batchd(root: Path, urls: list[str], requests: int) -> tuple[floa
 
 def one_server(slots: int, service: float, requests: int, *, floor: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp, SimulatedServer(slots, service) as sim:
+        assert sim.process.pid is not None  # started by __enter__
+        sim_before = cpu_seconds(sim.process.pid)
         end_to_end, cpu = run_through_batchd(Path(tmp), [sim.url], requests)
         stats = sim.collect()
+        sim_cpu = cpu_seconds(sim.process.pid) - sim_before
     ideal = requests / slots * service
     busy = stats["last"] - stats["first"]
     per_1000 = cpu / requests * 1000
@@ -179,6 +182,10 @@ def one_server(slots: int, service: float, requests: int, *, floor: bool) -> Non
           f"(end to end {end_to_end:.1f} s, {ideal / end_to_end:.2f}); peak at the server "
           f"{stats['peak']}; batchd CPU {cpu:.1f} s = {per_1000:.2f} CPU-s per 1,000 "
           f"requests ({per_1000:.2f} ms a request)")
+    # The simulated server's own CPU a request is this machine's yardstick: it runs the same
+    # code on every commit, so it says how a figure here compares with one from another machine.
+    print(f"{'':10} the simulated server's own CPU: {sim_cpu / requests * 1000:.2f} ms a "
+          f"request; batchd / simulated server = {cpu / sim_cpu if sim_cpu else float('inf'):.2f}")
     if floor:
         with SimulatedServer(slots, service) as sim:
             took, floor_cpu = plain_client(sim.url, requests, slots)
