@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     poll_seconds: float = Field(default=0.5, gt=0, description="idle worker polling interval")
+    poll_max_seconds: float | None = Field(
+        default=None, gt=0, description="longest idle polling interval: it doubles from "
+                                        "poll_seconds while polls find nothing (default: 8 "
+                                        "times poll_seconds)")
     checkpoint_seconds: float = Field(default=1.0, gt=0, description="result flush interval")
     checkpoint_results: int = Field(
         default=1024, ge=1, description="finished results that trigger a flush sooner")
@@ -102,6 +106,12 @@ class Settings(BaseSettings):
                     return "postgresql+asyncpg://" + self.database_url.removeprefix(plain)
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'batchd.sqlite3').resolve()}"
+
+    @property
+    def idle_poll_cap(self) -> float:
+        """The longest wait between an idle worker's polls (see `poll_max_seconds`)."""
+        cap = self.poll_max_seconds if self.poll_max_seconds is not None else 8 * self.poll_seconds
+        return max(cap, self.poll_seconds)
 
     @property
     def blob_dir(self) -> Path:

@@ -207,19 +207,33 @@ class Worker:
     async def _poll(self, what: str, step: Callable[[], Awaitable[bool]], *,
                     polls: bool = True) -> None:
         """Run `step` while it finds work; when it finds none, sleep until woken or (if it
-        `polls`) for `poll_seconds`: other processes' work is only seen by polling.
+        `polls`) for a poll interval: other processes' work is only seen by polling.
+
+        The interval starts at `poll_seconds` and doubles with each poll that finds nothing,
+        up to `idle_poll_cap`; work found or a wake-up starts it again from `poll_seconds`.
+        This process's own new work wakes the loops at once (and, on PostgreSQL, so does
+        other hosts'), so an idle worker asks the store a few times a minute rather than a
+        few times a second: each look is a query, and on the upstream path looks twice a
+        second were a tenth to a fifth of batchd's CPU per request at a server's pace of 125
+        answers a second (bench/upstream.py, 128 slots).
 
         Each loop has its own wake-up flag, cleared before it looks for work: with one flag
         shared by all loops, a loop that woke and cleared it could swallow the wake-up meant
         for another that was busy at that moment, which then slept a whole poll interval."""
         wake = asyncio.Event()
         self._wakes.append((what, wake))
+        settings = self.ctx.settings
+        interval = settings.poll_seconds
         while not self._stopping.is_set():
             wake.clear()
-            if not await self._guarded(what, step()):
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.ctx.settings.poll_seconds if polls else None):
-                        await wake.wait()
+            if await self._guarded(what, step()):
+                interval = settings.poll_seconds
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval if polls else None):
+                    await wake.wait()
+            interval = (settings.poll_seconds if wake.is_set()
+                        else min(2 * interval, settings.idle_poll_cap))
 
     async def _guarded(self, what: str, step: Awaitable[object]) -> bool:
         """Run one step; a failure is logged and the loop goes on. While the database or the

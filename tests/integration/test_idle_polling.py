@@ -1,0 +1,57 @@
+"""An idle worker looks for work less and less often, and at once again when woken."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from tests.support.harness import Harness
+
+
+async def test_an_idle_worker_polls_less_and_less_often_until_woken(harness: Harness) -> None:
+    worker = harness.worker
+    settings = worker.ctx.settings
+    settings.poll_seconds, settings.poll_max_seconds = 0.02, 0.16
+    looks: list[float] = []
+    finds = 0  # how many of the next looks find work
+
+    async def step() -> bool:
+        nonlocal finds
+        looks.append(time.monotonic())
+        found, finds = finds > 0, max(0, finds - 1)
+        return found
+
+    def gaps(since: int) -> list[float]:
+        return [b - a for a, b in zip(looks[since:], looks[since + 1:], strict=False)]
+
+    polling = asyncio.create_task(worker._poll("probe", step))
+    try:
+        await asyncio.sleep(0.8)
+        # Doubling from poll_seconds while nothing is found, then held at the cap.
+        seen = gaps(0)
+        for gap, expected in zip(seen, [0.02, 0.04, 0.08, 0.16, 0.16], strict=False):
+            assert expected * 0.9 <= gap <= expected + 0.1, seen
+        assert len(seen) >= 5 and max(seen) <= 0.16 + 0.1, seen
+
+        # A wake-up looks at once and starts again from poll_seconds.
+        await asyncio.sleep(0.05)
+        before = len(looks)
+        woken = time.monotonic()
+        worker.wake("probe")
+        await asyncio.sleep(0.1)
+        assert looks[before] - woken < 0.05, looks[before:]
+        assert gaps(before)[0] <= 0.02 + 0.1 and gaps(before)[0] < 0.16 * 0.9
+
+        # Work found is looked for again at once, and the interval starts over.
+        await asyncio.sleep(0.4)  # back at the cap
+        finds, before = 2, len(looks)
+        worker.wake("probe")
+        await asyncio.sleep(0.1)
+        found = gaps(before)
+        assert found[0] < 0.01 and found[1] < 0.01, found  # two finds: no sleep between
+        assert found[2] < 0.16 * 0.9, found
+    finally:
+        polling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
