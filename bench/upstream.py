@@ -12,7 +12,7 @@ the same server as the floor. Targets: ≥ 0.9 at 512 slots, ≤ 0.5 ms of batch
 also compares batchd against driving a real `llama_cpp.server` on the default model directly
 at its best concurrency (target ≥ 0.95).
 
-    .venv/bin/python bench/upstream.py [--only 16,128,512,pair] [--llama]
+    .venv/bin/python bench/upstream.py [--only 16,128,512,pair] [--repeat 3] [--llama]
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import asyncio
 import json
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +169,16 @@ def run_through_batchd(root: Path, urls: list[str], requests: int) -> tuple[floa
         return took, cpu
 
 
-def one_server(slots: int, service: float, requests: int, *, floor: bool) -> None:
+@dataclass(frozen=True)
+class Figures:
+    """One run's figures for one server size."""
+
+    utilisation: float
+    ms_a_request: float  # batchd's CPU
+    server_ms_a_request: float  # the simulated server's own CPU: the machine's yardstick
+
+
+def one_server(slots: int, service: float, requests: int, *, floor: bool) -> Figures:
     with tempfile.TemporaryDirectory() as tmp, SimulatedServer(slots, service) as sim:
         assert sim.process.pid is not None  # started by __enter__
         sim_before = cpu_seconds(sim.process.pid)
@@ -202,6 +213,7 @@ def one_server(slots: int, service: float, requests: int, *, floor: bool) -> Non
               f"batchd's loop and garbage collection, JSON in and out) on the same server: "
               f"{took:.1f} s, {client_1000:.2f} CPU-s per 1,000 requests = "
               f"{client_1000 / per_1000:.0%} of batchd's")
+    return Figures(ideal / busy, per_1000, sim_cpu / requests * 1000)
 
 
 def client_alone(url: str, requests: int, at_once: int) -> tuple[float, float]:
@@ -319,12 +331,20 @@ def llama(requests: int) -> None:
             f"its best ({best} at once)")
 
 
+def _spread(values: list[float]) -> str:
+    """Median and range, as `0.42 (0.38-0.47)`."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default="16,128,512,2048,pair")
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
                         help="also drive each server with a plain client, the CPU floor")
     parser.add_argument("--llama", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole list this many times, alternated, and print each "
+                             "size's median and range (a shared machine's speed drifts)")
     args = parser.parse_args()
     defaults = UpstreamOptions.model_fields
     print(f"batchd: default settings (upstream initial_concurrency "
@@ -335,13 +355,26 @@ def main() -> None:
           "parser, as vLLM's); the floor's client on asyncio's loop")
     # Short answers, as classification and extraction batches ask for (max_tokens 16): the
     # server's slots and service time are what a GPU server's would be, scaled down.
-    runs = {"16": lambda: one_server(16, 0.1, 3000, floor=args.floor),
-            "128": lambda: one_server(128, 1.0, 4000, floor=args.floor),
-            "512": lambda: one_server(512, 1.0, 8000, floor=args.floor),
-            "2048": lambda: one_server(2048, 1.0, 16000, floor=args.floor),
-            "pair": lambda: two_servers(64, 192, 1.0, 3000)}
-    for name in args.only.split(","):
-        runs[name]()
+    runs: dict[str, Callable[[], Figures | None]] = {
+        "16": lambda: one_server(16, 0.1, 3000, floor=args.floor),
+        "128": lambda: one_server(128, 1.0, 4000, floor=args.floor),
+        "512": lambda: one_server(512, 1.0, 8000, floor=args.floor),
+        "2048": lambda: one_server(2048, 1.0, 16000, floor=args.floor),
+        "pair": lambda: two_servers(64, 192, 1.0, 3000)}
+    seen: dict[str, list[Figures]] = {}
+    for _ in range(args.repeat):
+        for name in args.only.split(","):
+            figures = runs[name]()
+            if isinstance(figures, Figures):
+                seen.setdefault(name, []).append(figures)
+    if args.repeat > 1:
+        for name, all_figures in seen.items():
+            print(f"N={name:>4} over {len(all_figures)} alternated runs: " + ", ".join(
+                f"{label} {_spread([getattr(f, field) for f in all_figures])}"
+                for label, field in (("utilisation", "utilisation"),
+                                     ("batchd ms a request", "ms_a_request"),
+                                     ("simulated server ms a request",
+                                      "server_ms_a_request"))))
     if args.llama:
         llama(96)
 
