@@ -31,8 +31,8 @@ async def test_an_idle_worker_polls_less_and_less_often_until_woken(harness: Har
         # Doubling from poll_seconds while nothing is found, then held at the cap.
         seen = gaps(0)
         for gap, expected in zip(seen, [0.02, 0.04, 0.08, 0.16, 0.16], strict=False):
-            assert expected * 0.9 <= gap <= expected + 0.1, seen
-        assert len(seen) >= 5 and max(seen) <= 0.16 + 0.1, seen
+            assert expected * 0.9 <= gap <= expected + 0.15, seen
+        assert len(seen) >= 5 and max(seen) <= 0.16 + 0.15, seen
 
         # A wake-up looks at once and starts again from poll_seconds.
         await asyncio.sleep(0.05)
