@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 
+from batchd.errors import ServiceUnavailable
 from tests.support.harness import Harness
 
 
@@ -51,6 +53,32 @@ async def test_an_idle_worker_polls_less_and_less_often_until_woken(harness: Har
         found = gaps(before)
         assert found[0] < 0.01 and found[1] < 0.01, found  # two finds: no sleep between
         assert found[2] < 0.16 * 0.9, found
+    finally:
+        polling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
+
+
+async def test_a_store_outage_keeps_its_own_waits_not_the_idle_ones(harness: Harness) -> None:
+    """While the store is out (and for a while after, as the worker's outage state says), a
+    loop does not back off as if idle: the outage's own growing waits apply, as before."""
+    worker = harness.worker
+    settings = worker.ctx.settings
+    settings.poll_seconds, settings.poll_max_seconds = 0.02, 0.32
+    looks: list[float] = []
+
+    async def step() -> bool:
+        looks.append(time.monotonic())
+        if len(looks) == 1:
+            raise ServiceUnavailable("the store is out")
+        return False
+
+    polling = asyncio.create_task(worker._poll("probe", step))
+    try:
+        await asyncio.sleep(0.5)
+        gaps = [b - a for a, b in itertools.pairwise(looks[1:])]
+        # Idle backoff would give 0.04, 0.08, 0.16, 0.32 here.
+        assert len(gaps) >= 4 and max(gaps[:4]) < 0.02 + 0.1, gaps
     finally:
         polling.cancel()
         with contextlib.suppress(asyncio.CancelledError):

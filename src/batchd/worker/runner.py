@@ -210,7 +210,8 @@ class Worker:
         `polls`) for a poll interval: other processes' work is only seen by polling.
 
         The interval starts at `poll_seconds` and doubles with each poll that finds nothing,
-        up to `idle_poll_cap`; work found or a wake-up starts it again from `poll_seconds`.
+        up to `idle_poll_cap`; work found, a wake-up or a store outage (which has its own
+        growing waits) starts it again from `poll_seconds`.
         This process's own new work wakes the loops at once (and, on PostgreSQL, so does
         other hosts'), so an idle worker asks the store a few times a minute rather than a
         few times a second: each look is a query, and on the upstream path looks twice a
@@ -232,7 +233,8 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval if polls else None):
                     await wake.wait()
-            interval = (settings.poll_seconds if wake.is_set()
+            # Not idle but cut off: an outage keeps its own waits (`_guarded`), as before.
+            interval = (settings.poll_seconds if wake.is_set() or self._outage is not None
                         else min(2 * interval, settings.idle_poll_cap))
 
     async def _guarded(self, what: str, step: Awaitable[object]) -> bool:
