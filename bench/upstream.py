@@ -7,12 +7,13 @@ script prints utilisation = ideal time (requests / N * service time) / the time 
 busy (first request in to last answer out) beside batchd's CPU per request (user + system of
 its process), for N = 16, 128, 512 and 2,048 and for two servers of different sizes (where the
 larger should get proportionally more of the work), and the CPU of a plain asyncio client on
-the same server as the floor. Targets: ≥ 0.9 at 512 slots, ≤ 0.5 ms of batchd CPU a request,
-≥ 0.8 at every N up to 512 (2,048 is capped by `max_concurrency` 1,024). With `--llama` it
-also compares batchd against driving a real `llama_cpp.server` on the default model directly
-at its best concurrency (target ≥ 0.95).
+the same server as the floor; and (`polls`) an idle worker's polls backing off beside polls
+every 0.5 s throughout, idle and at 128 slots. Targets: ≥ 0.9 at 512 slots, ≤ 0.5 ms of
+batchd CPU a request, ≥ 0.8 at every N up to 512 (2,048 is capped by `max_concurrency`
+1,024). With `--llama` it also compares batchd against driving a real `llama_cpp.server` on
+the default model directly at its best concurrency (target ≥ 0.95).
 
-    .venv/bin/python bench/upstream.py [--only 16,128,512,pair] [--repeat 3] [--llama]
+    .venv/bin/python bench/upstream.py [--only 16,128,512,pair,polls] [--repeat 3] [--llama]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tests.support.ports import free_port
 from tests.support.server import start_llama_cpp_server
 
 from batchd.engines.upstream import UpstreamOptions
+from batchd.settings import Settings
 from bench.common import bench_server, event_loop_said
 
 _ANSWER = json.dumps({
@@ -143,14 +145,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_through_batchd(root: Path, urls: list[str], requests: int) -> tuple[float, float]:
-    """Create a batch for the upstream model; returns seconds from create to completed and
-    the CPU-seconds batchd's process spent meanwhile."""
+def upstream_models(root: Path, urls: list[str]) -> Path:
     models = root / "models.yaml"
     models.write_text("models:\n  - id: gpu\n    engine: upstream\n    base_urls: ["
                       + ", ".join(urls) + "]\n")
+    return models
+
+
+def run_through_batchd(root: Path, urls: list[str], requests: int,
+                       env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Create a batch for the upstream model; returns seconds from create to completed and
+    the CPU-seconds batchd's process spent meanwhile (`env`: the server's extra settings)."""
+    models = upstream_models(root, urls)
     batch_file(root / "in.jsonl", requests, "gpu")
-    with bench_server(root, models=models) as server:
+    with bench_server(root, models=models, **(env or {})) as server:
         client = httpx.Client(base_url=server.base_url, timeout=60,
                               headers={"Authorization": f"Bearer {server.api_key}"})
         with (root / "in.jsonl").open("rb") as data:
@@ -178,11 +186,12 @@ class Figures:
     server_ms_a_request: float  # the simulated server's own CPU: the machine's yardstick
 
 
-def one_server(slots: int, service: float, requests: int, *, floor: bool) -> Figures:
+def one_server(slots: int, service: float, requests: int, *, floor: bool,
+               env: dict[str, str] | None = None) -> Figures:
     with tempfile.TemporaryDirectory() as tmp, SimulatedServer(slots, service) as sim:
         assert sim.process.pid is not None  # started by __enter__
         sim_before = cpu_seconds(sim.process.pid)
-        end_to_end, cpu = run_through_batchd(Path(tmp), [sim.url], requests)
+        end_to_end, cpu = run_through_batchd(Path(tmp), [sim.url], requests, env)
         stats = sim.collect()
         sim_cpu = cpu_seconds(sim.process.pid) - sim_before
     ideal = requests / slots * service
@@ -216,6 +225,43 @@ def one_server(slots: int, service: float, requests: int, *, floor: bool) -> Fig
     return Figures(ideal / busy, per_1000, sim_cpu / requests * 1000)
 
 
+# Polls every BATCHD_POLL_SECONDS throughout, as before idle polls backed off: the longest
+# interval set to the first.
+STEADY_POLLS = {"BATCHD_POLL_MAX_SECONDS": str(Settings.model_fields["poll_seconds"].default)}
+
+
+def idle_cpu(env: dict[str, str], seconds: float = 20.0) -> float:
+    """A server with one upstream model and nothing to do: its CPU, in ms a second, over
+    `seconds` after 5 s to settle."""
+    with tempfile.TemporaryDirectory() as tmp, SimulatedServer(16, 0.1) as sim:
+        root = Path(tmp)
+        with bench_server(root, models=upstream_models(root, [sim.url]), **env) as server:
+            time.sleep(5)
+            before, started = cpu_seconds(server.process.pid), time.perf_counter()
+            time.sleep(seconds)
+            return ((cpu_seconds(server.process.pid) - before)
+                    / (time.perf_counter() - started) * 1000)
+
+
+def polls() -> None:
+    """An idle worker's polls backing off (the default) beside polls every BATCHD_POLL_SECONDS
+    throughout, the same server otherwise: idle, then a batch at 128 slots, where a server's
+    pace (125 answers a second) leaves the store's per-second costs a share of each request."""
+    figures = {}
+    for label, env in (("backing off (default)", {}), ("every 0.5 s throughout", STEADY_POLLS)):
+        print(f"polls {label}: idle server {idle_cpu(env):.1f} ms of CPU a second")
+        figures[label] = one_server(128, 1.0, 4000, floor=False, env=env)
+    steady, backing_off = figures["every 0.5 s throughout"], figures["backing off (default)"]
+    print(f"{'':10} CPU a request at 128 slots, backing off / every 0.5 s = "
+          f"{backing_off.ms_a_request / steady.ms_a_request:.2f}; each over its simulated "
+          f"server's (the machine's speed drifts between runs) = "
+          f"{_over_server(backing_off) / _over_server(steady):.2f}")
+
+
+def _over_server(figures: Figures) -> float:
+    return figures.ms_a_request / figures.server_ms_a_request
+
+
 def client_alone(url: str, requests: int, at_once: int) -> tuple[float, float]:
     """The share of batchd's CPU that is its HTTP client: the upstream engine's own client
     (engines/upstream_http.py), `at_once` requests in flight, on the loop batchd runs on,
@@ -225,7 +271,6 @@ def client_alone(url: str, requests: int, at_once: int) -> tuple[float, float]:
 
     from batchd import event_loop, garbage
     from batchd.engines.upstream_http import AiohttpHttp
-    from batchd.settings import Settings
 
     async def run() -> None:
         http = AiohttpHttp(headers={}, timeout_seconds=600)
@@ -338,7 +383,7 @@ def _spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", default="16,128,512,2048,pair")
+    parser.add_argument("--only", default="16,128,512,2048,pair,polls")
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
                         help="also drive each server with a plain client, the CPU floor")
     parser.add_argument("--llama", action="store_true")
@@ -360,7 +405,8 @@ def main() -> None:
         "128": lambda: one_server(128, 1.0, 4000, floor=args.floor),
         "512": lambda: one_server(512, 1.0, 8000, floor=args.floor),
         "2048": lambda: one_server(2048, 1.0, 16000, floor=args.floor),
-        "pair": lambda: two_servers(64, 192, 1.0, 3000)}
+        "pair": lambda: two_servers(64, 192, 1.0, 3000),
+        "polls": polls}
     seen: dict[str, list[Figures]] = {}
     for _ in range(args.repeat):
         for name in args.only.split(","):
