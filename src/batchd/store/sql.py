@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from batchd.shielding import finish_even_if_cancelled
+from batchd.store import sqlite_driver
 
 log = logging.getLogger(__name__)
 _MIGRATIONS = str(Path(__file__).with_name("migrations"))
@@ -88,7 +89,9 @@ class Database:
                 url, pool_pre_ping=True, connect_args=_POSTGRES_CONNECT_ARGS,
                 hide_parameters=True)
         else:
-            self._engine = create_async_engine(url, hide_parameters=True)
+            # One trip to the connection's thread a statement (sqlite_driver.py).
+            self._engine = create_async_engine(url, hide_parameters=True,
+                                               module=sqlite_driver.dbapi())
             event.listen(self._engine.sync_engine, "connect", _set_sqlite_pragmas)
         # SQLite allows one writer at a time. Writers of this process queue here instead of
         # spinning in SQLite's busy handler (which sleeps in steps of up to 100 ms); other
@@ -161,10 +164,10 @@ class Database:
         its own: a pool that is busy under load is not an outage, and must not make every
         API process unready at once."""
         if self._ping_engine is None:
-            connect_args = _POSTGRES_CONNECT_ARGS if self.postgres else {}
+            driver: dict[str, Any] = ({"connect_args": _POSTGRES_CONNECT_ARGS} if self.postgres
+                                      else {"module": sqlite_driver.dbapi()})
             self._ping_engine = create_async_engine(self.url, poolclass=NullPool,
-                                                    hide_parameters=True,
-                                                    connect_args=connect_args)
+                                                    hide_parameters=True, **driver)
         async with self._ping_engine.connect() as conn:
             await conn.execute(select(1))
 
