@@ -105,8 +105,11 @@ def test_a_worker_serves_its_probes_while_it_starts_runs_and_drains(tmp_path: Pa
             client.post("/batches", json={"input_file_id": upload.json()["id"],
                                              "endpoint": "/v1/chat/completions",
                                              "completion_window": "24h"}).raise_for_status()
+        # The request itself in flight, not only its chunk claimed: a worker stopped before
+        # its chunk's requests start hands the chunk back and exits at once, with nothing to
+        # drain (and nobody left to answer /readyz).
         until(lambda: httpx.get(f"{side}/metrics"),
-              lambda r: "batchd_running_chunks 1.0" in r.text)
+              lambda r: 'batchd_engine_busy_slots{model="instant-model"} 1.0' in r.text)
         worker.send_signal(signal.SIGTERM)
         draining = until(lambda: httpx.get(f"{side}/readyz"), lambda r: r.status_code == 503)
         assert draining.json()["error"]["message"] == "shutting down (draining after SIGTERM)"
