@@ -25,7 +25,7 @@ async def test_an_idle_worker_polls_less_and_less_often_until_woken(harness: Har
         return found
 
     def gaps(since: int) -> list[float]:
-        return [b - a for a, b in zip(looks[since:], looks[since + 1:], strict=False)]
+        return [b - a for a, b in itertools.pairwise(looks[since:])]
 
     polling = asyncio.create_task(worker._poll("probe", step))
     try:

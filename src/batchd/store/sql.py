@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from batchd.shielding import finish_even_if_cancelled
-from batchd.store import sqlite_driver
 
 log = logging.getLogger(__name__)
 _MIGRATIONS = str(Path(__file__).with_name("migrations"))
@@ -65,6 +64,14 @@ _POSTGRES_CONNECT_ARGS = {
 }
 
 
+def _sqlite_driver() -> Any:
+    """The DBAPI module SQLite's engines use (sqlite_driver.py): one trip to the connection's
+    thread a statement. Imported here, so that only SQLite's processes pay its import."""
+    from batchd.store import sqlite_driver
+
+    return sqlite_driver.dbapi()
+
+
 def _set_sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_conn.cursor()
     # WAL lets readers run beside the writer; NORMAL sync is durable against process crashes.
@@ -89,9 +96,8 @@ class Database:
                 url, pool_pre_ping=True, connect_args=_POSTGRES_CONNECT_ARGS,
                 hide_parameters=True)
         else:
-            # One trip to the connection's thread a statement (sqlite_driver.py).
             self._engine = create_async_engine(url, hide_parameters=True,
-                                               module=sqlite_driver.dbapi())
+                                               module=_sqlite_driver())
             event.listen(self._engine.sync_engine, "connect", _set_sqlite_pragmas)
         # SQLite allows one writer at a time. Writers of this process queue here instead of
         # spinning in SQLite's busy handler (which sleeps in steps of up to 100 ms); other
@@ -165,7 +171,7 @@ class Database:
         API process unready at once."""
         if self._ping_engine is None:
             driver: dict[str, Any] = ({"connect_args": _POSTGRES_CONNECT_ARGS} if self.postgres
-                                      else {"module": sqlite_driver.dbapi()})
+                                      else {"module": _sqlite_driver()})
             self._ping_engine = create_async_engine(self.url, poolclass=NullPool,
                                                     hide_parameters=True, **driver)
         async with self._ping_engine.connect() as conn:
