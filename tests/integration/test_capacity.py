@@ -21,10 +21,11 @@ from starlette.routing import Route
 
 from tests.support.harness import Harness, Tenants, submit_batch
 from tests.support.lines import batch_line
-from tests.support.ports import free_port
+from tests.support.ports import ReservedPort
 from tests.support.waiting import eventually_async
 
-REMOTE_PORT = free_port()
+REMOTE = ReservedPort()  # refused until the stub below starts on it
+REMOTE_PORT = REMOTE.port
 MODELS = f"""
 models:
   - id: stalled
@@ -140,6 +141,8 @@ class StubUpstream:
     def start(self) -> None:
         self.thread.start()
         while not self.server.started:
+            if not self.thread.is_alive():  # it could not bind, say: fail now, not at timeout
+                raise RuntimeError("the stub upstream did not start (its thread's error is above)")
             time.sleep(0.01)
 
     def stop(self) -> None:
@@ -162,6 +165,7 @@ async def test_an_unreachable_upstream_batch_waits_and_resumes_unharmed(
     healthy = await submit_batch(client, [batch_line("ok", model="healthy")])
     assert (await _until_done(client, healthy, timeout=20))["status"] == "completed"
     stub = StubUpstream(REMOTE_PORT)
+    REMOTE.release()
     stub.start()
     try:
         batch = await _until_done(client, batch_id, timeout=20)

@@ -17,6 +17,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+class ReservedPort:
+    """A port kept for a server that starts later. `free_port`'s port is free only until
+    someone binds it, and over minutes someone may: another test, or an outgoing connection
+    the kernel gives that port as its own (which, aimed at the port itself, even connects to
+    itself). This one is bound but not listening: connections to it are refused, as to a
+    server that is down, and the kernel gives it to nobody else. `release` it just before the
+    late server binds it."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._sock = socket.socket()
+        self._sock.bind((host, 0))
+        self.port = int(self._sock.getsockname()[1])
+
+    def release(self) -> None:
+        self._sock.close()
+
+
 def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
