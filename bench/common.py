@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from tests.support.server import Server, start_server, stop_server
 from batchd.settings import Settings
 
 INSTANT_MODELS = "models:\n  - id: instant-model\n    engine: instant\n"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def event_loop_said() -> str:
@@ -29,6 +32,29 @@ def event_loop_said() -> str:
     loop = "asyncio" if name == "asyncio" or not has else "uvloop"
     there = "installed" if has else "absent"
     return f"event loop {loop} (BATCHD_EVENT_LOOP={name}; uvloop {there})"
+
+
+@contextlib.contextmanager
+def pinned_checkout(rev: str, parent: Path) -> Iterator[Path | None]:
+    """An earlier commit's src/ in a temporary `git worktree` of this checkout, to run beside
+    this one (None, said why, if git cannot check it out)."""
+    where = parent / "pinned"
+    made = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q",
+                           str(where), rev], capture_output=True, text=True)
+    if made.returncode != 0:
+        print(f"(no side-by-side figure: cannot check out {rev}: {made.stderr.strip()})")
+        yield None
+        return
+    try:
+        yield where / "src"
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)],
+                       capture_output=True)
+
+
+def pinned_env(code: Path) -> dict[str, str]:
+    """A server's environment that runs the pinned commit's `code` (its src/, put first)."""
+    return {"PYTHONPATH": f"{code}{os.pathsep}{REPO}"}
 
 
 def memory_mb(pid: int, field: str = "VmRSS") -> float:

@@ -19,11 +19,9 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +30,15 @@ from openai import OpenAI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from bench.common import control_plane_args, event_loop_said, instant_server, memory_mb
+from bench.common import (
+    control_plane_args,
+    event_loop_said,
+    instant_server,
+    memory_mb,
+    pinned_checkout,
+    pinned_env,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 # The last commit measured before the control plane lost half its speed (issue #28).
 PINNED = "907a8e6"
 
@@ -65,7 +69,7 @@ class Round:
 
 def batch_round(root: Path, input_path: Path, lines: int, code: Path | None) -> Round:
     """One batch through a fresh server; `code`: the src/ to run it on (None: this one)."""
-    env = {"PYTHONPATH": f"{code}{os.pathsep}{REPO}"} if code else {}
+    env = pinned_env(code) if code else {}
     root.mkdir(parents=True, exist_ok=True)
     with instant_server(root, BATCHD_WORKER_CHUNKS="4", **env) as server:
         client = OpenAI(base_url=server.base_url, api_key=server.api_key)
@@ -90,23 +94,6 @@ def batch_round(root: Path, input_path: Path, lines: int, code: Path | None) -> 
         assert batch.request_counts.completed == lines, batch
         return Round(rate=lines / elapsed, cpu_us=cpu / lines * 1e6, phases=phases,
                      peak_mb=memory_mb(pid, "VmHWM"))
-
-
-@contextlib.contextmanager
-def pinned_checkout(rev: str, parent: Path) -> Iterator[Path | None]:
-    """The pinned commit's src/ in a temporary worktree (None, said why, if git cannot)."""
-    where = parent / "pinned"
-    made = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q",
-                           str(where), rev], capture_output=True, text=True)
-    if made.returncode != 0:
-        print(f"(no side-by-side figure: cannot check out {rev}: {made.stderr.strip()})")
-        yield None
-        return
-    try:
-        yield where / "src"
-    finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)],
-                       capture_output=True)
 
 
 def describe(name: str, rounds: list[Round]) -> float:

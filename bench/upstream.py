@@ -13,13 +13,22 @@ batchd CPU a request, ≥ 0.8 at every N up to 512 (2,048 is capped by `max_conc
 1,024). With `--llama` it also compares batchd against driving a real `llama_cpp.server` on
 the default model directly at its best concurrency (target ≥ 0.95).
 
+Each size also runs on the commit issue #28 measured (`--against`, from a `git worktree` of
+this checkout), alternated with this code on the same simulated server: the ratio of their CPU
+a request does not depend on the machine's speed, which drifts threefold between the machines
+these figures come from. The target, 0.5 ms against the 3.25 ms that commit spent at 512
+slots on the machine the issue was filed on, is a ratio of 0.15.
+
     .venv/bin/python bench/upstream.py [--only 16,128,512,pair,polls] [--repeat 3] [--llama]
+        [--against ad3ba12 | --against none]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import multiprocessing
 import os
@@ -42,7 +51,7 @@ from tests.support.server import start_llama_cpp_server
 
 from batchd.engines.upstream import UpstreamOptions
 from batchd.settings import Settings
-from bench.common import bench_server, event_loop_said
+from bench.common import bench_server, event_loop_said, pinned_checkout, pinned_env
 
 _ANSWER = json.dumps({
     "id": "chatcmpl-sim", "object": "chat.completion", "created": 0, "model": "gpu",
@@ -187,7 +196,8 @@ class Figures:
 
 
 def one_server(slots: int, service: float, requests: int, *, floor: bool,
-               env: dict[str, str] | None = None) -> Figures:
+               env: dict[str, str] | None = None, who: str = "") -> Figures:
+    """`who`: whose code batchd runs, said before the figures (none: this checkout's)."""
     with tempfile.TemporaryDirectory() as tmp, SimulatedServer(slots, service) as sim:
         assert sim.process.pid is not None  # started by __enter__
         sim_before = cpu_seconds(sim.process.pid)
@@ -197,7 +207,7 @@ def one_server(slots: int, service: float, requests: int, *, floor: bool,
     ideal = requests / slots * service
     busy = stats["last"] - stats["first"]
     per_1000 = cpu / requests * 1000
-    print(f"N={slots:>4} slots, {service:g} s a request, {requests} requests: ideal "
+    print(f"{who}N={slots:>4} slots, {service:g} s a request, {requests} requests: ideal "
           f"{ideal:.1f} s, server busy {busy:.1f} s -> utilisation {ideal / busy:.2f} "
           f"(end to end {end_to_end:.1f} s, {ideal / end_to_end:.2f}); peak at the server "
           f"{stats['peak']}; batchd CPU {cpu:.1f} s = {per_1000:.2f} CPU-s per 1,000 "
@@ -376,6 +386,29 @@ def llama(requests: int) -> None:
             f"its best ({best} at once)")
 
 
+# The commit issue #28 measured (3.25 ms of batchd CPU a request at 512 slots, on the machine it
+# was filed on), and the issue's target for that figure.
+FILED, FILED_MS, TARGET_MS = "ad3ba12", 3.25, 0.5
+# Each size's server and batch: short answers, as classification and extraction batches ask
+# for (max_tokens 16); the slots and service time are a GPU server's, scaled down.
+SIZES = {"16": (16, 0.1, 3000), "128": (128, 1.0, 4000), "512": (512, 1.0, 8000),
+         "2048": (2048, 1.0, 16000)}
+
+
+def beside(name: str, ours: Figures, code: Path, against: str) -> Figures:
+    """Size `name` again on the pinned commit's `code`, and the two side by side."""
+    slots, service, requests = SIZES[name]
+    theirs = one_server(slots, service, requests, floor=False, env=pinned_env(code),
+                        who=f"{against}: ")
+    ratio = ours.ms_a_request / theirs.ms_a_request
+    target = (f" (the target, {TARGET_MS:g} ms against the {FILED_MS:g} ms it spent at 512 "
+              f"slots when the issue was filed: {TARGET_MS / FILED_MS:.2f})"
+              if against == FILED else "")
+    print(f"{'':10} this code / {against}, CPU a request: {ratio:.2f}{target}; utilisation "
+          f"{ours.utilisation:.2f} against {theirs.utilisation:.2f}")
+    return theirs
+
+
 def _spread(values: list[float]) -> str:
     """Median and range, as `0.42 (0.38-0.47)`."""
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
@@ -390,29 +423,37 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the whole list this many times, alternated, and print each "
                              "size's median and range (a shared machine's speed drifts)")
+    parser.add_argument("--against", default=FILED,
+                        help="an earlier commit to run each size on beside this one, "
+                             "alternated ('none': skip; default: the commit issue #28 measured)")
     args = parser.parse_args()
     defaults = UpstreamOptions.model_fields
     print(f"batchd: default settings (upstream initial_concurrency "
           f"{defaults['initial_concurrency'].default}, max_concurrency "
           f"{defaults['max_concurrency'].default}, latency_tolerance "
-          f"{defaults['latency_tolerance'].default}; worker poll 0.5 s; {event_loop_said()}); "
-          "each simulated server in a process of its own (uvicorn's own choice of loop and "
-          "parser, as vLLM's); the floor's client on asyncio's loop")
-    # Short answers, as classification and extraction batches ask for (max_tokens 16): the
-    # server's slots and service time are what a GPU server's would be, scaled down.
+          f"{defaults['latency_tolerance'].default}; worker poll 0.5 s; {event_loop_said()}, "
+          "for both commits); each simulated server in a process of its own (uvicorn's own "
+          "choice of loop and parser, as vLLM's); the floor's client on asyncio's loop")
     runs: dict[str, Callable[[], Figures | None]] = {
-        "16": lambda: one_server(16, 0.1, 3000, floor=args.floor),
-        "128": lambda: one_server(128, 1.0, 4000, floor=args.floor),
-        "512": lambda: one_server(512, 1.0, 8000, floor=args.floor),
-        "2048": lambda: one_server(2048, 1.0, 16000, floor=args.floor),
-        "pair": lambda: two_servers(64, 192, 1.0, 3000),
-        "polls": polls}
+        name: functools.partial(one_server, *size, floor=args.floor)
+        for name, size in SIZES.items()}
+    runs["pair"] = lambda: two_servers(64, 192, 1.0, 3000)
+    runs["polls"] = polls
     seen: dict[str, list[Figures]] = {}
-    for _ in range(args.repeat):
-        for name in args.only.split(","):
-            figures = runs[name]()
-            if isinstance(figures, Figures):
-                seen.setdefault(name, []).append(figures)
+    ratios: dict[str, list[float]] = {}
+    against = None if args.against == "none" else args.against
+    with tempfile.TemporaryDirectory() as tmp, \
+            (pinned_checkout(against, Path(tmp)) if against else contextlib.nullcontext()) as old:
+        for _ in range(args.repeat):
+            for name in args.only.split(","):
+                figures = runs[name]()
+                if isinstance(figures, Figures):
+                    seen.setdefault(name, []).append(figures)
+                    if old is not None and against is not None:
+                        theirs = beside(name, figures, old, against)
+                        seen.setdefault(f"{name} on {against}", []).append(theirs)
+                        ratios.setdefault(name, []).append(
+                            figures.ms_a_request / theirs.ms_a_request)
     if args.repeat > 1:
         for name, all_figures in seen.items():
             print(f"N={name:>4} over {len(all_figures)} alternated runs: " + ", ".join(
@@ -421,6 +462,8 @@ def main() -> None:
                                      ("batchd ms a request", "ms_a_request"),
                                      ("simulated server ms a request",
                                       "server_ms_a_request"))))
+        for name, values in ratios.items():
+            print(f"N={name:>4} this code / {against}, CPU a request: {_spread(values)}")
     if args.llama:
         llama(96)
 
