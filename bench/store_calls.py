@@ -13,29 +13,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from batchd import event_loop
 from batchd.settings import Settings
-from batchd.store import sqlite_driver
-from batchd.store.sql import _set_sqlite_pragmas
+from batchd.store.sql import sqlite_engine
 
 _TEN_ROWS = text("SELECT id, v FROM t WHERE id <= 10")
 _UPDATE = text("UPDATE t SET v = 'x' WHERE id = 5")
-
-
-def engine(url: str, *, ours: bool) -> AsyncEngine:
-    made = (create_async_engine(url, hide_parameters=True, module=sqlite_driver.dbapi())
-            if ours else create_async_engine(url, hide_parameters=True))
-    event.listen(made.sync_engine, "connect", _set_sqlite_pragmas)
-    return made
 
 
 async def cpu_a_call(call: Callable[[], Awaitable[object]], calls: int) -> float:
@@ -51,8 +44,8 @@ async def cpu_a_call(call: Callable[[], Awaitable[object]], calls: int) -> float
 
 async def measure(root: Path, calls: int, rounds: int) -> None:
     url = f"sqlite+aiosqlite:///{root / 'bench.sqlite3'}"
-    engines = {"SQLAlchemy's adapter": engine(url, ours=False),
-               "batchd's driver": engine(url, ours=True)}
+    engines = {"SQLAlchemy's adapter": sqlite_engine(url, driver="sqlalchemy"),
+               "batchd's driver": sqlite_engine(url)}
     async with engines["batchd's driver"].begin() as conn:
         await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
         for i in range(100):
@@ -93,7 +86,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     loop = Settings().event_loop
-    print(f"SQLite {sqlite_driver.aiosqlite.sqlite_version}, WAL, one process; event loop "
+    print(f"SQLite {sqlite3.sqlite_version}, WAL, one process; event loop "
           f"setting {loop}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,27 +11,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, exc, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import exc, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from batchd.store import sqlite_driver
-from batchd.store.sql import _set_sqlite_pragmas
+from batchd.store.sql import sqlite_engine
 
 pytestmark = pytest.mark.backend_independent
-
-
-def _make(url: str, *, ours: bool) -> AsyncEngine:
-    made = (create_async_engine(url, module=sqlite_driver.dbapi()) if ours
-            else create_async_engine(url))
-    event.listen(made.sync_engine, "connect", _set_sqlite_pragmas)
-    return made
 
 
 @pytest.fixture
 async def engines(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
     """batchd's driver and SQLAlchemy's adapter on one database file."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
-    ours, stock = _make(url, ours=True), _make(url, ours=False)
+    ours, stock = sqlite_engine(url), sqlite_engine(url, driver="sqlalchemy")
     async with ours.begin() as conn:
         await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)"))
     yield ours, stock

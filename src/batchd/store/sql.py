@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -82,6 +82,19 @@ def _set_sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntr
     cursor.close()
 
 
+def sqlite_engine(url: str, *, driver: Literal["one-trip", "sqlalchemy"] = "one-trip",
+                  ) -> AsyncEngine:
+    """An engine for a SQLite URL, opened as batchd opens it (WAL and the pragmas above).
+    `driver`: batchd's (sqlite_driver.py, what batchd runs) or SQLAlchemy's own aiosqlite
+    adapter (what bench/store_calls.py and the driver's tests compare it with)."""
+    # hide_parameters: an error's text never carries the statement's values (a signing
+    # secret, a key hash) into a log or traceback.
+    module = {"module": _sqlite_driver()} if driver == "one-trip" else {}
+    engine = create_async_engine(url, hide_parameters=True, **module)
+    event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
 class Database:
     """One database, held by every part of the store: its engine, its migrations, and the
     transactions the parts read and write in."""
@@ -96,9 +109,7 @@ class Database:
                 url, pool_pre_ping=True, connect_args=_POSTGRES_CONNECT_ARGS,
                 hide_parameters=True)
         else:
-            self._engine = create_async_engine(url, hide_parameters=True,
-                                               module=_sqlite_driver())
-            event.listen(self._engine.sync_engine, "connect", _set_sqlite_pragmas)
+            self._engine = sqlite_engine(url)
         # SQLite allows one writer at a time. Writers of this process queue here instead of
         # spinning in SQLite's busy handler (which sleeps in steps of up to 100 ms); other
         # processes are still kept apart by SQLite's own lock.

@@ -46,23 +46,19 @@ T = TypeVar("T")
 _Outcome = tuple[Any, list[Any], int, int | None]
 
 
-def _execute(conn: sqlite3.Connection, operation: str, parameters: Any) -> _Outcome:
-    """One statement, whole, on the connection's thread."""
+def _statement(conn: sqlite3.Connection, operation: str, parameters: Any,
+               many: bool) -> _Outcome:
+    """One statement, whole, on the connection's thread (`many`: `executemany`, whose rows
+    sqlite3 never returns)."""
     cursor = conn.cursor()
     try:
-        cursor.execute(operation, () if parameters is None else parameters)
+        if many:
+            cursor.executemany(operation, parameters)
+        else:
+            cursor.execute(operation, () if parameters is None else parameters)
         description = cursor.description
-        rows = cursor.fetchall() if description else []
+        rows = cursor.fetchall() if description and not many else []
         return description, rows, cursor.rowcount, cursor.lastrowid
-    finally:
-        cursor.close()
-
-
-def _executemany(conn: sqlite3.Connection, operation: str, parameters: Any) -> _Outcome:
-    cursor = conn.cursor()
-    try:
-        cursor.executemany(operation, parameters)
-        return cursor.description, [], cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
 
@@ -116,17 +112,14 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         raise self._adapt_connection.dbapi.NotSupportedError("SQLite has one result set")
 
     async def _execute_async(self, operation: Any, parameters: Any) -> None:
-        async with self._adapt_connection._execute_mutex:
-            outcome = await self._adapt_connection.run(_execute, operation, parameters)
-        self._keep(outcome)
+        await self._run(operation, parameters, many=False)
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
-        async with self._adapt_connection._execute_mutex:
-            outcome = await self._adapt_connection.run(_executemany, operation,
-                                                       seq_of_parameters)
-        self._keep(outcome)
+        await self._run(operation, seq_of_parameters, many=True)
 
-    def _keep(self, outcome: _Outcome) -> None:
+    async def _run(self, operation: Any, parameters: Any, *, many: bool) -> None:
+        async with self._adapt_connection._execute_mutex:
+            outcome = await self._adapt_connection.run(_statement, operation, parameters, many)
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
 
