@@ -15,9 +15,9 @@ the default model directly at its best concurrency (target ≥ 0.95).
 
 Each size also runs on the commit issue #28 measured (`--against`, from a `git worktree` of
 this checkout), alternated with this code on the same simulated server: the ratio of their CPU
-a request does not depend on the machine's speed, which drifts threefold between the machines
-these figures come from. The target, 0.5 ms against the 3.25 ms that commit spent at 512
-slots on the machine the issue was filed on, is a ratio of 0.15.
+a request depends far less on the machine's speed, which drifts threefold between the machines
+these figures come from, than either figure does. The target, 0.5 ms against the 3.25 ms
+that commit spent at 512 slots on the machine the issue was filed on, is a ratio of 0.15.
 
     .venv/bin/python bench/upstream.py [--only 16,128,512,pair,polls] [--repeat 3] [--llama]
         [--against ad3ba12 | --against none]
@@ -432,8 +432,9 @@ def main() -> None:
           f"{defaults['initial_concurrency'].default}, max_concurrency "
           f"{defaults['max_concurrency'].default}, latency_tolerance "
           f"{defaults['latency_tolerance'].default}; worker poll 0.5 s; {event_loop_said()}, "
-          "for both commits); each simulated server in a process of its own (uvicorn's own "
-          "choice of loop and parser, as vLLM's); the floor's client on asyncio's loop")
+          "for both commits; the earlier commit with its own defaults otherwise); each "
+          "simulated server in a process of its own (uvicorn's own choice of loop and parser, "
+          "as vLLM's); the floor's client on asyncio's loop")
     runs: dict[str, Callable[[], Figures | None]] = {
         name: functools.partial(one_server, *size, floor=args.floor)
         for name, size in SIZES.items()}
@@ -449,9 +450,9 @@ def main() -> None:
                 figures = runs[name]()
                 if isinstance(figures, Figures):
                     seen.setdefault(name, []).append(figures)
-                    if old is not None and against is not None:
-                        theirs = beside(name, figures, old, against)
-                        seen.setdefault(f"{name} on {against}", []).append(theirs)
+                    if old is not None:  # checked out: `--against` named a commit
+                        theirs = beside(name, figures, old, args.against)
+                        seen.setdefault(f"{name} on {args.against}", []).append(theirs)
                         ratios.setdefault(name, []).append(
                             figures.ms_a_request / theirs.ms_a_request)
     if args.repeat > 1:
