@@ -4,6 +4,8 @@ the stops and expiries that end a batch early. Each case runs on every store (co
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from batchd.limits.errors import QuotaExceeded
@@ -16,6 +18,7 @@ from batchd.store.records import (
 from tests.contract.store_builders import (
     LEASE,
     NOW,
+    Store,
     Stores,
     batch_record,
     claimed_chunk,
@@ -250,6 +253,28 @@ async def test_claims_go_first_to_the_owner_with_the_least_running(stores: Store
                                             lease_seconds=LEASE)) is not None:
         claimed.append((claim[0].batch_id, claim[0].chunk_no))
     assert claimed == [(alice, 0), (bob, 0), (alice, 1), (alice, 2)]
+
+
+async def test_claimers_at_once_take_every_chunk_once(stores: Stores) -> None:
+    # Processes claiming at the same moment: each takes a chunk nobody else holds (on
+    # PostgreSQL, past the rows the others have locked), and between them they take all.
+    first = await stores()
+    big = await running_batch(first, chunks=6, owner="alice")
+    small = await running_batch(first, chunks=2, owner="bob")
+    claimers = [first, *[await stores() for _ in range(3)]]
+
+    async def claim_all(store: Store, worker: str) -> list[tuple[str, int]]:
+        taken = []
+        while (claim := await store.claim_chunk(worker=worker, now=NOW,
+                                                lease_seconds=LEASE)) is not None:
+            taken.append((claim[0].batch_id, claim[0].chunk_no))
+        return taken
+
+    taken = await asyncio.gather(*(claim_all(store, f"w{n}")
+                                   for n, store in enumerate(claimers)))
+    claimed = [chunk for each in taken for chunk in each]
+    assert sorted(claimed) == sorted([(big, n) for n in range(6)] + [(small, n) for n in range(2)])
+    assert await first.claim_chunk(worker="w", now=NOW, lease_seconds=LEASE) is None
 
 
 async def test_a_worker_claims_only_the_models_it_may_run(stores: Stores) -> None:

@@ -18,9 +18,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    literal_column,
 )
 
-from batchd.store.records import ChunkProgress
+from batchd.store.records import ChunkProgress, ChunkState
 
 metadata = MetaData()
 
@@ -148,6 +149,16 @@ chunks = Table(
     Index("ix_chunks_claim", "state", "deadline"),
     Index("ix_chunks_finished", "finished_at"),
 )
+
+# A chunk not yet done, as the partial index below has it: queries that name this very term
+# (literals, not parameters: SQLite and PostgreSQL use a partial index only for a WHERE they
+# can see implies its own) reach a batch's first unfinished chunk past however many are
+# done, so claims and commits cost the same on the last chunk of a huge batch as on the
+# first (migration 0011).
+CHUNK_UNFINISHED = chunks.c.state.in_([literal_column(f"'{state.value}'")
+                                        for state in (ChunkState.PENDING, ChunkState.LEASED)])
+Index("ix_chunks_unfinished", chunks.c.batch_id, chunks.c.chunk_no,
+      sqlite_where=CHUNK_UNFINISHED, postgresql_where=CHUNK_UNFINISHED)
 
 # Tokens a batch may consume per model (prompt estimate + maximum output), counted at
 # validation. An owner's enqueued tokens are the sum over its unfinished batches, so a quota

@@ -254,15 +254,19 @@ class SqlWork:
         Live counts restart from what the chunk has committed. A chunk is never given up
         here: worker deaths count against the requests that were in flight
         (worker/deaths.py), and the batch's deadline bounds the rest."""
+        values = {"now": now, "worker": worker, "lease_until": now + lease_seconds}
+        ranking = RANK_BATCHES_ANY if models is None else RANK_BATCHES
+        if models is not None:
+            values.update(models=list(models), mixed=mixed, newcomers=list(newcomers),
+                          served=list(served))
         async with self._db.write() as conn:
-            row = (await conn.execute(_CLAIM_CHUNK_ANY if models is None else _CLAIM_CHUNK, {
-                "now": now, "worker": worker, "lease_until": now + lease_seconds,
-                "models": list(models or ()), "mixed": mixed, "newcomers": list(newcomers),
-                "served": list(served),
-            })).mappings().first()
-        if row is None:
-            return None
-        return Chunk.from_row(row), Lease(owner=worker, generation=row["generation"])
+            for batch_id in (await conn.execute(ranking, values)).scalars().all():
+                claimed = await conn.execute(CLAIM_IN_BATCH,
+                                             {**values, "claimed_batch": batch_id})
+                row = claimed.mappings().first()
+                if row is not None:
+                    return Chunk.from_row(row), Lease(owner=worker, generation=row["generation"])
+        return None
 
     @shielded
     async def heartbeat_chunk(
@@ -477,40 +481,46 @@ async def _enqueued_tokens(conn: AsyncConnection, owner: str, *,
 
 async def _finalize_if_finished(conn: AsyncConnection, batch_id: str, *,
                                 now: int) -> None:
-    c, b = t.chunks.c, t.batches.c
-    finished = await conn.execute(
-        update(t.batches)
-        .where(b.id == batch_id, b.status == BatchStatus.IN_PROGRESS,
-               b.stop_reason.is_(None))
-        .where(~exists().where(c.batch_id == batch_id,
-                               c.state.not_in((ChunkState.DONE, ChunkState.FAILED))))
-        .values(status=BatchStatus.FINALIZING, finalizing_at=now)
-    )
+    finished = await conn.execute(FINALIZE_IF_FINISHED,
+                                  {"finished_batch": batch_id, "finalizing_at": now})
     if finished.rowcount:
         await notify_work(conn)  # ready to assemble
 
 
-def _claim_chunk_statement(*, any_model: bool) -> Any:
-    """The chunk claim, built once (its aliases are costly to build on every claim) and
-    parametrised by `now`, `worker`, `lease_until` and (unless `any_model`) `models`,
-    `mixed`, `newcomers` and `served`."""
+# The batch that has no unfinished chunk left goes to assembly; parametrised by
+# `finished_batch` and `finalizing_at`.
+FINALIZE_IF_FINISHED = (
+    update(t.batches)
+    .where(t.batches.c.id == bindparam("finished_batch"),
+           t.batches.c.status == BatchStatus.IN_PROGRESS, t.batches.c.stop_reason.is_(None))
+    .where(~exists().where(t.chunks.c.batch_id == bindparam("finished_batch"),
+                           t.CHUNK_UNFINISHED))
+    .values(status=BatchStatus.FINALIZING)
+)
+
+
+def _claim_statements(*, any_model: bool) -> tuple[Any, Any]:
+    """The chunk claim, built once (its aliases are costly to build on every claim), in two
+    statements whose cost does not grow with the chunks waiting: the batches that have a
+    claimable chunk, ranked (their owner's running chunks, fewest first, then the deadline),
+    and the first claimable chunk of one of them. Parametrised by `now`, `worker`,
+    `lease_until`, `claimed_batch` (the second) and (unless `any_model`) `models`, `mixed`,
+    `newcomers` and `served`."""
     c, b = t.chunks.c, t.batches.c
     now: Any = bindparam("now")
     running_chunks = t.chunks.alias("running_chunks")
     running_batches = t.batches.alias("running_batches")
-    owner_running = (
-        select(func.count())
+    # Leased chunks are few (what the workers hold): counted once per claim, per owner.
+    running = (
+        select(running_batches.c.owner.label("owner"), func.count().label("chunks"))
         .select_from(running_chunks.join(
             running_batches, running_batches.c.id == running_chunks.c.batch_id))
-        .where(running_batches.c.owner == b.owner,
-               running_chunks.c.state == ChunkState.LEASED,
+        .where(running_chunks.c.state == ChunkState.LEASED,
                running_chunks.c.lease_expires_at >= now)
-        .scalar_subquery()
+        .group_by(running_batches.c.owner)
+        .subquery("running")
     )
-    claimable = or_(
-        c.state == ChunkState.PENDING,
-        and_(c.state == ChunkState.LEASED, c.lease_expires_at < now),
-    )
+    owner_running = func.coalesce(running.c.chunks, 0)
     wanted: Any = true()
     if not any_model:
         wanted = or_(
@@ -520,20 +530,31 @@ def _claim_chunk_statement(*, any_model: bool) -> Any:
                  or_(c.model.is_(None), c.model.not_in(bindparam("served", expanding=True)))),
             and_(c.model.in_(bindparam("newcomers", expanding=True)), owner_running == 0),
         )
-    candidate = (
-        select(c.batch_id, c.chunk_no)
-        .join(t.batches, b.id == c.batch_id)
-        .where(claimable, b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None),
-               wanted)
-        .order_by(owner_running, c.deadline, c.batch_id, c.chunk_no)
-        .limit(1)
-        # Row locks on the chunk only (not the joined batch): concurrent claimers each take
-        # a different chunk instead of queueing on the same one or on its batch.
-        .with_for_update(skip_locked=True, of=t.chunks)
+    # A batch's first claimable chunk: found through the partial index of unfinished chunks,
+    # past however many are done.
+    first_deadline = (
+        select(c.deadline).where(c.batch_id == b.id, t.CHUNK_UNFINISHED, _claimable(now), wanted)
+        .order_by(c.chunk_no).limit(1).scalar_subquery()
     )
-    return (
+    ranked = (
+        select(b.id)
+        .select_from(t.batches.outerjoin(running, running.c.owner == b.owner))
+        .where(b.status == BatchStatus.IN_PROGRESS, b.stop_reason.is_(None),
+               first_deadline.is_not(None))
+        .order_by(owner_running, first_deadline, b.id)
+        .limit(CLAIM_CANDIDATES)
+    )
+    first = (
+        select(c.batch_id, c.chunk_no)
+        .where(c.batch_id == bindparam("claimed_batch"), t.CHUNK_UNFINISHED, _claimable(now))
+        .order_by(c.chunk_no)
+        .limit(1)
+        # Concurrent claimers each take a different chunk instead of queueing on one.
+        .with_for_update(skip_locked=True)
+    )
+    claim = (
         update(t.chunks)
-        .where(tuple_(c.batch_id, c.chunk_no).in_(candidate))
+        .where(tuple_(c.batch_id, c.chunk_no).in_(first))
         .values(state=ChunkState.LEASED, owner=bindparam("worker"),
                 generation=c.generation + 1, attempts=c.attempts + 1,
                 lease_expires_at=bindparam("lease_until"),
@@ -542,7 +563,17 @@ def _claim_chunk_statement(*, any_model: bool) -> Any:
                 output_tokens=c.done_output_tokens, cached_tokens=c.done_cached_tokens)
         .returning(*t.chunks.c)
     )
+    return ranked, claim
 
 
-_CLAIM_CHUNK = _claim_chunk_statement(any_model=False)
-_CLAIM_CHUNK_ANY = _claim_chunk_statement(any_model=True)
+def _claimable(now: Any) -> Any:
+    c = t.chunks.c
+    return or_(c.state == ChunkState.PENDING,
+               and_(c.state == ChunkState.LEASED, c.lease_expires_at < now))
+
+
+# How many ranked batches a claim tries: more than one only when concurrent claimers (on
+# PostgreSQL) hold every claimable chunk of the first.
+CLAIM_CANDIDATES = 8
+RANK_BATCHES, CLAIM_IN_BATCH = _claim_statements(any_model=False)
+RANK_BATCHES_ANY, _ = _claim_statements(any_model=True)
