@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from batchd.limits.errors import QuotaExceeded
+from batchd.store.metadata import MetadataStore
 from batchd.store.records import (
     BatchStatus,
     ChunkProgress,
@@ -28,6 +31,7 @@ from tests.contract.store_builders import (
     running_batch,
     validating_batch,
 )
+from tests.support.backends import PostgresServer
 
 LATER = NOW + LEASE + 1  # every lease taken at NOW has lapsed
 
@@ -275,6 +279,30 @@ async def test_claimers_at_once_take_every_chunk_once(stores: Stores) -> None:
     claimed = [chunk for each in taken for chunk in each]
     assert sorted(claimed) == sorted([(big, n) for n in range(6)] + [(small, n) for n in range(2)])
     assert await first.claim_chunk(worker="w", now=NOW, lease_seconds=LEASE) is None
+
+
+async def test_a_claim_passes_a_batch_whose_chunks_other_claimers_hold(
+    postgres_server: PostgresServer,
+) -> None:
+    # PostgreSQL only (SQLite has one writer): another transaction holds the only chunk of
+    # the batch ranked first, so the claim takes the next batch's rather than none.
+    url = postgres_server.create_database()
+    store = MetadataStore(url)
+    await store.migrate()
+    first = await running_batch(store, chunks=1, owner="alice", expires_in=3600)
+    second = await running_batch(store, chunks=1, owner="bob", expires_in=7200)
+    other = create_async_engine(url)
+    try:
+        async with other.begin() as conn:
+            await conn.execute(text("SELECT 1 FROM chunks WHERE batch_id = :id FOR UPDATE"),
+                               {"id": first})
+            claim = await store.claim_chunk(worker="w", now=NOW, lease_seconds=LEASE)
+            assert claim is not None and claim[0].batch_id == second
+        claim = await store.claim_chunk(worker="w", now=NOW, lease_seconds=LEASE)
+        assert claim is not None and claim[0].batch_id == first
+    finally:
+        await other.dispose()
+        await store.close()
 
 
 async def test_a_worker_claims_only_the_models_it_may_run(stores: Stores) -> None:
