@@ -6,8 +6,10 @@ batchd server (`engine: upstream`, default settings: the adaptive limit starts a
 script prints utilisation = ideal time (requests / N * service time) / the time the server was
 busy (first request in to last answer out) beside batchd's CPU per request (user + system of
 its process), for N = 16, 128, 512 and 2,048 and for two servers of different sizes (where the
-larger should get proportionally more of the work), and the CPU of a plain asyncio client on
-the same server as the floor; and (`polls`) an idle worker's polls backing off beside polls
+larger should get proportionally more of the work), for a fleet of four servers of 768 slots
+behind one model (`fleet`: 3,072 requests at once, more than a worker's usual chunks hold;
+target ≥ 0.85), and the CPU of a plain asyncio client on the same server as the floor; and
+(`polls`) an idle worker's polls backing off beside polls
 every 0.5 s throughout, idle and at 128 slots. Targets: ≥ 0.9 at 512 slots, ≤ 0.5 ms of
 batchd CPU a request, ≥ 0.8 at every N up to 512 (2,048 is capped by `max_concurrency`
 1,024). With `--llama` it also compares batchd against driving a real `llama_cpp.server` on
@@ -19,7 +21,7 @@ a request depends far less on the machine's speed, which drifts threefold betwee
 these figures come from, than either figure does. The target, 0.5 ms against the 3.25 ms
 that commit spent at 512 slots on the machine the issue was filed on, is a ratio of 0.15.
 
-    .venv/bin/python bench/upstream.py [--only 16,128,512,pair,polls] [--repeat 3] [--llama]
+    .venv/bin/python bench/upstream.py [--only 16,128,512,pair,fleet,polls] [--repeat 3] [--llama]
         [--against ad3ba12 | --against none]
 """
 
@@ -355,6 +357,26 @@ def two_servers(small: int, large: int, service: float, requests: int) -> None:
               f"{small / (small + large):.2f} / {large / (small + large):.2f})")
 
 
+# Four GPU servers of 768 slots behind one model, 2 s a request: 3,072 requests at once, more
+# than a worker's usual chunks of 256 hold (a worker once stopped at eight chunks: 2,048).
+FLEET = (4, 768, 2.0, 48000)
+
+
+def fleet(servers: int, slots: int, service: float, requests: int, *,
+          env: dict[str, str] | None = None, who: str = "") -> None:
+    """One upstream model over several equal servers: utilisation and batchd's CPU."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        sims = [stack.enter_context(SimulatedServer(slots, service)) for _ in range(servers)]
+        _, cpu = run_through_batchd(Path(tmp), [sim.url for sim in sims], requests, env)
+        stats = [sim.collect() for sim in sims]
+    ideal = requests / (servers * slots) * service
+    busy = max(s["last"] for s in stats) - min(s["first"] for s in stats)
+    print(f"{who}fleet of {servers} servers x {slots} slots, {service:g} s a request, "
+          f"{requests} requests: ideal {ideal:.1f} s, busy {busy:.1f} s -> utilisation "
+          f"{ideal / busy:.2f}; peak at each server {[s['peak'] for s in stats]}; batchd "
+          f"{cpu / requests * 1000:.2f} ms of CPU a request")
+
+
 async def _direct(url: str, requests: int, concurrency: int) -> float:
     body = {"model": "m", "max_tokens": 16, "temperature": 0,
             "messages": [{"role": "user", "content": "question"}]}
@@ -416,7 +438,7 @@ def _spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", default="16,128,512,2048,pair,polls")
+    parser.add_argument("--only", default="16,128,512,2048,pair,fleet,polls")
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
                         help="also drive each server with a plain client, the CPU floor")
     parser.add_argument("--llama", action="store_true")
@@ -439,6 +461,7 @@ def main() -> None:
         name: functools.partial(one_server, *size, floor=args.floor)
         for name, size in SIZES.items()}
     runs["pair"] = lambda: two_servers(64, 192, 1.0, 3000)
+    runs["fleet"] = lambda: fleet(*FLEET)
     runs["polls"] = polls
     seen: dict[str, list[Figures]] = {}
     ratios: dict[str, list[float]] = {}
@@ -448,6 +471,8 @@ def main() -> None:
         for _ in range(args.repeat):
             for name in args.only.split(","):
                 figures = runs[name]()
+                if name == "fleet" and old is not None:
+                    fleet(*FLEET, env=pinned_env(old), who=f"{args.against}: ")
                 if isinstance(figures, Figures):
                     seen.setdefault(name, []).append(figures)
                     if old is not None:  # checked out: `--against` named a commit

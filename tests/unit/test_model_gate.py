@@ -97,3 +97,25 @@ async def test_a_model_claims_more_chunks_while_its_engine_has_idle_places() -> 
     room, crowded = capacity.claimable()
     assert "m" not in room and "m" not in crowded
     await registry.aclose()
+
+
+async def test_a_model_that_takes_thousands_at_once_may_hold_the_chunks_that_fill_it() -> None:
+    # As a fleet of GPU servers: 4,096 places take sixteen chunks of 256 requests at once
+    # (eight chunks, four times the usual share, once capped it at 2,048).
+    registry = ModelRegistry(ModelsFile.model_validate({"models": [
+        {"id": "m", "engine": "instant", "concurrency": 4096}]}))
+    await registry.start()
+    capacity = Capacity(registry, cap=None, chunks=2, chunk_lines=256)
+    assert capacity.most_while_idle("m") == 32  # twice the chunks that fill it
+    capacity.models["m"].chunks = 16
+    room, _ = capacity.claimable()
+    assert "m" in room
+    capacity.models["m"].chunks = 32
+    room, crowded = capacity.claimable()
+    assert "m" not in room and "m" in crowded  # only a new owner's chunk
+    capacity.models["m"].chunks = 64
+    room, crowded = capacity.claimable()
+    assert "m" not in room and "m" not in crowded
+    # Capped by BATCHD_WORKER_CONCURRENCY, it needs no more than the usual four times.
+    assert Capacity(registry, cap=512, chunks=2, chunk_lines=256).most_while_idle("m") == 8
+    await registry.aclose()

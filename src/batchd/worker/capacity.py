@@ -6,9 +6,10 @@ limits), optionally capped by `BATCHD_WORKER_CONCURRENCY`. Batch requests wait a
 gate, never at a worker-wide one, so a hung upstream fills its own gate and nothing else.
 
 The worker claims chunks per model in the same spirit: a model may hold `BATCHD_WORKER_CHUNKS`
-chunks, more while its engine has idle capacity (the tail of a chunk leaves slots empty), and
-an owner with nothing running anywhere always gets one more, so a small batch starts within a
-poll interval beside a huge one and shares the engine with it.
+chunks, more while its engine has idle capacity (the tail of a chunk leaves slots empty, and a
+fleet of GPU servers takes more requests at once than a few chunks hold), and an owner with
+nothing running anywhere always gets one more, so a small batch starts within a poll interval
+beside a huge one and shares the engine with it.
 
 A model whose engine is unreachable (connection failures, timeouts, overload after retries)
 trips its breaker: its chunks are handed back unharmed, no chunk of it is claimed until a
@@ -138,11 +139,13 @@ class Capacity:
     """The worker's gates, breakers and chunk counts, one set per served model."""
 
     def __init__(self, registry: ModelRegistry, *, cap: int | None, chunks: int,
-                 on_idle: Callable[[], None] | None = None) -> None:
-        """`on_idle`: a model's gate has room nobody waits for (once a cue: see ModelGate)."""
+                 chunk_lines: int = 256, on_idle: Callable[[], None] | None = None) -> None:
+        """`chunk_lines`: the requests a chunk holds, as batches are cut (BATCHD_CHUNK_LINES).
+        `on_idle`: a model's gate has room nobody waits for (once a cue: see ModelGate)."""
         self.registry = registry
         self.cap = cap
         self.chunks_per_model = chunks
+        self.chunk_lines = chunk_lines
         self.models: dict[str, ModelSlots] = {}
         for model_id in registry.served_ids():
             self.models[model_id] = ModelSlots(gate=ModelGate(self._capacity_of(model_id),
@@ -182,12 +185,23 @@ class Capacity:
             if not slots.breaker.allows(now):
                 continue
             usual = self.chunks_per_model
+            most = self.most_while_idle(key)
             if slots.chunks < usual or (
-                    slots.chunks < 4 * usual and key != MIXED and slots.gate.idle > 0):
+                    slots.chunks < most and key != MIXED and slots.gate.idle > 0):
                 room.append(key)
-            elif slots.chunks < 8 * usual:
+            elif slots.chunks < 2 * most:
                 crowded.append(key)
         return room, crowded
+
+    def most_while_idle(self, key: str) -> int:
+        """The chunks a model may hold while its engine has idle places: four times the usual
+        share, or twice the chunks that fill the most its engine takes at once, if that is
+        more. (Eight chunks of 256 requests once capped a worker at 2,048 in flight, however
+        many GPU servers its upstream model had: four of 768 slots ran at 0.57.)"""
+        usual = 4 * self.chunks_per_model
+        if key == MIXED:
+            return usual
+        return max(usual, 2 * -(-self.lanes(key) // self.chunk_lines))
 
     def unreachable(self, model_id: str) -> None:
         slots = self.models[model_id]

@@ -41,6 +41,7 @@ class Worker:
         self._gate = RequestGate()
         self.capacity = Capacity(ctx.registry, cap=ctx.settings.worker_concurrency,
                                  chunks=ctx.settings.worker_chunks,
+                                 chunk_lines=ctx.settings.chunk_lines,
                                  on_idle=lambda: self.wake("chunk"))
         self._windows: dict[str, StartWindow] = {}  # per model key (see ChunkRun)
         # Each batch's input blob, looked up once (its file's key never changes).
