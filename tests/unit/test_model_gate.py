@@ -80,7 +80,7 @@ async def test_a_model_claims_more_chunks_while_its_engine_has_idle_places() -> 
     registry = ModelRegistry(ModelsFile.model_validate({"models": [
         {"id": "m", "engine": "instant", "concurrency": 4, "aliases": ["m-alias"]}]}))
     await registry.start()
-    capacity = Capacity(registry, cap=None, chunks=2)
+    capacity = Capacity(registry, cap=None, chunks=2, chunk_lines=256)
     assert capacity.names["m"] == ["m", "m-alias"]
     capacity.models["m"].chunks = 2  # its usual share, but 4 places idle: room for more
     room, crowded = capacity.claimable()

@@ -530,12 +530,8 @@ def _claim_statements(*, any_model: bool) -> tuple[Any, Any]:
                  or_(c.model.is_(None), c.model.not_in(bindparam("served", expanding=True)))),
             and_(c.model.in_(bindparam("newcomers", expanding=True)), owner_running == 0),
         )
-    # A batch's first claimable chunk: found through the partial index of unfinished chunks,
-    # past however many are done.
-    first_deadline = (
-        select(c.deadline).where(c.batch_id == b.id, t.CHUNK_UNFINISHED, _claimable(now), wanted)
-        .order_by(c.chunk_no).limit(1).scalar_subquery()
-    )
+    first_deadline = _first_claimable(c.deadline, batch_id=b.id, now=now,
+                                      wanted=wanted).scalar_subquery()
     ranked = (
         select(b.id)
         .select_from(t.batches.outerjoin(running, running.c.owner == b.owner))
@@ -545,10 +541,9 @@ def _claim_statements(*, any_model: bool) -> tuple[Any, Any]:
         .limit(CLAIM_CANDIDATES)
     )
     first = (
-        select(c.batch_id, c.chunk_no)
-        .where(c.batch_id == bindparam("claimed_batch"), t.CHUNK_UNFINISHED, _claimable(now))
-        .order_by(c.chunk_no)
-        .limit(1)
+        # Its batch was ranked for a wanted chunk: a batch's chunks all name its model.
+        _first_claimable(c.batch_id, c.chunk_no, batch_id=bindparam("claimed_batch"), now=now,
+                         wanted=true())
         # Concurrent claimers each take a different chunk instead of queueing on one.
         .with_for_update(skip_locked=True)
     )
@@ -566,10 +561,15 @@ def _claim_statements(*, any_model: bool) -> tuple[Any, Any]:
     return ranked, claim
 
 
-def _claimable(now: Any) -> Any:
+def _first_claimable(*columns: Any, batch_id: Any, now: Any, wanted: Any) -> Any:
+    """`columns` of a batch's first claimable chunk (pending, or leased by a worker whose
+    lease lapsed) that is `wanted`, reached through the partial index of unfinished chunks
+    past however many are done."""
     c = t.chunks.c
-    return or_(c.state == ChunkState.PENDING,
-               and_(c.state == ChunkState.LEASED, c.lease_expires_at < now))
+    claimable = or_(c.state == ChunkState.PENDING,
+                    and_(c.state == ChunkState.LEASED, c.lease_expires_at < now))
+    return (select(*columns).where(c.batch_id == batch_id, t.CHUNK_UNFINISHED, claimable, wanted)
+            .order_by(c.chunk_no).limit(1))
 
 
 # How many ranked batches a claim tries: more than one only when concurrent claimers (on

@@ -139,7 +139,7 @@ class Capacity:
     """The worker's gates, breakers and chunk counts, one set per served model."""
 
     def __init__(self, registry: ModelRegistry, *, cap: int | None, chunks: int,
-                 chunk_lines: int = 256, on_idle: Callable[[], None] | None = None) -> None:
+                 chunk_lines: int, on_idle: Callable[[], None] | None = None) -> None:
         """`chunk_lines`: the requests a chunk holds, as batches are cut (BATCHD_CHUNK_LINES).
         `on_idle`: a model's gate has room nobody waits for (once a cue: see ModelGate)."""
         self.registry = registry

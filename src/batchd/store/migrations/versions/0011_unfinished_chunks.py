@@ -1,7 +1,8 @@
 """A partial index of the chunks not yet done, by batch and number: a claim reaches a batch's
 first claimable chunk, and a commit learns whether any is left, past however many are done.
-Without it each claim read every waiting chunk of every batch (a correlated count for each),
-so a batch of a million requests spent minutes of CPU on its claims alone.
+Without it each claim read every waiting chunk of every batch (a correlated count for each):
+with two batches of 5,000 chunks waiting, a chunk's store calls took 47.6 ms on SQLite and
+0.9 s on PostgreSQL (bench/chunk_claims.py); a million requests are about 3,900 chunks.
 
 Revision ID: 0011
 Revises: 0010
